@@ -1,0 +1,606 @@
+"""Deterministic Moore machines: the ground truth every probe and extraction is compared with.
+
+An `Automaton` has a total transition table `transitions[state, symbol]` and one output label per
+state. Labels are what a network is trained to predict after each prefix; states are what the
+probes look for inside it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import deque
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+import numpy as np
+
+from fsm_probe.errors import AutomatonError, InputError
+from fsm_probe.io import atomic_write_json
+
+_DICT_KEYS = {"name", "alphabet", "states", "start", "transitions", "outputs", "labels"}
+_REQUIRED_KEYS = ("alphabet", "states", "start", "transitions")
+_IGNORED_KEYS = {"input_distribution"}
+
+
+def _names(values: Any, what: str) -> tuple[str, ...]:
+    """Validate a non-empty sequence of distinct strings."""
+    if isinstance(values, str) or not isinstance(values, Sequence | np.ndarray):
+        raise AutomatonError(f"{what} must be a list of strings, got {values!r}")
+    out = tuple(values)
+    if not out:
+        raise AutomatonError(f"{what} is empty")
+    for v in out:
+        if not isinstance(v, str) or v == "":
+            raise AutomatonError(f"{what} must contain non-empty strings, got {v!r}")
+    seen: set[str] = set()
+    for v in out:
+        if v in seen:
+            raise AutomatonError(f"duplicate entry {v!r} in {what}")
+        seen.add(v)
+    return out
+
+
+def _default_label_order(names: Sequence[str]) -> tuple[str, ...]:
+    """Distinct label names: numerically sorted if all are integers, else first-appearance order."""
+    uniq = list(dict.fromkeys(names))
+    if all(n.lstrip("-").isdigit() for n in uniq):
+        uniq.sort(key=int)
+    return tuple(uniq)
+
+
+class Automaton:
+    """A deterministic, complete Moore machine over a finite alphabet."""
+
+    def __init__(
+        self,
+        alphabet: Sequence[str],
+        states: Sequence[str],
+        start: str | int,
+        transitions: Any,
+        outputs: Sequence[int | str] | Mapping[str, int | str] | None = None,
+        labels: Sequence[str] | None = None,
+        name: str = "automaton",
+    ) -> None:
+        if not isinstance(name, str):
+            raise AutomatonError(f"automaton name must be a string, got {name!r}")
+        self.name = name
+        self.alphabet = _names(alphabet, "alphabet")
+        self.states = _names(states, "states")
+        self._state_index = {s: i for i, s in enumerate(self.states)}
+        self._symbol_index = {a: i for i, a in enumerate(self.alphabet)}
+        self.start = self._resolve_state(start, "start state")
+        self.transitions = self._build_table(transitions)
+        self.transitions.setflags(write=False)
+        self.outputs, self.labels = self._build_outputs(outputs, labels)
+        self.outputs.setflags(write=False)
+
+    def _resolve_state(self, s: Any, what: str) -> int:
+        if isinstance(s, str):
+            if s not in self._state_index:
+                raise AutomatonError(f"unknown {what} {s!r}; states are {list(self.states)}")
+            return self._state_index[s]
+        if isinstance(s, int | np.integer) and not isinstance(s, bool):
+            if not 0 <= int(s) < len(self.states):
+                raise AutomatonError(f"{what} index {s} out of range [0, {len(self.states)})")
+            return int(s)
+        raise AutomatonError(f"{what} must be a state name or index, got {s!r}")
+
+    def _build_table(self, transitions: Any) -> np.ndarray:
+        n, k = len(self.states), len(self.alphabet)
+        if isinstance(transitions, Mapping):
+            for s in transitions:
+                if s not in self._state_index:
+                    raise AutomatonError(f"transitions given for unknown state {s!r}")
+            table = np.empty((n, k), dtype=np.int64)
+            for i, s in enumerate(self.states):
+                row = transitions.get(s)
+                if row is None:
+                    raise AutomatonError(f"no transitions for state {s!r}")
+                if not isinstance(row, Mapping):
+                    raise AutomatonError(
+                        f"transitions of state {s!r} must be a mapping symbol -> state"
+                    )
+                for a in row:
+                    if a not in self._symbol_index:
+                        raise AutomatonError(f"transition from state {s!r} on unknown symbol {a!r}")
+                for j, a in enumerate(self.alphabet):
+                    if a not in row:
+                        raise AutomatonError(
+                            f"transition table is not total: missing ({s!r}, {a!r})"
+                        )
+                    table[i, j] = self._resolve_state(row[a], f"target of ({s!r}, {a!r})")
+            return table
+        try:
+            arr = np.asarray(transitions)
+        except (ValueError, TypeError) as e:
+            raise AutomatonError(f"transitions are not a rectangular table: {e}") from None
+        if arr.shape != (n, k):
+            raise AutomatonError(f"transition table has shape {arr.shape}, expected ({n}, {k})")
+        if arr.size and not np.issubdtype(arr.dtype, np.integer):
+            raise AutomatonError(f"transition table must hold state indices, got dtype {arr.dtype}")
+        arr = arr.astype(np.int64)
+        bad = np.argwhere((arr < 0) | (arr >= n))
+        if len(bad):
+            i, j = bad[0]
+            raise AutomatonError(
+                f"transition ({self.states[i]!r}, {self.alphabet[j]!r}) goes to unknown state index {arr[i, j]}"
+            )
+        return arr.copy()
+
+    def _build_outputs(self, outputs: Any, labels: Any) -> tuple[np.ndarray, tuple[str, ...]]:
+        n = len(self.states)
+        if outputs is None:
+            if labels is not None:
+                raise AutomatonError("labels given without outputs")
+            return np.arange(n, dtype=np.int64), self.states
+        if isinstance(outputs, Mapping):
+            for s in outputs:
+                if s not in self._state_index:
+                    raise AutomatonError(f"output given for unknown state {s!r}")
+            missing = [s for s in self.states if s not in outputs]
+            if missing:
+                raise AutomatonError(f"no output for state(s) {missing}")
+            outputs = [outputs[s] for s in self.states]
+        elif isinstance(outputs, str) or not isinstance(outputs, Sequence | np.ndarray):
+            raise AutomatonError(f"outputs must be a list or a mapping, got {outputs!r}")
+        outputs = list(outputs)
+        if len(outputs) != n:
+            raise AutomatonError(f"{len(outputs)} outputs for {n} states")
+        if all(isinstance(o, str) for o in outputs):
+            lab = _names(labels, "labels") if labels is not None else _default_label_order(outputs)
+            index = {name: i for i, name in enumerate(lab)}
+            for s, o in zip(self.states, outputs, strict=True):
+                if o not in index:
+                    raise AutomatonError(
+                        f"output {o!r} of state {s!r} is not among labels {list(lab)}"
+                    )
+            return np.array([index[o] for o in outputs], dtype=np.int64), lab
+        if all(isinstance(o, int | np.integer) and not isinstance(o, bool) for o in outputs):
+            arr = np.array(outputs, dtype=np.int64)
+            if labels is None:
+                if arr.min() < 0:
+                    raise AutomatonError(f"negative output {arr.min()}")
+                lab = tuple(str(i) for i in range(int(arr.max()) + 1))
+            else:
+                lab = _names(labels, "labels")
+            for s, o in zip(self.states, arr, strict=True):
+                if not 0 <= o < len(lab):
+                    raise AutomatonError(
+                        f"output {o} of state {s!r} out of range for {len(lab)} labels"
+                    )
+            return arr, lab
+        raise AutomatonError("outputs must be all label names (str) or all label indices (int)")
+
+    @property
+    def n_states(self) -> int:
+        return len(self.states)
+
+    @property
+    def n_symbols(self) -> int:
+        return len(self.alphabet)
+
+    @property
+    def n_labels(self) -> int:
+        return len(self.labels)
+
+    # ----- input handling -----
+
+    def encode(self, seq: Sequence[str] | str) -> np.ndarray:
+        """Symbols to token ids; a plain string is split into characters (or on whitespace)."""
+        if isinstance(seq, str):
+            seq = list(seq) if all(len(a) == 1 for a in self.alphabet) else seq.split()
+        out = np.empty(len(seq), dtype=np.int64)
+        for i, a in enumerate(seq):
+            j = self._symbol_index.get(a) if isinstance(a, str) else None
+            if j is None:
+                raise InputError(
+                    f"symbol {a!r} at position {i} is not in the alphabet {list(self.alphabet)}"
+                )
+            out[i] = j
+        return out
+
+    def decode(self, tokens: Any) -> list[str]:
+        """Token ids (1-D) to symbols."""
+        arr = self.check_tokens(tokens)
+        if arr.ndim != 1:
+            raise InputError(f"decode expects a 1-D token sequence, got shape {arr.shape}")
+        return [self.alphabet[t] for t in arr]
+
+    def check_tokens(self, tokens: Any) -> np.ndarray:
+        """Return `tokens` as int64, raising InputError for ids outside [0, n_symbols)."""
+        arr = np.asarray(tokens)
+        if arr.size == 0:
+            return arr.astype(np.int64)
+        if not np.issubdtype(arr.dtype, np.integer):
+            raise InputError(f"tokens must be integer ids, got dtype {arr.dtype}")
+        bad = (arr < 0) | (arr >= self.n_symbols)
+        if bad.any():
+            pos = tuple(int(p) for p in np.argwhere(bad)[0])
+            raise InputError(
+                f"token id {arr[pos]} at {pos} outside [0, {self.n_symbols}) for alphabet {list(self.alphabet)}"
+            )
+        return arr.astype(np.int64)
+
+    def _word_tokens(self, word: Any) -> np.ndarray:
+        if isinstance(word, str) or (
+            isinstance(word, Sequence) and all(isinstance(w, str) for w in word)
+        ):
+            return self.encode(word)
+        return self.check_tokens(word).reshape(-1)
+
+    # ----- running -----
+
+    def run(self, tokens: Any, start: str | int | None = None) -> np.ndarray:
+        """States after each prefix x[0..t]; `tokens` is [T] or [B, T], the result has its shape."""
+        arr = self.check_tokens(tokens)
+        if arr.ndim not in (1, 2):
+            raise InputError(f"tokens must be [T] or [B, T], got shape {arr.shape}")
+        x = arr[None] if arr.ndim == 1 else arr
+        s0 = self.start if start is None else self._resolve_state_input(start)
+        out = np.empty(x.shape, dtype=np.int64)
+        state = np.full(x.shape[0], s0, dtype=np.int64)
+        for t in range(x.shape[1]):
+            state = self.transitions[state, x[:, t]]
+            out[:, t] = state
+        return out[0] if arr.ndim == 1 else out
+
+    def _resolve_state_input(self, s: Any) -> int:
+        try:
+            return self._resolve_state(s, "state")
+        except AutomatonError as e:
+            raise InputError(str(e)) from None
+
+    def run_outputs(self, tokens: Any, start: str | int | None = None) -> np.ndarray:
+        """Label after each prefix: outputs[run(tokens)]."""
+        return self.outputs[self.run(tokens, start)]
+
+    def state_after(self, word: Any) -> int:
+        """Index of the state reached after the whole (possibly empty) word."""
+        state = self.start
+        for t in self._word_tokens(word):
+            state = int(self.transitions[state, t])
+        return state
+
+    def output_of(self, word: Any) -> int:
+        """Label index after the whole (possibly empty) word."""
+        return int(self.outputs[self.state_after(word)])
+
+    # ----- structure -----
+
+    def reachable(self) -> np.ndarray:
+        """Reachable state indices in BFS order from start (symbols in alphabet order)."""
+        seen = np.zeros(self.n_states, dtype=bool)
+        seen[self.start] = True
+        order = [self.start]
+        queue = deque(order)
+        while queue:
+            s = queue.popleft()
+            for t in self.transitions[s]:
+                if not seen[t]:
+                    seen[t] = True
+                    order.append(int(t))
+                    queue.append(int(t))
+        return np.array(order, dtype=np.int64)
+
+    def _subset(self, keep: np.ndarray, names: Sequence[str] | None = None) -> Automaton:
+        remap = np.full(self.n_states, -1, dtype=np.int64)
+        remap[keep] = np.arange(len(keep))
+        return Automaton(
+            self.alphabet,
+            [self.states[i] for i in keep] if names is None else names,
+            int(remap[self.start]),
+            remap[self.transitions[keep]],
+            self.outputs[keep],
+            self.labels,
+            self.name,
+        )
+
+    def trim(self) -> Automaton:
+        """Copy without unreachable states (the rest keep their names and order)."""
+        return self._subset(np.sort(self.reachable()))
+
+    def _partition(self) -> np.ndarray:
+        """Block id per state of the coarsest output-respecting congruence (Moore refinement)."""
+        block = np.unique(self.outputs, return_inverse=True)[1].reshape(-1)
+        n_blocks = int(block.max()) + 1
+        while True:
+            sig = np.concatenate([block[:, None], block[self.transitions]], axis=1)
+            new = np.unique(sig, axis=0, return_inverse=True)[1].reshape(-1)
+            n_new = int(new.max()) + 1
+            block = new
+            if n_new == n_blocks:
+                return block
+            n_blocks = n_new
+
+    def minimize(self) -> Automaton:
+        """Minimal equivalent automaton, states named q0, q1, ... in BFS order from start."""
+        trimmed = self.trim()
+        block = trimmed._partition()
+        n_blocks = int(block.max()) + 1
+        rep = np.unique(block, return_index=True)[1]
+        quotient = Automaton(
+            trimmed.alphabet,
+            [f"b{i}" for i in range(n_blocks)],
+            int(block[trimmed.start]),
+            block[trimmed.transitions[rep]],
+            trimmed.outputs[rep],
+            trimmed.labels,
+            trimmed.name,
+        )
+        order = quotient.reachable()
+        return quotient._subset(order, [f"q{i}" for i in range(len(order))])
+
+    def is_minimal(self) -> bool:
+        """True when every state is reachable and no two states are equivalent."""
+        return self.minimize().n_states == self.n_states
+
+    def _label_names(self) -> np.ndarray:
+        return np.array(self.labels, dtype=object)[self.outputs]
+
+    def _symbol_map(self, other: Automaton) -> np.ndarray:
+        if set(self.alphabet) != set(other.alphabet):
+            raise AutomatonError(
+                f"alphabets differ: {list(self.alphabet)} vs {list(other.alphabet)}"
+            )
+        return np.array([other._symbol_index[a] for a in self.alphabet], dtype=np.int64)
+
+    def equivalent(self, other: Automaton) -> list[str] | None:
+        """None if both map every input word to the same label sequence, else a shortest word that
+        separates them (labels compared by name)."""
+        sym = self._symbol_map(other)
+        la, lb = self._label_names(), other._label_names()
+        first = (self.start, other.start)
+        parent: dict[tuple[int, int], tuple[tuple[int, int], int] | None] = {first: None}
+        queue = deque([first])
+        while queue:
+            pair = queue.popleft()
+            if la[pair[0]] != lb[pair[1]]:
+                word: list[str] = []
+                node = pair
+                while parent[node] is not None:
+                    node, j = parent[node]
+                    word.append(self.alphabet[j])
+                return word[::-1]
+            for j in range(self.n_symbols):
+                nxt = (int(self.transitions[pair[0], j]), int(other.transitions[pair[1], sym[j]]))
+                if nxt not in parent:
+                    parent[nxt] = (pair, j)
+                    queue.append(nxt)
+        return None
+
+    def isomorphism(self, other: Automaton) -> dict[str, str] | None:
+        """A state bijection preserving start, transitions and output labels, or None."""
+        if set(self.alphabet) != set(other.alphabet) or self.n_states != other.n_states:
+            return None
+        sym = self._symbol_map(other)
+        la, lb = self._label_names(), other._label_names()
+        mapping = {self.start: other.start}
+        queue = deque([self.start])
+        while queue:
+            s = queue.popleft()
+            t = mapping[s]
+            if la[s] != lb[t]:
+                return None
+            for j in range(self.n_symbols):
+                s2, t2 = int(self.transitions[s, j]), int(other.transitions[t, sym[j]])
+                if s2 in mapping:
+                    if mapping[s2] != t2:
+                        return None
+                else:
+                    mapping[s2] = t2
+                    queue.append(s2)
+        if len(set(mapping.values())) != len(mapping):
+            return None
+        if len(mapping) == self.n_states:
+            if len(set(mapping.values())) != other.n_states:
+                return None
+            return {self.states[s]: other.states[t] for s, t in mapping.items()}
+        return self._isomorphism_nx(other)
+
+    def _isomorphism_nx(self, other: Automaton) -> dict[str, str] | None:
+        """General case with unreachable states: graph isomorphism on the labelled multigraphs."""
+        from networkx.algorithms.isomorphism import MultiDiGraphMatcher
+
+        def node_match(a: dict, b: dict) -> bool:
+            return a["output"] == b["output"] and a["start"] == b["start"]
+
+        def edge_match(a: dict, b: dict) -> bool:
+            return sorted(d["symbol"] for d in a.values()) == sorted(
+                d["symbol"] for d in b.values()
+            )
+
+        gm = MultiDiGraphMatcher(
+            self.to_networkx(), other.to_networkx(), node_match=node_match, edge_match=edge_match
+        )
+        for m in gm.isomorphisms_iter():
+            return dict(m)
+        return None
+
+    def relabel_states(self, names: Sequence[str] | Mapping[str, str]) -> Automaton:
+        """Same machine with new state names (a list in state order, or old -> new)."""
+        if isinstance(names, Mapping):
+            unknown = [s for s in names if s not in self._state_index]
+            if unknown:
+                raise AutomatonError(f"cannot rename unknown state(s) {unknown}")
+            names = [names.get(s, s) for s in self.states]
+        names = list(names)
+        if len(names) != self.n_states:
+            raise AutomatonError(f"{len(names)} names for {self.n_states} states")
+        return Automaton(
+            self.alphabet, names, self.start, self.transitions, self.outputs, self.labels, self.name
+        )
+
+    # ----- conversion -----
+
+    def to_networkx(self) -> nx.MultiDiGraph:
+        """States as nodes (attributes `output`, `start`), one edge per (state, symbol)."""
+        g = nx.MultiDiGraph(
+            name=self.name,
+            alphabet=list(self.alphabet),
+            start=self.states[self.start],
+            labels=list(self.labels),
+        )
+        for i, s in enumerate(self.states):
+            g.add_node(s, output=self.labels[self.outputs[i]], start=i == self.start)
+        for i, s in enumerate(self.states):
+            for j, a in enumerate(self.alphabet):
+                g.add_edge(s, self.states[self.transitions[i, j]], key=a, symbol=a)
+        return g
+
+    @classmethod
+    def from_networkx(cls, g: nx.MultiDiGraph) -> Automaton:
+        """Inverse of `to_networkx`; start and alphabet may come from graph or node/edge data."""
+        if not isinstance(g, nx.MultiDiGraph):
+            raise AutomatonError(f"expected a networkx MultiDiGraph, got {type(g).__name__}")
+        states = [str(n) if not isinstance(n, str) else n for n in g.nodes]
+        if len(set(states)) != len(states):
+            raise AutomatonError("node names collide when converted to strings")
+        name_of = dict(zip(g.nodes, states, strict=True))
+        edges = [
+            (name_of[u], name_of[v], d.get("symbol", k))
+            for u, v, k, d in g.edges(keys=True, data=True)
+        ]
+        alphabet = g.graph.get("alphabet")
+        if alphabet is None:
+            alphabet = list(dict.fromkeys(str(a) for _, _, a in edges))
+        start = g.graph.get("start")
+        if start is None:
+            starts = [name_of[n] for n, d in g.nodes(data=True) if d.get("start")]
+            if len(starts) != 1:
+                raise AutomatonError(f"graph must mark exactly one start node, found {starts}")
+            start = starts[0]
+        elif start in name_of:
+            start = name_of[start]
+        table: dict[str, dict[str, str]] = {s: {} for s in states}
+        for u, v, a in edges:
+            if not isinstance(a, str):
+                a = str(a)
+            if a in table[u] and table[u][a] != v:
+                raise AutomatonError(f"nondeterministic: state {u!r} has several edges on {a!r}")
+            table[u][a] = v
+        outs = [d.get("output") for _, d in g.nodes(data=True)]
+        if all(o is None for o in outs):
+            outputs = None
+            labels = None
+        elif any(o is None for o in outs):
+            missing = [name_of[n] for n, d in g.nodes(data=True) if d.get("output") is None]
+            raise AutomatonError(f"node(s) {missing} have no output attribute")
+        else:
+            outputs = [str(o) for o in outs]
+            labels = g.graph.get("labels")
+        return cls(
+            alphabet, states, start, table, outputs, labels, str(g.graph.get("name", "automaton"))
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able description (states, symbols and labels by name)."""
+        return {
+            "name": self.name,
+            "alphabet": list(self.alphabet),
+            "states": list(self.states),
+            "start": self.states[self.start],
+            "transitions": {
+                s: {a: self.states[self.transitions[i, j]] for j, a in enumerate(self.alphabet)}
+                for i, s in enumerate(self.states)
+            },
+            "outputs": {s: self.labels[self.outputs[i]] for i, s in enumerate(self.states)},
+            "labels": list(self.labels),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Any) -> Automaton:
+        """Inverse of `to_dict`; `outputs`, `labels` and `name` are optional."""
+        if not isinstance(d, Mapping):
+            raise AutomatonError(
+                f"automaton description must be a JSON object, got {type(d).__name__}"
+            )
+        unknown = set(d) - _DICT_KEYS - _IGNORED_KEYS
+        if unknown:
+            raise AutomatonError(
+                f"unknown key(s) {sorted(unknown)}; allowed: {sorted(_DICT_KEYS | _IGNORED_KEYS)}"
+            )
+        missing = [k for k in _REQUIRED_KEYS if k not in d]
+        if missing:
+            raise AutomatonError(f"automaton description lacks key(s) {missing}")
+        if not isinstance(d["start"], str):
+            raise AutomatonError(f"'start' must be a state name, got {d['start']!r}")
+        if not isinstance(d["transitions"], Mapping):
+            raise AutomatonError("'transitions' must be an object state -> {symbol: state}")
+        for s, row in d["transitions"].items():
+            if isinstance(row, Mapping):
+                for a, t in row.items():
+                    if not isinstance(t, str):
+                        raise AutomatonError(
+                            f"target of ({s!r}, {a!r}) must be a state name, got {t!r}"
+                        )
+        outputs = d.get("outputs")
+        if outputs is not None:
+            if not isinstance(outputs, Mapping):
+                raise AutomatonError("'outputs' must be an object state -> label")
+            for s, o in outputs.items():
+                if not isinstance(o, str | int) or isinstance(o, bool):
+                    raise AutomatonError(f"output of state {s!r} must be a label name, got {o!r}")
+            outputs = {s: str(o) for s, o in outputs.items()}
+        labels = d.get("labels")
+        if labels is not None and outputs is None:
+            raise AutomatonError("'labels' given without 'outputs'")
+        return cls(
+            d["alphabet"],
+            d["states"],
+            d["start"],
+            d["transitions"],
+            outputs,
+            labels,
+            d.get("name", "automaton"),
+        )
+
+    def save_json(self, path: str | os.PathLike) -> Path:
+        """Write `to_dict()` atomically."""
+        return atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def load_json(cls, path: str | os.PathLike) -> Automaton:
+        """Read an automaton file, raising AutomatonError (naming the file) if it is unusable."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as e:
+            raise AutomatonError(
+                f"cannot read automaton file {str(path)!r}: {e.strerror or e}"
+            ) from None
+        except UnicodeDecodeError as e:
+            raise AutomatonError(f"automaton file {str(path)!r} is not UTF-8 text: {e}") from None
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise AutomatonError(f"automaton file {str(path)!r} is not valid JSON: {e}") from None
+        try:
+            return cls.from_dict(d)
+        except AutomatonError as e:
+            raise AutomatonError(f"{str(path)!r}: {e}") from None
+
+    # ----- dunder -----
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Automaton):
+            return NotImplemented
+        return (
+            self.alphabet == other.alphabet
+            and self.states == other.states
+            and self.start == other.start
+            and self.labels == other.labels
+            and np.array_equal(self.transitions, other.transitions)
+            and np.array_equal(self.outputs, other.outputs)
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (
+            f"Automaton(name={self.name!r}, n_states={self.n_states}, "
+            f"alphabet={list(self.alphabet)}, n_labels={self.n_labels}, "
+            f"start={self.states[self.start]!r})"
+        )

@@ -1,0 +1,324 @@
+"""The `fsm-probe` command line. Errors caused by the user exit with code 2 and one line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import ConfigError, FsmProbeError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Did the network learn the state machine, or a shortcut?",
+)
+console = Console()
+
+
+def _fail(message: str) -> None:
+    first = " ".join(str(message).split())
+    print(f"fsm-probe: error: {first}", file=sys.stderr)
+    raise typer.Exit(2)
+
+
+def _user_errors(fn):
+    """Turn project errors (and unreadable files) into one line on stderr and exit code 2."""
+
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except FsmProbeError as e:
+            _fail(str(e))
+        except KeyboardInterrupt:
+            _fail("interrupted; nothing half-written was kept")
+
+    return wrapper
+
+
+def _parse_range(text: str, what: str) -> tuple[int, int]:
+    try:
+        lo, hi = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise ConfigError(f"{what} must look like MIN:MAX, got {text!r}") from None
+    return lo, hi
+
+
+def _parse_lengths(text: str) -> list[int]:
+    try:
+        lengths = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"lengths must be comma-separated integers, got {text!r}") from None
+    if not lengths or min(lengths) < 1:
+        raise ConfigError(f"lengths must be positive integers, got {text!r}")
+    return lengths
+
+
+def _resolve_task(task: str | None, task_file: Path | None):
+    from .tasks import get_task, task_from_file
+
+    if (task is None) == (task_file is None):
+        raise ConfigError("give exactly one of --task NAME[:PARAMS] or --task-file FILE.json")
+    return get_task(task) if task is not None else task_from_file(task_file)
+
+
+@app.command("tasks")
+@_user_errors
+def tasks_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """List the task zoo with parameters and sources."""
+    from .tasks import get_task, list_tasks
+
+    infos = list_tasks()
+    rows = []
+    for info in infos:
+        a = get_task(info.name).automaton
+        rows.append(
+            {
+                "name": info.name,
+                "params": info.defaults,
+                "symbols": a.n_symbols,
+                "labels": a.n_labels,
+                "minimal_states": a.minimize().n_states,
+                "description": info.description,
+                "source": info.source,
+            }
+        )
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title="fsm_probe tasks (spec: NAME[:k=v,...])")
+    for col in ("name", "params", "symbols", "states", "description"):
+        table.add_column(col)
+    for r in rows:
+        params = ",".join(f"{k}={v}" for k, v in r["params"].items())
+        table.add_row(r["name"], params, str(r["symbols"]), str(r["minimal_states"]), r["description"])
+    console.print(table)
+
+
+ARCHS = "rnn, gru, lstm, transformer"
+
+
+@app.command("train")
+@_user_errors
+def train_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Run directory (checkpoint + logs).")],
+    arch: Annotated[str, typer.Option("--arch", help=ARCHS)] = "gru",
+    task: Annotated[str | None, typer.Option("--task", help="NAME[:k=v,...], see `fsm-probe tasks`.")] = None,
+    task_file: Annotated[Path | None, typer.Option("--task-file", help="Automaton JSON file.")] = None,
+    layers: Annotated[int, typer.Option("--layers")] = 1,
+    hidden: Annotated[int | None, typer.Option("--hidden", help="State size / d_model.")] = None,
+    heads: Annotated[int, typer.Option("--heads")] = 4,
+    d_mlp: Annotated[int | None, typer.Option("--d-mlp", help="0 = attention only.")] = None,
+    positional: Annotated[str, typer.Option("--positional", help="learned, rotary, none")] = "learned",
+    n_ctx: Annotated[int, typer.Option("--n-ctx")] = 512,
+    train_lengths: Annotated[str, typer.Option("--train-lengths")] = "1:40",
+    max_steps: Annotated[int, typer.Option("--max-steps")] = 3000,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 64,
+    lr: Annotated[float | None, typer.Option("--lr")] = None,
+    target: Annotated[float, typer.Option("--target", help="Stop at this validation accuracy.")] = 1.0,
+    final_only: Annotated[bool | None, typer.Option("--final-only/--every-position")] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+) -> None:
+    """Train a model on a task and save the checkpoint to --out."""
+    from .models import ModelConfig
+    from .training import TrainConfig, train
+
+    the_task = _resolve_task(task, task_file)
+    a = the_task.automaton
+    model_cfg = ModelConfig(
+        arch=arch, d_vocab=a.n_symbols, d_out=a.n_labels, n_layers=layers,
+        d_hidden=64 if hidden is None else hidden, n_heads=heads, d_mlp=d_mlp, positional=positional,
+        n_ctx=n_ctx, seed=seed,
+    )
+    train_cfg = TrainConfig(
+        train_lengths=_parse_range(train_lengths, "--train-lengths"), batch_size=batch_size,
+        max_steps=max_steps, lr=lr, target_accuracy=target, final_only=final_only, seed=seed,
+    )
+    model = train(the_task, model_cfg, train_cfg, out_dir=out, progress=not quiet)
+    t = model.fsm_training
+    console.print(
+        f"trained {arch} on {the_task.spec}: {t['steps']} steps, {t['seconds']:.1f}s, "
+        f"validation accuracy {t['final_val_accuracy']:.4f} -> {out}"
+    )
+
+
+@app.command("eval")
+@_user_errors
+def eval_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="Checkpoint directory.")],
+    lengths: Annotated[str, typer.Option("--lengths")] = "41,100,500",
+    n: Annotated[int, typer.Option("--n", help="Sequences per length.")] = 256,
+    seed: Annotated[int, typer.Option("--seed")] = 12345,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Evaluate a checkpoint per length (per-position and final-position accuracy)."""
+    from .checkpoint import load
+    from .evaluation import evaluate
+
+    if n < 1:
+        raise ConfigError(f"--n must be positive, got {n}")
+    wanted = _parse_lengths(lengths)
+    model = load(run_dir)
+    report = evaluate(model, model.fsm_task, wanted, n=n, seed=seed)
+    if as_json:
+        print(json.dumps({"lengths": {str(k): v for k, v in report.items()}}))
+        return
+    table = Table(title=f"{run_dir}: {model.fsm_config.arch} on {model.fsm_task.spec}")
+    for col in ("length", "accuracy", "final accuracy", "sequence accuracy"):
+        table.add_column(col, justify="right")
+    for length, r in report.items():
+        table.add_row(str(length), f"{r['accuracy']:.4f}", f"{r['final_accuracy']:.4f}", f"{r['sequence_accuracy']:.4f}")
+    console.print(table)
+
+
+@app.command("predict")
+@_user_errors
+def predict_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="Checkpoint directory.")],
+    sequences: Annotated[list[str], typer.Argument(help="Input words, symbols separated by spaces or given as one string of 1-char symbols.")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Print the model's label after every prefix of each input word, next to the true one."""
+    from .checkpoint import load
+    from .models import predict_logits
+
+    model = load(run_dir)
+    a = model.fsm_task.automaton
+    rows = []
+    for text in sequences:
+        tokens = a.encode(text.split() if " " in text.strip() else text)
+        pred = predict_logits(model, tokens[None]).argmax(-1)[0].tolist()
+        true = a.run_outputs(tokens[None])[0].tolist()
+        rows.append(
+            {
+                "input": a.decode(tokens),
+                "predicted": [a.labels[i] for i in pred],
+                "true": [a.labels[i] for i in true],
+            }
+        )
+    if as_json:
+        print(json.dumps(rows))
+        return
+    for r in rows:
+        console.print(" ".join(r["input"]))
+        console.print("  predicted: " + " ".join(r["predicted"]))
+        console.print("  true:      " + " ".join(r["true"]))
+
+
+@app.command("demo")
+@_user_errors
+def demo_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Where the demo runs are written.")] = Path("runs/demo"),
+    quiet: Annotated[bool, typer.Option("--quiet")] = False,
+) -> None:
+    """The main job, end to end: GRU vs Transformer on parity, length generalization to 400."""
+    from .demo import run_demo
+
+    run_demo(out, console=console, progress=not quiet)
+
+
+def _usage_error_types() -> tuple[type[BaseException], ...]:
+    """Click's exception base, plus the copy of click that newer typer releases vendor."""
+    import click
+
+    types: list[type[BaseException]] = [click.exceptions.ClickException]
+    vendored = typer.BadParameter.__mro__
+    types += [t for t in vendored if t.__name__ == "ClickException"]
+    return tuple(types)
+
+
+@app.command("extract")
+@_user_errors
+def extract_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="Checkpoint directory.")],
+    out: Annotated[Path, typer.Option("--out", help="Directory for fsm.json, fsm.graphml, fsm.dot, figures.html, extraction.json.")],
+    method: Annotated[str, typer.Option("--method", help="kmeans, grid, gmm, agglomerative or lstar.")] = "kmeans",
+    site: Annotated[str | None, typer.Option("--site", help="Hook name(s), comma-separated; default: the full recurrent state.")] = None,
+    components: Annotated[float, typer.Option("--components", help="PCA dimensions (>= 1) or variance fraction (< 1).")] = 10,
+    max_states: Annotated[int, typer.Option("--max-states")] = 64,
+    lengths: Annotated[str, typer.Option("--lengths", help="Held-out lengths for the checks.")] = "50,100",
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print extraction.json.")] = False,
+) -> None:
+    """Recover the automaton a trained model implements, check it, and write it to --out."""
+    from .checkpoint import load
+    from .extraction import FSMExtractor, check_extraction, save_extraction
+    from .figures.extraction import extraction_figures, figures_html
+
+    model = load(run_dir)
+    sites = [s.strip() for s in site.split(",") if s.strip()] if site else None
+    n_components = int(components) if components >= 1 else float(components)
+    ex = FSMExtractor(
+        method=method, site=sites, n_components=n_components, max_states=max_states, seed=seed
+    ).fit(model)
+    report = check_extraction(model, ex, lengths=tuple(_parse_lengths(lengths)))
+    summary = (
+        f"{run_dir}: {model.fsm_config.arch} on {model.fsm_task.spec}, method {method}\n"
+        f"states {report['n_states']} (raw {report['n_states_raw']}), fidelity {report['fidelity']:.4f}, "
+        f"equivalent to task: {report['equivalent_to_task']}"
+    )
+    page = figures_html(extraction_figures(ex), title=f"fsm-probe extract {run_dir}", summary=summary)
+    save_extraction(out, ex, report, page)
+    if as_json:
+        print(json.dumps(json.loads((out / "extraction.json").read_text(encoding="utf-8"))))
+        return
+    ic = report["interchange_accuracy"]
+    console.print(summary + (f", interchange accuracy {ic:.4f}" if ic is not None else "")
+                  + f", {report['seconds']:.2f}s -> {out}")
+    if report.get("counterexample") is not None:
+        console.print(f"counterexample: {''.join(report['counterexample']) or '(empty word)'}")
+
+
+@app.command("report")
+@_user_errors
+def report_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="Checkpoint directory.")],
+    out: Annotated[Path | None, typer.Option("--out", help="HTML file to write (default RUN_DIR/report.html).")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="Small samples: a first look in seconds.")] = False,
+    length: Annotated[int | None, typer.Option("--length", help="Sequence length analysed (default: min(training max, 16)).")] = None,
+    n: Annotated[int | None, typer.Option("--n", help="Sequences for the lens, probes and attention.")] = None,
+    extraction: Annotated[bool, typer.Option("--extraction/--no-extraction", help="Extract the automaton (RNNs).")] = True,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Write one self-contained HTML report: lens, probes, attention, patching, tracing, circuit."""
+    from .report import ReportSettings, write_report
+
+    if length is not None and length < 2:
+        raise ConfigError(f"--length must be at least 2, got {length}")
+    if n is not None and n < 2:
+        raise ConfigError(f"--n must be at least 2, got {n}")
+    settings = ReportSettings.quick() if quick else ReportSettings()
+    overrides = {"length": length, "extraction": extraction, "seed": seed}
+    if n is not None:
+        overrides["n"] = n
+    path = write_report(run_dir, out, settings, **overrides)
+    console.print(f"report written to {path}")
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Entry point of the `fsm-probe` console script; usage errors also print one line."""
+    try:
+        code = app(args=argv, prog_name="fsm-probe", standalone_mode=False)
+    except _usage_error_types() as e:
+        ctx = getattr(e, "ctx", None)
+        hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+        if e.format_message():
+            print(f"fsm-probe: error: {e.format_message()}{hint}", file=sys.stderr)
+        code = getattr(e, "exit_code", 2) or 2
+    except (typer.Abort, KeyboardInterrupt):
+        print("fsm-probe: interrupted", file=sys.stderr)
+        code = 130
+    raise SystemExit(code or 0)
+
+
+if __name__ == "__main__":
+    main()

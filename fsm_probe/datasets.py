@@ -1,0 +1,109 @@
+"""Batches of (tokens, labels, states) drawn from a task, reproducible from a seed.
+
+Every batch has a single length (no padding). Labels follow the task's protocol: one label per
+prefix, or, with `final_only`, only at the last position and `IGNORE_INDEX` elsewhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from fsm_probe.errors import ConfigError
+from fsm_probe.tasks import Task
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Batch:
+    """tokens, labels and true states, all int64 `[B, T]`."""
+
+    tokens: np.ndarray
+    labels: np.ndarray
+    states: np.ndarray
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.tokens.shape[0])
+
+    @property
+    def length(self) -> int:
+        return int(self.tokens.shape[1])
+
+
+def _positive_int(what: str, v: object) -> int:
+    if not isinstance(v, int | np.integer) or isinstance(v, bool) or v < 1:
+        raise ConfigError(f"{what} must be a positive integer, got {v!r}")
+    return int(v)
+
+
+def label_batch(task: Task, tokens: np.ndarray, final_only: bool | None = None) -> Batch:
+    """Run the task's automaton over `tokens` and build the labelled batch."""
+    final_only = task.final_only if final_only is None else final_only
+    states = task.automaton.run(np.atleast_2d(tokens))
+    labels = task.automaton.outputs[states]
+    if final_only:
+        masked = np.full_like(labels, IGNORE_INDEX)
+        masked[:, -1] = labels[:, -1]
+        labels = masked
+    return Batch(tokens=np.atleast_2d(tokens).astype(np.int64), labels=labels, states=states)
+
+
+def sample_batch(
+    task: Task,
+    batch_size: int,
+    length: int,
+    rng: np.random.Generator,
+    final_only: bool | None = None,
+) -> Batch:
+    """One batch of `batch_size` sequences of `task.effective_length(length)` tokens."""
+    batch_size = _positive_int("batch_size", batch_size)
+    length = task.effective_length(_positive_int("length", length))
+    return label_batch(task, task.sampler.sample(rng, batch_size, length), final_only)
+
+
+def iterate_batches(
+    task: Task,
+    batch_size: int,
+    lengths: tuple[int, int] | int,
+    seed: int = 0,
+    final_only: bool | None = None,
+) -> Iterator[Batch]:
+    """Endless batches, each with a length drawn uniformly from `lengths` = (min, max) inclusive."""
+    if isinstance(lengths, int | np.integer):
+        lengths = (int(lengths), int(lengths))
+    try:
+        lo, hi = lengths
+    except (TypeError, ValueError):
+        raise ConfigError(f"lengths must be (min, max), got {lengths!r}") from None
+    lo, hi = _positive_int("minimum length", lo), _positive_int("maximum length", hi)
+    if lo > hi:
+        raise ConfigError(f"minimum length {lo} exceeds maximum length {hi}")
+    _positive_int("batch_size", batch_size)
+    return _batches(task, batch_size, lo, hi, np.random.default_rng(seed), final_only)
+
+
+def _batches(
+    task: Task, batch_size: int, lo: int, hi: int, rng: np.random.Generator, final_only: bool | None
+) -> Iterator[Batch]:
+    while True:
+        length = int(rng.integers(lo, hi + 1))
+        yield sample_batch(task, batch_size, length, rng, final_only)
+
+
+def eval_set(
+    task: Task,
+    length: int,
+    n: int = 512,
+    seed: int = 0,
+    final_only: bool | None = None,
+) -> Batch:
+    """Fixed evaluation set: the same (task, length, n, seed) always gives the same data."""
+    length = _positive_int("length", length)
+    n = _positive_int("n", n)
+    if not isinstance(seed, int | np.integer) or seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+    return sample_batch(task, n, length, np.random.default_rng([int(seed), length]), final_only)

@@ -1,0 +1,93 @@
+"""`ModelConfig`: the architecture of any fsm_probe model, as stored in `config.json`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from ..errors import ConfigError
+
+RNN_ARCHS = ("rnn", "gru", "lstm")
+TRANSFORMER_ARCHS = ("transformer",)
+MEMORY_ARCHS = ("rmt", "scratchpad")  # Transformers with a working memory (models/rmt.py, scratchpad.py)
+POSITIONAL = ("learned", "rotary", "none")
+NORMALIZATIONS = ("LN", "LNPre", "RMS", "RMSPre", None)
+
+
+@dataclass
+class ModelConfig:
+    """Architecture hyperparameters shared by every model family.
+
+    `d_hidden` is the RNN state size or the Transformer's `d_model`. `d_mlp=None` means
+    `4 * d_hidden`; `d_mlp=0` builds an attention-only Transformer.
+
+    Memory Transformers: `rmt` cuts the input into segments of `segment_length` tokens and
+    carries `n_memory` memory vectors between them, back-propagating through `bptt_segments`
+    segments (0 = all); for `rmt` and `scratchpad`, `n_ctx` is the longest input accepted.
+    """
+
+    arch: str
+    d_vocab: int
+    d_out: int
+    n_layers: int = 1
+    d_hidden: int = 32
+    n_heads: int = 4
+    d_mlp: int | None = None
+    normalization: str | None = "LN"
+    positional: str = "learned"
+    n_ctx: int = 512
+    attention_dir: str = "causal"
+    seed: int = 0
+    segment_length: int = 8
+    n_memory: int = 2
+    bptt_segments: int = 0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        known = RNN_ARCHS + TRANSFORMER_ARCHS + MEMORY_ARCHS
+        if self.arch not in known:
+            raise ConfigError(f"unknown architecture {self.arch!r}; expected one of {', '.join(known)}")
+        for name in ("d_vocab", "d_out", "n_layers", "d_hidden", "n_heads", "n_ctx"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.d_mlp is not None and (not isinstance(self.d_mlp, int) or self.d_mlp < 0):
+            raise ConfigError(f"d_mlp must be a non-negative integer or None, got {self.d_mlp!r}")
+        for name in ("segment_length", "n_memory"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.bptt_segments, int) or isinstance(self.bptt_segments, bool) or self.bptt_segments < 0:
+            raise ConfigError(f"bptt_segments must be a non-negative integer (0 = all), got {self.bptt_segments!r}")
+        if self.arch == "scratchpad" and self.attention_dir != "causal":
+            raise ConfigError("scratchpad needs attention_dir='causal' (it reads its own earlier outputs)")
+        if self.arch in TRANSFORMER_ARCHS + MEMORY_ARCHS:
+            if self.d_hidden % self.n_heads:
+                raise ConfigError(
+                    f"d_hidden={self.d_hidden} is not divisible by n_heads={self.n_heads}"
+                )
+            if self.positional not in POSITIONAL:
+                raise ConfigError(
+                    f"unknown positional encoding {self.positional!r}; expected one of {', '.join(POSITIONAL)}"
+                )
+            if self.normalization not in NORMALIZATIONS:
+                raise ConfigError(f"unknown normalization {self.normalization!r}")
+            if self.attention_dir not in ("causal", "bidirectional"):
+                raise ConfigError(f"attention_dir must be causal or bidirectional, got {self.attention_dir!r}")
+
+    @property
+    def is_rnn(self) -> bool:
+        return self.arch in RNN_ARCHS
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        names = {f.name for f in fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ConfigError(f"unknown architecture fields: {', '.join(sorted(unknown))}")
+        return cls(**data)

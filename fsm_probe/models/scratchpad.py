@@ -1,0 +1,175 @@
+"""`HookedScratchpad`: a Transformer that emits the state sequence and reads its own outputs.
+
+After the remedy of Liu et al. 2023 ("Transformers Learn Shortcuts to Automata", arXiv
+2210.10749): guide the Transformer to the *autoregressive* solution. At position `t` the model
+sees the input symbol `x_t` and the label it emitted at `t - 1` (a start marker at `t = 0`), as
+one pair token `x_t * (d_out + 1) + (y_{t-1} + 1)` of a TransformerLens native Transformer
+(`transformer` submodule, causal attention). It then only has to learn the transition
+`(y_{t-1}, x_t) -> y_t`, which does not depend on the length.
+
+- **Training** (`model.train()`): teacher forcing. `y_{t-1}` is the true label, computed by the
+  task's automaton (`model.fsm_task`, which `fsm_probe.training.train` attaches before training)
+  or passed as `forward(tokens, feedback=labels)`. This is the scratchpad's supervision: the
+  automaton is never used at evaluation.
+- **Evaluation** (`model.eval()`): `y_{t-1}` is the model's own argmax output at `t - 1`,
+  generated one position at a time with a key/value cache (hook-free, using the same weights);
+  then, when any hook is attached, one ordinary forward pass over the self-generated pair tokens
+  fires every hook point once with full `[batch, pos, ...]` tensors (its logits equal the
+  generated ones). Hooks therefore act on that final pass, not on the fed-back labels; to
+  intervene on the feedback, pass `feedback=`.
+
+Use `positional="none"` (NoPE) or `"rotary"`: learned positions beyond the training lengths are
+untrained. The label fed back is the task's *label*, so the scratchpad is exact when the label
+determines the state (parity, cyclic groups, cycle navigation, flip-flop, gridworld); when
+several states share a label the Transformer must recover the state from the earlier tokens.
+
+Hook points: the inner Transformer's, unprefixed (`hook_embed` sees the pair-token embedding,
+`blocks.{l}.attn.hook_pattern`, ...), and `hook_feedback` (`[batch, pos]`, the label index fed
+back at each position, -1 = start).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..errors import ConfigError, InputError
+from .config import ModelConfig
+from .rmt import InnerBridgeMixin, inner_transformer_config, validate_tokens
+from .transformer import build_transformer
+from transformer_lens.hook_points import HookPoint
+
+
+def _norm(x: Tensor, kind: str | None, sd: dict[str, Tensor], prefix: str, eps: float) -> Tensor:
+    if kind is None:
+        return x
+    if kind.startswith("LN"):
+        x = x - x.mean(-1, keepdim=True)
+    x = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    if not kind.endswith("Pre"):
+        x = x * sd[prefix + ".weight"]
+        if prefix + ".bias" in sd:
+            x = x + sd[prefix + ".bias"]
+    return x
+
+
+class HookedScratchpad(InnerBridgeMixin):
+    """Autoregressive-state Transformer; see the module docstring."""
+
+    stacked_cache = False
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        if cfg.arch != "scratchpad":
+            raise ConfigError(f"HookedScratchpad needs arch 'scratchpad', got {cfg.arch!r}")
+        self.cfg = cfg
+        self.fsm_config = cfg
+        self.n_feedback = cfg.d_out + 1
+        self.inner_config = inner_transformer_config(
+            cfg, cfg.d_vocab * self.n_feedback, cfg.n_ctx, attention_dir="causal"
+        )
+        self.transformer = build_transformer(self.inner_config)
+        del self.transformer.fsm_config
+        self.hook_feedback = HookPoint()
+        self.setup()
+
+    # ----- inputs
+    def pair_tokens(self, tokens: Tensor, feedback: Tensor) -> Tensor:
+        """Pair tokens from inputs `[B, T]` and the labels `[B, T]` emitted at each position."""
+        prev = torch.cat([feedback.new_full((feedback.shape[0], 1), -1), feedback[:, :-1]], dim=1)
+        prev = self.hook_feedback(prev)
+        return tokens * self.n_feedback + prev + 1
+
+    def teacher_labels(self, tokens: Tensor) -> Tensor:
+        task = getattr(self, "fsm_task", None)
+        if task is None:
+            raise InputError(
+                "a scratchpad model in training mode needs teacher labels: attach a task "
+                "(model.fsm_task = task; fsm_probe.train does) or pass feedback=labels"
+            )
+        labels = task.automaton.run_outputs(tokens.cpu().numpy())
+        return torch.as_tensor(np.asarray(labels), dtype=torch.long, device=tokens.device)
+
+    def forward(
+        self,
+        tokens: Tensor | np.ndarray | Sequence,
+        feedback: Tensor | np.ndarray | None = None,
+    ) -> Tensor:
+        """Logits `[batch, pos, d_out]`.
+
+        `feedback`: the labels `[batch, pos]` whose shifted copy is fed back (teacher forcing).
+        Default: the task's true labels in training mode, the model's own outputs in eval mode.
+        """
+        tokens = validate_tokens(tokens, self.cfg.d_vocab, self.device)
+        if tokens.shape[1] > self.cfg.n_ctx:
+            raise InputError(f"sequence length {tokens.shape[1]} exceeds n_ctx={self.cfg.n_ctx}")
+        if feedback is None and self.training:
+            feedback = self.teacher_labels(tokens)
+        if feedback is None:
+            logits, feedback = self.generate(tokens)
+            if not self.hooks_active():
+                return logits
+        feedback = torch.as_tensor(feedback, device=self.device).long()
+        if feedback.shape != tokens.shape:
+            raise InputError(f"feedback has shape {tuple(feedback.shape)}, expected {tuple(tokens.shape)}")
+        if feedback.numel() and (int(feedback.min()) < 0 or int(feedback.max()) >= self.cfg.d_out):
+            raise InputError(f"feedback labels must lie in [0, {self.cfg.d_out})")
+        return self.transformer(self.pair_tokens(tokens, feedback))
+
+    # ----- fast autoregressive generation with a key/value cache (no hook fires)
+    @torch.no_grad()
+    def generate(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """Feed back the argmax label at every step: returns (logits, labels), both `[B, T]`-shaped."""
+        tokens = validate_tokens(tokens, self.cfg.d_vocab, self.device)
+        B, T = tokens.shape
+        tl = self.transformer.cfg
+        sd = {k: v for k, v in self.transformer.state_dict().items()}
+        H, dh, L = tl.n_heads, tl.d_head, tl.n_layers
+        kind = self.cfg.normalization
+        eps = getattr(tl, "eps", 1e-5)
+        rotary = self.cfg.positional == "rotary"
+        rot = self.transformer.original_model.rotary if rotary else None
+        attn_only = self.inner_config.d_mlp == 0
+        keys = [tokens.new_zeros((B, H, T, dh), dtype=torch.float32) for _ in range(L)]
+        vals = [tokens.new_zeros((B, H, T, dh), dtype=torch.float32) for _ in range(L)]
+        logits_out = torch.empty(B, T, self.cfg.d_out, device=self.device)
+        labels = tokens.new_empty(B, T)
+        prev = tokens.new_full((B,), -1)
+        scale = math.sqrt(dh)
+        for t in range(T):
+            pair = tokens[:, t] * self.n_feedback + prev + 1
+            h = F.embedding(pair, sd["embed.weight"])[:, None]  # [B, 1, d]
+            if "pos_embed.weight" in sd:
+                h = h + sd["pos_embed.weight"][t]
+            for layer in range(L):
+                p = f"blocks.{layer}."
+                a = _norm(h, kind, sd, p + "ln1", eps)
+                q = F.linear(a, sd[p + "attn.q.weight"], sd.get(p + "attn.q.bias"))
+                k = F.linear(a, sd[p + "attn.k.weight"], sd.get(p + "attn.k.bias"))
+                v = F.linear(a, sd[p + "attn.v.weight"], sd.get(p + "attn.v.bias"))
+                q, k, v = (z.view(B, 1, H, dh).transpose(1, 2) for z in (q, k, v))
+                if rot is not None:
+                    pos = tokens.new_full((B, 1), t)
+                    q, k = rot.apply_rope(q, k, position_ids=pos)
+                keys[layer][:, :, t : t + 1] = k
+                vals[layer][:, :, t : t + 1] = v
+                scores = q @ keys[layer][:, :, : t + 1].transpose(-2, -1) / scale
+                z = scores.softmax(-1) @ vals[layer][:, :, : t + 1]  # [B, H, 1, dh]
+                z = z.transpose(1, 2).reshape(B, 1, H * dh)
+                h = h + F.linear(z, sd[p + "attn.o.weight"], sd.get(p + "attn.o.bias"))
+                if not attn_only:
+                    m = _norm(h, kind, sd, p + "ln2", eps)
+                    m = F.relu(F.linear(m, sd[p + "mlp.in.weight"], sd.get(p + "mlp.in.bias")))
+                    h = h + F.linear(m, sd[p + "mlp.out.weight"], sd.get(p + "mlp.out.bias"))
+            h = _norm(h, kind, sd, "ln_final", eps)
+            lg = F.linear(h[:, 0], sd["unembed.weight"], sd.get("unembed.bias"))
+            logits_out[:, t] = lg
+            prev = lg.argmax(-1)
+            labels[:, t] = prev
+        return logits_out, labels

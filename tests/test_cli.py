@@ -1,0 +1,140 @@
+import json
+
+import pytest
+
+from fsm_probe.cli import main
+
+TASK_FILE = {
+    "name": "mod3",
+    "alphabet": ["a", "b"],
+    "states": ["s0", "s1", "s2"],
+    "start": "s0",
+    "transitions": {"s0": {"a": "s1", "b": "s0"}, "s1": {"a": "s2", "b": "s1"}, "s2": {"a": "s0", "b": "s2"}},
+    "outputs": {"s0": "0", "s1": "1", "s2": "2"},
+}
+
+
+def run(capsys, *args):
+    with pytest.raises(SystemExit) as exc:
+        main(list(map(str, args)))
+    out, err = capsys.readouterr()
+    return exc.value.code, out, err
+
+
+def assert_one_line_error(code, err, needle):
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err and needle in lines[0], err
+
+
+def test_tasks_json_lists_the_zoo(capsys):
+    code, out, _ = run(capsys, "tasks", "--json")
+    assert code == 0
+    rows = {r["name"]: r for r in json.loads(out)}
+    expected = {"tomita1": 2, "tomita2": 3, "tomita3": 5, "tomita4": 4, "tomita5": 4, "tomita6": 3, "tomita7": 5, "parity": 2}
+    for name, n in expected.items():
+        assert rows[name]["minimal_states"] == n
+    for name in ("cyclic", "dihedral", "quaternion", "symmetric", "alternating", "flipflop", "gridworld",
+                 "abab", "adder", "even_pairs", "parity_check", "cycle_navigation", "modular_arithmetic"):
+        assert name in rows
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    task_file = out.parent / "mod3.json"
+    task_file.write_text(json.dumps(TASK_FILE))
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--task-file", str(task_file), "--arch", "gru", "--hidden", "16",
+              "--train-lengths", "1:20", "--max-steps", "1500", "--quiet", "--out", str(out)])
+    assert exc.value.code == 0
+    return out
+
+
+@pytest.mark.slow
+def test_user_automaton_trains_and_evaluates(capsys, trained_run):
+    code, out, _ = run(capsys, "eval", trained_run, "--lengths", "20,200", "--json")
+    assert code == 0
+    report = json.loads(out)["lengths"]
+    assert set(report) == {"20", "200"}
+    assert report["200"]["accuracy"] >= 0.999 and report["200"]["final_accuracy"] >= 0.99
+    code, out, _ = run(capsys, "predict", trained_run, "aabab", "--json")
+    assert code == 0
+    row = json.loads(out)[0]
+    assert row["true"] == ["1", "2", "2", "0", "0"] and row["predicted"] == row["true"]
+
+
+@pytest.mark.slow
+def test_out_of_alphabet_input_is_one_line(capsys, trained_run):
+    code, _, err = run(capsys, "predict", trained_run, "abz")
+    assert_one_line_error(code, err, "'z'")
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["train", "--task", "nosuchtask", "--out", "{tmp}/r"], "nosuchtask"),
+        (["train", "--task", "cyclic:n=1", "--out", "{tmp}/r"], "n"),
+        (["train", "--task", "cyclic:m=3", "--out", "{tmp}/r"], "m"),
+        (["train", "--task", "parity", "--hidden", "0", "--out", "{tmp}/r"], "d_hidden"),
+        (["train", "--task", "parity", "--train-lengths", "9:2", "--out", "{tmp}/r"], "train lengths"),
+        (["train", "--task", "parity", "--train-lengths", "x", "--out", "{tmp}/r"], "MIN:MAX"),
+        (["train", "--task", "parity", "--lr", "-1", "--out", "{tmp}/r"], "learning rate"),
+        (["train", "--task", "parity", "--arch", "mamba", "--out", "{tmp}/r"], "mamba"),
+        (["train", "--task", "parity", "--arch", "transformer", "--hidden", "30", "--heads", "4", "--out", "{tmp}/r"], "divisible"),
+        (["train", "--task", "parity", "--arch", "transformer", "--n-ctx", "16", "--out", "{tmp}/r"], "n_ctx"),
+        (["train", "--task", "parity", "--task-file", "x.json", "--out", "{tmp}/r"], "exactly one"),
+        (["train", "--task", "parity", "--max-steps", "abc", "--out", "{tmp}/r"], "max-steps"),
+        (["eval", "{tmp}/missing"], "missing"),
+        (["eval", "{tmp}", "--lengths", "a,b"], "lengths"),
+    ],
+)
+def test_bad_input_is_exit_2_and_one_line(capsys, tmp_path, args, needle):
+    code, _, err = run(capsys, *[a.replace("{tmp}", str(tmp_path)) for a in args])
+    assert_one_line_error(code, err, needle)
+    assert not (tmp_path / "r" / "config.json").exists()
+
+
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        ("{not json", "JSON"),
+        (json.dumps({**TASK_FILE, "alphabet": []}), "alphabet"),
+        (json.dumps({**TASK_FILE, "start": "s9"}), "s9"),
+        (json.dumps({**TASK_FILE, "transitions": {**TASK_FILE["transitions"], "s2": {"a": "s0"}}}), "s2"),
+        (json.dumps({**TASK_FILE, "transitions": {**TASK_FILE["transitions"], "s2": {"a": "s0", "b": "s7"}}}), "s7"),
+        (json.dumps({**TASK_FILE, "transitions": {**TASK_FILE["transitions"], "s2": {"a": "s0", "b": "s2", "c": "s1"}}}), "c"),
+        (json.dumps({k: v for k, v in TASK_FILE.items() if k != "states"}), "states"),
+    ],
+)
+def test_malformed_task_file_is_exit_2_and_one_line(capsys, tmp_path, content, needle):
+    path = tmp_path / "task.json"
+    path.write_text(content)
+    code, _, err = run(capsys, "train", "--task-file", path, "--out", tmp_path / "r", "--max-steps", "1")
+    assert_one_line_error(code, err, needle)
+
+
+def test_truncated_checkpoint_is_exit_2(capsys, tmp_path):
+    from fsm_probe.checkpoint import save
+    from fsm_probe.models import ModelConfig, build_model
+    from fsm_probe.tasks import get_task
+
+    task = get_task("parity")
+    save(build_model(ModelConfig("gru", 2, 2, d_hidden=8)), tmp_path, task=task)
+    data = (tmp_path / "model.safetensors").read_bytes()
+    (tmp_path / "model.safetensors").write_bytes(data[:100])
+    code, _, err = run(capsys, "eval", tmp_path, "--lengths", "5")
+    assert_one_line_error(code, err, "model.safetensors")
+
+
+def test_sequence_longer_than_the_context_is_exit_2(capsys, tmp_path):
+    from fsm_probe.checkpoint import save
+    from fsm_probe.models import ModelConfig, build_model
+    from fsm_probe.tasks import get_task
+
+    save(build_model(ModelConfig("transformer", 2, 2, d_hidden=8, n_heads=2, n_ctx=16)), tmp_path, task=get_task("parity"))
+    code, _, err = run(capsys, "eval", tmp_path, "--lengths", "10,40")
+    assert_one_line_error(code, err, "n_ctx=16")
+    code, _, err = run(capsys, "predict", tmp_path, "0" * 17)
+    assert_one_line_error(code, err, "n_ctx=16")
