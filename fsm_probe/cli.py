@@ -103,7 +103,7 @@ def tasks_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print JSON."
     console.print(table)
 
 
-ARCHS = "rnn, gru, lstm, transformer"
+ARCHS = "rnn, gru, lstm, transformer, rmt (recurrent memory Transformer), scratchpad (feeds back its own state outputs)"
 
 
 @app.command("train")
@@ -126,6 +126,9 @@ def train_cmd(
     target: Annotated[float, typer.Option("--target", help="Stop at this validation accuracy.")] = 1.0,
     final_only: Annotated[bool | None, typer.Option("--final-only/--every-position")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    segment_length: Annotated[int, typer.Option("--segment-length", help="rmt: tokens per segment.")] = 2,
+    memory: Annotated[int, typer.Option("--memory", help="rmt: number of memory vectors.")] = 1,
+    bptt_segments: Annotated[int, typer.Option("--bptt-segments", help="rmt: back-propagate through this many segments (0 = all).")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
 ) -> None:
     """Train a model on a task and save the checkpoint to --out."""
@@ -137,7 +140,8 @@ def train_cmd(
     model_cfg = ModelConfig(
         arch=arch, d_vocab=a.n_symbols, d_out=a.n_labels, n_layers=layers,
         d_hidden=64 if hidden is None else hidden, n_heads=heads, d_mlp=d_mlp, positional=positional,
-        n_ctx=n_ctx, seed=seed,
+        n_ctx=n_ctx, seed=seed, segment_length=segment_length, n_memory=memory,
+        bptt_segments=bptt_segments,
     )
     train_cfg = TrainConfig(
         train_lengths=_parse_range(train_lengths, "--train-lengths"), batch_size=batch_size,

@@ -33,10 +33,10 @@ def run_demo(out: Path, console: Console | None = None, progress: bool = True) -
         ),
         "transformer": (
             ModelConfig(
-                "transformer", a.n_symbols, a.n_labels, n_layers=2, d_hidden=64, n_heads=4,
+                "transformer", a.n_symbols, a.n_labels, n_layers=2, d_hidden=32, n_heads=4,
                 positional="learned", n_ctx=512, seed=0,
             ),
-            TrainConfig(train_lengths=(1, 40), max_steps=1500, lr=1e-3, seed=0),
+            TrainConfig(train_lengths=(1, 40), max_steps=600, lr=3e-3, eval_every=200, seed=0),
         ),
     }
     results = {}

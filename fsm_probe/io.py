@@ -13,6 +13,16 @@ from pathlib import Path
 from typing import Any
 
 
+def _file_mode() -> int:
+    """The mode `open()` would give a new file (mkstemp's 0600 would make outputs private)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_FILE_MODE = _file_mode()
+
+
 def atomic_write_many(writes: dict[str | os.PathLike, Callable[[Path], None]]) -> list[Path]:
     """Write every file to a temporary sibling first, then rename them all in order.
 
@@ -25,6 +35,7 @@ def atomic_write_many(writes: dict[str | os.PathLike, Callable[[Path], None]]) -
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
             os.close(fd)
+            os.chmod(tmp, _FILE_MODE)
             staged.append((Path(tmp), path))
             write(Path(tmp))
         for tmp, path in staged:

@@ -21,7 +21,7 @@ def _cfg(task, arch="gru", **kw):
 def test_lr_schedule_warms_up_then_decays():
     values = [lr_schedule(s, 100, 10) for s in range(100)]
     assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0)
-    assert all(b <= a + 1e-12 for a, b in zip(values[10:], values[11:]))
+    assert all(b <= a + 1e-12 for a, b in zip(values[10:], values[11:], strict=False))
     assert values[-1] == pytest.approx(0.1, abs=0.01)
 
 
@@ -31,9 +31,9 @@ def test_same_seed_same_run_different_seed_different_run():
     m1 = train(task, _cfg(task), tc, progress=False)
     m2 = train(task, _cfg(task), tc, progress=False)
     m3 = train(task, _cfg(task), TrainConfig(train_lengths=(1, 10), max_steps=15, eval_every=5, seed=2), progress=False)
-    for (k, a), b, c in zip(m1.state_dict().items(), m2.state_dict().values(), m3.state_dict().values()):
+    for (k, a), b in zip(m1.state_dict().items(), m2.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
-    assert any(not torch.equal(a, c) for a, c in zip(m1.state_dict().values(), m3.state_dict().values()))
+    assert any(not torch.equal(a, c) for a, c in zip(m1.state_dict().values(), m3.state_dict().values(), strict=True))
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ from .config import ModelConfig
 from .rmt import HookedRMT
 from .rnn import HookedRNN
 from .scratchpad import HookedScratchpad
+from .tokens import check_tokens
 from .transformer import build_transformer, tl_config_dict
 
 __all__ = [
@@ -54,22 +55,7 @@ def model_config(model: nn.Module) -> ModelConfig:
 def as_tokens(model: nn.Module, tokens: np.ndarray | torch.Tensor | list) -> torch.Tensor:
     """Validate `tokens` for `model` and return an int64 tensor `[batch, pos]`."""
     cfg = model_config(model)
-    t = torch.as_tensor(np.asarray(tokens) if isinstance(tokens, list) else tokens)
-    if t.dtype.is_floating_point or t.dtype == torch.bool:
-        raise InputError(f"tokens must be integers, got dtype {t.dtype}")
-    if t.ndim == 1:
-        t = t[None]
-    if t.ndim != 2:
-        raise InputError(f"tokens must have shape [batch, pos], got {tuple(t.shape)}")
-    t = t.long()
-    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= cfg.d_vocab):
-        bad = int(t.min()) if int(t.min()) < 0 else int(t.max())
-        raise InputError(f"token id {bad} is outside the vocabulary [0, {cfg.d_vocab})")
-    if not cfg.is_rnn and t.shape[1] > cfg.n_ctx:
-        raise InputError(
-            f"sequence length {t.shape[1]} exceeds the Transformer's context n_ctx={cfg.n_ctx}"
-        )
-    return t
+    return check_tokens(tokens, cfg.d_vocab, n_ctx=None if cfg.is_rnn else cfg.n_ctx)
 
 
 def _chunks(n: int, size: int) -> Iterator[slice]:

@@ -38,8 +38,8 @@ class ModelConfig:
     n_ctx: int = 512
     attention_dir: str = "causal"
     seed: int = 0
-    segment_length: int = 8
-    n_memory: int = 2
+    segment_length: int = 2
+    n_memory: int = 1
     bptt_segments: int = 0
 
     def __post_init__(self) -> None:

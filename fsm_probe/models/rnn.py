@@ -33,6 +33,7 @@ from transformer_lens.utilities import Slice
 
 from ..errors import ConfigError, InputError
 from .config import ModelConfig
+from .tokens import check_tokens
 
 State = dict[str, Tensor]
 
@@ -214,21 +215,7 @@ class HookedRNN(HookedRootModule):
 
     def validate_tokens(self, tokens: Tensor | np.ndarray | Sequence) -> Tensor:
         """`tokens` as int64 `[batch, pos]` on the model's device, or `InputError`."""
-        t = torch.as_tensor(np.asarray(tokens) if not isinstance(tokens, Tensor) else tokens)
-        if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
-            raise InputError(f"tokens must be integers, got dtype {t.dtype}")
-        if t.ndim == 1:
-            t = t.unsqueeze(0)
-        if t.ndim != 2:
-            raise InputError(f"tokens must have shape [batch, pos], got {tuple(t.shape)}")
-        if t.numel():
-            lo, hi = torch.aminmax(t)
-            if lo < 0 or hi >= self.cfg.d_vocab:
-                bad = int(lo) if lo < 0 else int(hi)
-                raise InputError(
-                    f"token id {bad} is outside the vocabulary [0, {self.cfg.d_vocab})"
-                )
-        return t.to(device=self.device, dtype=torch.long)
+        return check_tokens(tokens, self.cfg.d_vocab).to(self.device)
 
     def _split_state(self, state: State | None, batch_size: int) -> list[State]:
         full = self.initial_state(batch_size)

@@ -32,18 +32,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from transformer_lens.hook_points import HookPoint
 
 from ..errors import ConfigError, InputError
 from .config import ModelConfig
 from .rmt import InnerBridgeMixin, inner_transformer_config, validate_tokens
 from .transformer import build_transformer
-from transformer_lens.hook_points import HookPoint
 
 
 def _norm(x: Tensor, kind: str | None, sd: dict[str, Tensor], prefix: str, eps: float) -> Tensor:

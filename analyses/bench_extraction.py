@@ -1,0 +1,238 @@
+"""Benchmark automaton extraction on trained GRU(32) / LSTM(32) networks.
+
+For each task and architecture: train (cached under runs/bench_extraction/), then extract with
+every method (kmeans, grid, gmm, agglomerative, our L*) and, when the optional `aalpy` extra is
+installed, AALpy's L* on the same network in the same run. Columns: minimized states,
+equivalent to the task's minimal automaton, fidelity (min over held-out lengths 50 and 100),
+interchange accuracy, seconds (extraction and export; training excluded). An under-trained
+network (few training steps) checks graceful degradation.
+
+    OMP_NUM_THREADS=1 python analyses/bench_extraction.py [--tasks tomita1,parity] [--archs gru]
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from fsm_probe.automata import Automaton  # noqa: E402
+from fsm_probe.checkpoint import load  # noqa: E402
+from fsm_probe.extraction import METHODS, FSMExtractor, check_extraction, save_extraction  # noqa: E402
+from fsm_probe.extraction.checks import agreement, compare_to_task  # noqa: E402
+from fsm_probe.extraction.collect import model_labels  # noqa: E402
+from fsm_probe.models import ModelConfig  # noqa: E402
+from fsm_probe.tasks import get_task  # noqa: E402
+from fsm_probe.training import TrainConfig, train  # noqa: E402
+
+torch.set_num_threads(1)
+
+TASKS = (
+    "tomita1", "tomita2", "tomita3", "tomita4", "tomita5", "tomita6", "tomita7",
+    "parity", "cyclic:n=3", "flipflop", "gridworld:n=4", "quaternion",
+)
+ROOT = Path("runs/bench_extraction")
+
+
+def trained(spec: str, arch: str, steps: int | None = None, seed: int = 0):
+    """A cached network: trained to 99.9% validation accuracy (or for `steps` steps only)."""
+    tag = f"{arch}32_{spec.replace(':', '_').replace('=', '')}" + (f"_{steps}steps" if steps else "")
+    run = ROOT / tag
+    if not (run / "config.json").is_file():
+        task = get_task(spec)
+        a = task.automaton
+        cfg = ModelConfig(arch=arch, d_vocab=a.n_symbols, d_out=a.n_labels, d_hidden=32, seed=seed)
+        tcfg = TrainConfig(
+            val_lengths=(40, 100), target_accuracy=0.999, max_steps=steps or 3000, seed=seed,
+            eval_every=min(100, steps or 100),
+        )
+        train(task, cfg, tcfg, out_dir=run, progress=False)
+    return load(run), tag
+
+
+def network_accuracy(model, a: Automaton, seed: int = 7) -> float:
+    rng = np.random.default_rng(seed)
+    accs = []
+    for length in (50, 100):
+        tok = rng.integers(0, a.n_symbols, (500, length))
+        pred = model_labels(model, tok)[:, 1:]
+        accs.append(float((pred == a.run_outputs(tok)).mean()))
+    return min(accs)
+
+
+def ours(model, method: str, out: Path) -> dict:
+    t0 = time.perf_counter()
+    ex = FSMExtractor(method=method).fit(model)
+    save_extraction(out, ex, {"method": method})
+    seconds = time.perf_counter() - t0
+    rep = check_extraction(model, ex, lengths=(50, 100), n=500)
+    return {
+        "states": rep["n_states"], "raw": rep["n_states_raw"], "equivalent": rep["equivalent_to_task"],
+        "fidelity": rep["fidelity"], "interchange": rep["interchange_accuracy"], "seconds": seconds,
+    }
+
+
+def numpy_cell(model):
+    """`(step, init)` for a 1-layer GRU/LSTM HookedRNN: the same equations as torch, in numpy."""
+    layer = model.layers[0]
+    cell = layer.cell
+    emb = model.embed.weight.detach().numpy().astype(np.float64)
+    w_ih, w_hh = (getattr(cell, n).detach().numpy().astype(np.float64) for n in ("weight_ih_l0", "weight_hh_l0"))
+    b_ih, b_hh = (getattr(cell, n).detach().numpy().astype(np.float64) for n in ("bias_ih_l0", "bias_hh_l0"))
+    gi_table = emb @ w_ih.T + b_ih
+    d = model.cfg.d_hidden
+
+    def sigmoid(v):
+        return 1 / (1 + np.exp(-v))
+
+    if model.cfg.arch == "gru":
+        def step(state, a):
+            h = state[0]
+            gi, gh = gi_table[a], w_hh @ h + b_hh
+            r = sigmoid(gi[:d] + gh[:d])
+            z = sigmoid(gi[d:2 * d] + gh[d:2 * d])
+            n = np.tanh(gi[2 * d:] + r * gh[2 * d:])
+            return ((1 - z) * n + z * h,)
+        return step, lambda: (np.zeros(d),)
+
+    def step(state, a):
+        h, c = state
+        g = gi_table[a] + w_hh @ h + b_hh
+        i, f, gg, o = sigmoid(g[:d]), sigmoid(g[d:2 * d]), np.tanh(g[2 * d:3 * d]), sigmoid(g[3 * d:])
+        c = f * c + i * gg
+        return (o * np.tanh(c), c)
+    return step, lambda: (np.zeros(d), np.zeros(d))
+
+
+def aalpy_lstar(model, a: Automaton, max_rounds: int = 20, timeout: float = 120.0) -> dict | None:
+    """AALpy's L* (Moore machine) with a state-prefix oracle (100 walks of 20 per state)."""
+    try:
+        from aalpy.base import SUL
+        from aalpy.learning_algs import run_Lstar
+        from aalpy.oracles import StatePrefixEqOracle
+    except ImportError:
+        return None
+
+    step_fn, init = numpy_cell(model)
+
+    class NetworkSUL(SUL):
+        """One network step per letter, in numpy (a torch call per step would dominate)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.state = init()
+
+        def pre(self) -> None:
+            self.state = init()
+
+        def post(self) -> None:
+            pass
+
+        def step(self, letter):
+            if letter is not None:
+                self.state = step_fn(self.state, letter)
+            return int(np.argmax(w_out @ self.state[0] + b_out))
+
+    w_out = model.unembed.weight.detach().numpy().astype(np.float64)
+    b_out = model.unembed.bias.detach().numpy().astype(np.float64)
+
+    alphabet = list(range(a.n_symbols))
+    sul = NetworkSUL()
+    oracle = StatePrefixEqOracle(alphabet, sul, walks_per_state=100, walk_len=20)
+    result: dict = {}
+
+    def work() -> None:
+        learned = run_Lstar(
+            alphabet, sul, oracle, automaton_type="moore", max_learning_rounds=max_rounds,
+            print_level=0,
+        )
+        result["model"] = learned
+
+    t0 = time.perf_counter()
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    seconds = time.perf_counter() - t0
+    if "model" not in result:
+        return {"states": None, "equivalent": None, "fidelity": None, "interchange": None,
+                "seconds": seconds, "note": f"no result within {timeout:.0f}s"}
+    learned = result["model"]
+    ids = {s: i for i, s in enumerate(learned.states)}
+    table = [[ids[s.transitions[x]] for x in alphabet] for s in learned.states]
+    outputs = [a.labels[int(s.output)] for s in learned.states]
+    auto = Automaton(a.alphabet, [f"q{i}" for i in range(len(ids))], ids[learned.initial_state],
+                     table, outputs, a.labels).minimize()
+    rng = np.random.default_rng(12345)
+    fid = min(
+        agreement(auto, tok, model_labels(model, tok)[:, 1:])["per_position"]
+        for tok in (rng.integers(0, a.n_symbols, (500, n)) for n in (50, 100))
+    )
+    return {"states": auto.n_states, "equivalent": compare_to_task(auto, a)["equivalent_to_task"],
+            "fidelity": fid, "interchange": None, "seconds": seconds}
+
+
+def fmt(v, digits: int = 4) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "**no**"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated; empty for none")
+    parser.add_argument("--archs", default="gru,lstm")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--no-aalpy", action="store_true")
+    parser.add_argument("--train-only", action="store_true")
+    parser.add_argument("--undertrained", default="tomita5@72,tomita6@150",
+                        help="SPEC@STEPS,...: GRUs stopped early (empty for none)")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    nets = [(spec, arch, None) for spec in filter(None, args.tasks.split(","))
+            for arch in args.archs.split(",")]
+    for item in filter(None, args.undertrained.split(",")):
+        spec, _, steps = item.partition("@")
+        nets.append((spec, "gru", int(steps)))
+    rows = []
+    tmp = Path(tempfile.mkdtemp(prefix="bench_extraction_"))
+    print("| network | task states | net acc | method | states (raw) | equivalent | fidelity | interchange | seconds |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for spec, arch, steps in nets:
+        model, tag = trained(spec, arch, steps)
+        if args.train_only:
+            print(f"trained {tag}: {model.fsm_training.get('final_val_accuracy')}", flush=True)
+            continue
+        a = get_task(spec).automaton
+        acc = network_accuracy(model, a)
+        n_min = a.minimize().n_states
+        results = [(m, ours(model, m, tmp / tag / m)) for m in args.methods.split(",")]
+        if not args.no_aalpy:
+            r = aalpy_lstar(model, a)
+            if r is not None:
+                results.append(("aalpy L*", r))
+        for method, r in results:
+            states = fmt(r["states"]) + (f" ({r['raw']})" if r.get("raw") is not None else "")
+            print(f"| {tag} | {n_min} | {acc:.4f} | {method} | {states} | {fmt(r['equivalent'])} | "
+                  f"{fmt(r['fidelity'])} | {fmt(r['interchange'])} | {r['seconds']:.2f} |", flush=True)
+            rows.append({"network": tag, "task": spec, "arch": arch, "steps": steps,
+                         "network_accuracy": acc, "task_states": n_min, "method": method, **r})
+    if args.json is not None and rows:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

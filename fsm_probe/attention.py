@@ -1,0 +1,216 @@
+"""Attention patterns, per-head statistics and attention dilution (Transformers only).
+
+The parity shortcut's signature is a head that averages uniformly over the causal prefix: its
+output at position t is the share of 1s so far, from which a later layer reads off parity. Such a
+head has maximal entropy and zero distance from uniform causal averaging. Its weakness shows in
+`attention_dilution`: the weight on any one token falls like 1/T, so on inputs longer than those
+seen in training the difference one symbol makes shrinks below what the next layer resolves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .datasets import eval_set
+from .errors import ConfigError, InputError
+from .models import as_tokens, model_config
+
+
+def _require_transformer(model: nn.Module) -> None:
+    cfg = model_config(model)
+    if cfg.arch != "transformer":
+        raise InputError(f"attention analysis needs a Transformer; a {cfg.arch} has no attention")
+
+
+def attention_patterns(model: nn.Module, tokens: Any, batch_size: int = 256) -> np.ndarray:
+    """Attention weights `[batch, layer, head, query, key]` on `tokens`."""
+    _require_transformer(model)
+    t = as_tokens(model, tokens)
+    n_layers = model_config(model).n_layers
+    names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(n_layers)]
+    wanted = set(names)
+    out = []
+    with torch.no_grad():
+        for start in range(0, t.shape[0], batch_size):
+            _, cache = model.run_with_cache(
+                t[start : start + batch_size], names_filter=lambda name: name in wanted
+            )
+            out.append(torch.stack([cache[name] for name in names], dim=1))
+    return torch.cat(out).numpy()
+
+
+def token_labels(task: Any, tokens: Iterable[int]) -> list[str]:
+    """Unique axis labels `symbol·position` for one sequence (plotly merges repeated labels)."""
+    alphabet = task.automaton.alphabet
+    return [f"{alphabet[int(tok)]}·{i}" for i, tok in enumerate(tokens)]
+
+
+def _query_stats(p: np.ndarray, causal: bool, queries: np.ndarray) -> dict[str, np.ndarray]:
+    """Statistics of patterns `[..., query, key]` whose rows are at positions `queries`."""
+    keys = np.arange(p.shape[-1])
+    visible = keys[None, :] <= queries[:, None] if causal else np.ones((len(queries), len(keys)), bool)
+    n_keys = visible.sum(-1)
+    uniform = visible / n_keys[:, None]
+    plogp = np.where(p > 0, p * np.log(np.clip(p, 1e-30, None)), 0.0)
+    rows = np.arange(len(queries))
+    return {
+        "entropy": -plogp.sum(-1) / np.log(np.maximum(n_keys, 2)),
+        "uniform_distance": 0.5 * np.abs(p - uniform).sum(-1),
+        "prev_token": p[..., rows, np.maximum(queries - 1, 0)],
+        "first_token": p[..., 0],
+        "self_token": p[..., rows, queries],
+        "max_weight": p.max(-1),
+    }
+
+
+STAT_NAMES = ("entropy", "uniform_distance", "prev_token", "first_token", "self_token", "max_weight")
+
+
+@dataclass
+class HeadStats:
+    """Per layer x head, averaged over sequences and query positions 1..T-1.
+
+    `entropy` is normalised by log(number of visible keys): 1 means uniform. `uniform_distance`
+    is the total-variation distance from uniform averaging over the visible keys (0 = uniform).
+    `prev_token`, `first_token`, `self_token`: mean weight on key t-1, key 0 and key t.
+    """
+
+    entropy: np.ndarray
+    uniform_distance: np.ndarray
+    prev_token: np.ndarray
+    first_token: np.ndarray
+    self_token: np.ndarray
+    max_weight: np.ndarray
+    length: int
+    n_sequences: int
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.entropy.shape[0])
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.entropy.shape[1])
+
+    def most_uniform(self) -> tuple[int, int]:
+        """(layer, head) of the head closest to uniform causal averaging."""
+        layer, head = np.unravel_index(int(np.argmin(self.uniform_distance)), self.entropy.shape)
+        return int(layer), int(head)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per head: `head` ("L0H1"), `layer`, `index` and every statistic."""
+        return [
+            {
+                "head": f"L{layer}H{head}",
+                "layer": layer,
+                "index": head,
+                **{name: float(getattr(self, name)[layer, head]) for name in STAT_NAMES},
+            }
+            for layer in range(self.n_layers)
+            for head in range(self.n_heads)
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "length": self.length,
+            "n_sequences": self.n_sequences,
+            "most_uniform": list(self.most_uniform()),
+            **{name: getattr(self, name).tolist() for name in STAT_NAMES},
+        }
+
+
+def head_stats_from_patterns(patterns: np.ndarray, causal: bool = True) -> HeadStats:
+    """`HeadStats` of patterns `[batch, layer, head, query, key]` (at least 2 positions)."""
+    if patterns.ndim != 5 or patterns.shape[-1] != patterns.shape[-2]:
+        raise InputError(f"patterns must be [batch, layer, head, query, key], got {patterns.shape}")
+    if patterns.shape[-1] < 2:
+        raise InputError("head statistics need sequences of at least 2 tokens")
+    stats = _query_stats(patterns[..., 1:, :].astype(np.float64), causal, np.arange(1, patterns.shape[-1]))
+    means = {name: v.mean(axis=(0, -1)) for name, v in stats.items()}
+    return HeadStats(**means, length=int(patterns.shape[-1]), n_sequences=int(patterns.shape[0]))
+
+
+def head_stats(
+    model: nn.Module, tokens: Any = None, *, length: int = 20, n: int = 128, seed: int = 0
+) -> HeadStats:
+    """Per-head statistics on `tokens` (default: `n` sequences of `length` from the model's task)."""
+    _require_transformer(model)
+    if tokens is None:
+        tokens = _task_tokens(model, length, n, seed)
+    causal = model_config(model).attention_dir == "causal"
+    return head_stats_from_patterns(attention_patterns(model, tokens), causal)
+
+
+def _task_tokens(model: nn.Module, length: int, n: int, seed: int) -> np.ndarray:
+    task = getattr(model, "fsm_task", None)
+    if task is None:
+        raise InputError("the model has no task (fsm_task): pass tokens")
+    return eval_set(task, length, n=n, seed=seed, final_only=False).tokens
+
+
+@dataclass
+class DilutionResult:
+    """How attention at the last position changes with sequence length, per layer x head.
+
+    `max_weight[i]`: mean over sequences of the largest weight any one key gets at length
+    `lengths[i]`; `reference` is 1/T, what uniform averaging gives every key. `exponent` is the
+    slope of log(max_weight) against log(T): about -1 for a head that dilutes like uniform
+    averaging, about 0 for a head that keeps attending to one token.
+    """
+
+    lengths: list[int]
+    max_weight: np.ndarray
+    uniform_distance: np.ndarray
+    entropy: np.ndarray
+    reference: np.ndarray
+    exponent: np.ndarray
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "lengths": list(self.lengths),
+            "max_weight": self.max_weight.tolist(),
+            "uniform_distance": self.uniform_distance.tolist(),
+            "entropy": self.entropy.tolist(),
+            "reference": self.reference.tolist(),
+            "exponent": self.exponent.tolist(),
+        }
+
+
+def attention_dilution(
+    model: nn.Module, lengths: Iterable[int], *, n: int = 64, seed: int = 0
+) -> DilutionResult:
+    """Attention statistics at the last position for each length (each at most the context)."""
+    _require_transformer(model)
+    cfg = model_config(model)
+    lengths = sorted({int(x) for x in lengths})
+    if len(lengths) < 2 or lengths[0] < 2:
+        raise ConfigError(f"dilution needs at least two lengths >= 2, got {lengths}")
+    if lengths[-1] > cfg.n_ctx:
+        raise ConfigError(f"length {lengths[-1]} exceeds the Transformer's context n_ctx={cfg.n_ctx}")
+    causal = cfg.attention_dir == "causal"
+    maxw, tv, ent = [], [], []
+    for length in lengths:
+        p = attention_patterns(model, _task_tokens(model, length, n, seed))
+        stats = _query_stats(p[..., -1:, :].astype(np.float64), causal, np.array([length - 1]))
+        maxw.append(stats["max_weight"].mean(axis=(0, -1)))
+        tv.append(stats["uniform_distance"].mean(axis=(0, -1)))
+        ent.append(stats["entropy"].mean(axis=(0, -1)))
+    max_weight = np.stack(maxw)
+    log_t = np.log(np.asarray(lengths, dtype=np.float64))
+    centred = log_t - log_t.mean()
+    log_w = np.log(np.clip(max_weight, 1e-12, None))
+    exponent = np.tensordot(centred, log_w - log_w.mean(0), axes=(0, 0)) / (centred**2).sum()
+    return DilutionResult(
+        lengths=lengths,
+        max_weight=max_weight,
+        uniform_distance=np.stack(tv),
+        entropy=np.stack(ent),
+        reference=1.0 / np.asarray(lengths, dtype=np.float64),
+        exponent=exponent,
+    )

@@ -1,0 +1,296 @@
+"""Dimensionality reduction and state abstractions, in scikit-learn style (`fit` / `predict`).
+
+Every abstraction maps activation vectors to integer abstract states `0..n_states_ - 1`; its size
+parameter (`size_param`) is what the automatic choice of the number of states sweeps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+
+import numpy as np
+from scipy.cluster.hierarchy import fcluster, linkage
+from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
+from sklearn.cluster import KMeans
+from sklearn.decomposition import PCA
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.mixture import GaussianMixture
+
+from ..errors import ConfigError, InputError
+
+
+def _check_x(x: np.ndarray, dim: int | None = None) -> np.ndarray:
+    arr = np.asarray(x, dtype=np.float64)
+    if arr.ndim != 2 or arr.shape[0] == 0:
+        raise InputError(f"expected a non-empty [n_samples, n_features] array, got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise InputError("activations contain NaN or infinite values")
+    if dim is not None and arr.shape[1] != dim:
+        raise InputError(f"expected {dim} features, got {arr.shape[1]}")
+    return arr
+
+
+def _check_fitted(est: BaseEstimator, attr: str) -> None:
+    if not hasattr(est, attr):
+        raise InputError(f"{type(est).__name__} is not fitted yet; call fit first")
+
+
+def _positive_int(name: str, value: object) -> int:
+    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+class Reducer(TransformerMixin, BaseEstimator):
+    """PCA to `n_components` dimensions (an int) or to a fraction of explained variance (a float
+    in (0, 1)); `None` keeps every dimension. Fitted on at most `max_fit` rows."""
+
+    def __init__(self, n_components: int | float | None = 10, max_fit: int = 20000, seed: int = 0):
+        self.n_components = n_components
+        self.max_fit = max_fit
+        self.seed = seed
+
+    def fit(self, x: np.ndarray, y: object = None) -> Reducer:
+        x = _check_x(x)
+        nc = self.n_components
+        if nc is not None:
+            if isinstance(nc, float) and not isinstance(nc, bool):
+                if not 0 < nc < 1:
+                    raise ConfigError(f"a float n_components is a variance fraction in (0, 1), got {nc}")
+            else:
+                nc = _positive_int("n_components", nc)
+        if len(x) > self.max_fit:
+            x = x[np.random.default_rng(self.seed).choice(len(x), self.max_fit, replace=False)]
+        self.n_features_in_ = x.shape[1]
+        limit = min(x.shape)
+        if nc is None or (isinstance(nc, int) and nc >= x.shape[1]):
+            self.pca_ = None
+            self.n_components_ = x.shape[1]
+            self.explained_variance_ratio_ = np.ones(1)
+            return self
+        self.pca_ = PCA(n_components=min(nc, limit) if isinstance(nc, int) else nc, random_state=self.seed)
+        self.pca_.fit(x)
+        self.n_components_ = int(self.pca_.n_components_)
+        self.explained_variance_ratio_ = self.pca_.explained_variance_ratio_
+        return self
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        _check_fitted(self, "n_features_in_")
+        x = _check_x(x, self.n_features_in_)
+        return x if self.pca_ is None else self.pca_.transform(x)
+
+
+class Abstraction(ClusterMixin, BaseEstimator):
+    """Base class: `fit(X)` sets `n_states_` and `cluster_centers_`; `predict(X)` gives states."""
+
+    size_param = "n_states"
+
+    def with_size(self, size: int) -> Abstraction:
+        """A fresh copy with `size_param` set to `size`."""
+        est = self.__class__(**self.get_params())
+        est.set_params(**{self.size_param: size})
+        return est
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        _check_fitted(self, "cluster_centers_")
+        x = _check_x(x, self.cluster_centers_.shape[1])
+        return _nearest(x, self.cluster_centers_)
+
+    def fit_predict(self, x: np.ndarray, y: object = None) -> np.ndarray:
+        return self.fit(x).labels_
+
+
+def _nearest(x: np.ndarray, centers: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    out = np.empty(len(x), dtype=np.int64)
+    c2 = (centers**2).sum(1)
+    for s in range(0, len(x), chunk):
+        block = x[s : s + chunk]
+        out[s : s + chunk] = np.argmin(c2[None, :] - 2 * block @ centers.T, axis=1)
+    return out
+
+
+def _centers(x: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
+    counts = np.bincount(labels, minlength=n).astype(np.float64)
+    sums = np.zeros((n, x.shape[1]))
+    np.add.at(sums, labels, x)
+    return sums / np.maximum(counts, 1)[:, None]
+
+
+def _unique_rows(x: np.ndarray, decimals: int = 5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct rows (after rounding), the inverse index and the multiplicities."""
+    _, first, inverse, counts = np.unique(
+        np.round(x, decimals), axis=0, return_index=True, return_inverse=True, return_counts=True
+    )
+    return x[first], inverse.reshape(-1), counts
+
+
+class KMeansAbstraction(Abstraction):
+    """k-means (Hou & Zhou 2018) with `n_states` clusters (fewer if there are fewer points)."""
+
+    def __init__(self, n_states: int = 8, n_init: int = 1, seed: int = 0):
+        self.n_states = n_states
+        self.n_init = n_init
+        self.seed = seed
+
+    def fit(self, x: np.ndarray, y: object = None) -> KMeansAbstraction:
+        k = _positive_int("n_states", self.n_states)
+        x = _check_x(x)
+        k = min(k, len(x))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            km = KMeans(k, n_init=self.n_init, random_state=self.seed, max_iter=100).fit(x)
+        present = np.unique(km.labels_)
+        remap = np.full(k, -1, dtype=np.int64)
+        remap[present] = np.arange(len(present))
+        self.labels_ = remap[km.labels_]
+        self.cluster_centers_ = km.cluster_centers_[present]
+        self.n_states_ = len(present)
+        return self
+
+
+class GMMAbstraction(Abstraction):
+    """Gaussian mixture with `n_states` diagonal components; states are the most likely component."""
+
+    def __init__(self, n_states: int = 8, covariance_type: str = "diag", seed: int = 0):
+        self.n_states = n_states
+        self.covariance_type = covariance_type
+        self.seed = seed
+
+    def fit(self, x: np.ndarray, y: object = None) -> GMMAbstraction:
+        k = _positive_int("n_states", self.n_states)
+        if self.covariance_type not in ("full", "tied", "diag", "spherical"):
+            raise ConfigError(f"unknown covariance_type {self.covariance_type!r}")
+        x = _check_x(x)
+        k = min(k, len(_unique_rows(x)[0]))
+        gmm = GaussianMixture(
+            k, covariance_type=self.covariance_type, random_state=self.seed, reg_covar=1e-4,
+            max_iter=100,
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            self.gmm_ = gmm.fit(x)
+        labels = self.gmm_.predict(x)
+        present = np.unique(labels)
+        remap = np.full(k, -1, dtype=np.int64)
+        remap[present] = np.arange(len(present))
+        self.component_map_ = remap
+        self.labels_ = remap[labels]
+        self.n_states_ = len(present)
+        self.cluster_centers_ = _centers(x, self.labels_, self.n_states_)
+        return self
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        _check_fitted(self, "gmm_")
+        x = _check_x(x, self.cluster_centers_.shape[1])
+        labels = self.component_map_[self.gmm_.predict(x)]
+        missing = labels < 0
+        if missing.any():
+            labels[missing] = _nearest(x[missing], self.cluster_centers_)
+        return labels
+
+
+class AgglomerativeAbstraction(Abstraction):
+    """Agglomerative clustering (Ward by default) cut at `n_states` clusters. Rows are first
+    grouped into at most `max_points` k-means micro-clusters, so rare but distant states (the
+    initial one) keep their own leaf; the tree is cached across sizes for the same data."""
+
+    _trees: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def __init__(self, n_states: int = 8, linkage: str = "ward", max_points: int = 256, seed: int = 0):
+        self.n_states = n_states
+        self.linkage = linkage
+        self.max_points = max_points
+        self.seed = seed
+
+    def _tree(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        key = (x.shape, hashlib.sha1(np.ascontiguousarray(x).tobytes()).hexdigest(),
+               self.linkage, self.max_points, self.seed)
+        if key not in self._trees:
+            m = min(_positive_int("max_points", self.max_points), len(_unique_rows(x)[0]))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                km = KMeans(m, n_init=1, random_state=self.seed, max_iter=50).fit(x)
+            micro = km.labels_.astype(np.int64)
+            centres = _centers(x, micro, m)
+            tree = linkage(centres, method=self.linkage) if m > 1 else np.zeros((0, 4))
+            if len(self._trees) > 8:
+                self._trees.clear()
+            self._trees[key] = (micro, centres, tree)
+        return self._trees[key]
+
+    def fit(self, x: np.ndarray, y: object = None) -> AgglomerativeAbstraction:
+        k = _positive_int("n_states", self.n_states)
+        if self.linkage not in ("ward", "average", "complete", "single"):
+            raise ConfigError(f"unknown linkage {self.linkage!r}")
+        x = _check_x(x)
+        micro, centres, tree = self._tree(x)
+        if len(centres) == 1:
+            cut = np.zeros(1, dtype=np.int64)
+        else:
+            cut = fcluster(tree, t=min(k, len(centres)), criterion="maxclust").astype(np.int64) - 1
+        self.labels_ = cut[micro]
+        self.n_states_ = int(cut.max()) + 1
+        self.cluster_centers_ = _centers(x, self.labels_, self.n_states_)
+        return self
+
+
+class GridAbstraction(Abstraction):
+    """DeepStellar's grid: the first `n_dims` coordinates, each cut into `n_bins` equal intervals
+    over the fitted range; occupied cells are the states, unseen cells go to the nearest one."""
+
+    size_param = "n_bins"
+
+    def __init__(self, n_bins: int = 10, n_dims: int = 3):
+        self.n_bins = n_bins
+        self.n_dims = n_dims
+
+    def _cells(self, x: np.ndarray) -> np.ndarray:
+        z = (x[:, : self.dims_] - self.low_) / self.width_
+        return np.clip(np.floor(z * self.n_bins), 0, self.n_bins - 1).astype(np.int64)
+
+    def fit(self, x: np.ndarray, y: object = None) -> GridAbstraction:
+        _positive_int("n_bins", self.n_bins)
+        _positive_int("n_dims", self.n_dims)
+        x = _check_x(x)
+        self.dims_ = min(self.n_dims, x.shape[1])
+        self.n_features_in_ = x.shape[1]
+        self.low_ = x[:, : self.dims_].min(0)
+        self.width_ = np.maximum(x[:, : self.dims_].max(0) - self.low_, 1e-9)
+        cells = self._cells(x)
+        occupied, labels = np.unique(cells, axis=0, return_inverse=True)
+        self.cells_ = occupied
+        self.cell_index_ = {tuple(c): i for i, c in enumerate(occupied.tolist())}
+        self.labels_ = labels.reshape(-1).astype(np.int64)
+        self.n_states_ = len(occupied)
+        self.cluster_centers_ = _centers(x, self.labels_, self.n_states_)
+        return self
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        _check_fitted(self, "cells_")
+        x = _check_x(x, self.n_features_in_)
+        cells = self._cells(x)
+        out = np.array([self.cell_index_.get(tuple(c), -1) for c in cells.tolist()], dtype=np.int64)
+        missing = out < 0
+        if missing.any():
+            centres = (self.cells_ + 0.5).astype(np.float64)
+            out[missing] = _nearest(cells[missing] + 0.5, centres)
+        return out
+
+
+ABSTRACTIONS: dict[str, type[Abstraction]] = {
+    "kmeans": KMeansAbstraction,
+    "gmm": GMMAbstraction,
+    "agglomerative": AgglomerativeAbstraction,
+    "grid": GridAbstraction,
+}
+
+
+def make_abstraction(method: str, **params: object) -> Abstraction:
+    """An abstraction by name: kmeans, gmm, agglomerative or grid."""
+    if method not in ABSTRACTIONS:
+        raise ConfigError(f"unknown abstraction {method!r}; expected one of {', '.join(ABSTRACTIONS)}")
+    try:
+        return ABSTRACTIONS[method](**params)
+    except TypeError as e:
+        raise ConfigError(f"bad parameters for {method}: {e}") from None

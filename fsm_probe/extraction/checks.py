@@ -1,0 +1,190 @@
+"""How faithful is an extracted automaton: fidelity, accuracy, equivalence, purity, causality.
+
+`interchange_accuracy` is the causal check: transplant the recurrent state reached by one
+sequence into another (through the hook points) at positions where the extracted automaton
+says the two are in different states, and test whether the network's later outputs follow the
+automaton from the transplanted state.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import normalized_mutual_info_score
+from torch import nn
+
+from ..automata import Automaton
+from ..errors import ConfigError, InputError
+from ..models import as_tokens
+from .collect import is_rnn, model_labels, resolve_site
+
+
+def _check_alphabet(automaton: Automaton, tokens: np.ndarray) -> np.ndarray:
+    arr = np.asarray(tokens)
+    if arr.ndim != 2:
+        raise InputError(f"tokens must be [batch, pos], got shape {arr.shape}")
+    return automaton.check_tokens(arr)
+
+
+def agreement(automaton: Automaton, tokens: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Per-position and whole-sequence agreement of `automaton` with `labels` `[B, T]` (or
+    `[B, T + 1]`, the empty prefix first)."""
+    tokens = _check_alphabet(automaton, tokens)
+    pred = automaton.run_outputs(tokens)
+    if labels.shape[1] == tokens.shape[1] + 1:
+        pred = np.concatenate([np.full((len(pred), 1), automaton.outputs[automaton.start]), pred], 1)
+    mask = labels >= 0
+    same = (pred == labels) | ~mask
+    return {
+        "per_position": float((pred == labels)[mask].mean()) if mask.any() else float("nan"),
+        "sequence": float(same.all(1).mean()),
+    }
+
+
+def fidelity(
+    automaton: Automaton, model: nn.Module, tokens: np.ndarray, include_empty: bool = False
+) -> dict[str, float]:
+    """Agreement with the network's predicted labels after every non-empty prefix (and the empty
+    one, the initial readout of an RNN, with `include_empty`)."""
+    labels = model_labels(model, tokens)
+    return agreement(automaton, tokens, labels if include_empty else labels[:, 1:])
+
+
+def task_accuracy(automaton: Automaton, task_automaton: Automaton, tokens: np.ndarray) -> dict[str, float]:
+    """Agreement with the true task labels (label names are matched)."""
+    tokens = _check_alphabet(task_automaton, tokens)
+    names = {n: i for i, n in enumerate(automaton.labels)}
+    truth = np.array([names.get(n, -2) for n in task_automaton.labels])[task_automaton.run_outputs(tokens)]
+    return agreement(automaton, tokens, truth)
+
+
+def _with_empty_output(a: Automaton, label: str) -> Automaton:
+    """`a` with a fresh start state that behaves like the old one but outputs `label`."""
+    if label not in a.labels:
+        return a
+    n = a.n_states
+    names = [*a.states, "__start__"]
+    while names[-1] in a.states:
+        names[-1] += "_"
+    table = np.vstack([a.transitions, a.transitions[a.start]])
+    outputs = [*a.outputs.tolist(), a.labels.index(label)]
+    return Automaton(a.alphabet, names, n, table, outputs, a.labels, a.name)
+
+
+def compare_to_task(
+    automaton: Automaton, task_automaton: Automaton, include_empty: bool = False
+) -> dict[str, Any]:
+    """Equivalence with the task, a shortest counterexample, and the state mapping if isomorphic
+    to the task's minimal automaton. The empty word is not a position of the data, so unless
+    `include_empty` its label is taken from the task (`empty_word_agrees` tells if it differed)."""
+    target = task_automaton.minimize()
+    want = target.labels[target.outputs[target.start]]
+    agrees = automaton.labels[automaton.outputs[automaton.start]] == want
+    candidate = automaton if include_empty else _with_empty_output(automaton, want).minimize()
+    counterexample = candidate.equivalent(target)
+    mapping = candidate.minimize().isomorphism(target) if counterexample is None else None
+    return {
+        "equivalent_to_task": counterexample is None,
+        "counterexample": counterexample,
+        "state_mapping": mapping,
+        "n_states_task": target.n_states,
+        "empty_word_agrees": bool(agrees),
+    }
+
+
+def purity(assigned: np.ndarray, true_states: np.ndarray) -> dict[str, float]:
+    """Cluster purity and NMI of extracted states against true states (rows with assigned < 0
+    are skipped)."""
+    keep = assigned >= 0
+    a, t = assigned[keep], true_states[keep]
+    if len(a) == 0:
+        return {"purity": float("nan"), "nmi": float("nan")}
+    pairs, counts = np.unique(np.stack([a, t], 1), axis=0, return_counts=True)
+    best = np.zeros(int(a.max()) + 1, dtype=np.int64)
+    np.maximum.at(best, pairs[:, 0], counts)
+    return {
+        "purity": float(best.sum() / len(a)),
+        "nmi": float(normalized_mutual_info_score(t, a)),
+    }
+
+
+@torch.no_grad()
+def interchange_accuracy(
+    model: nn.Module,
+    automaton: Automaton,
+    tokens: np.ndarray,
+    site: str | list[str] | None = None,
+    n_pairs: int = 256,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Transplant the state at `site` of sequence x after t tokens into sequence y after u tokens
+    (where the automaton's states differ) and score y's later outputs against the automaton run
+    from x's state.
+
+    Returns `accuracy` (per later position), `pair_accuracy` (pairs with every later output
+    right), `changed` (share of later positions where the expected output differs from y's own
+    run, i.e. how informative the test is) and `n_pairs`. The site must be recurrent state
+    (default: the full state).
+    """
+    if not is_rnn(model):
+        raise ConfigError("interchange interventions need a recurrent model (a state to transplant)")
+    names = resolve_site(model, site)
+    state_names = set(model.state_names)
+    if not set(names) <= state_names:
+        raise ConfigError(f"interchange needs recurrent-state sites {sorted(state_names)}, got {list(names)}")
+    tokens = _check_alphabet(automaton, tokens)
+    b, length = tokens.shape
+    if length < 2 or b < 2:
+        raise InputError("interchange needs at least 2 sequences of length >= 2")
+    rng = np.random.default_rng(seed)
+    states = np.concatenate(
+        [np.full((b, 1), automaton.start), automaton.run(tokens)], axis=1
+    )
+    xs, ts, ys, us = [], [], [], []
+    for _ in range(20):
+        m = 4 * n_pairs
+        x, y = rng.integers(0, b, m), rng.integers(0, b, m)
+        t, u = rng.integers(0, length + 1, m), rng.integers(1, length, m)
+        ok = states[x, t] != states[y, u]
+        xs.append(x[ok]), ts.append(t[ok]), ys.append(y[ok]), us.append(u[ok])
+        if sum(len(v) for v in xs) >= n_pairs:
+            break
+    x, t, y, u = (np.concatenate(v)[:n_pairs] for v in (xs, ts, ys, us))
+    if len(x) == 0:
+        return {"accuracy": float("nan"), "pair_accuracy": float("nan"), "changed": 0.0, "n_pairs": 0}
+    was = model.training
+    model.eval()
+    try:
+        tok = as_tokens(model, tokens)
+        _, cache = model.run_with_cache(tok, names_filter=list(names))
+        init = model.initial_state(1)
+        donors = {}
+        for name in names:
+            full = torch.cat([init[name].expand(b, -1)[:, None], cache[name]], dim=1)
+            donors[name] = full[torch.as_tensor(x), torch.as_tensor(t)]
+        step = torch.as_tensor(u - 1)
+
+        def transplant(value: torch.Tensor, hook: Any) -> torch.Tensor:
+            hit = (step == hook.pos).to(value.device)
+            if not hit.any():
+                return value
+            return torch.where(hit[:, None], donors[hook.name].to(value.dtype), value)
+
+        logits = model.run_with_hooks(tok[torch.as_tensor(y)], fwd_hooks=[(n, transplant) for n in names])
+    finally:
+        model.train(was)
+    pred = logits.argmax(-1).cpu().numpy()
+    later = np.arange(length)[None, :] >= u[:, None]
+    expected = np.zeros_like(pred)
+    own = automaton.outputs[states[y, 1:]]
+    for i in range(len(x)):
+        expected[i, u[i]:] = automaton.run_outputs(tokens[y[i], u[i]:], start=int(states[x[i], t[i]]))
+    right = (pred == expected) | ~later
+    return {
+        "accuracy": float((pred == expected)[later].mean()),
+        "pair_accuracy": float(right.all(1).mean()),
+        "changed": float((expected != own)[later].mean()),
+        "n_pairs": len(x),
+    }

@@ -1,0 +1,207 @@
+"""Collect activations at a hook site over a sample of sequences, including the initial state.
+
+A `Collection` stores one row per prefix: row `(i, p)` is the activation after reading the first
+`p` tokens of sequence `i` (`p = 0` is the state before any input). Each row knows the row before
+it and the symbol read in between, so transitions can be read off any partition of the rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import product
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import ConfigError, InputError
+from ..models import as_tokens, model_config
+
+Site = str | Sequence[str] | None
+
+
+@dataclass
+class Collection:
+    """Activations `[n_seq, T + 1, d]` (position 0 = initial state) with inputs and predictions.
+
+    `predictions[i, p]` is the model's label after `p` tokens and `true_states[i, p]` the task
+    automaton's state (None without a task). `virtual_initial` is true when the model has no
+    initial activation at the site (Transformers): position 0 then holds zeros.
+    """
+
+    tokens: np.ndarray
+    vectors: np.ndarray
+    predictions: np.ndarray
+    true_states: np.ndarray | None
+    site: tuple[str, ...]
+    virtual_initial: bool = False
+
+    @property
+    def n_sequences(self) -> int:
+        return int(self.tokens.shape[0])
+
+    @property
+    def length(self) -> int:
+        return int(self.tokens.shape[1])
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[-1])
+
+    def flat(self) -> np.ndarray:
+        """Rows `[n_seq * (T + 1), d]` in sequence-major order."""
+        return self.vectors.reshape(-1, self.dim)
+
+    def flat_predictions(self) -> np.ndarray:
+        return self.predictions.reshape(-1)
+
+    def flat_true_states(self) -> np.ndarray | None:
+        return None if self.true_states is None else self.true_states.reshape(-1)
+
+    def edges(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`(source_row, symbol, target_row)` for every step of every sequence."""
+        b, t = self.tokens.shape
+        rows = np.arange(b * (t + 1)).reshape(b, t + 1)
+        return rows[:, :-1].reshape(-1), self.tokens.reshape(-1), rows[:, 1:].reshape(-1)
+
+    def initial_rows(self) -> np.ndarray:
+        return np.arange(self.n_sequences) * (self.length + 1)
+
+
+def is_rnn(model: nn.Module) -> bool:
+    return model_config(model).is_rnn
+
+
+def resolve_site(model: nn.Module, site: Site) -> tuple[str, ...]:
+    """Hook names to read; default: the full recurrent state (RNN) or the last residual stream."""
+    cfg = model_config(model)
+    if site is None:
+        if cfg.is_rnn:
+            return tuple(model.state_names)
+        return (f"blocks.{cfg.n_layers - 1}.hook_resid_post",)
+    names = (site,) if isinstance(site, str) else tuple(site)
+    if not names or not all(isinstance(s, str) for s in names):
+        raise ConfigError(f"site must be a hook name or a list of hook names, got {site!r}")
+    known = model.hook_dict
+    for name in names:
+        if name not in known:
+            hint = ", ".join(n for n in known if "hook_h" in n or "resid_post" in n or "hook_c" in n)
+            raise ConfigError(f"unknown hook site {name!r}; for example: {hint}")
+        if name == "hook_embed" or name.startswith("embed") or name.startswith("pos_embed"):
+            raise ConfigError(f"site {name!r} is an input embedding, not a state")
+    return names
+
+
+def initial_vector(model: nn.Module, site: tuple[str, ...]) -> np.ndarray | None:
+    """The site's activation before any input (RNN state hooks: the initial state; gates: 0)."""
+    if not is_rnn(model):
+        return None
+    init = model.initial_state(1)
+    parts = [
+        init[name][0] if name in init else torch.zeros(model.cfg.d_hidden, device=model.device)
+        for name in site
+    ]
+    return torch.cat(parts).detach().cpu().numpy()
+
+
+@torch.no_grad()
+def initial_logits(model: nn.Module) -> torch.Tensor | None:
+    """The readout of the initial state, i.e. the model's label for the empty prefix."""
+    if not is_rnn(model):
+        return None
+    last = f"layers.{model.cfg.n_layers - 1}.hook_h"
+    return model.unembed(model.initial_state(1)[last])[0]
+
+
+@torch.no_grad()
+def model_labels(model: nn.Module, tokens: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """The model's label `[B, T + 1]` after every prefix, the empty one included (-1 if unknown)."""
+    t = as_tokens(model, tokens)
+    was = model.training
+    model.eval()
+    try:
+        outs = [model(t[s : s + batch_size]).argmax(-1) for s in range(0, t.shape[0], batch_size)]
+    finally:
+        model.train(was)
+    body = torch.cat(outs).cpu().numpy() if outs else np.zeros((0, t.shape[1]), dtype=np.int64)
+    init = initial_logits(model)
+    first = -1 if init is None else int(init.argmax())
+    return np.concatenate([np.full((body.shape[0], 1), first, dtype=np.int64), body], axis=1)
+
+
+@torch.no_grad()
+def collect(
+    model: nn.Module,
+    tokens: np.ndarray,
+    site: Site = None,
+    automaton=None,
+    batch_size: int = 256,
+) -> Collection:
+    """Run `model` over `tokens` `[B, T]` in chunks of `batch_size`, caching `site` at every step.
+
+    `automaton` (the task's, optional) supplies the true states.
+    """
+    names = resolve_site(model, site)
+    t = as_tokens(model, tokens)
+    if t.shape[1] < 1:
+        raise InputError("collect needs sequences of at least one token")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    was = model.training
+    model.eval()
+    vecs, preds = [], []
+    try:
+        for s in range(0, t.shape[0], batch_size):
+            logits, cache = model.run_with_cache(t[s : s + batch_size], names_filter=list(names))
+            if isinstance(logits, tuple):
+                logits = logits[0]
+            vecs.append(torch.cat([cache[n] for n in names], dim=-1).float().cpu().numpy())
+            preds.append(logits.argmax(-1).cpu().numpy())
+    finally:
+        model.train(was)
+    body = np.concatenate(vecs)
+    init = initial_vector(model, names)
+    virtual = init is None
+    if virtual:
+        init = np.zeros(body.shape[-1], dtype=body.dtype)
+    vectors = np.concatenate([np.broadcast_to(init, (body.shape[0], 1, body.shape[-1])), body], axis=1)
+    logits0 = initial_logits(model)
+    if logits0 is not None:
+        first = int(logits0.argmax())
+    elif automaton is not None:
+        first = int(automaton.outputs[automaton.start])
+    else:
+        first = int(np.bincount(np.concatenate(preds)[:, 0]).argmax())
+    predictions = np.concatenate(
+        [np.full((body.shape[0], 1), first, dtype=np.int64), np.concatenate(preds).astype(np.int64)],
+        axis=1,
+    )
+    tok = t.cpu().numpy()
+    true_states = None
+    if automaton is not None:
+        run = automaton.run(tok)
+        true_states = np.concatenate(
+            [np.full((tok.shape[0], 1), automaton.start, dtype=np.int64), run], axis=1
+        )
+    return Collection(tok, vectors.astype(np.float32), predictions, true_states, names, virtual)
+
+
+def sample_words(
+    n_symbols: int, n: int, length: int, seed: int = 0, exhaustive: int = 512
+) -> np.ndarray:
+    """`[m, length]` words: every prefix of length <= depth (padded randomly) plus `n` random ones.
+
+    The depth is the largest one with `n_symbols ** depth <= exhaustive`, so short prefixes are
+    covered completely and transitions out of every reachable short state are observed.
+    """
+    if n_symbols < 1 or length < 1 or n < 0:
+        raise ConfigError(f"bad sampling sizes: n_symbols={n_symbols}, n={n}, length={length}")
+    rng = np.random.default_rng(seed)
+    depth = 0
+    while n_symbols ** (depth + 1) <= exhaustive and depth + 1 <= length:
+        depth += 1
+    head = np.array(list(product(range(n_symbols), repeat=depth)), dtype=np.int64).reshape(-1, depth)
+    tail = rng.integers(0, n_symbols, (head.shape[0], length - depth))
+    words = np.concatenate([head, tail], axis=1)
+    return np.concatenate([words, rng.integers(0, n_symbols, (n, length))]).astype(np.int64)

@@ -1,0 +1,437 @@
+"""`FSMExtractor`: collect -> PCA -> abstract (sweeping the number of states) -> refine -> vote ->
+minimize, or L*; `check_extraction` scores the result; `save_extraction` writes the files.
+
+The number of abstract states is chosen automatically: sizes are tried from small to large, and
+the first whose (refined, minimized) automaton agrees with the network on held-out sequences at
+`fidelity_target` wins. When none does (an imperfect network), the smallest automaton within
+`tolerance` of the best fidelity seen is kept, so the answer stays small instead of growing.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator
+from threadpoolctl import threadpool_limits
+from torch import nn
+
+from ..automata import Automaton
+from ..errors import ConfigError, InputError
+from ..io import atomic_write_json, atomic_write_text
+from ..models import model_config
+from .abstraction import Abstraction, Reducer, _nearest, make_abstraction
+from .build import (
+    BuiltAutomaton,
+    build_automaton,
+    refine_partition,
+    state_map,
+    to_graph,
+    write_dot,
+    write_graphml,
+)
+from .checks import agreement, compare_to_task, interchange_accuracy, purity, task_accuracy
+from .collect import Collection, collect, is_rnn, model_labels, resolve_site, sample_words
+from .lstar import lstar
+
+METHODS = ("kmeans", "grid", "gmm", "agglomerative", "lstar")
+DEFAULT_METHOD = "kmeans"
+CLUSTER_SIZES = (2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64)
+GRID_SIZES = (2, 3, 4, 5, 6, 8, 10, 12, 16)
+
+
+def _task_automaton(model: nn.Module, task: Any) -> Automaton | None:
+    if task is None:
+        task = getattr(model, "fsm_task", None)
+    if task is None:
+        return None
+    if isinstance(task, Automaton):
+        return task
+    a = getattr(task, "automaton", None)
+    if not isinstance(a, Automaton):
+        raise ConfigError(f"task must be a fsm_probe Task or Automaton, got {type(task).__name__}")
+    return a
+
+
+class FSMExtractor(BaseEstimator):
+    """Recover the finite-state machine a hooked model implements.
+
+    `fit(model, task=None)` sets `automaton_` (minimized), `graph_` (networkx, with evidence),
+    `raw_automaton_`, `n_states_`, `n_states_raw_`, `n_conflicts_`, `fidelity_` (held-out
+    agreement with the network), `curve_` (one entry per size tried) and `seconds_`.
+    `predict(tokens)` gives the automaton's label after every prefix.
+    """
+
+    def __init__(
+        self,
+        method: str = DEFAULT_METHOD,
+        site: str | list[str] | None = None,
+        n_components: int | float | None = 10,
+        sizes: tuple[int, ...] | None = None,
+        refine: bool = True,
+        squash: bool = True,
+        max_states: int = 64,
+        fidelity_target: float = 0.999,
+        tolerance: float = 0.01,
+        n_words: int = 256,
+        length: int = 20,
+        n_val: int = 256,
+        val_length: int = 40,
+        lstar_rounds: int = 25,
+        time_limit: float = 10.0,
+        empty_output: str = "free",
+        seed: int = 0,
+    ) -> None:
+        self.method = method
+        self.site = site
+        self.n_components = n_components
+        self.sizes = sizes
+        self.refine = refine
+        self.squash = squash
+        self.max_states = max_states
+        self.fidelity_target = fidelity_target
+        self.tolerance = tolerance
+        self.n_words = n_words
+        self.length = length
+        self.n_val = n_val
+        self.val_length = val_length
+        self.lstar_rounds = lstar_rounds
+        self.time_limit = time_limit
+        self.empty_output = empty_output
+        self.seed = seed
+
+    def _validate(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"unknown extraction method {self.method!r}; expected one of {', '.join(METHODS)}")
+        for name in ("max_states", "n_words", "length", "n_val", "val_length", "lstar_rounds"):
+            v = getattr(self, name)
+            if not isinstance(v, int | np.integer) or isinstance(v, bool) or v < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+        if self.empty_output not in ("free", "network"):
+            raise ConfigError(f"empty_output must be 'free' or 'network', got {self.empty_output!r}")
+        if not 0 < self.fidelity_target <= 1:
+            raise ConfigError(f"fidelity_target must be in (0, 1], got {self.fidelity_target}")
+        if not 0 <= self.tolerance < 1:
+            raise ConfigError(f"tolerance must be in [0, 1), got {self.tolerance}")
+        if self.sizes is not None:
+            if not len(self.sizes) or any(not isinstance(s, int | np.integer) or s < 1 for s in self.sizes):
+                raise ConfigError(f"sizes must be positive integers, got {self.sizes!r}")
+
+    def fit(self, model: nn.Module, task: Any = None) -> FSMExtractor:
+        """Extract from `model`; `task` (a Task or Automaton, default `model.fsm_task`) names the
+        symbols and labels and gives the true states."""
+        self._validate()
+        with threadpool_limits(1):
+            return self._fit(model, task)
+
+    def _fit(self, model: nn.Module, task: Any) -> FSMExtractor:
+        t0 = time.perf_counter()
+        cfg = model_config(model)
+        truth = _task_automaton(model, task)
+        if truth is not None:
+            alphabet, labels = truth.alphabet, truth.labels
+            if len(labels) != cfg.d_out or len(alphabet) > cfg.d_vocab:
+                raise ConfigError(
+                    f"task ({len(alphabet)} symbols, {len(labels)} labels) does not fit the model "
+                    f"({cfg.d_vocab} inputs, {cfg.d_out} outputs)"
+                )
+        else:
+            alphabet = tuple(str(i) for i in range(cfg.d_vocab))
+            labels = tuple(str(i) for i in range(cfg.d_out))
+        self.alphabet_, self.labels_ = tuple(alphabet), tuple(labels)
+        self.task_automaton_ = truth
+        self.site_ = resolve_site(model, self.site)
+        k = len(alphabet)
+        rng_seed = self.seed
+        words = sample_words(k, self.n_words, self.length, seed=rng_seed)
+        self.collection_ = collect(model, words, self.site_, truth)
+        self.val_tokens_ = np.random.default_rng(rng_seed + 1).integers(0, k, (self.n_val, self.val_length))
+        self.val_labels_ = model_labels(model, self.val_tokens_)[:, 1:]
+        self.start_output_ = int(self.collection_.predictions[0, 0])
+        self.votes_ = self.collection_.flat_predictions().copy()
+        if self.empty_output == "free":
+            self.votes_[self.collection_.initial_rows()] = -1
+        name = "extracted" if truth is None else f"extracted:{truth.name}"
+        if self.method == "lstar":
+            self._fit_lstar(model, name)
+        else:
+            self._fit_clusters(model, name)
+        self.n_states_ = self.automaton_.n_states
+        self.graph_ = to_graph(
+            self.built_, self.row_blocks_, self.collection_.flat(), self.collection_.flat_predictions(),
+            method=self.method, site=",".join(self.site_),
+        )
+        self.row_states_ = self.built_.state_map[self.row_blocks_]
+        self.seconds_ = time.perf_counter() - t0
+        return self
+
+    def _fit_clusters(self, model: nn.Module, name: str) -> None:
+        col = self.collection_
+        x = np.tanh(col.flat()) if self.squash else col.flat()
+        self.reducer_ = Reducer(self.n_components, seed=self.seed).fit(x)
+        z = self.reducer_.transform(x)
+        base = make_abstraction(self.method, **({"seed": self.seed} if self.method != "grid" else {}))
+        sizes = self.sizes or (GRID_SIZES if self.method == "grid" else CLUSTER_SIZES)
+        sizes = [s for s in sizes if self.method == "grid" or s <= self.max_states]
+        if not sizes:
+            raise ConfigError(f"no abstraction size <= max_states={self.max_states}")
+        edges = col.edges()
+        preds = self.votes_
+        init_rows = col.initial_rows()
+        fit_rows = np.setdiff1d(np.arange(len(z)), init_rows) if col.virtual_initial else slice(None)
+        complete = _Completer(model, col, self.reducer_, z, self.squash)
+        curve: list[dict[str, Any]] = []
+        candidates: list[tuple[float, int, BuiltAutomaton, np.ndarray, Abstraction]] = []
+        deadline = time.perf_counter() + self.time_limit
+        for size in sizes:
+            abstraction = base.with_size(size).fit(z[fit_rows])
+            blocks = np.full(len(z), -1, dtype=np.int64)
+            blocks[fit_rows] = abstraction.labels_
+            if col.virtual_initial:
+                blocks[init_rows] = abstraction.n_states_
+            options = [("plain", blocks)]
+            if self.refine:
+                refined, converged = refine_partition(
+                    blocks, preds, edges, z, max_states=4 * self.max_states, return_converged=True
+                )
+                if converged and refined.max() != blocks.max():
+                    options.append(("refined", refined))
+            for kind, part in options:
+                built = build_automaton(
+                    part, preds, edges, init_rows, self.alphabet_, self.labels_,
+                    complete=complete.bind(part), start_output=self.start_output_, name=name,
+                )
+                fid = agreement(built.minimal, self.val_tokens_, self.val_labels_)["per_position"]
+                curve.append({
+                    "size": int(size), "abstract_states": int(abstraction.n_states_),
+                    "refined": kind == "refined", "n_states_raw": built.raw.n_states,
+                    "n_states": built.minimal.n_states, "fidelity": fid,
+                })
+                candidates.append((fid, built.minimal.n_states, built, part, abstraction))
+            if max(c[0] for c in candidates[-len(options):]) >= self.fidelity_target:
+                break
+            if time.perf_counter() > deadline:
+                break
+        self.curve_ = curve
+        best = max(c[0] for c in candidates)
+        bar = min(self.fidelity_target, best - min(self.tolerance, 1 - best))
+        ok = [c for c in candidates if c[0] >= bar and c[1] <= self.max_states] or [
+            max(candidates, key=lambda c: c[0])
+        ]
+        if best >= self.fidelity_target:
+            ok = [c for c in candidates if c[0] >= self.fidelity_target]
+        fid, _, built, part, abstraction = min(ok, key=lambda c: (c[1], -c[0]))
+        self.fidelity_, self.built_, self.row_blocks_ = fid, built, part
+        self.abstraction_ = abstraction
+        self.automaton_ = built.minimal
+        self.raw_automaton_ = built.raw
+        self.n_states_raw_ = built.raw.n_states
+        self.n_conflicts_ = built.n_conflicts
+
+    def _fit_lstar(self, model: nn.Module, name: str) -> None:
+        if not is_rnn(model):
+            raise ConfigError("lstar needs a recurrent model (the empty word's label is its initial readout)")
+        res = lstar(
+            model, self.alphabet_, self.labels_, max_rounds=self.lstar_rounds,
+            max_states=self.max_states, time_limit=self.time_limit, seed=self.seed, name=name,
+        )
+        self.lstar_ = res
+        hyp = res.automaton
+        col = self.collection_
+        blocks = np.concatenate(
+            [np.full((col.n_sequences, 1), hyp.start), hyp.run(col.tokens)], axis=1
+        ).reshape(-1)
+        built = build_automaton(
+            blocks, self.votes_, col.edges(), col.initial_rows(), self.alphabet_,
+            self.labels_, complete=lambda b, a: hyp.transitions[b, a],
+            start_output=self.start_output_, name=name, n_blocks=hyp.n_states,
+        )
+        full = Automaton(
+            hyp.alphabet, hyp.states, hyp.start, hyp.transitions, hyp.outputs, hyp.labels, name
+        )
+        minimal = full.minimize()
+        if self.empty_output == "free" and not (hyp.transitions == hyp.start).any():
+            for label in range(len(hyp.labels)):
+                outputs = hyp.outputs.copy()
+                outputs[hyp.start] = label
+                trial = Automaton(hyp.alphabet, hyp.states, hyp.start, hyp.transitions,
+                                  outputs.tolist(), hyp.labels, name)
+                if trial.minimize().n_states < minimal.n_states:
+                    full, minimal = trial, trial.minimize()
+        built.raw, built.minimal, built.state_map = full, minimal, state_map(full, minimal)
+        self.built_, self.row_blocks_ = built, blocks
+        self.automaton_ = minimal
+        self.raw_automaton_ = full
+        self.n_states_raw_ = full.n_states
+        self.n_conflicts_ = built.n_conflicts
+        self.fidelity_ = agreement(minimal, self.val_tokens_, self.val_labels_)["per_position"]
+        self.curve_ = [{"size": res.rounds, "n_states": minimal.n_states, "n_states_raw": full.n_states,
+                        "fidelity": self.fidelity_, "refined": False, "abstract_states": full.n_states}]
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "automaton_"):
+            raise InputError("FSMExtractor is not fitted yet; call fit(model, task) first")
+
+    def predict(self, tokens: np.ndarray) -> np.ndarray:
+        """The extracted automaton's label after each prefix of `tokens` `[B, T]`."""
+        self._check_fitted()
+        return self.automaton_.run_outputs(tokens)
+
+    def score(self, model: nn.Module, tokens: np.ndarray) -> float:
+        """Per-position fidelity to `model` on `tokens`."""
+        self._check_fitted()
+        return agreement(self.automaton_, tokens, model_labels(model, tokens)[:, 1:])["per_position"]
+
+
+class _Completer:
+    """Fill an unobserved (abstract state, symbol) pair by asking the network: step a member's
+    state (or rerun its prefix) with the symbol and take the abstract state of the nearest
+    collected row."""
+
+    def __init__(
+        self, model: nn.Module, col: Collection, reducer: Reducer, z: np.ndarray, squash: bool
+    ) -> None:
+        self.model, self.col, self.reducer, self.z, self.squash = model, col, reducer, z, squash
+        self.full_state = is_rnn(model) and col.site == tuple(model.state_names)
+
+    @torch.no_grad()
+    def _step(self, rows: np.ndarray, symbols: np.ndarray) -> np.ndarray:
+        flat = self.col.flat()
+        d = self.model.cfg.d_hidden
+        state = {
+            name: torch.as_tensor(flat[rows, i * d : (i + 1) * d], device=self.model.device)
+            for i, name in enumerate(self.col.site)
+        }
+        _, final = self.model(symbols[:, None], initial_state=state, return_state=True)
+        return torch.cat([final[n] for n in self.col.site], -1).cpu().numpy()
+
+    def _rerun(self, rows: np.ndarray, symbols: np.ndarray) -> np.ndarray:
+        t1 = self.col.length + 1
+        seq, pos = rows // t1, rows % t1
+        out = np.empty((len(rows), self.col.dim), dtype=np.float32)
+        for p in np.unique(pos):
+            sel = np.flatnonzero(pos == p)
+            words = np.concatenate([self.col.tokens[seq[sel], :p], symbols[sel, None]], axis=1)
+            out[sel] = collect(self.model, words.astype(np.int64), self.col.site).vectors[:, -1]
+        return out
+
+    def bind(self, blocks: np.ndarray):
+        def complete(block_ids: np.ndarray, symbols: np.ndarray) -> np.ndarray:
+            member = np.zeros(int(blocks.max()) + 1, dtype=np.int64)
+            member[blocks[::-1]] = np.arange(len(blocks))[::-1]
+            rows = member[block_ids]
+            step = self._step if self.full_state else self._rerun
+            vec = step(rows, symbols.astype(np.int64))
+            vec = np.tanh(vec) if self.squash else vec
+            return blocks[_nearest(self.reducer.transform(vec), self.z)]
+
+        return complete
+
+
+def extract(model: nn.Module, task: Any = None, method: str = DEFAULT_METHOD, **params: Any) -> FSMExtractor:
+    """`FSMExtractor(method=method, **params).fit(model, task)`."""
+    try:
+        est = FSMExtractor(method=method, **params)
+    except TypeError as e:
+        raise ConfigError(f"bad extraction parameter: {e}") from None
+    return est.fit(model, task)
+
+
+def check_extraction(
+    model: nn.Module,
+    extractor: FSMExtractor,
+    task: Any = None,
+    lengths: tuple[int, ...] = (50, 100),
+    n: int = 500,
+    seed: int = 12345,
+    n_pairs: int = 256,
+) -> dict[str, Any]:
+    """The evidence for an extraction: fidelity and accuracy per held-out length, equivalence
+    with the task (counterexample, state mapping), purity/NMI, interchange accuracy, sizes."""
+    extractor._check_fitted()
+    a = extractor.automaton_
+    truth = _task_automaton(model, task)
+    rng = np.random.default_rng(seed)
+    report: dict[str, Any] = {
+        "method": extractor.method,
+        "site": list(extractor.site_),
+        "n_states": a.n_states,
+        "n_states_raw": extractor.n_states_raw_,
+        "conflicts_resolved": int(extractor.n_conflicts_),
+        "validation_fidelity": extractor.fidelity_,
+    }
+    fid, acc, tests = {}, {}, {}
+    for length in lengths:
+        tok = rng.integers(0, a.n_symbols, (n, int(length)))
+        tests[int(length)] = tok
+        fid[str(length)] = agreement(a, tok, model_labels(model, tok)[:, 1:])
+        if truth is not None:
+            acc[str(length)] = task_accuracy(a, truth, tok)
+    report["fidelity"] = min(v["per_position"] for v in fid.values())
+    report["fidelity_by_length"] = fid
+    report["accuracy"] = min(v["per_position"] for v in acc.values()) if acc else None
+    report["accuracy_by_length"] = acc or None
+    if truth is not None:
+        report.update(compare_to_task(a, truth))
+        ts = extractor.collection_.flat_true_states()
+        report.update(purity(extractor.row_states_, ts) if ts is not None else {})
+    else:
+        report.update(equivalent_to_task=None, counterexample=None, state_mapping=None)
+    report["interchange_accuracy"] = None
+    if is_rnn(model) and set(extractor.site_) <= set(model.state_names):
+        tok = tests[min(tests)][: max(2, min(n, 200))]
+        ic = interchange_accuracy(model, a, tok, list(extractor.site_), n_pairs=n_pairs, seed=seed)
+        report["interchange_accuracy"] = ic["accuracy"]
+        report["interchange"] = ic
+    report["curve"] = extractor.curve_
+    if hasattr(extractor, "lstar_"):
+        r = extractor.lstar_
+        report["lstar"] = {"rounds": r.rounds, "complete": r.complete,
+                           "membership_queries": r.membership_queries, "test_words": r.test_words}
+    report["seconds"] = extractor.seconds_
+    return report
+
+
+def save_extraction(
+    out: str | os.PathLike,
+    extractor: FSMExtractor,
+    report: dict[str, Any],
+    figures_html: str | None = None,
+) -> dict[str, Path]:
+    """Write `fsm.json` (task-file format), `fsm.graphml`, `fsm.dot`, `extraction.json` and,
+    if given, `figures.html` into `out`, each atomically."""
+    extractor._check_fitted()
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a directory")
+    paths = {
+        "fsm.json": extractor.automaton_.save_json(out / "fsm.json"),
+        "fsm.graphml": write_graphml(extractor.graph_, out / "fsm.graphml"),
+        "fsm.dot": write_dot(extractor.graph_, out / "fsm.dot"),
+    }
+    if figures_html is not None:
+        paths["figures.html"] = atomic_write_text(out / "figures.html", figures_html)
+    paths["extraction.json"] = atomic_write_json(out / "extraction.json", _jsonable(report))
+    return paths
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating | float):
+        v = float(obj)
+        return v if np.isfinite(v) else None
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, nx.Graph):
+        return nx.node_link_data(obj)
+    return obj

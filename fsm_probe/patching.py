@@ -1,0 +1,766 @@
+"""Activation patching and attribution patching for fsm_probe Transformers and RNNs.
+
+`activation_patching` gives the same numbers as TransformerLens's `get_act_patch_*` loops but
+puts many patches into one forward (stacked along the batch) and recomputes only what a patch can
+change: nothing before the patched layer and, under causal attention, nothing before the patched
+position (cached keys/values stand in for the prefix). A metric that declares the logit positions
+it reads (`metric.positions`, set by `logit_diff`/`probability`) also lets the last layer skip
+every other query. RNN sweeps restart the recurrence from the cached state before the patched step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformer_lens.utilities.activation_functions import apply_softcap
+
+from .errors import InputError
+from .models import as_tokens, model_config
+
+Metric = Callable[[Tensor], Tensor]
+
+TRANSFORMER_SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "head_out")
+RNN_SITES = ("hidden", "cell")
+DIRECTIONS = ("denoise", "noise")
+STAGES = ("resid_pre", "head_out", "attn_out", "resid_mid", "mlp_out", "resid_post")
+_HOOK_NAMES = {
+    "resid_pre": "hook_resid_pre",
+    "resid_post": "hook_resid_post",
+    "attn_out": "hook_attn_out",
+    "mlp_out": "hook_mlp_out",
+    "head_out": "attn.hook_z",
+}
+_ROW_BUDGET = 2**25
+
+
+# ----- metrics -----
+
+
+def _label_tensor(labels: Any) -> Tensor:
+    return torch.as_tensor(np.asarray(labels) if not isinstance(labels, Tensor) else labels).long()
+
+
+def _pick(at: Tensor, labels: Tensor) -> Tensor:
+    idx = labels.to(at.device).expand(at.shape[0]) if labels.ndim == 0 else labels.to(at.device)
+    return at.gather(1, idx[:, None])[:, 0]
+
+
+def logit_diff(labels: Any, wrong_labels: Any, pos: int = -1) -> Metric:
+    """Mean over the batch of `logit[label] - logit[wrong_label]` at `pos` (labels: int or [B])."""
+    right, wrong = _label_tensor(labels), _label_tensor(wrong_labels)
+
+    def metric(logits: Tensor) -> Tensor:
+        return (_pick(logits[:, pos], right) - _pick(logits[:, pos], wrong)).mean()
+
+    metric.positions = (pos,)
+    return metric
+
+
+def probability(labels: Any, pos: int = -1) -> Metric:
+    """Mean over the batch of the softmax probability of `labels` at `pos`."""
+    right = _label_tensor(labels)
+
+    def metric(logits: Tensor) -> Tensor:
+        return _pick(logits[:, pos].softmax(-1), right).mean()
+
+    metric.positions = (pos,)
+    return metric
+
+
+def normalized(metric: Metric, clean_value: float, corrupted_value: float) -> Metric:
+    """`(metric - corrupted) / (clean - corrupted)`: 0 = corrupted run, 1 = clean run."""
+    scale = float(clean_value) - float(corrupted_value)
+    if scale == 0:
+        raise InputError("normalized metric needs clean_value != corrupted_value")
+
+    def wrapped(logits: Tensor) -> Tensor:
+        return (metric(logits) - float(corrupted_value)) / scale
+
+    if hasattr(metric, "positions"):
+        wrapped.positions = metric.positions
+    return wrapped
+
+
+# ----- corruptions -----
+
+
+def pair(clean: Any, corrupted: Any) -> tuple[Tensor, Tensor]:
+    """A user-chosen (clean, corrupted) pair as int64 `[batch, pos]` tensors of the same shape."""
+    c, x = torch.as_tensor(np.asarray(clean)).long(), torch.as_tensor(np.asarray(corrupted)).long()
+    c, x = (c[None] if c.ndim == 1 else c), (x[None] if x.ndim == 1 else x)
+    if c.shape != x.shape or c.ndim != 2:
+        raise InputError(
+            f"clean and corrupted tokens must both be [batch, pos] of one shape, got "
+            f"{tuple(c.shape)} and {tuple(x.shape)}"
+        )
+    return c, x
+
+
+def symmetric_corruption(
+    task_automaton: Any, tokens: Any, position: int, rng: np.random.Generator | int | None = None
+) -> np.ndarray:
+    """Replace the symbol at `position` of each sequence by one that changes the final label.
+
+    The replacement is drawn uniformly among the symbols that change the automaton's label at the
+    last position; an `InputError` names the first sequence for which no symbol does.
+    """
+    arr = np.array(tokens.cpu().numpy() if isinstance(tokens, Tensor) else tokens, dtype=np.int64)
+    arr = arr[None] if arr.ndim == 1 else arr
+    if arr.ndim != 2 or arr.shape[1] == 0:
+        raise InputError(f"tokens must be [batch, pos] with pos >= 1, got shape {arr.shape}")
+    n_pos = arr.shape[1]
+    if not -n_pos <= position < n_pos:
+        raise InputError(f"position {position} is outside a sequence of length {n_pos}")
+    gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    target = task_automaton.run_outputs(arr)[:, -1]
+    out = arr.copy()
+    options = []
+    for sym in range(task_automaton.n_symbols):
+        trial = arr.copy()
+        trial[:, position] = sym
+        options.append(task_automaton.run_outputs(trial)[:, -1] != target)
+    changes = np.stack(options, axis=1)
+    for b in range(arr.shape[0]):
+        good = np.flatnonzero(changes[b])
+        if good.size == 0:
+            raise InputError(
+                f"no symbol at position {position} changes the final label of sequence {b}"
+            )
+        out[b, position] = gen.choice(good)
+    return out
+
+
+# ----- results -----
+
+
+@dataclass
+class PatchingResult:
+    """Metric value after each patch, with the unpatched clean and corrupted values.
+
+    `values` has one axis per entry of `axes` (`layer`, `pos`, `head`). For attribution patching
+    the values are the first-order estimates of the patched metric.
+    """
+
+    values: Tensor
+    axes: tuple[str, ...]
+    site: str
+    direction: str
+    clean_value: float
+    corrupted_value: float
+    method: str = "activation"
+
+    @property
+    def baseline(self) -> float:
+        """The metric of the run that is patched into (corrupted when denoising)."""
+        return self.corrupted_value if self.direction == "denoise" else self.clean_value
+
+    def effect(self) -> Tensor:
+        """Change each patch makes to the metric of the run it patches."""
+        return self.values - self.baseline
+
+    def normalized(self) -> Tensor:
+        """`(value - corrupted) / (clean - corrupted)` (Heimersheim & Nanda): 0 corrupted, 1 clean."""
+        scale = self.clean_value - self.corrupted_value
+        if scale == 0:
+            raise InputError("clean and corrupted metric values coincide; nothing to normalize")
+        return (self.values - self.corrupted_value) / scale
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able summary."""
+        return {
+            "method": self.method,
+            "site": self.site,
+            "direction": self.direction,
+            "axes": list(self.axes),
+            "shape": list(self.values.shape),
+            "values": self.values.tolist(),
+            "clean_value": self.clean_value,
+            "corrupted_value": self.corrupted_value,
+        }
+
+
+@dataclass(frozen=True)
+class _Patch:
+    layers: tuple[int, ...]
+    pos: int
+    head: int | None = None
+
+
+@dataclass
+class _Sweep:
+    """Cells to patch; `slots[i]` is where patch i's value goes in the output."""
+
+    site: str
+    patches: list[_Patch]
+    slots: list[tuple[int, ...]]
+    shape: tuple[int, ...]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _metric_value(metric: Metric, logits: Tensor) -> float:
+    out = torch.as_tensor(metric(logits))
+    if out.numel() != 1:
+        raise InputError(f"the metric must return a scalar, got shape {tuple(out.shape)}")
+    return float(out)
+
+
+def _needed_positions(metric: Metric, n_pos: int) -> list[int] | None:
+    declared = getattr(metric, "positions", None)
+    if declared is None:
+        return None
+    return sorted({int(p) % n_pos for p in declared})
+
+
+def _chunks(patches: list[_Patch], span: int, limit: int, by_layer: bool) -> Iterator[list[int]]:
+    """Indices of at most `limit` patches sharing a first layer (if `by_layer`), sorted by
+    position, each group spanning fewer than `span` positions."""
+    def first_layer(i: int) -> int:
+        return min(patches[i].layers) if by_layer else 0
+
+    order = sorted(range(len(patches)), key=lambda i: (first_layer(i), patches[i].pos))
+    chunk: list[int] = []
+    for i in order:
+        if chunk:
+            first = patches[chunk[0]]
+            same = first_layer(chunk[0]) == first_layer(i)
+            if not same or patches[i].pos - first.pos >= span or len(chunk) >= limit:
+                yield chunk
+                chunk = []
+        chunk.append(i)
+    if chunk:
+        yield chunk
+
+
+# ----- Transformer engine -----
+
+
+class _TransformerEngine:
+    """Forward passes of a natively built TransformerBridge that start anywhere inside it."""
+
+    def __init__(self, model: nn.Module) -> None:
+        net = getattr(model, "original_model", None)
+        if net is None or not hasattr(net, "layers") or not hasattr(net, "ln_out"):
+            raise InputError("fast patching needs a Transformer built by fsm_probe (boot_native)")
+        self.model = model
+        self.net = net
+        self.layers = list(net.layers)
+        self.n_layers = len(self.layers)
+        self.attn_only = not hasattr(self.layers[0], "mlp")
+        self.causal = all(blk.attn.causal for blk in self.layers)
+
+    @staticmethod
+    def resid0(model: nn.Module, tokens: Tensor) -> Tensor:
+        _, cache = model.run_with_cache(tokens, names_filter="blocks.0.hook_resid_pre")
+        return cache["blocks.0.hook_resid_pre"]
+
+    def _qkv(self, li: int, h: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        attn = self.layers[li].attn
+        n, s, _ = h.shape
+        q = attn.q(h).view(n, s, attn.n_heads, attn.d_head).transpose(1, 2)
+        k = attn.k(h).view(n, s, attn.n_kv_heads, attn.d_head).transpose(1, 2)
+        v = attn.v(h).view(n, s, attn.n_kv_heads, attn.d_head).transpose(1, 2)
+        if attn.rotary is not None:
+            q, k = attn.rotary.apply_rope(q, k, position_ids=positions[None].expand(n, -1))
+        return q, k, v
+
+    def _attend(self, li: int, q: Tensor, k: Tensor, v: Tensor, qpos: Tensor) -> Tensor:
+        attn = self.layers[li].attn
+        if attn.kv_repeats > 1:
+            k = k.repeat_interleave(attn.kv_repeats, dim=1)
+            v = v.repeat_interleave(attn.kv_repeats, dim=1)
+        scores = apply_softcap(torch.matmul(q, k.transpose(-2, -1)) / attn.scale, attn.attn_scores_soft_cap)
+        if attn.causal:
+            mask = torch.arange(k.shape[2], device=q.device)[None, :] > qpos[:, None]
+            pattern = F.softmax(scores.masked_fill(mask, float("-inf")), dim=-1).masked_fill(mask, 0.0)
+        else:
+            pattern = F.softmax(scores, dim=-1)
+        return torch.matmul(pattern, v).transpose(1, 2)
+
+    def _o(self, li: int, z: Tensor) -> Tensor:
+        return self.layers[li].attn.o(z.reshape(*z.shape[:2], -1))
+
+    def _unembed(self, x: Tensor) -> Tensor:
+        return apply_softcap(self.net.head(self.net.ln_out(x)), self.net.output_logits_soft_cap)
+
+    def full(self, resid0: Tensor, keep_graph: bool = False) -> dict[str, Any]:
+        """Every stage of every layer for the run whose `blocks.0.hook_resid_pre` is `resid0`."""
+        n_pos = resid0.shape[1]
+        pos = torch.arange(n_pos, device=resid0.device)
+        run: dict[str, Any] = {s: [] for s in (*STAGES, "k", "v")}
+        x = resid0
+        for li, blk in enumerate(self.layers):
+            if keep_graph and not x.requires_grad:
+                x = x.detach().requires_grad_(True)
+            run["resid_pre"].append(x)
+            q, k, v = self._qkv(li, blk.ln1(x), pos)
+            run["k"].append(k)
+            run["v"].append(v)
+            z = self._attend(li, q, k, v, pos)
+            a = self._o(li, z)
+            mid = x + a
+            run["head_out"].append(z)
+            run["attn_out"].append(a)
+            run["resid_mid"].append(mid)
+            if self.attn_only:
+                x = mid
+            else:
+                m = blk.mlp(blk.ln2(mid))
+                run["mlp_out"].append(m)
+                x = mid + m
+            run["resid_post"].append(x)
+        if keep_graph:
+            for name in STAGES:
+                for t in run[name]:
+                    t.retain_grad()
+        run["logits"] = self._unembed(x)
+        return run
+
+    def patched_logits(
+        self,
+        base: dict[str, Any],
+        src: dict[str, Any],
+        site: str,
+        patches: list[_Patch],
+        needed: list[int] | None,
+    ) -> Tensor:
+        """Logits `[n_patches * batch, pos, vocab]` of every patched run, patch-major."""
+        n = len(patches)
+        batch, n_pos = base["logits"].shape[:2]
+        first = min(min(p.layers) for p in patches)
+        s = min(p.pos for p in patches) if self.causal else 0
+        dev = base["logits"].device
+        logits = base["logits"].repeat(n, 1, 1)
+        if needed is not None:
+            cols = torch.tensor([p - s for p in needed if p >= s], dtype=torch.long, device=dev)
+            if cols.numel() == 0:
+                return logits
+            logits[:, s:] = float("nan")
+        else:
+            cols = None
+        suffix = torch.arange(s, n_pos, device=dev)
+        col_pos = torch.zeros(n, n_pos - s, dtype=torch.bool, device=dev)
+        layer_hit = torch.zeros(n, self.n_layers, dtype=torch.bool, device=dev)
+        heads = torch.zeros(n, dtype=torch.long, device=dev)
+        for i, p in enumerate(patches):
+            col_pos[i, p.pos - s] = True
+            layer_hit[i, list(p.layers)] = True
+            heads[i] = 0 if p.head is None else p.head
+
+        def expand(t: Tensor, keep: Tensor | None) -> Tensor:
+            t = t[:, s:] if keep is None else t[:, s:][:, keep]
+            return t.repeat(n, *([1] * (t.ndim - 1)))
+
+        def patch(li: int, stage: str, val: Tensor, keep: Tensor | None) -> Tensor:
+            if stage != site or not bool(layer_hit[:, li].any()):
+                return val
+            mask = (col_pos if keep is None else col_pos[:, keep]) & layer_hit[:, li, None]
+            new = src[stage][li][:, s:] if keep is None else src[stage][li][:, s:][:, keep]
+            shaped = val.view(n, batch, *val.shape[1:])
+            if stage == "head_out":
+                head_mask = F.one_hot(heads, self.layers[li].attn.n_heads).bool()
+                m = (mask[:, :, None] & head_mask[:, None, :])[:, None, :, :, None]
+            else:
+                m = mask[:, None, :, None]
+            return torch.where(m, new[None], shaped).view(val.shape)
+
+        entry = STAGES.index(site)
+        x = z = a = None
+        for li in range(first, self.n_layers):
+            blk = self.layers[li]
+            skip = entry if li == first else 0
+            keep = cols if (needed is not None and li == self.n_layers - 1) else None
+            qpos = suffix if keep is None else suffix[keep]
+            if skip <= 0:
+                if li == first:
+                    x = expand(base["resid_pre"][li], None)
+                x = patch(li, "resid_pre", x, None)
+            if skip <= 1:
+                if skip == 1:
+                    z = expand(base["head_out"][li], keep)
+                else:
+                    q, k, v = self._qkv(li, blk.ln1(x), suffix)
+                    if s:
+                        k = torch.cat([base["k"][li][:, :, :s].repeat(n, 1, 1, 1), k], dim=2)
+                        v = torch.cat([base["v"][li][:, :, :s].repeat(n, 1, 1, 1), v], dim=2)
+                    z = self._attend(li, q if keep is None else q[:, :, keep], k, v, qpos)
+                z = patch(li, "head_out", z, keep)
+            if skip <= 2:
+                a = expand(base["attn_out"][li], keep) if skip == 2 else self._o(li, z)
+                a = patch(li, "attn_out", a, keep)
+            if skip <= 3:
+                if skip == 3:
+                    mid = expand(base["resid_mid"][li], keep)
+                else:
+                    resid = x if skip == 0 else expand(base["resid_pre"][li], None)
+                    mid = (resid if keep is None else resid[:, keep]) + a
+                x = patch(li, "resid_mid", mid, keep)
+            if not self.attn_only:
+                if skip <= 4:
+                    if skip == 4:
+                        x = expand(base["resid_mid"][li], keep)
+                    m = expand(base["mlp_out"][li], keep) if skip == 4 else blk.mlp(blk.ln2(x))
+                    x = x + patch(li, "mlp_out", m, keep)
+                else:
+                    x = expand(base["resid_post"][li], keep)
+            elif skip == 5:
+                x = expand(base["resid_post"][li], keep)
+            x = patch(li, "resid_post", x, keep)
+        out = self._unembed(x)
+        if needed is None:
+            logits[:, s:] = out
+        else:
+            logits[:, s + cols] = out
+        return logits
+
+
+# ----- generic hook-based Transformer path -----
+
+
+def _hook_patched_logits(
+    model: nn.Module, tokens: Tensor, base: dict[str, Any], src: dict[str, Any], site: str,
+    patches: list[_Patch],
+) -> Tensor:
+    """Reference path through the bridge's hook points: all `patches` in one stacked forward."""
+    batch = tokens.shape[0]
+    n = len(patches)
+    hooks = []
+    if base.get("_resid0") is not None:
+        resid0 = base["_resid0"].repeat(n, 1, 1)
+        hooks.append(("blocks.0.hook_resid_pre", lambda act, hook: resid0))
+    for li in sorted({li for p in patches for li in p.layers}):
+        if site == "resid_mid":
+            name = f"blocks.{li}.hook_attn_out"
+            new = src[f"blocks.{li}.hook_resid_mid"] - base[f"blocks.{li}.hook_resid_pre"]
+        else:
+            name = f"blocks.{li}.{_HOOK_NAMES[site]}"
+            new = src[name]
+        hit = [i for i, p in enumerate(patches) if li in p.layers]
+
+        def hook(act: Tensor, hook: Any, hit: list[int] = hit, new: Tensor = new) -> Tensor:
+            act = act.clone().view(n, batch, *act.shape[1:])
+            for i in hit:
+                p = patches[i]
+                idx = (p.pos,) if p.head is None else (p.pos, p.head)
+                act[(i, slice(None), *idx)] = new[(slice(None), *idx)]
+            return act.view(n * batch, *act.shape[2:])
+
+        hooks.append((name, hook))
+    return model.run_with_hooks(tokens.repeat(n, 1), fwd_hooks=hooks)
+
+
+# ----- RNN engine -----
+
+
+def _rnn_patched_logits(
+    model: nn.Module, tokens: Tensor, base: dict[str, Any], src: dict[str, Any], site: str,
+    patches: list[_Patch],
+) -> Tensor:
+    """Patched runs restarted from the cached state just before the earliest patched step."""
+    n = len(patches)
+    batch = tokens.shape[0]
+    t0 = min(p.pos for p in patches)
+    state = "h" if site == "hidden" else "c"
+    init = {name: base[name][:, t0 - 1].repeat(n, 1) for name in model.state_names} if t0 else None
+    hooks = []
+    if base.get("_embed") is not None:
+        emb = base["_embed"][:, t0:].repeat(n, 1, 1)
+        hooks.append(("hook_embed", lambda act, hook: emb))
+    for li in sorted({li for p in patches for li in p.layers}):
+        name = f"layers.{li}.hook_{state}"
+        by_step: dict[int, list[int]] = {}
+        for i, p in enumerate(patches):
+            if li in p.layers:
+                by_step.setdefault(p.pos - t0, []).append(i)
+
+        def hook(act: Tensor, hook: Any, by_step: dict = by_step, new: Tensor = src[name]) -> Tensor | None:
+            rows = by_step.get(hook.pos)
+            if rows is None:
+                return None
+            act = act.clone().view(n, batch, -1)
+            act[rows] = new[:, t0 + hook.pos]
+            return act.view(n * batch, -1)
+
+        hooks.append((name, hook))
+    with model.hooks(fwd_hooks=hooks):
+        out = model(tokens[:, t0:].repeat(n, 1), initial_state=init, stepwise=True)
+    return torch.cat([base["logits"][:, :t0].repeat(n, 1, 1), out], dim=1)
+
+
+def _state_hooks(model: nn.Module) -> list[str]:
+    return [name for name in model.hook_dict if name.endswith(("hook_h", "hook_c"))]
+
+
+# ----- shared driver -----
+
+
+def _check_direction(direction: str) -> None:
+    if direction not in DIRECTIONS:
+        raise InputError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
+
+
+def _check_site(cfg: Any, site: str) -> None:
+    if cfg.is_rnn:
+        if site not in RNN_SITES:
+            raise InputError(f"RNN patching sites are {', '.join(RNN_SITES)}, got {site!r}")
+        if site == "cell" and cfg.arch != "lstm":
+            raise InputError(f"site 'cell' needs an LSTM, this model is {cfg.arch!r}")
+    elif site not in TRANSFORMER_SITES:
+        raise InputError(f"Transformer patching sites are {', '.join(TRANSFORMER_SITES)}, got {site!r}")
+    elif site in ("resid_mid", "mlp_out") and cfg.d_mlp == 0:
+        raise InputError(f"site {site!r} does not exist in an attention-only Transformer")
+
+
+def _sweep_for(cfg: Any, site: str, n_pos: int) -> _Sweep:
+    _check_site(cfg, site)
+    heads = range(cfg.n_heads) if site == "head_out" else [None]
+    patches, slots = [], []
+    for li in range(cfg.n_layers):
+        for p in range(n_pos):
+            for h in heads:
+                patches.append(_Patch((li,), p, h))
+                slots.append((li, p) if h is None else (li, p, h))
+    if site == "head_out":
+        return _Sweep(site, patches, slots, (cfg.n_layers, n_pos, cfg.n_heads), {"axes": ("layer", "pos", "head")})
+    return _Sweep(site, patches, slots, (cfg.n_layers, n_pos), {"axes": ("layer", "pos")})
+
+
+def _auto_patches(cfg: Any, batch: int, n_pos: int) -> int:
+    d = cfg.d_hidden
+    mlp = 0 if cfg.is_rnn else (cfg.d_mlp if cfg.d_mlp is not None else 4 * d)
+    attn = 0 if cfg.is_rnn else 2 * cfg.n_heads * n_pos
+    return max(1, _ROW_BUDGET // max(1, batch * n_pos * (8 * d + mlp + attn)))
+
+
+class _Runner:
+    """Base and source runs of one model and the metric of batches of patched runs.
+
+    Transformers use `_TransformerEngine` when it reproduces the bridge's logits (checked on the
+    first run), else the bridge's hook points; RNNs use their per-step hook points.
+    """
+
+    def __init__(self, model: nn.Module, engine: str = "auto") -> None:
+        if engine not in ("auto", "fast", "hooks"):
+            raise InputError(f"engine must be auto, fast or hooks, got {engine!r}")
+        self.model = model
+        self.cfg = model_config(model)
+        self.mode = engine
+        self.engine: _TransformerEngine | None = None
+        if not self.cfg.is_rnn and engine != "hooks":
+            try:
+                self.engine = _TransformerEngine(model)
+            except InputError:
+                if engine == "fast":
+                    raise
+        self.checked = False
+
+    def run(self, tokens: Tensor, resid0: Tensor | None = None, embed: Tensor | None = None) -> dict[str, Any]:
+        """Cached activations and logits; `resid0`/`embed` replace the Transformer's
+        `blocks.0.hook_resid_pre` / the RNN's `hook_embed`."""
+        model = self.model
+        if self.cfg.is_rnn:
+            hooks = [] if embed is None else [("hook_embed", lambda act, hook: embed)]
+            with model.hooks(fwd_hooks=hooks):
+                logits, cache = model.run_with_cache(tokens, names_filter=_state_hooks(model), stepwise=True)
+            return {**cache.cache_dict, "logits": logits, "_embed": embed}
+        if self.engine is not None:
+            r0 = _TransformerEngine.resid0(model, tokens) if resid0 is None else resid0
+            out = self.engine.full(r0)
+            if not self.checked and resid0 is None:
+                self.checked = True
+                if not torch.allclose(out["logits"], model(tokens), atol=1e-4, rtol=1e-4):
+                    if self.mode == "fast":
+                        raise InputError("fast patching does not reproduce this model's logits")
+                    self.engine = None
+                    return self.run(tokens)
+            return out
+        hooks = [] if resid0 is None else [("blocks.0.hook_resid_pre", lambda act, hook: resid0)]
+        with model.hooks(fwd_hooks=hooks):
+            logits, cache = model.run_with_cache(tokens)
+        return {**cache.cache_dict, "logits": logits, "_resid0": resid0}
+
+    def evaluate(
+        self, tokens: Tensor, base: dict[str, Any], src: dict[str, Any], sweep: _Sweep,
+        metric: Metric, batch_patches: int | None,
+    ) -> Tensor:
+        """Metric of every patched run of `sweep`, shaped `sweep.shape`."""
+        batch, n_pos = tokens.shape
+        limit = batch_patches or _auto_patches(self.cfg, batch, n_pos)
+        fast = self.engine is not None
+        span = max(1, math.ceil(n_pos / 16)) if fast and self.engine.causal else n_pos
+        needed = _needed_positions(metric, n_pos) if fast else None
+        out = torch.full(sweep.shape, float("nan"))
+        for chunk in _chunks(sweep.patches, span, limit, by_layer=fast):
+            patches = [sweep.patches[i] for i in chunk]
+            if self.cfg.is_rnn:
+                logits = _rnn_patched_logits(self.model, tokens, base, src, sweep.site, patches)
+            elif fast:
+                logits = self.engine.patched_logits(base, src, sweep.site, patches, needed)
+            else:
+                logits = _hook_patched_logits(self.model, tokens, base, src, sweep.site, patches)
+            for j, i in enumerate(chunk):
+                out[sweep.slots[i]] = _metric_value(metric, logits[j * batch : (j + 1) * batch])
+        return out
+
+
+class _EvalMode:
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def __enter__(self) -> None:
+        self.was = self.model.training
+        self.model.eval()
+
+    def __exit__(self, *exc: object) -> None:
+        self.model.train(self.was)
+
+
+# ----- public entry points -----
+
+
+def activation_patching(
+    model: nn.Module,
+    clean_tokens: Any,
+    corrupted_tokens: Any,
+    metric: Metric,
+    site: str = "resid_pre",
+    direction: str = "denoise",
+    batch_patches: int | None = None,
+    engine: str = "auto",
+) -> PatchingResult:
+    """Patch every (layer, pos[, head]) activation at `site` and evaluate `metric` on each run.
+
+    Denoising runs the corrupted input and patches in clean activations; noising runs the clean
+    input and patches in corrupted ones. `metric` maps the patched logits `[batch, pos, vocab]`
+    to a scalar, exactly as in TransformerLens. Sites: Transformer `resid_pre`, `resid_mid`,
+    `resid_post`, `attn_out`, `mlp_out` ([layer, pos]), `head_out` ([layer, pos, head], the
+    per-head `z`); RNN `hidden`, `cell` ([layer, pos]). `batch_patches` bounds the patches per
+    forward; `engine="hooks"` uses the bridge's hook points (slower reference path).
+    """
+    _check_direction(direction)
+    clean, corrupted = pair(clean_tokens, corrupted_tokens)
+    clean, corrupted = as_tokens(model, clean), as_tokens(model, corrupted)
+    sweep = _sweep_for(model_config(model), site, clean.shape[1])
+    with _EvalMode(model), torch.no_grad():
+        runner = _Runner(model, engine)
+        clean_run, corr_run = runner.run(clean), runner.run(corrupted)
+        clean_value = _metric_value(metric, clean_run["logits"])
+        corr_value = _metric_value(metric, corr_run["logits"])
+        if direction == "denoise":
+            values = runner.evaluate(corrupted, corr_run, clean_run, sweep, metric, batch_patches)
+        else:
+            values = runner.evaluate(clean, clean_run, corr_run, sweep, metric, batch_patches)
+    return PatchingResult(values, sweep.extra["axes"], site, direction, clean_value, corr_value)
+
+
+def _rnn_gradients(
+    model: nn.Module, tokens: Tensor, metric: Metric, names: list[str]
+) -> tuple[Tensor, dict[str, tuple[Tensor, Tensor]]]:
+    acts: dict[str, list[Tensor]] = {name: [] for name in names}
+
+    def keep(act: Tensor, hook: Any) -> Tensor:
+        act = act if act.requires_grad else act.detach().requires_grad_(True)
+        acts[hook.name].append(act)
+        return act
+
+    with torch.enable_grad(), model.hooks(fwd_hooks=[(name, keep) for name in names]):
+        value = metric(model(tokens, stepwise=True))
+        flat = [a for name in names for a in acts[name]]
+        grads = iter(torch.autograd.grad(value, flat, allow_unused=True))
+    out = {}
+    for name in names:
+        g = [next(grads) for _ in acts[name]]
+        g = [torch.zeros_like(a) if gi is None else gi for a, gi in zip(acts[name], g, strict=True)]
+        out[name] = (torch.stack([a.detach() for a in acts[name]], 1), torch.stack(g, 1))
+    return value.detach(), out
+
+
+def attribution_patching(
+    model: nn.Module,
+    clean_tokens: Any,
+    corrupted_tokens: Any,
+    metric: Metric,
+    sites: Sequence[str] = ("resid_pre", "attn_out", "mlp_out", "head_out"),
+    direction: str = "denoise",
+) -> dict[str, PatchingResult]:
+    """First-order estimate of `activation_patching` for every site from 2 forwards + 1 backward.
+
+    Estimate = metric(base) + (source act - base act) . d metric / d act at the base run, summed
+    over the model dimension (per head over `d_head` for `head_out`). Transformers only need a
+    natively built model (the same engine as the fast patching path).
+    """
+    _check_direction(direction)
+    clean, corrupted = pair(clean_tokens, corrupted_tokens)
+    clean, corrupted = as_tokens(model, clean), as_tokens(model, corrupted)
+    cfg = model_config(model)
+    for site in sites:
+        _check_site(cfg, site)
+    base_tokens, src_tokens = (corrupted, clean) if direction == "denoise" else (clean, corrupted)
+    deltas: dict[str, Tensor] = {}
+    with _EvalMode(model):
+        if cfg.is_rnn:
+            names = sorted({f"layers.{li}.hook_{'h' if s == 'hidden' else 'c'}" for s in sites for li in range(cfg.n_layers)})
+            with torch.no_grad():
+                _, src_cache = model.run_with_cache(src_tokens, names_filter=names, stepwise=True)
+                other = _metric_value(metric, model(src_tokens))
+            value, grads = _rnn_gradients(model, base_tokens, metric, names)
+            for site in sites:
+                rows = []
+                for li in range(cfg.n_layers):
+                    act, grad = grads[f"layers.{li}.hook_{'h' if site == 'hidden' else 'c'}"]
+                    name = f"layers.{li}.hook_{'h' if site == 'hidden' else 'c'}"
+                    rows.append(((src_cache[name] - act) * grad).sum(-1).sum(0))
+                deltas[site] = torch.stack(rows)
+        else:
+            engine = _TransformerEngine(model)
+            with torch.no_grad():
+                src = engine.full(_TransformerEngine.resid0(model, src_tokens))
+                base_resid0 = _TransformerEngine.resid0(model, base_tokens)
+            other = _metric_value(metric, src["logits"])
+            with torch.enable_grad():
+                base = engine.full(base_resid0, keep_graph=True)
+                value = metric(base["logits"])
+                flat = [base[site][li] for site in sites for li in range(cfg.n_layers)]
+                grads = iter(torch.autograd.grad(value, flat, allow_unused=True))
+            value = value.detach()
+            for site in sites:
+                rows = []
+                for li in range(cfg.n_layers):
+                    act, grad = base[site][li].detach(), next(grads)
+                    rows.append(torch.zeros(act.shape[1:-1]) if grad is None else ((src[site][li] - act) * grad).sum(-1).sum(0))
+                deltas[site] = torch.stack(rows)
+    base_value = float(value)
+    clean_value, corr_value = (other, base_value) if direction == "denoise" else (base_value, other)
+    return {
+        site: PatchingResult(
+            delta.detach() + base_value,
+            ("layer", "pos", "head") if site == "head_out" else ("layer", "pos"),
+            site, direction, clean_value, corr_value, "attribution",
+        )
+        for site, delta in deltas.items()
+    }
+
+
+def compare(approx: PatchingResult | Tensor, exact: PatchingResult | Tensor, k: int = 10) -> dict[str, float]:
+    """Agreement of two patching maps: Spearman, Pearson and top-`k` overlap of |effect|."""
+    from scipy.stats import pearsonr, spearmanr
+
+    a = (approx.effect() if isinstance(approx, PatchingResult) else torch.as_tensor(approx)).flatten()
+    b = (exact.effect() if isinstance(exact, PatchingResult) else torch.as_tensor(exact)).flatten()
+    if a.shape != b.shape:
+        raise InputError(f"cannot compare maps of {a.numel()} and {b.numel()} cells")
+    a64, b64 = a.double().numpy(), b.double().numpy()
+    k = min(k, a.numel())
+    top_a = set(np.argsort(-np.abs(a64))[:k].tolist())
+    top_b = set(np.argsort(-np.abs(b64))[:k].tolist())
+    return {
+        "spearman": float(spearmanr(a64, b64).statistic),
+        "pearson": float(pearsonr(a64, b64).statistic),
+        "topk_agreement": len(top_a & top_b) / k if k else float("nan"),
+    }

@@ -1,0 +1,164 @@
+"""ROME-style causal tracing (Meng et al. 2022) for fsm_probe Transformers and RNNs.
+
+Corrupt some input positions (Gaussian noise on the token embedding, or a symmetric symbol swap),
+then restore one clean state at a time and measure how much of the probability of the target
+label at the last position comes back. Restorations are batched exactly as in
+`fsm_probe.patching`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .errors import InputError
+from .models import as_tokens, model_config
+from .patching import _EvalMode, _Patch, _Runner, _Sweep, probability, symmetric_corruption
+
+KINDS = ("resid", "mlp", "attn")
+
+
+@dataclass
+class TracingResult:
+    """Mean p(target) after each restoration (`scores`, [layer, pos]) and the two baselines.
+
+    Transformer `resid` layer `l` is the residual stream entering block `l` (layer 0 = the
+    embedding); RNN `resid` is the hidden state `layers.{l}.hook_h`. `mlp`/`attn` restore the
+    sublayer outputs of a `window` of layers centred on `l`.
+    """
+
+    scores: Tensor
+    low_score: float
+    high_score: float
+    kind: str
+    window: int
+    noise: float | str
+    corrupt_positions: tuple[int, ...]
+    n_sequences: int
+    n_samples: int
+
+    def indirect_effect(self) -> Tensor:
+        """p(restored) - p(corrupted) per (layer, position)."""
+        return self.scores - self.low_score
+
+    @property
+    def total_effect(self) -> float:
+        """p(clean) - p(corrupted)."""
+        return self.high_score - self.low_score
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able summary."""
+        return {
+            "kind": self.kind,
+            "window": self.window,
+            "noise": self.noise,
+            "corrupt_positions": list(self.corrupt_positions),
+            "n_sequences": self.n_sequences,
+            "n_samples": self.n_samples,
+            "scores": self.scores.tolist(),
+            "indirect_effect": self.indirect_effect().tolist(),
+            "low_score": self.low_score,
+            "high_score": self.high_score,
+        }
+
+
+def _window(layer: int, window: int, n_layers: int) -> tuple[int, ...]:
+    return tuple(range(max(0, layer - window // 2), min(n_layers, layer + (window + 1) // 2)))
+
+
+def causal_tracing(
+    model: nn.Module,
+    tokens: Any,
+    target_labels: Any = None,
+    corrupt_positions: Sequence[int] | int = (0,),
+    noise: float | str = 3.0,
+    kind: str = "resid",
+    window: int = 1,
+    n_samples: int = 10,
+    seed: int = 0,
+    automaton: Any = None,
+    batch_patches: int | None = None,
+) -> TracingResult:
+    """Indirect effect of every (layer, position) state on p(target label at the last position).
+
+    `noise` is a multiple of the token-embedding std (Gaussian, `n_samples` draws per sequence,
+    seeded) added at `corrupt_positions`, or `"symmetric"`: swap the symbol at the single corrupt
+    position for one that changes the automaton's final label (needs `automaton`).
+    `target_labels` ([batch]) defaults to the model's clean prediction.
+    """
+    cfg = model_config(model)
+    if kind not in KINDS:
+        raise InputError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if cfg.is_rnn and kind != "resid":
+        raise InputError(f"an RNN has no {kind!r} sublayer; use kind='resid'")
+    if not isinstance(window, int) or window < 1:
+        raise InputError(f"window must be a positive integer, got {window!r}")
+    if not isinstance(n_samples, int) or n_samples < 1:
+        raise InputError(f"n_samples must be a positive integer, got {n_samples!r}")
+    clean = as_tokens(model, tokens)
+    batch, n_pos = clean.shape
+    positions = (corrupt_positions,) if isinstance(corrupt_positions, int) else tuple(corrupt_positions)
+    if not positions or any(not -n_pos <= p < n_pos for p in positions):
+        raise InputError(f"corrupt_positions {positions} must be non-empty positions in [0, {n_pos})")
+    site = {"resid": "hidden" if cfg.is_rnn else "resid_pre", "mlp": "mlp_out", "attn": "attn_out"}[kind]
+    if site == "mlp_out" and cfg.d_mlp == 0:
+        raise InputError("kind='mlp' needs a Transformer with MLPs")
+
+    with _EvalMode(model), torch.no_grad():
+        runner = _Runner(model)
+        clean_run = runner.run(clean)
+        if target_labels is None:
+            target = clean_run["logits"][:, -1].argmax(-1)
+        else:
+            target = torch.as_tensor(np.asarray(target_labels)).long().reshape(-1)
+            if target.numel() != batch:
+                raise InputError(f"target_labels needs {batch} labels, got {target.numel()}")
+        rows = clean.repeat(n_samples, 1)
+        src = runner.run(rows)
+        base = _corrupted_run(runner, model, clean, rows, positions, noise, n_samples, seed, automaton)
+        metric = probability(target.repeat(n_samples))
+        high = float(metric(src["logits"]))
+        low = float(metric(base["logits"]))
+        patches, slots = [], []
+        for layer in range(cfg.n_layers):
+            for p in range(n_pos):
+                patches.append(_Patch(_window(layer, window, cfg.n_layers), p))
+                slots.append((layer, p))
+        sweep = _Sweep(site, patches, slots, (cfg.n_layers, n_pos))
+        scores = runner.evaluate(rows, base, src, sweep, metric, batch_patches)
+    return TracingResult(
+        scores, low, high, kind, window, noise, tuple(p % n_pos for p in positions), batch, n_samples
+    )
+
+
+def _corrupted_run(
+    runner: _Runner, model: nn.Module, clean: Tensor, rows: Tensor, positions: tuple[int, ...],
+    noise: float | str, n_samples: int, seed: int, automaton: Any,
+) -> dict[str, Any]:
+    if noise == "symmetric":
+        if automaton is None or len(positions) != 1:
+            raise InputError("noise='symmetric' needs an automaton and exactly one corrupt position")
+        rng = np.random.default_rng(seed)
+        corrupted = np.concatenate(
+            [symmetric_corruption(automaton, clean, positions[0], rng) for _ in range(n_samples)]
+        )
+        return runner.run(as_tokens(model, corrupted))
+    if isinstance(noise, str) or not np.isfinite(noise):
+        raise InputError(f"noise must be a number or 'symmetric', got {noise!r}")
+    cfg = model_config(model)
+    names = ["hook_embed"] if cfg.is_rnn else ["hook_embed", "blocks.0.hook_resid_pre"]
+    _, cache = model.run_with_cache(rows, names_filter=names)
+    std = float(cache["hook_embed"].std())
+    gen = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(rows.shape[1], dtype=torch.bool)
+    mask[list(positions)] = True
+    eps = torch.randn(cache["hook_embed"].shape, generator=gen).to(cache["hook_embed"].device)
+    delta = float(noise) * std * eps * mask[None, :, None].to(eps.device)
+    if cfg.is_rnn:
+        return runner.run(rows, embed=cache["hook_embed"] + delta)
+    return runner.run(rows, resid0=cache["blocks.0.hook_resid_pre"] + delta)

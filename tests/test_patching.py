@@ -1,0 +1,208 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformer_lens import patching as tlp
+
+from fsm_probe.automata import Automaton
+from fsm_probe.errors import InputError
+from fsm_probe.models import ModelConfig, build_model, build_transformer
+from fsm_probe.patching import (
+    activation_patching,
+    attribution_patching,
+    compare,
+    logit_diff,
+    normalized,
+    pair,
+    probability,
+    symmetric_corruption,
+)
+
+B, T, FLIP = 4, 10, 3
+
+
+def _transformer(**kw):
+    cfg = dict(d_vocab=2, d_out=2, n_layers=2, d_hidden=32, n_heads=4, n_ctx=64, seed=0)
+    return build_transformer(ModelConfig("transformer", **{**cfg, **kw})).eval()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _transformer()
+
+
+@pytest.fixture(scope="module")
+def tokens():
+    clean = torch.randint(0, 2, (B, T), generator=torch.Generator().manual_seed(0))
+    corrupted = clean.clone()
+    corrupted[:, FLIP] = 1 - corrupted[:, FLIP]
+    return clean, corrupted
+
+
+def _metrics():
+    right, wrong = torch.tensor([0, 1, 0, 1]), torch.tensor([1, 0, 1, 0])
+    return {
+        "logit_diff": logit_diff(right, wrong),
+        "all_positions": lambda logits: (logits[..., 0] - logits[..., 1]).pow(2).mean(),
+    }
+
+
+TL_FUNCS = {
+    "resid_pre": tlp.get_act_patch_resid_pre,
+    "attn_out": tlp.get_act_patch_attn_out,
+    "mlp_out": tlp.get_act_patch_mlp_out,
+    "head_out": tlp.get_act_patch_attn_head_out_by_pos,
+}
+
+
+@pytest.mark.parametrize("metric_name", ["logit_diff", "all_positions"])
+@pytest.mark.parametrize("site", sorted(TL_FUNCS))
+def test_matches_transformer_lens(model, tokens, site, metric_name):
+    clean, corrupted = tokens
+    metric = _metrics()[metric_name]
+    _, clean_cache = model.run_with_cache(clean)
+    expected = TL_FUNCS[site](model, corrupted, clean_cache, metric)
+    for engine in ("fast", "hooks"):
+        got = activation_patching(model, clean, corrupted, metric, site=site, engine=engine)
+        assert got.values.shape == expected.shape
+        assert torch.allclose(got.values, expected, atol=1e-5), engine
+
+
+@pytest.mark.parametrize("kw", [{}, {"positional": "rotary", "normalization": "RMS"}, {"attention_dir": "bidirectional"}])
+@pytest.mark.parametrize("site", ["resid_mid", "resid_post", "head_out"])
+def test_fast_engine_matches_hook_engine(tokens, kw, site):
+    model = _transformer(**kw)
+    clean, corrupted = tokens
+    for metric in _metrics().values():
+        for direction in ("denoise", "noise"):
+            fast = activation_patching(model, clean, corrupted, metric, site, direction, batch_patches=7)
+            ref = activation_patching(model, clean, corrupted, metric, site, direction, engine="hooks")
+            assert torch.allclose(fast.values, ref.values, atol=1e-5)
+
+
+def test_resid_mid_patches_the_residual_stream(model, tokens):
+    clean, corrupted = tokens
+    _, clean_cache = model.run_with_cache(clean)
+    _, corr_cache = model.run_with_cache(corrupted)
+    metric = _metrics()["all_positions"]
+    got = activation_patching(model, clean, corrupted, metric, site="resid_mid")
+    layer, pos = 1, 6
+    new = clean_cache[f"blocks.{layer}.hook_resid_mid"] - corr_cache[f"blocks.{layer}.hook_resid_pre"]
+
+    def hook(act, hook):
+        act = act.clone()
+        act[:, pos] = new[:, pos]
+        return act
+
+    with torch.no_grad():
+        logits = model.run_with_hooks(corrupted, fwd_hooks=[(f"blocks.{layer}.hook_attn_out", hook)])
+    assert abs(float(metric(logits)) - float(got.values[layer, pos])) < 1e-5
+
+
+def test_denoise_and_noise_sanity(model, tokens):
+    clean, corrupted = tokens
+    metric = _metrics()["logit_diff"]
+    den = activation_patching(model, clean, corrupted, metric, "resid_pre", "denoise")
+    noi = activation_patching(model, clean, corrupted, metric, "resid_pre", "noise")
+    assert abs(den.values[0, FLIP] - den.clean_value) < 1e-5
+    assert abs(noi.values[0, FLIP] - noi.corrupted_value) < 1e-5
+    others = [p for p in range(T) if p != FLIP]
+    assert torch.allclose(den.values[0, others], torch.tensor(den.corrupted_value), atol=1e-5)
+    assert torch.allclose(den.normalized()[0, FLIP], torch.tensor(1.0), atol=1e-4)
+    post = activation_patching(model, clean, corrupted, metric, "resid_post", "denoise")
+    assert abs(post.values[-1, -1] - post.clean_value) < 1e-5
+    assert den.clean_value == noi.clean_value and den.corrupted_value == noi.corrupted_value
+
+
+@pytest.mark.parametrize("arch,site", [("gru", "hidden"), ("lstm", "hidden"), ("lstm", "cell"), ("rnn", "hidden")])
+def test_rnn_matches_brute_force(arch, site):
+    model = build_model(ModelConfig(arch, d_vocab=3, d_out=2, n_layers=2, d_hidden=12, seed=1)).eval()
+    g = torch.Generator().manual_seed(1)
+    clean = torch.randint(0, 3, (3, 7), generator=g)
+    corrupted = torch.randint(0, 3, (3, 7), generator=g)
+    metric = probability(torch.tensor([0, 1, 1]))
+    got = activation_patching(model, clean, corrupted, metric, site=site, batch_patches=5)
+    state = "h" if site == "hidden" else "c"
+    _, cache = model.run_with_cache(clean)
+    for layer in range(2):
+        for t in range(7):
+            name = f"layers.{layer}.hook_{state}"
+
+            def hook(act, hook, t=t, name=name):
+                return cache[name][:, t] if hook.pos == t else None
+
+            with torch.no_grad():
+                logits = model.run_with_hooks(corrupted, fwd_hooks=[(name, hook)])
+            assert abs(float(metric(logits)) - float(got.values[layer, t])) < 1e-5
+
+
+def test_attribution_exact_when_linear(tokens):
+    model = _transformer(normalization=None)
+    clean, corrupted = tokens
+    metric = _metrics()["logit_diff"]
+    approx = attribution_patching(model, clean, corrupted, metric, sites=["mlp_out", "resid_post"])
+    for site in ("mlp_out", "resid_post"):
+        exact = activation_patching(model, clean, corrupted, metric, site=site)
+        assert torch.allclose(approx[site].values[-1], exact.values[-1], atol=1e-4)
+        assert approx[site].corrupted_value == pytest.approx(exact.corrupted_value, abs=1e-5)
+
+
+def test_attribution_correlates_with_exact(model, tokens):
+    clean, corrupted = tokens
+    metric = _metrics()["logit_diff"]
+    approx = attribution_patching(model, clean, corrupted, metric)
+    assert set(approx) == {"resid_pre", "attn_out", "mlp_out", "head_out"}
+    assert approx["head_out"].values.shape == (2, T, 4)
+    assert torch.all(approx["resid_pre"].effect()[:, :FLIP] == 0)
+    for site in ("attn_out", "mlp_out"):
+        exact = activation_patching(model, clean, corrupted, metric, site=site)
+        stats = compare(approx[site], exact, k=3)
+        assert set(stats) == {"spearman", "pearson", "topk_agreement"}
+        assert stats["pearson"] > 0.8
+
+
+def test_rnn_attribution_correlates():
+    model = build_model(ModelConfig("gru", d_vocab=2, d_out=2, n_layers=1, d_hidden=8, seed=0)).eval()
+    clean = torch.randint(0, 2, (4, 6), generator=torch.Generator().manual_seed(2))
+    corrupted = clean.clone()
+    corrupted[:, 2] = 1 - corrupted[:, 2]
+    metric = logit_diff(0, 1)
+    approx = attribution_patching(model, clean, corrupted, metric, sites=["hidden"])["hidden"]
+    exact = activation_patching(model, clean, corrupted, metric, site="hidden")
+    assert approx.values.shape == exact.values.shape == (1, 6)
+    assert torch.allclose(approx.values[0, :2], exact.values[0, :2], atol=1e-6)
+    assert compare(approx, exact)["pearson"] > 0.5
+
+
+def _parity():
+    return Automaton(["0", "1"], ["even", "odd"], "even", [[0, 1], [1, 0]], outputs=[0, 1])
+
+
+def test_symmetric_corruption_changes_label():
+    auto = _parity()
+    tokens = np.random.default_rng(0).integers(0, 2, (20, 9))
+    corrupted = symmetric_corruption(auto, tokens, 4, np.random.default_rng(1))
+    assert (corrupted != tokens).sum(axis=1).tolist() == [1] * 20
+    assert (auto.run_outputs(corrupted)[:, -1] != auto.run_outputs(tokens)[:, -1]).all()
+    stuck = Automaton(["0", "1"], ["s"], "s", [[0, 0]], outputs=[0])
+    with pytest.raises(InputError, match="no symbol"):
+        symmetric_corruption(stuck, tokens, 4, 0)
+
+
+def test_result_helpers_and_errors(model, tokens):
+    clean, corrupted = tokens
+    metric = _metrics()["logit_diff"]
+    res = activation_patching(model, clean, corrupted, metric, site="attn_out")
+    data = json.loads(json.dumps(res.to_dict()))
+    assert data["axes"] == ["layer", "pos"] and data["shape"] == [2, T]
+    norm = normalized(metric, res.clean_value, res.corrupted_value)
+    with torch.no_grad():
+        assert float(norm(model(clean))) == pytest.approx(1.0, abs=1e-5)
+    assert torch.allclose(res.effect(), res.values - res.corrupted_value)
+    with pytest.raises(InputError):
+        activation_patching(model, clean, corrupted, metric, site="hidden")
+    with pytest.raises(InputError):
+        activation_patching(model, clean, corrupted, metric, direction="sideways")
+    with pytest.raises(InputError):
+        pair(clean, corrupted[:, :-1])

@@ -1,0 +1,49 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fsm_probe.automata import Automaton
+from fsm_probe.errors import InputError
+from fsm_probe.models import ModelConfig, build_model, build_transformer
+from fsm_probe.tracing import causal_tracing
+
+TOKENS = torch.randint(0, 2, (5, 8), generator=torch.Generator().manual_seed(3))
+
+
+def _transformer():
+    cfg = ModelConfig("transformer", d_vocab=2, d_out=2, n_layers=2, d_hidden=32, n_heads=4, n_ctx=64)
+    return build_transformer(cfg).eval()
+
+
+@pytest.mark.parametrize("make", [_transformer, lambda: build_model(ModelConfig("gru", d_vocab=2, d_out=2, n_layers=2, d_hidden=16)).eval()])
+def test_restoring_corrupted_position_at_layer_zero_recovers_clean(make):
+    model = make()
+    res = causal_tracing(model, TOKENS, corrupt_positions=[2], noise=3.0, n_samples=4, seed=1)
+    assert res.scores.shape == (2, 8)
+    assert res.scores[0, 2] == pytest.approx(res.high_score, abs=1e-5)
+    assert torch.allclose(res.scores[0, :2], torch.tensor(res.low_score), atol=1e-5)
+    assert res.indirect_effect()[0, 2] == pytest.approx(res.total_effect, abs=1e-5)
+    json.dumps(res.to_dict())
+
+
+def test_noise_is_seeded_and_windows_run():
+    model = _transformer()
+    a = causal_tracing(model, TOKENS, corrupt_positions=[1, 3], kind="mlp", window=3, n_samples=3, seed=5)
+    b = causal_tracing(model, TOKENS, corrupt_positions=[1, 3], kind="mlp", window=3, n_samples=3, seed=5)
+    assert torch.equal(a.scores, b.scores)
+    attn = causal_tracing(model, TOKENS, corrupt_positions=[1], kind="attn", n_samples=2)
+    assert attn.scores.shape == (2, 8)
+
+
+def test_symmetric_noise_uses_the_automaton():
+    parity = Automaton(["0", "1"], ["even", "odd"], "even", [[0, 1], [1, 0]], outputs=[0, 1])
+    model = _transformer()
+    labels = parity.run_outputs(np.asarray(TOKENS))[:, -1]
+    res = causal_tracing(model, TOKENS, labels, corrupt_positions=4, noise="symmetric", automaton=parity, n_samples=1)
+    assert res.scores[0, 4] == pytest.approx(res.high_score, abs=1e-5)
+    with pytest.raises(InputError):
+        causal_tracing(model, TOKENS, noise="symmetric")
+    with pytest.raises(InputError):
+        causal_tracing(build_model(ModelConfig("gru", d_vocab=2, d_out=2)), TOKENS, kind="mlp")
