@@ -23,6 +23,20 @@ app = typer.Typer(
 console = Console()
 
 
+@app.callback()
+def _global_options(
+    threads: Annotated[
+        int, typer.Option("--threads", help="Torch CPU threads (small models run best on 1).")
+    ] = 1,
+) -> None:
+    """Did the network learn the state machine, or a shortcut?"""
+    import torch
+
+    if threads < 1:
+        raise typer.BadParameter(f"must be at least 1, got {threads}", param_hint="--threads")
+    torch.set_num_threads(threads)
+
+
 def _fail(message: str) -> None:
     first = " ".join(str(message).split())
     print(f"fsm-probe: error: {first}", file=sys.stderr)

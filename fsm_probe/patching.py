@@ -257,8 +257,19 @@ class _TransformerEngine:
 
     @staticmethod
     def resid0(model: nn.Module, tokens: Tensor) -> Tensor:
-        _, cache = model.run_with_cache(tokens, names_filter="blocks.0.hook_resid_pre")
-        return cache["blocks.0.hook_resid_pre"]
+        """`blocks.0.hook_resid_pre`: token (+ learned position) embedding, as the native model
+        computes it, without running the blocks."""
+        net = getattr(model, "original_model", None)
+        if net is None or not hasattr(net, "tok_embed"):
+            _, cache = model.run_with_cache(tokens, names_filter="blocks.0.hook_resid_pre")
+            return cache["blocks.0.hook_resid_pre"]
+        if tokens.shape[1] > net.cfg.n_ctx:
+            raise InputError(f"input length {tokens.shape[1]} exceeds n_ctx={net.cfg.n_ctx}")
+        x = net.tok_embed(tokens)
+        if net.pos is not None:
+            pos = torch.arange(tokens.shape[1], device=tokens.device)[None].expand(tokens.shape[0], -1)
+            x = x + net.pos(pos)
+        return x
 
     def _qkv(self, li: int, h: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         attn = self.layers[li].attn
@@ -289,20 +300,28 @@ class _TransformerEngine:
     def _unembed(self, x: Tensor) -> Tensor:
         return apply_softcap(self.net.head(self.net.ln_out(x)), self.net.output_logits_soft_cap)
 
-    def full(self, resid0: Tensor, keep_graph: bool = False) -> dict[str, Any]:
-        """Every stage of every layer for the run whose `blocks.0.hook_resid_pre` is `resid0`."""
-        n_pos = resid0.shape[1]
+    def full(self, resid0: Tensor, needed: list[int] | None = None, grad: bool = False) -> dict[str, Any]:
+        """Every stage of every layer for the run whose `blocks.0.hook_resid_pre` is `resid0`.
+
+        With `needed` (the logit positions a metric reads), the last layer attends and runs its
+        MLP only for those queries: its post-attention stages hold just those positions
+        (`run["cols"]`) and the other logits are NaN. `grad` builds the autograd graph from a
+        fresh leaf `resid0`, so the metric can be differentiated with respect to every stage.
+        """
+        batch, n_pos = resid0.shape[:2]
         pos = torch.arange(n_pos, device=resid0.device)
+        cols = pos if needed is None else torch.tensor(needed, dtype=torch.long, device=resid0.device)
         run: dict[str, Any] = {s: [] for s in (*STAGES, "k", "v")}
-        x = resid0
+        x = resid0.detach().requires_grad_(True) if grad else resid0
         for li, blk in enumerate(self.layers):
-            if keep_graph and not x.requires_grad:
-                x = x.detach().requires_grad_(True)
             run["resid_pre"].append(x)
             q, k, v = self._qkv(li, blk.ln1(x), pos)
             run["k"].append(k)
             run["v"].append(v)
-            z = self._attend(li, q, k, v, pos)
+            qpos = pos
+            if needed is not None and li == self.n_layers - 1:
+                q, x, qpos = q[:, :, cols], x[:, cols], cols
+            z = self._attend(li, q, k, v, qpos)
             a = self._o(li, z)
             mid = x + a
             run["head_out"].append(z)
@@ -315,11 +334,11 @@ class _TransformerEngine:
                 run["mlp_out"].append(m)
                 x = mid + m
             run["resid_post"].append(x)
-        if keep_graph:
-            for name in STAGES:
-                for t in run[name]:
-                    t.retain_grad()
-        run["logits"] = self._unembed(x)
+        out = self._unembed(x)
+        if needed is not None:
+            out = out.new_full((batch, n_pos, out.shape[-1]), float("nan")).index_copy(1, cols, out)
+        run["logits"] = out
+        run["cols"] = cols
         return run
 
     def patched_logits(
@@ -614,11 +633,15 @@ class _EvalMode:
         self.model = model
 
     def __enter__(self) -> None:
+        # Module.eval() on a TransformerBridge costs tens of ms; skip it when nothing is training.
         self.was = self.model.training
-        self.model.eval()
+        self.changed = any(m.training for m in self.model.modules())
+        if self.changed:
+            self.model.eval()
 
     def __exit__(self, *exc: object) -> None:
-        self.model.train(self.was)
+        if self.changed:
+            self.model.train(self.was)
 
 
 # ----- public entry points -----
@@ -719,22 +742,29 @@ def attribution_patching(
                 deltas[site] = torch.stack(rows)
         else:
             engine = _TransformerEngine(model)
+            needed = _needed_positions(metric, base_tokens.shape[1])
             with torch.no_grad():
-                src = engine.full(_TransformerEngine.resid0(model, src_tokens))
+                src = engine.full(_TransformerEngine.resid0(model, src_tokens), needed)
                 base_resid0 = _TransformerEngine.resid0(model, base_tokens)
             other = _metric_value(metric, src["logits"])
             with torch.enable_grad():
-                base = engine.full(base_resid0, keep_graph=True)
+                base = engine.full(base_resid0, needed, grad=True)
                 value = metric(base["logits"])
                 flat = [base[site][li] for site in sites for li in range(cfg.n_layers)]
                 grads = iter(torch.autograd.grad(value, flat, allow_unused=True))
             value = value.detach()
-            for site in sites:
-                rows = []
-                for li in range(cfg.n_layers):
-                    act, grad = base[site][li].detach(), next(grads)
-                    rows.append(torch.zeros(act.shape[1:-1]) if grad is None else ((src[site][li] - act) * grad).sum(-1).sum(0))
-                deltas[site] = torch.stack(rows)
+            n_pos = base_tokens.shape[1]
+            with torch.no_grad():
+                for site in sites:
+                    rows = []
+                    for li in range(cfg.n_layers):
+                        act, grad = base[site][li], next(grads)
+                        cell = act.new_zeros((n_pos, *act.shape[2:-1]))
+                        if grad is not None:
+                            d = ((src[site][li] - act) * grad).sum(-1).sum(0)
+                            cell = d if act.shape[1] == n_pos else cell.index_copy(0, base["cols"], d)
+                        rows.append(cell)
+                    deltas[site] = torch.stack(rows)
     base_value = float(value)
     clean_value, corr_value = (other, base_value) if direction == "denoise" else (base_value, other)
     return {

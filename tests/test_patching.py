@@ -206,3 +206,21 @@ def test_result_helpers_and_errors(model, tokens):
         activation_patching(model, clean, corrupted, metric, direction="sideways")
     with pytest.raises(InputError):
         pair(clean, corrupted[:, :-1])
+
+
+@pytest.mark.parametrize("kw", [{}, {"positional": "rotary", "normalization": "RMS"}, {"attention_dir": "bidirectional"}])
+def test_attribution_skipping_positions_changes_nothing(tokens, kw):
+    from fsm_probe.patching import _TransformerEngine
+
+    model = _transformer(**kw)
+    clean, corrupted = tokens
+    _, cache = model.run_with_cache(clean)
+    assert torch.equal(_TransformerEngine.resid0(model, clean), cache["blocks.0.hook_resid_pre"])
+    metric = logit_diff(torch.tensor([0, 1, 0, 1]), torch.tensor([1, 0, 1, 0]), pos=-2)
+    sites = ["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "head_out"]
+    for direction in ("denoise", "noise"):
+        fast = attribution_patching(model, clean, corrupted, metric, sites=sites, direction=direction)
+        full = attribution_patching(model, clean, corrupted, lambda x: metric(x), sites=sites, direction=direction)
+        for site in sites:
+            assert torch.allclose(fast[site].values, full[site].values, atol=1e-6), site
+        assert fast["mlp_out"].corrupted_value == pytest.approx(full["mlp_out"].corrupted_value, abs=1e-6)

@@ -3,8 +3,12 @@ minimize, or L*; `check_extraction` scores the result; `save_extraction` writes 
 
 The number of abstract states is chosen automatically: sizes are tried from small to large, and
 the first whose (refined, minimized) automaton agrees with the network on held-out sequences at
-`fidelity_target` wins. When none does (an imperfect network), the smallest automaton within
-`tolerance` of the best fidelity seen is kept, so the answer stays small instead of growing.
+`fidelity_target` with at most `max_states` states wins. When none does (an imperfect network,
+whose behaviour usually drifts with length), the extractor collects again with longer words
+(`retry_length`), validates on words twice as long as well, and tries more sizes and k-means
+seeds, plus "capped" versions of automata above `max_states` (the best-supported states kept, the
+others' rows moved to the nearest kept state); the best fidelity within `max_states` is kept (a
+smaller automaton only within `tolerance` of it).
 """
 
 from __future__ import annotations
@@ -25,9 +29,8 @@ from ..automata import Automaton
 from ..errors import ConfigError, InputError
 from ..io import atomic_write_json, atomic_write_text
 from ..models import model_config
-from .abstraction import Abstraction, Reducer, _nearest, make_abstraction
+from .abstraction import Reducer, _nearest, make_abstraction
 from .build import (
-    BuiltAutomaton,
     build_automaton,
     refine_partition,
     state_map,
@@ -43,6 +46,8 @@ METHODS = ("kmeans", "grid", "gmm", "agglomerative", "lstar")
 DEFAULT_METHOD = "kmeans"
 CLUSTER_SIZES = (2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64)
 GRID_SIZES = (2, 3, 4, 5, 6, 8, 10, 12, 16)
+RETRY_SIZES = (28, 36, 44, 56)
+RETRY_FIT_ROWS = 8000
 
 
 def _task_automaton(model: nn.Module, task: Any) -> Automaton | None:
@@ -75,13 +80,14 @@ class FSMExtractor(BaseEstimator):
         sizes: tuple[int, ...] | None = None,
         refine: bool = True,
         squash: bool = True,
-        max_states: int = 64,
+        max_states: int = 20,
         fidelity_target: float = 0.999,
-        tolerance: float = 0.01,
+        tolerance: float = 0.002,
         n_words: int = 256,
         length: int = 20,
         n_val: int = 256,
         val_length: int = 40,
+        retry_length: int | None = 50,
         lstar_rounds: int = 25,
         time_limit: float = 10.0,
         empty_output: str = "free",
@@ -100,6 +106,7 @@ class FSMExtractor(BaseEstimator):
         self.length = length
         self.n_val = n_val
         self.val_length = val_length
+        self.retry_length = retry_length
         self.lstar_rounds = lstar_rounds
         self.time_limit = time_limit
         self.empty_output = empty_output
@@ -112,6 +119,11 @@ class FSMExtractor(BaseEstimator):
             v = getattr(self, name)
             if not isinstance(v, int | np.integer) or isinstance(v, bool) or v < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+        if self.retry_length is not None and (
+            not isinstance(self.retry_length, int | np.integer) or isinstance(self.retry_length, bool)
+            or self.retry_length < 1
+        ):
+            raise ConfigError(f"retry_length must be a positive integer or None, got {self.retry_length!r}")
         if self.empty_output not in ("free", "network"):
             raise ConfigError(f"empty_output must be 'free' or 'network', got {self.empty_output!r}")
         if not 0 < self.fidelity_target <= 1:
@@ -171,67 +183,51 @@ class FSMExtractor(BaseEstimator):
         return self
 
     def _fit_clusters(self, model: nn.Module, name: str) -> None:
-        col = self.collection_
-        x = np.tanh(col.flat()) if self.squash else col.flat()
-        self.reducer_ = Reducer(self.n_components, seed=self.seed).fit(x)
-        z = self.reducer_.transform(x)
-        base = make_abstraction(self.method, **({"seed": self.seed} if self.method != "grid" else {}))
-        sizes = self.sizes or (GRID_SIZES if self.method == "grid" else CLUSTER_SIZES)
-        sizes = [s for s in sizes if self.method == "grid" or s <= self.max_states]
-        if not sizes:
-            raise ConfigError(f"no abstraction size <= max_states={self.max_states}")
-        edges = col.edges()
-        preds = self.votes_
-        init_rows = col.initial_rows()
-        fit_rows = np.setdiff1d(np.arange(len(z)), init_rows) if col.virtual_initial else slice(None)
-        complete = _Completer(model, col, self.reducer_, z, self.squash)
-        curve: list[dict[str, Any]] = []
-        candidates: list[tuple[float, int, BuiltAutomaton, np.ndarray, Abstraction]] = []
         deadline = time.perf_counter() + self.time_limit
-        for size in sizes:
-            abstraction = base.with_size(size).fit(z[fit_rows])
-            blocks = np.full(len(z), -1, dtype=np.int64)
-            blocks[fit_rows] = abstraction.labels_
-            if col.virtual_initial:
-                blocks[init_rows] = abstraction.n_states_
-            options = [("plain", blocks)]
-            if self.refine:
-                refined, converged = refine_partition(
-                    blocks, preds, edges, z, max_states=4 * self.max_states, return_converged=True
-                )
-                if converged and refined.max() != blocks.max():
-                    options.append(("refined", refined))
-            for kind, part in options:
-                built = build_automaton(
-                    part, preds, edges, init_rows, self.alphabet_, self.labels_,
-                    complete=complete.bind(part), start_output=self.start_output_, name=name,
-                )
-                fid = agreement(built.minimal, self.val_tokens_, self.val_labels_)["per_position"]
-                curve.append({
-                    "size": int(size), "abstract_states": int(abstraction.n_states_),
-                    "refined": kind == "refined", "n_states_raw": built.raw.n_states,
-                    "n_states": built.minimal.n_states, "fidelity": fid,
-                })
-                candidates.append((fid, built.minimal.n_states, built, part, abstraction))
-            if max(c[0] for c in candidates[-len(options):]) >= self.fidelity_target:
-                break
-            if time.perf_counter() > deadline:
-                break
-        self.curve_ = curve
-        best = max(c[0] for c in candidates)
-        bar = min(self.fidelity_target, best - min(self.tolerance, 1 - best))
-        ok = [c for c in candidates if c[0] >= bar and c[1] <= self.max_states] or [
-            max(candidates, key=lambda c: c[0])
-        ]
-        if best >= self.fidelity_target:
-            ok = [c for c in candidates if c[0] >= self.fidelity_target]
-        fid, _, built, part, abstraction = min(ok, key=lambda c: (c[1], -c[0]))
-        self.fidelity_, self.built_, self.row_blocks_ = fid, built, part
-        self.abstraction_ = abstraction
-        self.automaton_ = built.minimal
-        self.raw_automaton_ = built.raw
-        self.n_states_raw_ = built.raw.n_states
-        self.n_conflicts_ = built.n_conflicts
+        sizes = list(self.sizes or (GRID_SIZES if self.method == "grid" else CLUSTER_SIZES))
+        sweep = _Sweep(self, model, name, self.collection_, self.votes_)
+        vals = [(self.val_tokens_, self.val_labels_)]
+        cands = sweep.run(sizes, [self.seed], vals, deadline, stop=True)
+        if not any(c.fid >= self.fidelity_target and c.n <= self.max_states for c in cands) and (
+            self.retry_length is not None and time.perf_counter() < deadline
+        ):
+            # An imperfect network: its behaviour drifts with length, so collect longer words,
+            # validate on longer ones too, and try more sizes and seeds (and caps of oversized
+            # automata) within half of the remaining time.
+            budget = time.perf_counter() + 0.5 * (deadline - time.perf_counter())
+            cfg = model_config(model)
+            n_ctx = None if cfg.is_rnn else cfg.n_ctx
+            k, rl = len(self.alphabet_), min(self.retry_length, n_ctx or self.retry_length)
+            rng = np.random.default_rng(self.seed + 2)
+            long_val = rng.integers(0, k, (max(1, self.n_val // 2), min(2 * rl, n_ctx or 2 * rl)))
+            vals.append((long_val, model_labels(model, long_val)[:, 1:]))
+            for c in cands:
+                c.fid = min(c.fid, _fidelity(c.built.minimal, vals[1:]))
+            long_col = collect(
+                model, sample_words(k, self.n_words, rl, seed=self.seed + 3), self.site_,
+                self.task_automaton_,
+            )
+            votes = long_col.flat_predictions().copy()
+            if self.empty_output == "free":
+                votes[long_col.initial_rows()] = -1
+            more = sorted({*sizes, *RETRY_SIZES}) if self.sizes is None else sizes
+            seeds = [self.seed] if self.method in ("grid", "agglomerative") else [
+                self.seed + i for i in range(3)
+            ]
+            cands += _Sweep(self, model, name, long_col, votes).run(
+                more, seeds, vals, budget, stop=False, refine=False, max_fit=RETRY_FIT_ROWS
+            )
+        self.curve_ = [c.curve for c in cands]
+        fid, n_states = _select(cands, self.fidelity_target, self.tolerance, self.max_states)
+        chosen = next(c for c in cands if c.fid == fid and c.n == n_states)
+        self.collection_, self.votes_ = chosen.col, chosen.votes
+        self.reducer_ = chosen.reducer
+        self.fidelity_, self.built_, self.row_blocks_ = chosen.fid, chosen.built, chosen.part
+        self.abstraction_ = chosen.abstraction
+        self.automaton_ = chosen.built.minimal
+        self.raw_automaton_ = chosen.built.raw
+        self.n_states_raw_ = chosen.built.raw.n_states
+        self.n_conflicts_ = chosen.built.n_conflicts
 
     def _fit_lstar(self, model: nn.Module, name: str) -> None:
         if not is_rnn(model):
@@ -286,6 +282,123 @@ class FSMExtractor(BaseEstimator):
         """Per-position fidelity to `model` on `tokens`."""
         self._check_fitted()
         return agreement(self.automaton_, tokens, model_labels(model, tokens)[:, 1:])["per_position"]
+
+
+def _fidelity(a: Automaton, vals: list[tuple[np.ndarray, np.ndarray]]) -> float:
+    return min(agreement(a, tok, lab)["per_position"] for tok, lab in vals)
+
+
+def _select(cands: list[_Candidate], target: float, tolerance: float, max_states: int) -> tuple[float, int]:
+    """(fidelity, states) of the chosen candidate: the smallest that reaches `target` within
+    `max_states`; else the best fidelity within `max_states`, or a smaller one at most
+    `tolerance` below it; with nothing within `max_states`, the smallest."""
+    pool = [c for c in cands if c.n <= max_states]
+    if not pool:
+        c = min(cands, key=lambda c: (c.n, -c.fid))
+        return c.fid, c.n
+    hit = [c for c in pool if c.fid >= target]
+    if hit:
+        c = min(hit, key=lambda c: (c.n, -c.fid))
+        return c.fid, c.n
+    best = max(c.fid for c in pool)
+    c = min((c for c in pool if c.fid >= best - tolerance), key=lambda c: (c.n, -c.fid))
+    return c.fid, c.n
+
+
+class _Candidate:
+    """One abstraction's automaton: its fidelity, size and what it was built from."""
+
+    def __init__(self, fid, built, part, abstraction, col, votes, reducer, curve) -> None:
+        self.fid, self.built, self.part, self.abstraction = fid, built, part, abstraction
+        self.col, self.votes, self.reducer, self.curve = col, votes, reducer, curve
+
+    @property
+    def n(self) -> int:
+        return self.built.minimal.n_states
+
+
+class _Sweep:
+    """Candidates from one collection: PCA, then for each size (and seed) an abstraction, its
+    refinement, and for an automaton above `max_states` a capped version (the states with the
+    most rows kept, the others' rows moved to the nearest kept state)."""
+
+    def __init__(self, est: FSMExtractor, model: nn.Module, name: str, col: Collection, votes: np.ndarray):
+        self.est, self.model, self.name, self.col, self.votes = est, model, name, col, votes
+        x = np.tanh(col.flat()) if est.squash else col.flat()
+        self.reducer = Reducer(est.n_components, seed=est.seed).fit(x)
+        self.z = self.reducer.transform(x)
+        self.complete = _Completer(model, col, self.reducer, self.z, est.squash)
+        self.edges = col.edges()
+        self.init_rows = col.initial_rows()
+        self.fit_rows = (
+            np.setdiff1d(np.arange(len(self.z)), self.init_rows) if col.virtual_initial else slice(None)
+        )
+
+    def _candidate(self, part, abstraction, vals, info) -> _Candidate:
+        est = self.est
+        built = build_automaton(
+            part, self.votes, self.edges, self.init_rows, est.alphabet_, est.labels_,
+            complete=self.complete.bind(part), start_output=est.start_output_, name=self.name,
+        )
+        fid = _fidelity(built.minimal, vals)
+        curve = {**info, "n_states_raw": built.raw.n_states, "n_states": built.minimal.n_states,
+                 "fidelity": fid, "length": self.col.length}
+        return _Candidate(fid, built, part, abstraction, self.col, self.votes, self.reducer, curve)
+
+    def _cap(self, cand: _Candidate) -> np.ndarray:
+        rows = cand.built.state_map[cand.part]
+        support = np.bincount(rows[rows >= 0], minlength=cand.n)
+        keep = np.argsort(-support, kind="stable")[: self.est.max_states]
+        start = cand.built.minimal.start
+        if start not in keep:
+            keep[-1] = start
+        keep = keep[support[keep] > 0] if (support[keep] > 0).any() else keep
+        kept = np.isin(rows, keep)
+        centres = np.stack([self.z[rows == s].mean(0) for s in keep])
+        part = rows.copy()
+        part[~kept] = keep[_nearest(self.z[~kept], centres)]
+        return part
+
+    def run(
+        self, sizes, seeds, vals, deadline: float, stop: bool, refine: bool = True, max_fit: int | None = None
+    ) -> list[_Candidate]:
+        est = self.est
+        base = make_abstraction(est.method, **({"seed": est.seed} if est.method != "grid" else {}))
+        out: list[_Candidate] = []
+        for seed in seeds:
+            for size in sizes:
+                params = {} if est.method == "grid" else {"seed": seed}
+                zf = self.z[self.fit_rows]
+                blocks = np.full(len(self.z), -1, dtype=np.int64)
+                if max_fit is not None and len(zf) > max_fit:
+                    pick = np.random.default_rng(seed).choice(len(zf), max_fit, replace=False)
+                    abstraction = base.with_size(size).set_params(**params).fit(zf[pick])
+                    blocks[self.fit_rows] = abstraction.predict(zf)
+                else:
+                    abstraction = base.with_size(size).set_params(**params).fit(zf)
+                    blocks[self.fit_rows] = abstraction.labels_
+                if self.col.virtual_initial:
+                    blocks[self.init_rows] = abstraction.n_states_
+                info = {"size": int(size), "seed": int(seed), "abstract_states": int(abstraction.n_states_),
+                        "refined": False, "capped": False}
+                new = [self._candidate(blocks, abstraction, vals, info)]
+                if est.refine and refine:
+                    refined, converged = refine_partition(
+                        blocks, self.votes, self.edges, self.z, max_states=max(128, 4 * est.max_states),
+                        return_converged=True,
+                    )
+                    if converged and refined.max() != blocks.max():
+                        new.append(self._candidate(refined, abstraction, vals, {**info, "refined": True}))
+                for c in list(new):
+                    if c.n > est.max_states:
+                        capped = self._cap(c)
+                        new.append(self._candidate(capped, abstraction, vals, {**c.curve, "capped": True}))
+                out += new
+                if stop and any(c.fid >= est.fidelity_target and c.n <= est.max_states for c in new):
+                    return out
+                if time.perf_counter() > deadline:
+                    return out
+        return out
 
 
 class _Completer:
