@@ -8,6 +8,9 @@ interchange accuracy, seconds (extraction and export; training excluded). An und
 network (few training steps) checks graceful degradation.
 
     OMP_NUM_THREADS=1 python analyses/bench_extraction.py [--tasks tomita1,parity] [--archs gru]
+
+writes analyses/results/bench_extraction.md (the README table: one row per network, one
+`states / equivalent? / fidelity / interchange / seconds` cell per method) and .json (every number).
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
@@ -28,9 +30,16 @@ import torch  # noqa: E402
 
 from fsm_probe.automata import Automaton  # noqa: E402
 from fsm_probe.checkpoint import load  # noqa: E402
-from fsm_probe.extraction import METHODS, FSMExtractor, check_extraction, save_extraction  # noqa: E402
+from fsm_probe.extraction import (  # noqa: E402
+    DEFAULT_METHOD,
+    METHODS,
+    FSMExtractor,
+    check_extraction,
+    save_extraction,
+)
 from fsm_probe.extraction.checks import agreement, compare_to_task  # noqa: E402
 from fsm_probe.extraction.collect import model_labels  # noqa: E402
+from fsm_probe.io import atomic_write_json, atomic_write_text  # noqa: E402
 from fsm_probe.models import ModelConfig  # noqa: E402
 from fsm_probe.tasks import get_task  # noqa: E402
 from fsm_probe.training import TrainConfig, train  # noqa: E402
@@ -42,6 +51,7 @@ TASKS = (
     "parity", "cyclic:n=3", "flipflop", "gridworld:n=4", "quaternion",
 )
 ROOT = Path("runs/bench_extraction")
+RESULTS = Path("analyses/results/bench_extraction")
 
 
 def trained(spec: str, arch: str, steps: int | None = None, seed: int = 0):
@@ -181,7 +191,7 @@ def aalpy_lstar(model, a: Automaton, max_rounds: int = 20, timeout: float = 120.
             "fidelity": fid, "interchange": None, "seconds": seconds}
 
 
-def fmt(v, digits: int = 4) -> str:
+def fmt(v, digits: int = 3) -> str:
     if v is None:
         return "-"
     if isinstance(v, bool):
@@ -189,6 +199,67 @@ def fmt(v, digits: int = 4) -> str:
     if isinstance(v, float):
         return f"{v:.{digits}f}"
     return str(v)
+
+
+def cell(r: dict) -> str:
+    """`states / equivalent? / fidelity / interchange / seconds` for one method."""
+    if r.get("note"):
+        return f"- ({r['note']}, {r['seconds']:.0f} s)"
+    return " / ".join([fmt(r["states"]), fmt(r["equivalent"]), fmt(r["fidelity"]), fmt(r["interchange"]),
+                       f"{r['seconds']:.2f}"])
+
+
+def goals(rows: list[dict]) -> list[str]:
+    """One line per goal of the extraction issue, measured on the default method's rows."""
+    default = [r for r in rows if r["method"] == DEFAULT_METHOD]
+    good = [r for r in default if r["steps"] is None and r["network_accuracy"] >= 0.999]
+    tomita = [r for r in default if r["steps"] is None and r["task"].startswith("tomita")]
+    under = [r for r in default if r["steps"] is not None]
+    lines = []
+    if good:
+        eq = sum(bool(r["equivalent"]) for r in good)
+        ic = min((r["interchange"] for r in good if r["interchange"] is not None), default=None)
+        lines.append(f"- exact recovery ({DEFAULT_METHOD}, networks >= 99.9% accurate): {eq} / {len(good)}")
+        lines.append(f"- interchange accuracy on those networks: min {fmt(ic, 4)} (goal >= 0.99)")
+    if tomita:
+        lines.append(f"- default extraction seconds per Tomita network: max {max(r['seconds'] for r in tomita):.2f} "
+                     "(goal < 1 s)")
+        lstar = {r["network"]: r["seconds"] for r in rows if r["method"] == "aalpy L*"}
+        faster = [r for r in tomita if r["network"] in lstar]
+        if faster:
+            n = sum(r["seconds"] < lstar[r["network"]] for r in faster)
+            lines.append(f"- faster than AALpy L* on the same network: {n} / {len(faster)} Tomita networks")
+    for r in under:
+        ok = r["seconds"] <= 10 and r["states"] <= 20 and r["fidelity"] >= 0.90
+        lines.append(f"- under-trained {r['network']} (accuracy {r['network_accuracy']:.3f}): {r['states']} states, "
+                     f"fidelity {r['fidelity']:.3f}, {r['seconds']:.2f} s -> "
+                     f"{'met' if ok else '**not met**'} (goal <= 10 s, <= 20 states, fidelity >= 0.90)")
+    return lines
+
+
+def markdown(rows: list[dict], methods: list[str]) -> str:
+    nets: dict[str, list[dict]] = {}
+    for r in rows:
+        nets.setdefault(r["network"], []).append(r)
+    head = ["network", "task states", "net acc", *methods]
+    out = [
+        "# Automaton extraction benchmark",
+        "",
+        "Written by `analyses/bench_extraction.py` (1 thread). Each method cell: minimized states / "
+        "equivalent to the task's minimal automaton / fidelity (min over held-out lengths 50 and 100) / "
+        "interchange accuracy / seconds (extraction and export; AALpy: learning only). Networks named "
+        "`..._Nsteps` are under-trained GRUs stopped after N steps.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for net, rs in nets.items():
+        by = {r["method"]: r for r in rs}
+        r0 = rs[0]
+        out.append("| " + " | ".join([net, str(r0["task_states"]), f"{r0['network_accuracy']:.4f}",
+                                      *(cell(by[m]) if m in by else "-" for m in methods)]) + " |")
+    out += ["", f"Goals (default method `{DEFAULT_METHOD}`):", "", *goals(rows), ""]
+    return "\n".join(out)
 
 
 def main() -> None:
@@ -200,17 +271,17 @@ def main() -> None:
     parser.add_argument("--train-only", action="store_true")
     parser.add_argument("--undertrained", default="tomita5@72,tomita6@150",
                         help="SPEC@STEPS,...: GRUs stopped early (empty for none)")
-    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=RESULTS,
+                        help="writes OUT.md (the table) and OUT.json (every number)")
     args = parser.parse_args()
     nets = [(spec, arch, None) for spec in filter(None, args.tasks.split(","))
             for arch in args.archs.split(",")]
     for item in filter(None, args.undertrained.split(",")):
         spec, _, steps = item.partition("@")
         nets.append((spec, "gru", int(steps)))
+    methods = args.methods.split(",")
     rows = []
     tmp = Path(tempfile.mkdtemp(prefix="bench_extraction_"))
-    print("| network | task states | net acc | method | states (raw) | equivalent | fidelity | interchange | seconds |")
-    print("|---|---|---|---|---|---|---|---|---|")
     for spec, arch, steps in nets:
         model, tag = trained(spec, arch, steps)
         if args.train_only:
@@ -219,19 +290,21 @@ def main() -> None:
         a = get_task(spec).automaton
         acc = network_accuracy(model, a)
         n_min = a.minimize().n_states
-        results = [(m, ours(model, m, tmp / tag / m)) for m in args.methods.split(",")]
+        results = [(m, ours(model, m, tmp / tag / m)) for m in methods]
         if not args.no_aalpy:
             r = aalpy_lstar(model, a)
             if r is not None:
                 results.append(("aalpy L*", r))
         for method, r in results:
-            states = fmt(r["states"]) + (f" ({r['raw']})" if r.get("raw") is not None else "")
-            print(f"| {tag} | {n_min} | {acc:.4f} | {method} | {states} | {fmt(r['equivalent'])} | "
-                  f"{fmt(r['fidelity'])} | {fmt(r['interchange'])} | {r['seconds']:.2f} |", flush=True)
             rows.append({"network": tag, "task": spec, "arch": arch, "steps": steps,
                          "network_accuracy": acc, "task_states": n_min, "method": method, **r})
-    if args.json is not None and rows:
-        args.json.write_text(json.dumps(rows, indent=2))
+        print(f"{tag} (acc {acc:.4f}): " + "; ".join(f"{m} {cell(r)}" for m, r in results), flush=True)
+    if rows:
+        cols = methods + (["aalpy L*"] if any(r["method"] == "aalpy L*" for r in rows) else [])
+        md = markdown(rows, cols)
+        atomic_write_text(args.out.with_suffix(".md"), md)
+        atomic_write_json(args.out.with_suffix(".json"), {"threads": torch.get_num_threads(), "rows": rows})
+        print(md)
 
 
 if __name__ == "__main__":

@@ -262,7 +262,7 @@ def extract_cmd(
     method: Annotated[str, typer.Option("--method", help="kmeans, grid, gmm, agglomerative or lstar.")] = "kmeans",
     site: Annotated[str | None, typer.Option("--site", help="Hook name(s), comma-separated; default: the full recurrent state.")] = None,
     components: Annotated[float, typer.Option("--components", help="PCA dimensions (>= 1) or variance fraction (< 1).")] = 10,
-    max_states: Annotated[int, typer.Option("--max-states")] = 64,
+    max_states: Annotated[int, typer.Option("--max-states", help="Largest automaton to return.")] = 20,
     lengths: Annotated[str, typer.Option("--lengths", help="Held-out lengths for the checks.")] = "50,100",
     seed: Annotated[int, typer.Option("--seed")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print extraction.json.")] = False,

@@ -41,6 +41,7 @@ from transformer_lens.utilities import Slice
 
 from ..errors import ConfigError, InputError
 from .config import ModelConfig
+from .tokens import check_tokens
 from .transformer import build_transformer
 
 INNER = "transformer"
@@ -59,19 +60,7 @@ def names_filter_fn(names_filter: Any) -> Callable[[str], bool]:
 
 def validate_tokens(tokens: Any, d_vocab: int, device: torch.device) -> Tensor:
     """`tokens` as int64 `[batch, pos]` on `device`, or `InputError`."""
-    t = torch.as_tensor(np.asarray(tokens) if not isinstance(tokens, Tensor) else tokens)
-    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
-        raise InputError(f"tokens must be integers, got dtype {t.dtype}")
-    if t.ndim == 1:
-        t = t.unsqueeze(0)
-    if t.ndim != 2:
-        raise InputError(f"tokens must have shape [batch, pos], got {tuple(t.shape)}")
-    if t.numel():
-        lo, hi = torch.aminmax(t)
-        if lo < 0 or hi >= d_vocab:
-            bad = int(lo) if lo < 0 else int(hi)
-            raise InputError(f"token id {bad} is outside the vocabulary [0, {d_vocab})")
-    return t.to(device=device, dtype=torch.long)
+    return check_tokens(tokens, d_vocab).to(device)
 
 
 class InnerBridgeMixin(HookedRootModule):
