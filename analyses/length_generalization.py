@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import os
 import sys
 import time
@@ -35,6 +34,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+from fsm_probe.io import atomic_write_json, atomic_write_text  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
@@ -238,14 +239,15 @@ def figure(all_rows: list[dict], tasks: list[str], models: list[str], path: Path
     fig.update_yaxes(range=[0, 1.02], title_text="final-position accuracy", col=1)
     fig.update_xaxes(title_text="length")
     fig.update_layout(title="Length generalization: trained on lengths 1-40", height=320 * nrows + 80)
-    path.write_text(fig.to_html(include_plotlyjs="cdn"), encoding="utf-8")
+    atomic_write_text(path, fig.to_html(include_plotlyjs="cdn"))
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        wr = csv.DictWriter(f, fieldnames=list(rows[0]))
-        wr.writeheader()
-        wr.writerows(rows)
+    buf = io.StringIO(newline="")
+    wr = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    wr.writeheader()
+    wr.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -304,9 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     if dilution:
         write_csv(dilution, args.out / f"{stem}_dilution.csv")
     md = markdown(all_rows, dilution, settings["tasks"], settings["models"], settings, wall)
-    (args.out / f"{stem}.md").write_text(md, encoding="utf-8")
+    atomic_write_text(args.out / f"{stem}.md", md)
     figure(all_rows, settings["tasks"], settings["models"], args.out / f"{stem}.html")
-    (args.out / f"{stem}.json").write_text(json.dumps({"settings": settings, "wall_seconds": wall}, indent=2))
+    atomic_write_json(args.out / f"{stem}.json", {"settings": settings, "wall_seconds": wall})
     print(md)
     print(f"written to {args.out}/{stem}.{{csv,md,html}} in {wall / 60:.1f} min")
     return 0

@@ -194,13 +194,20 @@ def attention_dilution(
     if lengths[-1] > cfg.n_ctx:
         raise ConfigError(f"length {lengths[-1]} exceeds the Transformer's context n_ctx={cfg.n_ctx}")
     causal = cfg.attention_dir == "causal"
-    maxw, tv, ent = [], [], []
+    maxw, tv, ent, actual = [], [], [], []
     for length in lengths:
         p = attention_patterns(model, _task_tokens(model, length, n, seed))
-        stats = _query_stats(p[..., -1:, :].astype(np.float64), causal, np.array([length - 1]))
+        t = p.shape[-1]  # the task's length rule may shorten the requested length
+        if t in actual:
+            continue
+        actual.append(t)
+        stats = _query_stats(p[..., -1:, :].astype(np.float64), causal, np.array([t - 1]))
         maxw.append(stats["max_weight"].mean(axis=(0, -1)))
         tv.append(stats["uniform_distance"].mean(axis=(0, -1)))
         ent.append(stats["entropy"].mean(axis=(0, -1)))
+    if len(actual) < 2:
+        raise ConfigError(f"dilution needs at least two distinct evaluated lengths, got {actual}")
+    lengths = actual
     max_weight = np.stack(maxw)
     log_t = np.log(np.asarray(lengths, dtype=np.float64))
     centred = log_t - log_t.mean()

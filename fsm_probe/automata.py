@@ -564,6 +564,11 @@ class Automaton:
     @classmethod
     def load_json(cls, path: str | os.PathLike) -> Automaton:
         """Read an automaton file, raising AutomatonError (naming the file) if it is unusable."""
+        return cls.read_json(path)[0]
+
+    @classmethod
+    def read_json(cls, path: str | os.PathLike) -> tuple[Automaton, Any]:
+        """`load_json` that also returns the parsed JSON document (for extra keys in the file)."""
         path = Path(path)
         try:
             text = path.read_text(encoding="utf-8")
@@ -578,7 +583,7 @@ class Automaton:
         except json.JSONDecodeError as e:
             raise AutomatonError(f"automaton file {str(path)!r} is not valid JSON: {e}") from None
         try:
-            return cls.from_dict(d)
+            return cls.from_dict(d), d
         except AutomatonError as e:
             raise AutomatonError(f"{str(path)!r}: {e}") from None
 

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import platform
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -55,11 +56,13 @@ def save(
     directory: str | os.PathLike,
     task: Task | None = None,
     training: dict[str, Any] | None = None,
+    extra_files: dict[str, Callable[[Path], None]] | None = None,
 ) -> Path:
     """Write `model` (with its task and training settings) to `directory`; returns the path.
 
     `task` and `training` default to the model's `fsm_task` / `fsm_training` attributes, which
-    `train` and `load` set.
+    `train` and `load` set. `extra_files` maps further file names in `directory` to writers
+    `write(tmp_path)`; they are replaced together with the checkpoint (e.g. the training log).
     """
     cfg = model_config(model)
     task = task if task is not None else getattr(model, "fsm_task", None)
@@ -87,7 +90,9 @@ def save(
     def write_config(tmp: Path) -> None:
         tmp.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
-    atomic_write_many({directory / WEIGHTS: write_weights, directory / CONFIG: write_config})
+    writes: dict[Any, Callable[[Path], None]] = {directory / WEIGHTS: write_weights, directory / CONFIG: write_config}
+    writes.update({directory / name: write for name, write in (extra_files or {}).items()})
+    atomic_write_many(writes)
     model.fsm_task = task
     model.fsm_training = training
     return directory

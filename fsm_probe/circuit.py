@@ -1,7 +1,8 @@
 """Circuit summary: rank components by their patching effect and draw them as a graph.
 
 Components are attention heads (`L0H1`), attention and MLP sublayers (`L1.attn`, `L1.mlp`),
-residual-stream positions (`resid L0@3`: the stream entering block 0 at position 3) and RNN
+residual-stream positions (`resid L0@3`: the stream entering block 0 at position 3;
+`resid_mid L0@3` and `resid_post L0@3`: after its attention and after the whole block) and RNN
 states (`L0.h@3`). A component's effect is its largest normalised patching effect over
 positions (1 = restores the clean behaviour, 0 = none), and the position where it peaks is kept.
 The graph links each kept component to every kept component downstream of it (later layer, and
@@ -20,9 +21,12 @@ import numpy as np
 
 from .errors import InputError
 
-_STAGE = {"resid": 0, "state": 0, "head": 1, "attn": 1, "mlp": 2, "cell": 0}
+_STAGE = {"resid": 0, "state": 0, "head": 1, "attn": 1, "resid_mid": 2, "mlp": 3, "resid_post": 4, "cell": 0}
+_STREAMS = ("resid", "resid_mid", "resid_post", "state", "cell")  # one component per position
 _SITE_KIND = {
     "resid_pre": "resid",
+    "resid_mid": "resid_mid",
+    "resid_post": "resid_post",
     "head_out": "head",
     "attn_out": "attn",
     "mlp_out": "mlp",
@@ -64,7 +68,7 @@ def _effects(result: Any, normalize: bool) -> np.ndarray:
 def _components(result: Any, normalize: bool) -> list[Component]:
     site = result.site
     if site not in _SITE_KIND:
-        return []
+        raise InputError(f"cannot rank patching results at site {site!r}; known sites: {', '.join(_SITE_KIND)}")
     kind = _SITE_KIND[site]
     eff = _effects(result, normalize)
     out = []
@@ -75,10 +79,13 @@ def _components(result: Any, normalize: bool) -> list[Component]:
                 p = int(np.nanargmax(np.abs(col)))
                 out.append(Component(f"L{layer}H{head}", kind, layer, head, p, float(col[p]), site))
         return out
-    if kind in ("resid", "state", "cell"):
+    if kind in _STREAMS:
         for layer in range(eff.shape[0]):
             for p in range(eff.shape[1]):
-                name = f"resid L{layer}@{p}" if kind == "resid" else f"L{layer}.{'h' if kind == 'state' else 'c'}@{p}"
+                if kind in ("state", "cell"):
+                    name = f"L{layer}.{'h' if kind == 'state' else 'c'}@{p}"
+                else:
+                    name = f"{kind} L{layer}@{p}"
                 out.append(Component(name, kind, layer, None, p, float(eff[layer, p]), site))
         return out
     for layer in range(eff.shape[0]):
@@ -109,7 +116,7 @@ def rank_components(
 def _downstream(a: Component, b: Component) -> bool:
     if b.order <= a.order:
         return False
-    if a.position is not None and b.position is not None and a.kind in ("resid", "state", "cell"):
+    if a.position is not None and b.position is not None and a.kind in _STREAMS:
         return b.position >= a.position
     return True
 

@@ -7,14 +7,14 @@ from collections.abc import Iterable
 import numpy as np
 from torch import nn
 
-from .datasets import eval_set
+from .datasets import IGNORE_INDEX, eval_set
 from .models import predict_logits
 from .tasks import Task
 
 
 def accuracy_report(pred: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Per-position, final-position and whole-sequence accuracy; positions labelled -100 are skipped."""
-    mask = labels != -100
+    """Per-position, final-position and whole-sequence accuracy; `IGNORE_INDEX` positions are skipped."""
+    mask = labels != IGNORE_INDEX
     correct = (pred == labels) | ~mask
     return {
         "accuracy": float((pred == labels)[mask].mean()) if mask.any() else float("nan"),

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .datasets import Batch, eval_set, label_batch
+from .datasets import IGNORE_INDEX, Batch, eval_set, label_batch
 from .errors import ConfigError, InputError
 from .models import as_tokens, model_config
 
@@ -194,8 +194,8 @@ class LensResult:
 
     @property
     def mean_accuracy(self) -> np.ndarray:
-        """Accuracy per site, averaged over positions."""
-        return self.accuracy.mean(axis=1)
+        """Accuracy per site, averaged over the labelled positions."""
+        return np.nanmean(self.accuracy, axis=1)
 
     def first_site(self, threshold: float = 0.99) -> str | None:
         """The earliest site whose decoded answer is right at least `threshold` of the time."""
@@ -245,6 +245,9 @@ def logit_lens(
     y = torch.as_tensor(np.asarray(y), dtype=torch.long)
     if y.shape != t.shape:
         raise InputError(f"labels have shape {tuple(y.shape)}, tokens {tuple(t.shape)}")
+    valid = y != IGNORE_INDEX  # final-only labels: only the last position is labelled
+    count = valid.sum(0).float()  # positions nobody labels give NaN accuracy and probability
+    y = y.clamp_min(0)
     sites = lens.sites if lens is not None else stream_sites(model, incl_mid=incl_mid)
     acts = cache_sites(model, t, [s.hook for s in sites])
     acc, prob, kl = [], [], []
@@ -254,8 +257,8 @@ def logit_lens(
             resid = lens(s.hook, acts[s.hook]) if lens is not None else acts[s.hook]
             logits = decode(model, resid)
             logp = F.log_softmax(logits, dim=-1)
-            acc.append((logits.argmax(-1) == y).float().mean(0))
-            prob.append(logp.gather(-1, y[..., None])[..., 0].exp().mean(0))
+            acc.append(((logits.argmax(-1) == y) & valid).float().sum(0) / count)
+            prob.append((logp.gather(-1, y[..., None])[..., 0].exp() * valid).sum(0) / count)
             kl.append(_kl(final, logits).mean(0))
     return LensResult(
         sites=[s.label for s in sites],

@@ -23,6 +23,7 @@ from transformer_lens.utilities.activation_functions import apply_softcap
 
 from .errors import InputError
 from .models import as_tokens, model_config
+from .models.config import MEMORY_ARCHS
 
 Metric = Callable[[Tensor], Tensor]
 
@@ -525,6 +526,11 @@ def _check_direction(direction: str) -> None:
 
 
 def _check_site(cfg: Any, site: str) -> None:
+    if cfg.arch in MEMORY_ARCHS:
+        raise InputError(
+            f"patching and tracing support rnn, gru, lstm and transformer, not {cfg.arch!r}; the memory "
+            'states can be collected with model.run_with_cache(tokens, names_filter="hook_memory")'
+        )
     if cfg.is_rnn:
         if site not in RNN_SITES:
             raise InputError(f"RNN patching sites are {', '.join(RNN_SITES)}, got {site!r}")

@@ -26,7 +26,7 @@ from .attention import attention_dilution, attention_patterns, head_stats, token
 from .checkpoint import load
 from .circuit import circuit_graph, rank_components
 from .datasets import eval_set
-from .errors import FsmProbeError, InputError
+from .errors import ConfigError, FsmProbeError, InputError
 from .evaluation import evaluate
 from .figures import circuits as figs
 from .io import atomic_write_text
@@ -167,6 +167,7 @@ def _corruption_pairs(
 
     a = task.automaton
     pool = eval_set(task, length, n=8 * n, seed=seed + 1, final_only=False).tokens
+    length = pool.shape[1]  # the task's length rule may shorten the requested length
     rng = np.random.default_rng(seed)
     for p in sorted(range(length), key=lambda q: (abs(q - length // 2), q)):
         final = a.run_outputs(pool)[:, -1]
@@ -504,6 +505,9 @@ def write_report(
     """Load the checkpoint in `run_dir`, build its report and write it atomically to `out`
     (default `run_dir/report.html`)."""
     settings = replace(settings or ReportSettings(), **overrides)
+    target = Path(out) if out is not None else Path(run_dir) / "report.html"
+    if target.is_dir():
+        raise ConfigError(f"--out {str(target)!r} is a directory; give a file name such as report.html")
     model = load(run_dir)
     text = report_html(model, settings, run_dir=run_dir)
-    return atomic_write_text(Path(out) if out is not None else Path(run_dir) / "report.html", text)
+    return atomic_write_text(target, text)

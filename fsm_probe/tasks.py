@@ -15,12 +15,10 @@ Sources (see `shared/references/automata_tasks.md`):
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -66,7 +64,7 @@ class Sampler:
     @staticmethod
     def from_dict(d: Mapping[str, Any]) -> Sampler:
         """Inverse of `to_dict`."""
-        if not isinstance(d, Mapping) or d.get("kind") not in Sampler.registry:
+        if not isinstance(d, Mapping) or not isinstance(d.get("kind"), str) or d["kind"] not in Sampler.registry:
             raise TaskError(f"unknown sampler {d!r}; kinds: {sorted(Sampler.registry)}")
         fields = {k: v for k, v in d.items() if k != "kind"}
         try:
@@ -219,7 +217,11 @@ class Task:
 
     @property
     def spec(self) -> str:
-        """Spec string accepted by `get_task`, e.g. "cyclic:n=5,n_actions=2"."""
+        """Spec string accepted by `get_task`, e.g. "cyclic:n=5,n_actions=2".
+
+        A file task's spec is "file:<automaton name>", a label rather than a path: `get_task`
+        cannot rebuild it (checkpoints store the whole automaton instead).
+        """
         if not self.params:
             return self.name
         return self.name + ":" + ",".join(f"{k}={_fmt(v)}" for k, v in self.params.items())
@@ -311,8 +313,8 @@ def task_from_automaton(
 
 def task_from_file(path: str | os.PathLike) -> Task:
     """Task for a user automaton JSON file (optionally with an "input_distribution")."""
-    automaton = Automaton.load_json(path)
-    dist = json.loads(Path(path).read_text(encoding="utf-8")).get("input_distribution")
+    automaton, data = Automaton.read_json(path)
+    dist = data.get("input_distribution")
     try:
         return task_from_automaton(automaton, dist)
     except TaskError as e:
@@ -766,6 +768,8 @@ def _parse_value(task: str, key: str, raw: str, param: Param) -> int | float:
     except ValueError:
         kind = "an integer" if isinstance(param.default, int) else "a number"
         raise TaskError(f"{task}: parameter {key}={raw!r} is not {kind}") from None
+    if not math.isfinite(value):
+        raise TaskError(f"{task}: parameter {key}={raw!r} is not a finite number")
     if (param.lo is not None and value < param.lo) or (param.hi is not None and value > param.hi):
         raise TaskError(f"{task}: parameter {key}={value} outside [{param.lo}, {param.hi}]")
     return value

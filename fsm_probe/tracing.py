@@ -18,7 +18,15 @@ from torch import Tensor, nn
 
 from .errors import InputError
 from .models import as_tokens, model_config
-from .patching import _EvalMode, _Patch, _Runner, _Sweep, probability, symmetric_corruption
+from .patching import (
+    _check_site,
+    _EvalMode,
+    _Patch,
+    _Runner,
+    _Sweep,
+    probability,
+    symmetric_corruption,
+)
 
 KINDS = ("resid", "mlp", "attn")
 
@@ -108,6 +116,7 @@ def causal_tracing(
     site = {"resid": "hidden" if cfg.is_rnn else "resid_pre", "mlp": "mlp_out", "attn": "attn_out"}[kind]
     if site == "mlp_out" and cfg.d_mlp == 0:
         raise InputError("kind='mlp' needs a Transformer with MLPs")
+    _check_site(cfg, site)  # also refuses the memory architectures
 
     with _EvalMode(model), torch.no_grad():
         runner = _Runner(model)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -21,11 +22,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .checkpoint import save
-from .datasets import iterate_batches
-from .errors import ConfigError
+from .datasets import IGNORE_INDEX, iterate_batches
+from .errors import CheckpointError, ConfigError
 from .evaluation import evaluate
 from .models import ModelConfig, as_tokens, build_model
 from .tasks import Task
+
+LOG = "train_log.jsonl"
 
 
 @dataclass
@@ -95,7 +98,7 @@ def lr_schedule(step: int, total: int, warmup: int) -> float:
 
 def _loss(model: nn.Module, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     logits = model(tokens)
-    return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+    return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
 
 
 def train(
@@ -108,9 +111,13 @@ def train(
 ) -> nn.Module:
     """Train a model on `task`; returns it in eval mode with `fsm_task` and `fsm_training` set.
 
-    With `out_dir`, writes `train_log.jsonl` during training and the checkpoint at the end.
+    With `out_dir`, writes the log to `train_log.jsonl.tmp` during training and moves it to
+    `train_log.jsonl` together with the checkpoint at the end, so a failed or interrupted run
+    leaves a previous run in `out_dir` intact.
     """
     train_cfg = train_cfg or TrainConfig()
+    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise CheckpointError(f"{out_dir} exists and is not a directory")
     if model_cfg.d_vocab < task.automaton.n_symbols or model_cfg.d_out != task.automaton.n_labels:
         raise ConfigError(
             f"model vocabulary/outputs ({model_cfg.d_vocab}, {model_cfg.d_out}) do not fit task "
@@ -128,7 +135,7 @@ def train(
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_schedule(s, train_cfg.max_steps, train_cfg.warmup_steps)
     )
-    log_path = Path(out_dir) / "train_log.jsonl" if out_dir is not None else None
+    log_path = Path(out_dir) / f"{LOG}.tmp" if out_dir is not None else None
     if log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.write_text("")
@@ -186,6 +193,7 @@ def train(
         "final_val_accuracy": history[-1]["val_accuracy"] if history else None,
         "stopped_early": streak >= train_cfg.patience,
     }
-    if out_dir is not None:
-        save(model, out_dir)
+    if log_path is not None:
+        save(model, out_dir, extra_files={LOG: lambda tmp: shutil.copyfile(log_path, tmp)})
+        log_path.unlink(missing_ok=True)
     return model

@@ -3,7 +3,7 @@ import pytest
 import torch
 from scipy.stats import entropy
 
-from fsm_probe import InputError, ModelConfig, build_model, get_task
+from fsm_probe import ConfigError, InputError, ModelConfig, build_model, get_task
 from fsm_probe.attention import (
     attention_dilution,
     attention_patterns,
@@ -78,11 +78,25 @@ def test_uniform_heads_dilute_like_one_over_t():
     np.testing.assert_allclose(stats.uniform_distance, 0, atol=1e-5)
 
 
+def test_dilution_uses_the_evaluated_length_of_odd_length_tasks():
+    task = get_task("modular_arithmetic")
+    a = task.automaton
+    model = build_model(ModelConfig("transformer", a.n_symbols, a.n_labels, d_hidden=16, n_heads=2, n_ctx=64)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".q." in name:
+                p.zero_()
+    model.fsm_task = task
+    dil = attention_dilution(model, [4, 8, 16], n=4)
+    assert dil.lengths == [3, 7, 15]
+    np.testing.assert_allclose(dil.max_weight, dil.reference[:, None, None] * np.ones((1, 1, 2)), rtol=1e-4)
+
+
 def test_attention_errors_and_labels():
     gru = build_model(ModelConfig("gru", 2, 2, d_hidden=8))
     with pytest.raises(InputError, match="no attention"):
         head_stats(gru, np.zeros((1, 4), dtype=np.int64))
-    with pytest.raises(Exception, match="context"):
+    with pytest.raises(ConfigError, match="context"):
         attention_dilution(_transformer(), [8, 128])
     labels = token_labels(PARITY, [1, 1, 0])
     assert labels == ["1·0", "1·1", "0·2"] and len(set(labels)) == 3

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from fsm_probe.circuit import circuit_graph, rank_components
+from fsm_probe.errors import InputError
 from fsm_probe.figures import circuits as figs
 from fsm_probe.patching import PatchingResult
 
@@ -65,3 +66,19 @@ def test_patching_and_tracing_figures():
     np.testing.assert_allclose(f.data[0].z[2], [0, 0, 1])
     assert isinstance(figs.attribution_scatter(res["mlp_out"], res["mlp_out"]), go.Figure)
     assert isinstance(figs.patching_figure(res["resid_pre"], normalize=False), go.Figure)
+
+
+def test_rank_components_keeps_resid_mid_and_post_and_refuses_unknown_sites():
+    mid = np.full((2, 3), -2.0)
+    mid[1, 2] = 1.0
+    post = np.full((2, 3), -2.0)
+    post[0, 0] = 2.0
+    results = {**_results(), "resid_mid": _result(mid, "resid_mid"), "resid_post": _result(post, "resid_post")}
+    by_name = {c.name: c for c in rank_components(results)}
+    assert by_name["resid_mid L1@2"].effect == pytest.approx(0.75) and by_name["resid_mid L1@2"].kind == "resid_mid"
+    assert by_name["resid_post L0@0"].effect == pytest.approx(1) and by_name["resid_post L0@0"].position == 0
+    g = circuit_graph(results, threshold=0.7, top_k=None)
+    assert g.has_edge("resid_post L0@0", "L1H0") and not g.has_edge("resid_post L0@0", "resid L0@1")
+    assert isinstance(figs.circuit_figure(g), go.Figure)
+    with pytest.raises(InputError, match="site"):
+        rank_components([_result(mid, "embed")])

@@ -201,6 +201,8 @@ def test_collect_sites_and_initial_state() -> None:
     model = build_model(ModelConfig(arch="lstm", d_vocab=2, d_out=2, d_hidden=8, n_layers=2))
     words = sample_words(2, 10, 7, exhaustive=16)
     assert words.shape == (26, 7)
+    many = sample_words(20, 3, 5, exhaustive=16)  # 20 > exhaustive: no complete prefix depth
+    assert many.shape == (4, 5) and many.max() < 20
     col = collect(model, words, automaton=a, batch_size=5)
     assert col.site == tuple(model.state_names) and col.dim == 32
     assert np.all(col.vectors[:, 0] == 0) and col.true_states[0, 0] == a.start

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from fsm_probe import InputError, ModelConfig, build_model, get_task, predict_logits
-from fsm_probe.datasets import eval_set
+from fsm_probe.datasets import IGNORE_INDEX, eval_set, label_batch
 from fsm_probe.lens import decode, fit_tuned_lens, logit_lens, stream_sites
 
 TASK = get_task("parity")
@@ -87,3 +87,19 @@ def test_lens_errors():
     del model.fsm_task
     with pytest.raises(InputError, match="no task"):
         logit_lens(model)
+
+
+def test_lens_ignores_unlabelled_positions_of_final_only_tasks():
+    task = get_task("parity_check")
+    assert task.final_only
+    a = task.automaton
+    model = build_model(ModelConfig("transformer", a.n_symbols, a.n_labels, d_hidden=16, n_heads=2, n_ctx=32)).eval()
+    model.fsm_task = task
+    batch = eval_set(task, 8, n=16, seed=1)
+    assert (batch.labels[:, :-1] == IGNORE_INDEX).all()
+    res = logit_lens(model, batch.tokens, batch.labels)
+    assert np.isnan(res.accuracy[:, :-1]).all() and np.isnan(res.prob[:, :-1]).all()
+    full = logit_lens(model, batch.tokens, label_batch(task, batch.tokens, final_only=False).labels)
+    np.testing.assert_allclose(res.accuracy[:, -1], full.accuracy[:, -1])
+    np.testing.assert_allclose(res.prob[:, -1], full.prob[:, -1], rtol=1e-6)
+    np.testing.assert_allclose(res.mean_accuracy, full.accuracy[:, -1])

@@ -1,15 +1,16 @@
 """Memory-augmented Transformers: RMT and scratchpad (fsm_probe/models/rmt.py, scratchpad.py)."""
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from test_notebooks import run_notebook
 
 from fsm_probe.checkpoint import load, save
 from fsm_probe.cli import main
+from fsm_probe.datasets import IGNORE_INDEX, eval_set
 from fsm_probe.errors import ConfigError, InputError
 from fsm_probe.evaluation import evaluate
 from fsm_probe.models import HookedRMT, HookedScratchpad, ModelConfig, build_model, predict_logits
@@ -208,7 +209,14 @@ def test_rmt_trains_and_evaluates_through_the_standard_loop():
                                          lr=3e-3, val_size=64), progress=False)
     assert model.fsm_training["steps"] >= 1
     report = evaluate(model, task, [12, 100], n=32)
-    assert set(report) == {12, 100} and 0 <= report[100]["accuracy"] <= 1
+    assert set(report) == {12, 100}
+    for length in (12, 100):  # the standard evaluation agrees with the model's own forward pass
+        batch = eval_set(task, length, n=32, seed=12345)
+        with torch.no_grad():
+            pred = model(torch.as_tensor(batch.tokens)).argmax(-1).numpy()
+        mask = batch.labels != IGNORE_INDEX
+        assert report[length]["accuracy"] == pytest.approx((pred == batch.labels)[mask].mean())
+        assert report[length]["final_accuracy"] == pytest.approx((pred[:, -1] == batch.labels[:, -1]).mean())
 
 
 @pytest.mark.slow
@@ -235,19 +243,23 @@ def test_cli_trains_saves_loads_and_evaluates_memory_archs(tmp_path, capsys, arc
 
 @pytest.mark.slow
 def test_notebook_03_executes(tmp_path):
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    path = ROOT / "examples" / "03_memory_and_length_generalization.ipynb"
-    nb = nbformat.read(path, as_version=4)
-    env = {"FSM_PROBE_QUICK": "1", "OMP_NUM_THREADS": "1"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",
-                                resources={"metadata": {"path": str(tmp_path)}}).execute()
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    run_notebook(ROOT / "examples" / "03_memory_and_length_generalization.ipynb", timeout=900, cwd=tmp_path)
+
+
+@pytest.mark.parametrize("make", [rmt, scratch])
+def test_extraction_patching_and_tracing_reject_memory_archs(make):
+    from fsm_probe.extraction.collect import collect, resolve_site
+    from fsm_probe.patching import activation_patching, probability
+    from fsm_probe.tracing import causal_tracing
+
+    m = make().eval()
+    tokens = np.zeros((2, 8), dtype=np.int64)
+    for site in (None, "hook_memory"):
+        with pytest.raises(InputError, match="hook_memory"):
+            resolve_site(m, site)
+    with pytest.raises(InputError, match="hook_memory"):
+        collect(m, tokens, site="hook_memory")
+    with pytest.raises(InputError, match="hook_memory"):
+        activation_patching(m, tokens, tokens, probability([0, 0]))
+    with pytest.raises(InputError, match="hook_memory"):
+        causal_tracing(m, tokens, corrupt_positions=1, n_samples=1)

@@ -5,22 +5,25 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import nbclient
+import nbformat
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-def run_notebook(path: Path, timeout: int = 300) -> object:
-    """Execute `path` in a fresh kernel with FSM_PROBE_QUICK=1; returns the executed notebook."""
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
+def run_notebook(path: Path, timeout: int = 300, cwd: Path | None = None) -> object:
+    """Execute `path` in a fresh kernel with FSM_PROBE_QUICK=1; returns the executed notebook.
+
+    The kernel runs in `cwd` (default: the notebook's folder).
+    """
     nb = nbformat.read(path, as_version=4)
     env_before = os.environ.get("FSM_PROBE_QUICK")
     os.environ["FSM_PROBE_QUICK"] = "1"
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     try:
         client = nbclient.NotebookClient(
-            nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+            nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(cwd or path.parent)}}
         )
         client.execute()
     finally:

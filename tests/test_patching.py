@@ -76,7 +76,7 @@ def test_fast_engine_matches_hook_engine(tokens, kw, site):
     clean, corrupted = tokens
     for metric in _metrics().values():
         for direction in ("denoise", "noise"):
-            fast = activation_patching(model, clean, corrupted, metric, site, direction, batch_patches=7)
+            fast = activation_patching(model, clean, corrupted, metric, site, direction, batch_patches=7, engine="fast")
             ref = activation_patching(model, clean, corrupted, metric, site, direction, engine="hooks")
             assert torch.allclose(fast.values, ref.values, atol=1e-5)
 

@@ -216,6 +216,9 @@ def test_token_validation() -> None:
     with pytest.raises(InputError, match="shape"):
         model(torch.zeros(2, 3, 4, dtype=torch.long))
     assert model(np.array([0, 1, 2])).shape == (1, 3, D_OUT)
+    for bad in (["a", "b"], [[0], [0, 1]], [None, 1]):
+        with pytest.raises(InputError, match="integer array"):
+            model(bad)
     assert model(torch.zeros(2, 0, dtype=torch.long)).shape == (2, 0, D_OUT)
     _, cache = model.run_with_cache(torch.zeros(2, 0, dtype=torch.long))
     assert cache["layers.0.hook_h"].shape == (2, 0, D)

@@ -172,6 +172,8 @@ def test_spec_roundtrip_and_params():
         ("cyclic:n", "expected key=value"),
         ("cyclic:n=3,n_actions=4", "n_actions=4 must be <= n=3"),
         ("flipflop:p_write=1.5", "p_write=1.5 outside"),
+        ("flipflop:p_write=nan", "p_write='nan' is not a finite number"),
+        ("flipflop:p_write=inf", "p_write='inf' is not a finite number"),
         ("symmetric:n=3,n_actions=7", "n! = 6"),
         ("", "non-empty"),
     ],
@@ -234,6 +236,9 @@ def test_sampler_roundtrip_and_errors():
         get_task(info.name).automaton.check_tokens(x)
     with pytest.raises(TaskError, match="unknown sampler"):
         Sampler.from_dict({"kind": "zz"})
+    for bad in ({"kind": []}, {"kind": {}}, ["uniform"]):
+        with pytest.raises(TaskError, match="unknown sampler"):
+            Sampler.from_dict(bad)
     with pytest.raises(ConfigError, match="length"):
         FlipFlopSampler().sample(rng, 2, 0)
 

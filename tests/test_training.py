@@ -113,3 +113,35 @@ def test_evaluation_matches_a_direct_computation():
     assert r["accuracy"] == pytest.approx(float(np.mean(pred == batch.labels)))
     assert r["final_accuracy"] == pytest.approx(float(np.mean(pred[:, -1] == batch.labels[:, -1])))
     assert r["sequence_accuracy"] == pytest.approx(float(np.mean((pred == batch.labels).all(1))))
+
+
+def test_out_dir_that_is_a_file_is_a_checkpoint_error(tmp_path):
+    task = get_task("parity")
+    target = tmp_path / "file"
+    target.write_text("x")
+    with pytest.raises(CheckpointError, match="not a directory"):
+        train(task, _cfg(task), TrainConfig(train_lengths=(1, 4), max_steps=2, eval_every=1), out_dir=target,
+              progress=False)
+
+
+def test_failed_retrain_keeps_the_previous_log_and_checkpoint(tmp_path, monkeypatch):
+    task = get_task("parity")
+    tc = TrainConfig(train_lengths=(1, 6), max_steps=4, eval_every=2, val_size=16)
+    train(task, _cfg(task), tc, out_dir=tmp_path, progress=False)
+    log = (tmp_path / "train_log.jsonl").read_text()
+    config = (tmp_path / "config.json").read_text()
+    assert len(log.splitlines()) == 2 and not (tmp_path / "train_log.jsonl.tmp").exists()
+    real = training.evaluate
+    calls = []
+
+    def fail_second(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(training, "evaluate", fail_second)
+    with pytest.raises(KeyboardInterrupt):
+        train(task, _cfg(task), tc, out_dir=tmp_path, progress=False)
+    assert (tmp_path / "train_log.jsonl").read_text() == log
+    assert (tmp_path / "config.json").read_text() == config

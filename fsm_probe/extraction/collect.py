@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, InputError
-from ..models import as_tokens, model_config
+from ..models import as_tokens, model_config, predict_logits
+from ..models.config import MEMORY_ARCHS
 
 Site = str | Sequence[str] | None
 
@@ -76,6 +77,11 @@ def is_rnn(model: nn.Module) -> bool:
 def resolve_site(model: nn.Module, site: Site) -> tuple[str, ...]:
     """Hook names to read; default: the full recurrent state (RNN) or the last residual stream."""
     cfg = model_config(model)
+    if cfg.arch in MEMORY_ARCHS:
+        raise InputError(
+            f"state extraction supports rnn, gru, lstm and transformer, not {cfg.arch!r}; the memory "
+            'states can be collected with model.run_with_cache(tokens, names_filter="hook_memory")'
+        )
     if site is None:
         if cfg.is_rnn:
             return tuple(model.state_names)
@@ -117,14 +123,7 @@ def initial_logits(model: nn.Module) -> torch.Tensor | None:
 @torch.no_grad()
 def model_labels(model: nn.Module, tokens: np.ndarray, batch_size: int = 512) -> np.ndarray:
     """The model's label `[B, T + 1]` after every prefix, the empty one included (-1 if unknown)."""
-    t = as_tokens(model, tokens)
-    was = model.training
-    model.eval()
-    try:
-        outs = [model(t[s : s + batch_size]).argmax(-1) for s in range(0, t.shape[0], batch_size)]
-    finally:
-        model.train(was)
-    body = torch.cat(outs).cpu().numpy() if outs else np.zeros((0, t.shape[1]), dtype=np.int64)
+    body = predict_logits(model, tokens, batch_size=batch_size).argmax(-1).cpu().numpy()
     init = initial_logits(model)
     first = -1 if init is None else int(init.argmax())
     return np.concatenate([np.full((body.shape[0], 1), first, dtype=np.int64), body], axis=1)
@@ -201,7 +200,7 @@ def sample_words(
     depth = 0
     while n_symbols ** (depth + 1) <= exhaustive and depth + 1 <= length:
         depth += 1
-    head = np.array(list(product(range(n_symbols), repeat=depth)), dtype=np.int64).reshape(-1, depth)
+    head = np.array(list(product(range(n_symbols), repeat=depth)), dtype=np.int64).reshape(n_symbols**depth, depth)
     tail = rng.integers(0, n_symbols, (head.shape[0], length - depth))
     words = np.concatenate([head, tail], axis=1)
     return np.concatenate([words, rng.integers(0, n_symbols, (n, length))]).astype(np.int64)

@@ -231,7 +231,8 @@ def tracing_figure(result: Any, labels: Sequence[str] | None = None) -> go.Figur
 
 def circuit_figure(graph: nx.DiGraph, title: str = "Circuit summary") -> go.Figure:
     """The circuit graph laid out by layer: node size = |effect|, colour = sign, edges by weight."""
-    stage = {"input": 0, "resid": 1, "state": 1, "cell": 1, "head": 2, "attn": 2, "mlp": 3}
+    stage = {"input": 0, "resid": 1, "state": 1, "cell": 1, "head": 2, "attn": 2, "resid_mid": 2.5, "mlp": 3,
+             "resid_post": 3.5}
     def column(node: str) -> float:
         d = graph.nodes[node]
         if d["kind"] == "input":

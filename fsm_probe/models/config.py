@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Mapping
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any
 
 from ..errors import ConfigError
@@ -86,8 +87,13 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"an architecture must be a mapping of fields, got {type(data).__name__}")
         names = {f.name for f in fields(cls)}
         unknown = set(data) - names
         if unknown:
-            raise ConfigError(f"unknown architecture fields: {', '.join(sorted(unknown))}")
+            raise ConfigError(f"unknown architecture fields: {', '.join(sorted(map(str, unknown)))}")
+        missing = [f.name for f in fields(cls) if f.default is MISSING and f.name not in data]
+        if missing:
+            raise ConfigError(f"missing architecture fields: {', '.join(missing)}")
         return cls(**data)

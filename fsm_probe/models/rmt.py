@@ -29,7 +29,7 @@ on it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -41,21 +41,11 @@ from transformer_lens.utilities import Slice
 
 from ..errors import ConfigError, InputError
 from .config import ModelConfig
+from .rnn import names_filter_fn
 from .tokens import check_tokens
 from .transformer import build_transformer
 
 INNER = "transformer"
-
-
-def names_filter_fn(names_filter: Any) -> Callable[[str], bool]:
-    if names_filter is None:
-        return lambda name: True
-    if isinstance(names_filter, str):
-        return lambda name: name == names_filter
-    if isinstance(names_filter, list | tuple | set):
-        wanted = set(names_filter)
-        return lambda name: name in wanted
-    return names_filter
 
 
 def validate_tokens(tokens: Any, d_vocab: int, device: torch.device) -> Tensor:

@@ -149,7 +149,8 @@ class LSTMLayer(RecurrentLayer):
 LAYERS: dict[str, type[RecurrentLayer]] = {"rnn": VanillaLayer, "gru": GRULayer, "lstm": LSTMLayer}
 
 
-def _names_filter(names_filter: Any) -> Callable[[str], bool]:
+def names_filter_fn(names_filter: Any) -> Callable[[str], bool]:
+    """A hook-name predicate from `run_with_cache`'s `names_filter` (None, a name, names, callable)."""
     if names_filter is None:
         return lambda name: True
     if isinstance(names_filter, str):
@@ -308,7 +309,7 @@ class HookedRNN(HookedRootModule):
         """
         if incl_bwd:
             raise NotImplementedError("HookedRNN.run_with_cache does not cache gradients")
-        wanted = _names_filter(names_filter)
+        wanted = names_filter_fn(names_filter)
         steps: dict[str, list[Tensor]] = {name: [] for name in self.hook_dict if wanted(name)}
 
         def save(tensor: Tensor, hook: HookPoint) -> None:

@@ -18,7 +18,13 @@ def check_tokens(
 
     A 1-D input gets a batch dimension. `n_ctx` bounds the length (Transformers).
     """
-    t = tokens if isinstance(tokens, Tensor) else torch.as_tensor(np.asarray(tokens))
+    if isinstance(tokens, Tensor):
+        t = tokens
+    else:
+        try:
+            t = torch.as_tensor(np.asarray(tokens))
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise InputError(f"tokens must be an integer array [batch, pos]: {e}") from None
     if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
         raise InputError(f"tokens must be integers, got dtype {t.dtype}")
     if t.ndim == 1:
