@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import networkx as nx
 import numpy as np
@@ -252,7 +253,11 @@ def test_figures(fitted, tmp_path) -> None:
     figs = extraction_figures(fitted)
     assert len(figs) == 3 and all(isinstance(f, go.Figure) for f in figs)
     page = figures_html(figs, summary="ok")
-    assert page.count("<script") >= 3 and "plotly" in page.lower() and "https://cdn" not in page[:2000]
+    from plotly.offline import get_plotlyjs
+
+    assert page.count(get_plotlyjs()[:300]) == 1
+    assert not re.search(r"<script[^>]*\bsrc\s*=", page, flags=re.I)
+    assert page.count("Plotly.newPlot") == 3
 
 
 def test_cli_extract(tmp_path, capsys) -> None:
