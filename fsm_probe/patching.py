@@ -689,7 +689,7 @@ def activation_patching(
 
 
 def _rnn_gradients(
-    model: nn.Module, tokens: Tensor, metric: Metric, names: list[str]
+    model: nn.Module, tokens: Tensor, metric: Metric, names: list[str], embed: Tensor | None = None
 ) -> tuple[Tensor, dict[str, tuple[Tensor, Tensor]]]:
     acts: dict[str, list[Tensor]] = {name: [] for name in names}
 
@@ -698,7 +698,9 @@ def _rnn_gradients(
         acts[hook.name].append(act)
         return act
 
-    with torch.enable_grad(), model.hooks(fwd_hooks=[(name, keep) for name in names]):
+    hooks = [] if embed is None else [("hook_embed", lambda act, hook: embed)]
+    hooks += [(name, keep) for name in names]
+    with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
         value = metric(model(tokens, stepwise=True))
         flat = [a for name in names for a in acts[name]]
         grads = iter(torch.autograd.grad(value, flat, allow_unused=True))
@@ -710,6 +712,18 @@ def _rnn_gradients(
     return value.detach(), out
 
 
+def _alphas(steps: int) -> list[float]:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise InputError(f"steps must be a positive integer, got {steps!r}")
+    return [k / steps for k in range(steps)]
+
+
+def _rnn_embed(model: nn.Module, tokens: Tensor) -> Tensor:
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter="hook_embed")
+    return cache["hook_embed"]
+
+
 def attribution_patching(
     model: nn.Module,
     clean_tokens: Any,
@@ -717,14 +731,24 @@ def attribution_patching(
     metric: Metric,
     sites: Sequence[str] = ("resid_pre", "attn_out", "mlp_out", "head_out"),
     direction: str = "denoise",
+    steps: int = 1,
 ) -> dict[str, PatchingResult]:
     """First-order estimate of `activation_patching` for every site from 2 forwards + 1 backward.
 
     Estimate = metric(base) + (source act - base act) . d metric / d act at the base run, summed
     over the model dimension (per head over `d_head` for `head_out`). Transformers only need a
     natively built model (the same engine as the fast patching path).
+
+    `steps > 1` is the integrated-gradients variant of EAP-IG (Hanna et al. 2024): the gradient
+    is averaged over `steps` runs whose input embeddings (`blocks.0.hook_resid_pre`, or the RNN's
+    `hook_embed`) lie at `alpha = k / steps`, k = 0..steps-1, on the line from the base to the
+    source input (left Riemann sum, so `steps=1` is plain attribution patching); the
+    multiplier is still (source act - base act). The Transformer runs all steps as one batched
+    forward + backward. A site whose patch is the same as moving the whole input (e.g. the
+    embedding at the only position where the inputs differ) converges to exact patching.
     """
     _check_direction(direction)
+    alphas = _alphas(steps)
     clean, corrupted = pair(clean_tokens, corrupted_tokens)
     clean, corrupted = as_tokens(model, clean), as_tokens(model, corrupted)
     cfg = model_config(model)
@@ -739,6 +763,12 @@ def attribution_patching(
                 _, src_cache = model.run_with_cache(src_tokens, names_filter=names, stepwise=True)
                 other = _metric_value(metric, model(src_tokens))
             value, grads = _rnn_gradients(model, base_tokens, metric, names)
+            if steps > 1:
+                e0, e1 = _rnn_embed(model, base_tokens), _rnn_embed(model, src_tokens)
+                for a in alphas[1:]:
+                    _, more = _rnn_gradients(model, base_tokens, metric, names, e0 + a * (e1 - e0))
+                    grads = {n: (grads[n][0], grads[n][1] + more[n][1]) for n in names}
+                grads = {n: (act, g / steps) for n, (act, g) in grads.items()}
             for site in sites:
                 rows = []
                 for li in range(cfg.n_layers):
@@ -749,15 +779,24 @@ def attribution_patching(
         else:
             engine = _TransformerEngine(model)
             needed = _needed_positions(metric, base_tokens.shape[1])
+            batch = base_tokens.shape[0]
             with torch.no_grad():
-                src = engine.full(_TransformerEngine.resid0(model, src_tokens), needed)
+                src_resid0 = _TransformerEngine.resid0(model, src_tokens)
+                src = engine.full(src_resid0, needed)
                 base_resid0 = _TransformerEngine.resid0(model, base_tokens)
+                if steps > 1:
+                    base_resid0 = torch.cat([base_resid0 + a * (src_resid0 - base_resid0) for a in alphas])
             other = _metric_value(metric, src["logits"])
             with torch.enable_grad():
                 base = engine.full(base_resid0, needed, grad=True)
-                value = metric(base["logits"])
+                if steps == 1:
+                    value = metric(base["logits"])
+                    total = value
+                else:
+                    parts = [metric(base["logits"][k * batch : (k + 1) * batch]) for k in range(steps)]
+                    value, total = parts[0], torch.stack(parts).sum()
                 flat = [base[site][li] for site in sites for li in range(cfg.n_layers)]
-                grads = iter(torch.autograd.grad(value, flat, allow_unused=True))
+                grads = iter(torch.autograd.grad(total, flat, allow_unused=True))
             value = value.detach()
             n_pos = base_tokens.shape[1]
             with torch.no_grad():
@@ -765,6 +804,9 @@ def attribution_patching(
                     rows = []
                     for li in range(cfg.n_layers):
                         act, grad = base[site][li], next(grads)
+                        if steps > 1:
+                            act = act[:batch]
+                            grad = None if grad is None else grad.view(steps, *act.shape).mean(0)
                         cell = act.new_zeros((n_pos, *act.shape[2:-1]))
                         if grad is not None:
                             d = ((src[site][li] - act) * grad).sum(-1).sum(0)

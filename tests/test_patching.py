@@ -224,3 +224,37 @@ def test_attribution_skipping_positions_changes_nothing(tokens, kw):
         for site in sites:
             assert torch.allclose(fast[site].values, full[site].values, atol=1e-6), site
         assert fast["mlp_out"].corrupted_value == pytest.approx(full["mlp_out"].corrupted_value, abs=1e-6)
+
+
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+def test_attribution_ig_converges_to_exact(model, tokens, direction):
+    # The inputs differ only at FLIP, so moving the input embedding from base to source is the
+    # same path as patching blocks.0.hook_resid_pre at FLIP: IG -> exact (completeness), O(1/steps).
+    clean, corrupted = tokens
+    metric = _metrics()["logit_diff"]
+    exact = activation_patching(model, clean, corrupted, metric, site="resid_pre", direction=direction)
+    errs = []
+    for steps in (1, 16, 256):
+        approx = attribution_patching(model, clean, corrupted, metric, sites=["resid_pre"], direction=direction, steps=steps)
+        errs.append(abs(float(approx["resid_pre"].values[0, FLIP] - exact.values[0, FLIP])))
+        assert approx["resid_pre"].baseline == pytest.approx(exact.baseline, abs=1e-5)
+    assert errs[0] > 0.05 and errs[1] < 0.01 and errs[2] < 5e-4
+
+
+def test_attribution_steps_one_is_default_and_checked(model, tokens):
+    clean, corrupted = tokens
+    metric = _metrics()["logit_diff"]
+    a = attribution_patching(model, clean, corrupted, metric)
+    b = attribution_patching(model, clean, corrupted, metric, steps=1)
+    for site in a:
+        assert torch.equal(a[site].values, b[site].values)
+    ig = attribution_patching(model, clean, corrupted, metric, steps=4)
+    assert all(ig[s].values.shape == a[s].values.shape for s in a)
+    gru = build_model(ModelConfig("gru", d_vocab=2, d_out=2, n_layers=1, d_hidden=8, seed=0)).eval()
+    exact = activation_patching(gru, clean, corrupted, logit_diff(0, 1), site="hidden")
+    ig = attribution_patching(gru, clean, corrupted, logit_diff(0, 1), sites=["hidden"], steps=8)["hidden"]
+    assert torch.allclose(ig.values[0, :FLIP], exact.values[0, :FLIP], atol=1e-6)
+    assert compare(ig, exact)["pearson"] > 0.9
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(InputError):
+            attribution_patching(model, clean, corrupted, metric, steps=bad)
