@@ -50,16 +50,13 @@ class ModelConfig:
         known = RNN_ARCHS + TRANSFORMER_ARCHS + MEMORY_ARCHS
         if self.arch not in known:
             raise ConfigError(f"unknown architecture {self.arch!r}; expected one of {', '.join(known)}")
-        for name in ("d_vocab", "d_out", "n_layers", "d_hidden", "n_heads", "n_ctx"):
+        positive = ("d_vocab", "d_out", "n_layers", "d_hidden", "n_heads", "n_ctx", "segment_length", "n_memory")
+        for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         if self.d_mlp is not None and (not isinstance(self.d_mlp, int) or self.d_mlp < 0):
             raise ConfigError(f"d_mlp must be a non-negative integer or None, got {self.d_mlp!r}")
-        for name in ("segment_length", "n_memory"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         if not isinstance(self.bptt_segments, int) or isinstance(self.bptt_segments, bool) or self.bptt_segments < 0:
             raise ConfigError(f"bptt_segments must be a non-negative integer (0 = all), got {self.bptt_segments!r}")
         if self.arch == "scratchpad" and self.attention_dir != "causal":
