@@ -42,6 +42,7 @@ SWEEPS = {
     "head_out": tlp.get_act_patch_attn_head_out_by_pos,
 }
 BATCH, SHORT, LENGTH, FLIP, REPEATS = 16, 16, 40, 5, 5
+ATTR_STEPS = (1, 2)
 MODEL_CFG = dict(d_vocab=2, d_out=2, n_layers=2, d_hidden=64, n_heads=4, n_ctx=64, seed=0)
 TRAIN_CFG = dict(train_lengths=(1, 40), max_steps=1500, lr=3e-3, eval_every=100, patience=2, seed=0)
 
@@ -89,20 +90,23 @@ def _bench(model, clean, corrupted, metric, label: str) -> tuple[list[str], list
                 f"| {label} | {site} {list(ref.shape)} | {name} | {t_tl:.2f} | {t_ours:.3f} | "
                 f"{t_tl / t_ours:.1f}x | {diff:.1e} |"
             )
-    approx, t_attr = _timed(lambda: attribution_patching(model, clean, corrupted, metric, sites=list(SWEEPS)), REPEATS)
-    agree = []
-    for site in SWEEPS:
-        s = compare(approx[site], exact[site], k=10)
-        agree.append(f"| {label} | {site} | {s['spearman']:.3f} | {s['pearson']:.3f} | {s['topk_agreement']:.2f} |")
-    pooled = compare(
-        torch.cat([approx[s].effect().flatten() for s in SWEEPS]),
-        torch.cat([exact[s].effect().flatten() for s in SWEEPS]),
-        k=10,
-    )
-    agree.append(
-        f"| {label} | **all sites pooled** | {pooled['spearman']:.3f} | {pooled['pearson']:.3f} | "
-        f"{pooled['topk_agreement']:.2f} |"
-    )
+    agree, t_attr = [], {}
+    for steps in ATTR_STEPS:
+        approx, t_attr[steps] = _timed(
+            lambda steps=steps: attribution_patching(model, clean, corrupted, metric, sites=list(SWEEPS), steps=steps),
+            REPEATS,
+        )
+        stats = {site: compare(approx[site], exact[site], k=10) for site in SWEEPS}
+        stats["**all sites pooled**"] = compare(
+            torch.cat([approx[s].effect().flatten() for s in SWEEPS]),
+            torch.cat([exact[s].effect().flatten() for s in SWEEPS]),
+            k=10,
+        )
+        for site, st in stats.items():
+            agree.append(
+                f"| {label} | {steps} | {site} | {st['spearman']:.3f} | {st['spearman_abs']:.3f} | "
+                f"{st['pearson']:.3f} | {st['topk_agreement']:.2f} |"
+            )
     times = {
         "tl": t_tl_total, "exact": t_exact, "attr": t_attr,
         "clean": exact["resid_pre"].clean_value, "corrupted": exact["resid_pre"].corrupted_value,
@@ -122,11 +126,15 @@ def main() -> str:
         "| model | length | sweep | metric | TL 4.3 (s) | fsm_probe (s) | speed-up | max abs diff |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    agree = ["| model | length | site | Spearman vs exact | Pearson | top-10 agreement |", "|---|---|---|---|---|---|"]
+    agree = [
+        "| model | length | steps | site | Spearman | Spearman of abs. effect | Pearson | top-10 agreement |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     summary = [
         "| model | length | final-label accuracy | clean / corrupted metric | TL 4.3 four sweeps (s) | "
-        "fsm_probe exact four sweeps (s) | attribution, four sites (s) | exact / attribution |",
-        "|---|---|---|---|---|---|---|---|",
+        "fsm_probe exact four sweeps (s) | "
+        + " | ".join(f"attribution steps={k} (s) | exact / attribution" for k in ATTR_STEPS) + " |",
+        "|---|---|---|---|---|---|" + "---|---|" * len(ATTR_STEPS),
     ]
     for label, model, length in runs:
         acc = evaluate(model, task, (length,), n=512, seed=123)[length]["final_accuracy"]
@@ -143,7 +151,7 @@ def main() -> str:
         agree += a
         summary.append(
             f"| {tag} | {acc:.3f} | {t['clean']:.2f} / {t['corrupted']:.2f} | {t['tl']:.2f} | {t['exact']:.3f} | "
-            f"{t['attr']:.4f} | {t['exact'] / t['attr']:.1f}x |"
+            + " | ".join(f"{t['attr'][k]:.4f} | {t['exact'] / t['attr'][k]:.1f}x" for k in ATTR_STEPS) + " |"
         )
     info = trained.fsm_training
     header = (
@@ -160,7 +168,8 @@ def main() -> str:
         f"last position, denoising. 1 CPU thread, torch {torch.__version__}. TL = "
         "`transformer_lens.patching.get_act_patch_*` on the same TransformerBridge (one run); "
         "fsm_probe exact = best of 2 runs; attribution = best of "
-        f"{REPEATS} runs of `attribution_patching` for all four sites together. `undeclared` wraps "
+        f"{REPEATS} runs of `attribution_patching` for all four sites together (`steps=1`: plain "
+        "attribution patching; `steps=2`: the integrated-gradients variant). `undeclared` wraps "
         "the metric so fsm_probe cannot skip positions. Ratio = sum of the four exact sweeps "
         "(declared metric) / one attribution call.\n\n"
     )
@@ -168,7 +177,7 @@ def main() -> str:
         header
         + "## Exact / attribution timing\n\n" + "\n".join(summary) + "\n\n"
         + "## Exact sweeps vs TransformerLens\n\n" + "\n".join(rows) + "\n\n"
-        + "## Attribution vs exact (effect = value - corrupted baseline; top-10 by |effect|)\n\n"
+        + "## Attribution vs exact (effect = value - corrupted baseline; top-10 by absolute effect)\n\n"
         + "\n".join(agree) + "\n"
     )
     atomic_write_text(Path(__file__).parent / "results" / "bench_patching.md", text)

@@ -39,6 +39,9 @@ _HOOK_NAMES = {
     "head_out": "attn.hook_z",
 }
 _ROW_BUDGET = 2**25
+# Fewer rows than this per stacked forward and the per-call overhead dominates: patches at nearby
+# positions are then grouped (recomputing a slightly longer suffix) to cut the number of calls.
+_MIN_ROWS = 2048
 
 
 # ----- metrics -----
@@ -563,6 +566,12 @@ def _auto_patches(cfg: Any, batch: int, n_pos: int) -> int:
     return max(1, _ROW_BUDGET // max(1, batch * n_pos * (8 * d + mlp + attn)))
 
 
+def _span(n_pos: int, batch: int, per_pos: int) -> int:
+    """Positions grouped into one stacked forward: at least 1/16 of the sequence, more when the
+    rows of one position's patches are too few to pay for the call."""
+    return max(math.ceil(n_pos / 16), min(n_pos, math.ceil(_MIN_ROWS / (batch * n_pos * per_pos))))
+
+
 class _Runner:
     """Base and source runs of one model and the metric of batches of patched runs.
 
@@ -618,7 +627,9 @@ class _Runner:
         batch, n_pos = tokens.shape
         limit = batch_patches or _auto_patches(self.cfg, batch, n_pos)
         fast = self.engine is not None
-        span = max(1, math.ceil(n_pos / 16)) if fast and self.engine.causal else n_pos
+        span = n_pos
+        if fast and self.engine.causal:
+            span = _span(n_pos, batch, max(1, len(sweep.patches) // (n_pos * self.cfg.n_layers)))
         needed = _needed_positions(metric, n_pos) if fast else None
         out = torch.full(sweep.shape, float("nan"))
         for chunk in _chunks(sweep.patches, span, limit, by_layer=fast):
@@ -826,7 +837,8 @@ def attribution_patching(
 
 
 def compare(approx: PatchingResult | Tensor, exact: PatchingResult | Tensor, k: int = 10) -> dict[str, float]:
-    """Agreement of two patching maps: Spearman, Pearson and top-`k` overlap of |effect|."""
+    """Agreement of two patching maps: Spearman and Pearson of the signed effects, Spearman of
+    |effect| (the order in which a circuit search would rank components), and top-`k` overlap."""
     from scipy.stats import pearsonr, spearmanr
 
     a = (approx.effect() if isinstance(approx, PatchingResult) else torch.as_tensor(approx)).flatten()
@@ -839,6 +851,7 @@ def compare(approx: PatchingResult | Tensor, exact: PatchingResult | Tensor, k: 
     top_b = set(np.argsort(-np.abs(b64))[:k].tolist())
     return {
         "spearman": float(spearmanr(a64, b64).statistic),
+        "spearman_abs": float(spearmanr(np.abs(a64), np.abs(b64)).statistic),
         "pearson": float(pearsonr(a64, b64).statistic),
         "topk_agreement": len(top_a & top_b) / k if k else float("nan"),
     }

@@ -387,9 +387,9 @@ def report_html(
         rows = []
         for site in sites:
             cmp = patching.compare(attrib[site], results[site], k=min(10, results[site].values.numel()))
-            rows.append((site, cmp["spearman"], cmp["pearson"], cmp["topk_agreement"]))
+            rows.append((site, cmp["spearman"], cmp["spearman_abs"], cmp["pearson"], cmp["topk_agreement"]))
         state["attribution"] = rows
-        doc.table(rows, ["site", "Spearman", "Pearson", "top-10 agreement"])
+        doc.table(rows, ["site", "Spearman", "Spearman of |effect|", "Pearson", "top-10 agreement"])
         doc.figure(
             figs.attribution_scatter(attrib[main], results[main]),
             "Attribution patching (a first-order estimate from two forwards and one backward) "

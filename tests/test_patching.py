@@ -158,8 +158,23 @@ def test_attribution_correlates_with_exact(model, tokens):
     for site in ("attn_out", "mlp_out"):
         exact = activation_patching(model, clean, corrupted, metric, site=site)
         stats = compare(approx[site], exact, k=3)
-        assert set(stats) == {"spearman", "pearson", "topk_agreement"}
+        assert set(stats) == {"spearman", "spearman_abs", "pearson", "topk_agreement"}
         assert stats["pearson"] > 0.8
+
+
+def test_compare_against_scipy_and_by_magnitude():
+    from scipy.stats import pearsonr, spearmanr
+
+    exact = torch.tensor([[0.0, 3.0, -1.0], [0.5, -4.0, 2.0]])
+    approx = torch.tensor([[0.1, 2.0, 1.5], [0.2, -5.0, 1.0]])
+    stats = compare(approx, exact, k=2)
+    a, b = approx.flatten().numpy(), exact.flatten().numpy()
+    assert stats["spearman"] == pytest.approx(spearmanr(a, b).statistic)
+    assert stats["pearson"] == pytest.approx(pearsonr(a, b).statistic)
+    assert stats["spearman_abs"] == pytest.approx(spearmanr(abs(a), abs(b)).statistic)
+    assert stats["topk_agreement"] == 1.0  # both put cells (1, 1) and (0, 1) first
+    flipped = compare(-exact, exact)
+    assert flipped["spearman"] == pytest.approx(-1.0) and flipped["spearman_abs"] == pytest.approx(1.0)
 
 
 def test_rnn_attribution_correlates():
