@@ -11,6 +11,7 @@ import json
 import os
 from collections import deque
 from collections.abc import Mapping, Sequence
+from itertools import product
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,51 @@ def _default_label_order(names: Sequence[str]) -> tuple[str, ...]:
     if all(n.lstrip("-").isdigit() for n in uniq):
         uniq.sort(key=int)
     return tuple(uniq)
+
+
+MAX_SEGMENT_SYMBOLS = 2**16
+
+
+def segment_alphabet(alphabet: Sequence[str], length: int) -> tuple[str, ...]:
+    """Names of the words of `length` symbols, in `segment_tokens` order: the symbols joined
+    (with a space unless every symbol is one character), e.g. "00", "01", "10", "11"."""
+    sep = "" if all(len(a) == 1 for a in alphabet) else " "
+    return tuple(sep.join(w) for w in product(alphabet, repeat=length))
+
+
+def _segment_length(length: Any) -> int:
+    if not isinstance(length, int | np.integer) or isinstance(length, bool) or length < 1:
+        raise InputError(f"segment length must be a positive integer, got {length!r}")
+    return int(length)
+
+
+def segment_tokens(tokens: Any, n_symbols: int, length: int) -> np.ndarray:
+    """Token ids `[..., T]` (T a multiple of `length`) to segment ids `[..., T // length]`.
+
+    A segment `(x_1, ..., x_L)` is the base-`n_symbols` number with `x_1` most significant, the
+    order of `itertools.product` and of `segment_alphabet`.
+    """
+    length = _segment_length(length)
+    arr = np.asarray(tokens, dtype=np.int64)
+    if arr.ndim == 0 or arr.shape[-1] % length:
+        raise InputError(
+            f"sequence length {arr.shape[-1] if arr.ndim else 0} is not a multiple of the segment "
+            f"length {length}"
+        )
+    if arr.size and (arr.min() < 0 or arr.max() >= n_symbols):
+        raise InputError(f"token ids must be in [0, {n_symbols})")
+    words = arr.reshape(*arr.shape[:-1], arr.shape[-1] // length, length)
+    return words @ (n_symbols ** np.arange(length - 1, -1, -1, dtype=np.int64))
+
+
+def segment_words(segments: Any, n_symbols: int, length: int) -> np.ndarray:
+    """Inverse of `segment_tokens`: segment ids `[..., S]` to token ids `[..., S * length]`."""
+    length = _segment_length(length)
+    arr = np.asarray(segments, dtype=np.int64)
+    if arr.size and (arr.min() < 0 or arr.max() >= n_symbols**length):
+        raise InputError(f"segment ids must be in [0, {n_symbols ** length})")
+    digits = arr[..., None] // (n_symbols ** np.arange(length - 1, -1, -1, dtype=np.int64)) % n_symbols
+    return digits.reshape(*arr.shape[:-1], arr.shape[-1] * length) if arr.ndim else digits
 
 
 class Automaton:
@@ -301,6 +347,31 @@ class Automaton:
     def trim(self) -> Automaton:
         """Copy without unreachable states (the rest keep their names and order)."""
         return self._subset(np.sort(self.reachable()))
+
+    def power(self, length: int) -> Automaton:
+        """The machine reading words of `length` symbols at a time: on segment `w` it moves to
+        `delta*(q, w)`, with the same outputs and start, trimmed to reachable states.
+
+        Its alphabet is `segment_alphabet(alphabet, length)` (symbol ids as in `segment_tokens`);
+        it is what a model that updates its state once per segment (an RMT's memory) can show.
+        """
+        length = _segment_length(length)
+        if self.n_symbols**length > MAX_SEGMENT_SYMBOLS:
+            raise AutomatonError(
+                f"{self.n_symbols}^{length} segment symbols is more than {MAX_SEGMENT_SYMBOLS}"
+            )
+        table = np.arange(self.n_states, dtype=np.int64)[:, None]
+        for _ in range(length):
+            table = self.transitions[table].reshape(self.n_states, -1)
+        return Automaton(
+            segment_alphabet(self.alphabet, length),
+            self.states,
+            self.start,
+            table,
+            self.outputs,
+            self.labels,
+            f"{self.name}^{length}",
+        ).trim()
 
     def _partition(self) -> np.ndarray:
         """Block id per state of the coarsest output-respecting congruence (Moore refinement)."""

@@ -260,7 +260,7 @@ def extract_cmd(
     run_dir: Annotated[Path, typer.Argument(help="Checkpoint directory.")],
     out: Annotated[Path, typer.Option("--out", help="Directory for fsm.json, fsm.graphml, fsm.dot, figures.html, extraction.json.")],
     method: Annotated[str, typer.Option("--method", help="kmeans, grid, gmm, agglomerative or lstar.")] = "kmeans",
-    site: Annotated[str | None, typer.Option("--site", help="Hook name(s), comma-separated; default: the full recurrent state.")] = None,
+    site: Annotated[str | None, typer.Option("--site", help="Hook name(s), comma-separated; default: the full recurrent state (rmt: hook_memory, the automaton then reads segments).")] = None,
     components: Annotated[float, typer.Option("--components", help="PCA dimensions (>= 1) or variance fraction (< 1).")] = 10,
     max_states: Annotated[int, typer.Option("--max-states", help="Largest automaton to return.")] = 20,
     lengths: Annotated[str, typer.Option("--lengths", help="Held-out lengths for the checks.")] = "50,100",
@@ -293,7 +293,8 @@ def extract_cmd(
     console.print(summary + (f", interchange accuracy {ic:.4f}" if ic is not None else "")
                   + f", {report['seconds']:.2f}s -> {out}")
     if report.get("counterexample") is not None:
-        console.print(f"counterexample: {''.join(report['counterexample']) or '(empty word)'}")
+        sep = " " if report.get("segment_length") else ""
+        console.print(f"counterexample: {sep.join(report['counterexample']) or '(empty word)'}")
 
 
 @app.command("report")

@@ -247,18 +247,23 @@ def test_notebook_03_executes(tmp_path):
 
 
 @pytest.mark.parametrize("make", [rmt, scratch])
-def test_extraction_patching_and_tracing_reject_memory_archs(make):
+def test_patching_and_tracing_reject_memory_archs_and_extraction_reads_only_rmt_memory(make):
     from fsm_probe.extraction.collect import collect, resolve_site
     from fsm_probe.patching import activation_patching, probability
     from fsm_probe.tracing import causal_tracing
 
     m = make().eval()
     tokens = np.zeros((2, 8), dtype=np.int64)
-    for site in (None, "hook_memory"):
+    if make is scratch:
+        for site in (None, "hook_memory"):
+            with pytest.raises(InputError, match="hook_memory"):
+                resolve_site(m, site)
         with pytest.raises(InputError, match="hook_memory"):
-            resolve_site(m, site)
-    with pytest.raises(InputError, match="hook_memory"):
-        collect(m, tokens, site="hook_memory")
+            collect(m, tokens, site="hook_memory")
+    else:  # extraction reads the RMT's memory (tests/test_memory_extraction.py), nothing else
+        assert resolve_site(m, None) == ("hook_memory",)
+        with pytest.raises(InputError, match="hook_memory"):
+            resolve_site(m, "blocks.0.hook_resid_post")
     with pytest.raises(InputError, match="hook_memory"):
         activation_patching(m, tokens, tokens, probability([0, 0]))
     with pytest.raises(InputError, match="hook_memory"):

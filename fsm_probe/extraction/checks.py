@@ -3,7 +3,8 @@
 `interchange_accuracy` is the causal check: transplant the recurrent state reached by one
 sequence into another (through the hook points) at positions where the extracted automaton
 says the two are in different states, and test whether the network's later outputs follow the
-automaton from the transplanted state.
+automaton from the transplanted state. On an RMT the state is the memory (`hook_memory`) and the
+words are over segments (see `fsm_probe.extraction.collect`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from torch import nn
 from ..automata import Automaton
 from ..errors import ConfigError, InputError
 from ..models import as_tokens
-from .collect import is_rnn, model_labels, resolve_site
+from .collect import is_rnn, memory_segment_length, resolve_site, word_labels, word_tokens
 
 
 def _check_alphabet(automaton: Automaton, tokens: np.ndarray) -> np.ndarray:
@@ -47,8 +48,9 @@ def fidelity(
     automaton: Automaton, model: nn.Module, tokens: np.ndarray, include_empty: bool = False
 ) -> dict[str, float]:
     """Agreement with the network's predicted labels after every non-empty prefix (and the empty
-    one, the initial readout of an RNN, with `include_empty`)."""
-    labels = model_labels(model, tokens)
+    one, the initial readout of an RNN, with `include_empty`); on an RMT `tokens` are segment
+    ids and the labels those at segment ends."""
+    labels = word_labels(model, tokens, automaton.n_symbols)
     return agreement(automaton, tokens, labels if include_empty else labels[:, 1:])
 
 
@@ -126,14 +128,21 @@ def interchange_accuracy(
     Returns `accuracy` (per later position), `pair_accuracy` (pairs with every later output
     right), `changed` (share of later positions where the expected output differs from y's own
     run, i.e. how informative the test is) and `n_pairs`. The site must be recurrent state
-    (default: the full state).
+    (default: the full state). On an RMT `tokens` are segment ids and the memory written by
+    segment u - 1 is replaced.
     """
-    if not is_rnn(model):
-        raise ConfigError("interchange interventions need a recurrent model (a state to transplant)")
+    segment = memory_segment_length(model)
+    if not is_rnn(model) and segment is None:
+        raise ConfigError(
+            "interchange interventions need a recurrent model or an rmt (a state to transplant)"
+        )
     names = resolve_site(model, site)
-    state_names = set(model.state_names)
-    if not set(names) <= state_names:
-        raise ConfigError(f"interchange needs recurrent-state sites {sorted(state_names)}, got {list(names)}")
+    if segment is None:
+        state_names = set(model.state_names)
+        if not set(names) <= state_names:
+            raise ConfigError(
+                f"interchange needs recurrent-state sites {sorted(state_names)}, got {list(names)}"
+            )
     tokens = _check_alphabet(automaton, tokens)
     b, length = tokens.shape
     if length < 2 or b < 2:
@@ -157,12 +166,13 @@ def interchange_accuracy(
     was = model.training
     model.eval()
     try:
-        tok = as_tokens(model, tokens)
+        tok = as_tokens(model, word_tokens(model, tokens, automaton.n_symbols))
         _, cache = model.run_with_cache(tok, names_filter=list(names))
         init = model.initial_state(1)
         donors = {}
         for name in names:
-            full = torch.cat([init[name].expand(b, -1)[:, None], cache[name]], dim=1)
+            first = init[name].expand(b, *init[name].shape[1:])[:, None]
+            full = torch.cat([first, cache[name]], dim=1)
             donors[name] = full[torch.as_tensor(x), torch.as_tensor(t)]
         step = torch.as_tensor(u - 1)
 
@@ -170,12 +180,15 @@ def interchange_accuracy(
             hit = (step == hook.pos).to(value.device)
             if not hit.any():
                 return value
-            return torch.where(hit[:, None], donors[hook.name].to(value.dtype), value)
+            hit = hit.view(-1, *[1] * (value.dim() - 1))
+            return torch.where(hit, donors[hook.name].to(value.dtype), value)
 
         logits = model.run_with_hooks(tok[torch.as_tensor(y)], fwd_hooks=[(n, transplant) for n in names])
     finally:
         model.train(was)
     pred = logits.argmax(-1).cpu().numpy()
+    if segment is not None:
+        pred = pred[:, segment - 1 :: segment]
     later = np.arange(length)[None, :] >= u[:, None]
     expected = np.zeros_like(pred)
     own = automaton.outputs[states[y, 1:]]

@@ -3,6 +3,11 @@
 A `Collection` stores one row per prefix: row `(i, p)` is the activation after reading the first
 `p` tokens of sequence `i` (`p = 0` is the state before any input). Each row knows the row before
 it and the symbol read in between, so transitions can be read off any partition of the rows.
+
+An RMT's memory (`hook_memory`) advances once per segment of `L = segment_length` tokens, so
+there a row is a segment boundary and the symbol read in between is the whole segment: the
+extraction alphabet is Sigma^L (`fsm_probe.automata.segment_tokens` numbers the segments) and the
+automaton to compare with is the task's `power(L)`.
 """
 
 from __future__ import annotations
@@ -15,9 +20,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..automata import segment_tokens, segment_words
 from ..errors import ConfigError, InputError
 from ..models import as_tokens, model_config, predict_logits
-from ..models.config import MEMORY_ARCHS
+
+MEMORY_SITE = "hook_memory"
 
 Site = str | Sequence[str] | None
 
@@ -28,7 +35,9 @@ class Collection:
 
     `predictions[i, p]` is the model's label after `p` tokens and `true_states[i, p]` the task
     automaton's state (None without a task). `virtual_initial` is true when the model has no
-    initial activation at the site (Transformers): position 0 then holds zeros.
+    initial activation at the site (Transformers): position 0 then holds zeros. For an RMT's
+    memory, `segment_length` is L, positions are segment boundaries, `tokens` are segment ids
+    over `n_token_symbols` token symbols, and `vectors` are the flattened memories `[M * d]`.
     """
 
     tokens: np.ndarray
@@ -37,6 +46,8 @@ class Collection:
     true_states: np.ndarray | None
     site: tuple[str, ...]
     virtual_initial: bool = False
+    segment_length: int | None = None
+    n_token_symbols: int | None = None
 
     @property
     def n_sequences(self) -> int:
@@ -74,13 +85,30 @@ def is_rnn(model: nn.Module) -> bool:
     return model_config(model).is_rnn
 
 
-def resolve_site(model: nn.Module, site: Site) -> tuple[str, ...]:
-    """Hook names to read; default: the full recurrent state (RNN) or the last residual stream."""
+def memory_segment_length(model: nn.Module) -> int | None:
+    """Tokens per state update when extraction reads an RMT's memory, else None."""
     cfg = model_config(model)
-    if cfg.arch in MEMORY_ARCHS:
+    return cfg.segment_length if cfg.arch == "rmt" else None
+
+
+def resolve_site(model: nn.Module, site: Site) -> tuple[str, ...]:
+    """Hook names to read; default: the full recurrent state (RNN), the memory (RMT) or the
+    last residual stream (Transformer)."""
+    cfg = model_config(model)
+    if cfg.arch == "scratchpad":
         raise InputError(
-            f"state extraction supports rnn, gru, lstm and transformer, not {cfg.arch!r}; the memory "
-            'states can be collected with model.run_with_cache(tokens, names_filter="hook_memory")'
+            "state extraction needs a state carried from step to step; the scratchpad has none "
+            "(it only feeds back its own label outputs): use an rnn, gru, lstm, transformer, or an "
+            f"rmt (site {MEMORY_SITE!r})"
+        )
+    if cfg.arch == "rmt":
+        if site is None or site == MEMORY_SITE or (
+            isinstance(site, list | tuple) and tuple(site) == (MEMORY_SITE,)
+        ):
+            return (MEMORY_SITE,)
+        raise InputError(
+            f"on an rmt, extraction reads the memory passed between segments: site must be "
+            f"{MEMORY_SITE!r}, got {site!r} (the inner hooks fire once per segment, not per state)"
         )
     if site is None:
         if cfg.is_rnn:
@@ -139,7 +167,8 @@ def collect(
 ) -> Collection:
     """Run `model` over `tokens` `[B, T]` in chunks of `batch_size`, caching `site` at every step.
 
-    `automaton` (the task's, optional) supplies the true states.
+    `automaton` (the task's, optional) supplies the true states. On an RMT the rows are segment
+    boundaries (see the module docstring): the length must be a multiple of the segment length.
     """
     names = resolve_site(model, site)
     t = as_tokens(model, tokens)
@@ -147,6 +176,8 @@ def collect(
         raise InputError("collect needs sequences of at least one token")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if names == (MEMORY_SITE,):
+        return _collect_memory(model, t, automaton, batch_size)
     was = model.training
     model.eval()
     vecs, preds = [], []
@@ -184,6 +215,82 @@ def collect(
             [np.full((tok.shape[0], 1), automaton.start, dtype=np.int64), run], axis=1
         )
     return Collection(tok, vectors.astype(np.float32), predictions, true_states, names, virtual)
+
+
+@torch.no_grad()
+def _collect_memory(
+    model: nn.Module, t: torch.Tensor, automaton, batch_size: int
+) -> Collection:
+    """`collect` on an RMT's memory: one row per segment boundary, the initial memory first."""
+    L = model_config(model).segment_length
+    base = model_config(model).d_vocab if automaton is None else automaton.n_symbols
+    tok = t.cpu().numpy()
+    if automaton is not None:
+        automaton.check_tokens(tok)
+    if tok.shape[1] % L:
+        raise InputError(
+            f"the rmt's memory advances once per segment of {L} tokens: sequence length "
+            f"{tok.shape[1]} is not a multiple of segment_length={L}"
+        )
+    was = model.training
+    model.eval()
+    vecs, preds = [], []
+    try:
+        for s in range(0, t.shape[0], batch_size):
+            logits, cache = model.run_with_cache(t[s : s + batch_size], names_filter=MEMORY_SITE)
+            mem = cache[MEMORY_SITE]
+            vecs.append(mem.reshape(*mem.shape[:2], -1).float().cpu().numpy())
+            preds.append(logits[:, L - 1 :: L].argmax(-1).cpu().numpy())
+    finally:
+        model.train(was)
+    body = np.concatenate(vecs)
+    body_preds = np.concatenate(preds).astype(np.int64)
+    init = model.initial_state(1)[MEMORY_SITE].reshape(1, 1, -1).detach().float().cpu().numpy()
+    vectors = np.concatenate([np.broadcast_to(init, (body.shape[0], 1, body.shape[-1])), body], axis=1)
+    if automaton is not None:
+        first = int(automaton.outputs[automaton.start])
+    else:
+        first = int(np.bincount(body_preds[:, 0]).argmax())
+    predictions = np.concatenate(
+        [np.full((body.shape[0], 1), first, dtype=np.int64), body_preds], axis=1
+    )
+    true_states = None
+    if automaton is not None:
+        run = automaton.run(tok)[:, L - 1 :: L]
+        true_states = np.concatenate(
+            [np.full((tok.shape[0], 1), automaton.start, dtype=np.int64), run], axis=1
+        )
+    return Collection(
+        segment_tokens(tok, base, L), vectors.astype(np.float32), predictions, true_states,
+        (MEMORY_SITE,), False, L, base,
+    )
+
+
+def _integer_root(n: int, length: int) -> int:
+    k = max(1, round(n ** (1 / length)))
+    for c in (k - 1, k, k + 1):
+        if c >= 1 and c**length == n:
+            return c
+    raise InputError(f"{n} symbols are not the words of {length} tokens over any alphabet")
+
+
+def word_tokens(model: nn.Module, words: np.ndarray, n_symbols: int) -> np.ndarray:
+    """The model's input for `words` over an extraction alphabet of `n_symbols` symbols: the
+    words themselves, or on an RMT the tokens of their segments (`n_symbols` = k^L)."""
+    L = memory_segment_length(model)
+    if L is None:
+        return np.asarray(words)
+    return segment_words(words, _integer_root(n_symbols, L), L)
+
+
+def word_labels(
+    model: nn.Module, words: np.ndarray, n_symbols: int, batch_size: int = 512
+) -> np.ndarray:
+    """`model_labels` after every prefix of `words` over the extraction alphabet: on an RMT,
+    the label at each segment end `[B, S + 1]` (the first column -1)."""
+    labels = model_labels(model, word_tokens(model, words, n_symbols), batch_size)
+    L = memory_segment_length(model)
+    return labels if L is None else labels[:, ::L]
 
 
 def sample_words(

@@ -9,6 +9,12 @@ whose behaviour usually drifts with length), the extractor collects again with l
 seeds, plus "capped" versions of automata above `max_states` (the best-supported states kept, the
 others' rows moved to the nearest kept state); the best fidelity within `max_states` is kept (a
 smaller automaton only within `tolerance` of it).
+
+On an RMT the extractor reads the memory (`hook_memory`), which advances once per segment of L
+tokens: the alphabet is Sigma^L (segment ids as in `fsm_probe.automata.segment_tokens`), word
+lengths (`length`, `val_length`, `retry_length`, the checks' `lengths`) are in tokens rounded
+down to whole segments, fidelity compares labels at segment ends, and `check_extraction`
+compares with the task's `power(L)`.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from sklearn.base import BaseEstimator
 from threadpoolctl import threadpool_limits
 from torch import nn
 
-from ..automata import Automaton
+from ..automata import Automaton, segment_alphabet, segment_words
 from ..errors import ConfigError, InputError
 from ..io import atomic_write_json, atomic_write_text
 from ..models import model_config
@@ -39,7 +45,17 @@ from .build import (
     write_graphml,
 )
 from .checks import agreement, compare_to_task, interchange_accuracy, purity, task_accuracy
-from .collect import Collection, collect, is_rnn, model_labels, resolve_site, sample_words
+from .collect import (
+    MEMORY_SITE,
+    Collection,
+    collect,
+    is_rnn,
+    memory_segment_length,
+    resolve_site,
+    sample_words,
+    word_labels,
+    word_tokens,
+)
 from .lstar import lstar
 
 METHODS = ("kmeans", "grid", "gmm", "agglomerative", "lstar")
@@ -69,7 +85,8 @@ class FSMExtractor(BaseEstimator):
     `fit(model, task=None)` sets `automaton_` (minimized), `graph_` (networkx, with evidence),
     `raw_automaton_`, `n_states_`, `n_states_raw_`, `n_conflicts_`, `fidelity_` (held-out
     agreement with the network), `curve_` (one entry per size tried) and `seconds_`.
-    `predict(tokens)` gives the automaton's label after every prefix.
+    `predict(tokens)` gives the automaton's label after every prefix. On an RMT (see the module
+    docstring) `segment_length_` is L and the automaton reads segments; else it is None.
     """
 
     def __init__(
@@ -158,12 +175,17 @@ class FSMExtractor(BaseEstimator):
         self.alphabet_, self.labels_ = tuple(alphabet), tuple(labels)
         self.task_automaton_ = truth
         self.site_ = resolve_site(model, self.site)
-        k = len(alphabet)
+        self.segment_length_ = memory_segment_length(model)
+        if self.segment_length_ is not None:
+            self.alphabet_ = segment_alphabet(self.alphabet_, self.segment_length_)
+        k = len(self.alphabet_)
         rng_seed = self.seed
-        words = sample_words(k, self.n_words, self.length, seed=rng_seed)
-        self.collection_ = collect(model, words, self.site_, truth)
-        self.val_tokens_ = np.random.default_rng(rng_seed + 1).integers(0, k, (self.n_val, self.val_length))
-        self.val_labels_ = model_labels(model, self.val_tokens_)[:, 1:]
+        words = sample_words(k, self.n_words, self._steps(self.length), seed=rng_seed)
+        self.collection_ = self._collect(model, words)
+        self.val_tokens_ = np.random.default_rng(rng_seed + 1).integers(
+            0, k, (self.n_val, self._steps(self.val_length))
+        )
+        self.val_labels_ = word_labels(model, self.val_tokens_, k)[:, 1:]
         self.start_output_ = int(self.collection_.predictions[0, 0])
         self.votes_ = self.collection_.flat_predictions().copy()
         if self.empty_output == "free":
@@ -182,6 +204,14 @@ class FSMExtractor(BaseEstimator):
         self.seconds_ = time.perf_counter() - t0
         return self
 
+    def _steps(self, length: int) -> int:
+        """Word length in extraction symbols for `length` tokens (whole segments on an RMT)."""
+        return length if self.segment_length_ is None else max(1, length // self.segment_length_)
+
+    def _collect(self, model: nn.Module, words: np.ndarray) -> Collection:
+        tokens = word_tokens(model, words, len(self.alphabet_))
+        return collect(model, tokens, self.site_, self.task_automaton_)
+
     def _fit_clusters(self, model: nn.Module, name: str) -> None:
         deadline = time.perf_counter() + self.time_limit
         sizes = list(self.sizes or (GRID_SIZES if self.method == "grid" else CLUSTER_SIZES))
@@ -199,13 +229,14 @@ class FSMExtractor(BaseEstimator):
             n_ctx = None if cfg.is_rnn else cfg.n_ctx
             k, rl = len(self.alphabet_), min(self.retry_length, n_ctx or self.retry_length)
             rng = np.random.default_rng(self.seed + 2)
-            long_val = rng.integers(0, k, (max(1, self.n_val // 2), min(2 * rl, n_ctx or 2 * rl)))
-            vals.append((long_val, model_labels(model, long_val)[:, 1:]))
+            long_val = rng.integers(
+                0, k, (max(1, self.n_val // 2), self._steps(min(2 * rl, n_ctx or 2 * rl)))
+            )
+            vals.append((long_val, word_labels(model, long_val, k)[:, 1:]))
             for c in cands:
                 c.fid = min(c.fid, _fidelity(c.built.minimal, vals[1:]))
-            long_col = collect(
-                model, sample_words(k, self.n_words, rl, seed=self.seed + 3), self.site_,
-                self.task_automaton_,
+            long_col = self._collect(
+                model, sample_words(k, self.n_words, self._steps(rl), seed=self.seed + 3)
             )
             votes = long_col.flat_predictions().copy()
             if self.empty_output == "free":
@@ -231,7 +262,10 @@ class FSMExtractor(BaseEstimator):
 
     def _fit_lstar(self, model: nn.Module, name: str) -> None:
         if not is_rnn(model):
-            raise ConfigError("lstar needs a recurrent model (the empty word's label is its initial readout)")
+            raise ConfigError(
+                "lstar needs an rnn, gru or lstm (the empty word's label is its initial readout); "
+                "a Transformer or an rmt gives no label before the first token: use a clustering method"
+            )
         res = lstar(
             model, self.alphabet_, self.labels_, max_rounds=self.lstar_rounds,
             max_states=self.max_states, time_limit=self.time_limit, seed=self.seed, name=name,
@@ -281,7 +315,8 @@ class FSMExtractor(BaseEstimator):
     def score(self, model: nn.Module, tokens: np.ndarray) -> float:
         """Per-position fidelity to `model` on `tokens`."""
         self._check_fitted()
-        return agreement(self.automaton_, tokens, model_labels(model, tokens)[:, 1:])["per_position"]
+        labels = word_labels(model, tokens, self.automaton_.n_symbols)[:, 1:]
+        return agreement(self.automaton_, tokens, labels)["per_position"]
 
 
 def _fidelity(a: Automaton, vals: list[tuple[np.ndarray, np.ndarray]]) -> float:
@@ -411,6 +446,7 @@ class _Completer:
     ) -> None:
         self.model, self.col, self.reducer, self.z, self.squash = model, col, reducer, z, squash
         self.full_state = is_rnn(model) and col.site == tuple(model.state_names)
+        self.memory = col.segment_length is not None
 
     @torch.no_grad()
     def _step(self, rows: np.ndarray, symbols: np.ndarray) -> np.ndarray:
@@ -422,6 +458,14 @@ class _Completer:
         }
         _, final = self.model(symbols[:, None], initial_state=state, return_state=True)
         return torch.cat([final[n] for n in self.col.site], -1).cpu().numpy()
+
+    @torch.no_grad()
+    def _step_memory(self, rows: np.ndarray, symbols: np.ndarray) -> np.ndarray:
+        flat = torch.as_tensor(self.col.flat()[rows], device=self.model.device)
+        memory = flat.reshape(len(rows), self.model.cfg.n_memory, -1)
+        segments = segment_words(symbols[:, None], self.col.n_token_symbols, self.col.segment_length)
+        _, final = self.model(segments, memory=memory, return_memory=True)
+        return final.reshape(len(rows), -1).float().cpu().numpy()
 
     def _rerun(self, rows: np.ndarray, symbols: np.ndarray) -> np.ndarray:
         t1 = self.col.length + 1
@@ -438,7 +482,7 @@ class _Completer:
             member = np.zeros(int(blocks.max()) + 1, dtype=np.int64)
             member[blocks[::-1]] = np.arange(len(blocks))[::-1]
             rows = member[block_ids]
-            step = self._step if self.full_state else self._rerun
+            step = self._step_memory if self.memory else self._step if self.full_state else self._rerun
             vec = step(rows, symbols.astype(np.int64))
             vec = np.tanh(vec) if self.squash else vec
             return blocks[_nearest(self.reducer.transform(vec), self.z)]
@@ -465,10 +509,16 @@ def check_extraction(
     n_pairs: int = 256,
 ) -> dict[str, Any]:
     """The evidence for an extraction: fidelity and accuracy per held-out length, equivalence
-    with the task (counterexample, state mapping), purity/NMI, interchange accuracy, sizes."""
+    with the task (counterexample, state mapping), purity/NMI, interchange accuracy, sizes.
+
+    On an RMT the task is compared as its `power(segment_length)` and `lengths` are in tokens,
+    rounded down to whole segments."""
     extractor._check_fitted()
     a = extractor.automaton_
     truth = _task_automaton(model, task)
+    segment = memory_segment_length(model)
+    if truth is not None and segment is not None:
+        truth = truth.power(segment)
     rng = np.random.default_rng(seed)
     report: dict[str, Any] = {
         "method": extractor.method,
@@ -477,12 +527,14 @@ def check_extraction(
         "n_states_raw": extractor.n_states_raw_,
         "conflicts_resolved": int(extractor.n_conflicts_),
         "validation_fidelity": extractor.fidelity_,
+        "segment_length": segment,
     }
     fid, acc, tests = {}, {}, {}
     for length in lengths:
-        tok = rng.integers(0, a.n_symbols, (n, int(length)))
+        steps = int(length) if segment is None else max(1, int(length) // segment)
+        tok = rng.integers(0, a.n_symbols, (n, steps))
         tests[int(length)] = tok
-        fid[str(length)] = agreement(a, tok, model_labels(model, tok)[:, 1:])
+        fid[str(length)] = agreement(a, tok, word_labels(model, tok, a.n_symbols)[:, 1:])
         if truth is not None:
             acc[str(length)] = task_accuracy(a, truth, tok)
     report["fidelity"] = min(v["per_position"] for v in fid.values())
@@ -496,7 +548,10 @@ def check_extraction(
     else:
         report.update(equivalent_to_task=None, counterexample=None, state_mapping=None)
     report["interchange_accuracy"] = None
-    if is_rnn(model) and set(extractor.site_) <= set(model.state_names):
+    state_site = extractor.site_ == (MEMORY_SITE,) if segment is not None else (
+        is_rnn(model) and set(extractor.site_) <= set(model.state_names)
+    )
+    if state_site:
         tok = tests[min(tests)][: max(2, min(n, 200))]
         ic = interchange_accuracy(model, a, tok, list(extractor.site_), n_pairs=n_pairs, seed=seed)
         report["interchange_accuracy"] = ic["accuracy"]
