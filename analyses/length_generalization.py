@@ -114,6 +114,8 @@ def run_one(job: dict) -> dict:
     a = task.automaton
     fields, lr = MODELS[job["model"]]
     fields = dict(fields)
+    if job.get("hidden"):
+        fields["d_hidden"] = job["hidden"]
     n_ctx = max(512, max(job["lengths"]) + 2)
     if fields["arch"] not in ("rnn", "gru", "lstm"):
         fields["n_ctx"] = n_ctx  # the longest input accepted (RMT positions restart per segment)
@@ -177,7 +179,8 @@ def markdown(all_rows: list[dict], dilution: list[dict], tasks: list[str], model
     w("## Length generalization (trained on lengths 1-40)\n\n")
     w(f"Score: final-position accuracy (%) averaged over test lengths {', '.join(map(str, lengths))}; "
       f"best of {settings['seeds']} seed(s); at most {settings['steps']} training steps of batch 64, "
-      f"every position supervised; wall time {wall / 60:.1f} min. "
+      + (f"d_hidden {settings['hidden']} for every model; " if settings.get("hidden") else "")
+      + f"every position supervised; wall time {wall / 60:.1f} min. "
       "Paper: Deletang et al. 2023, Table 2 (lengths 41-500, max over 10 seeds x 3 learning rates, "
       "1M steps).\n\n")
     w("| task | " + " | ".join(models) + " | paper RNN / LSTM | paper Transformer |\n")
@@ -259,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int)
     ap.add_argument("--seeds", type=int)
     ap.add_argument("--n", type=int, help="test sequences per length")
+    ap.add_argument("--hidden", type=int, help="d_hidden / d_model of every model (default: per model)")
     ap.add_argument("--jobs", type=int, default=1, help="parallel worker processes")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--name", help="output file stem (default length_generalization[_quick])")
@@ -273,13 +277,13 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"unknown models {sorted(unknown)}; choose from {', '.join(MODELS)}")
     if args.lengths:
         settings["lengths"] = [int(x) for x in args.lengths.split(",")]
-    for key in ("steps", "seeds", "n"):
+    for key in ("steps", "seeds", "n", "hidden"):
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
     stem = args.name or ("length_generalization_quick" if args.quick else "length_generalization")
     jobs = [
         {"task": t, "model": m, "seed": s, "lengths": settings["lengths"], "steps": settings["steps"],
-         "n": settings["n"]}
+         "n": settings["n"], "hidden": settings.get("hidden")}
         for t in settings["tasks"] for s in range(settings["seeds"]) for m in settings["models"]
     ]
     torch.set_num_threads(1)

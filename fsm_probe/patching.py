@@ -754,8 +754,8 @@ def attribution_patching(
     is averaged over `steps` runs whose input embeddings (`blocks.0.hook_resid_pre`, or the RNN's
     `hook_embed`) lie at `alpha = k / steps`, k = 0..steps-1, on the line from the base to the
     source input (left Riemann sum, so `steps=1` is plain attribution patching); the
-    multiplier is still (source act - base act). The Transformer runs all steps as one batched
-    forward + backward. A site whose patch is the same as moving the whole input (e.g. the
+    multiplier is still (source act - base act). The Transformer runs the source, the base and
+    all steps as one stacked forward + backward. A site whose patch is the same as moving the whole input (e.g. the
     embedding at the only position where the inputs differ) converges to exact patching.
     """
     _check_direction(direction)
@@ -793,21 +793,19 @@ def attribution_patching(
             batch = base_tokens.shape[0]
             with torch.no_grad():
                 src_resid0 = _TransformerEngine.resid0(model, src_tokens)
-                src = engine.full(src_resid0, needed)
                 base_resid0 = _TransformerEngine.resid0(model, base_tokens)
-                if steps > 1:
-                    base_resid0 = torch.cat([base_resid0 + a * (src_resid0 - base_resid0) for a in alphas])
-            other = _metric_value(metric, src["logits"])
+                paths = [base_resid0 + a * (src_resid0 - base_resid0) for a in alphas[1:]]
+            # One stacked forward [source, base, base + alpha * (source - base), ...]: at these
+            # sizes the cost is per call, not per row; the source rows get zero gradient.
             with torch.enable_grad():
-                base = engine.full(base_resid0, needed, grad=True)
-                if steps == 1:
-                    value = metric(base["logits"])
-                    total = value
-                else:
-                    parts = [metric(base["logits"][k * batch : (k + 1) * batch]) for k in range(steps)]
-                    value, total = parts[0], torch.stack(parts).sum()
-                flat = [base[site][li] for site in sites for li in range(cfg.n_layers)]
+                run = engine.full(torch.cat([src_resid0, base_resid0, *paths]), needed, grad=True)
+                parts = [metric(run["logits"][k * batch : (k + 1) * batch]) for k in range(1, steps + 1)]
+                value, total = parts[0], torch.stack(parts).sum()
+                flat = [run[site][li] for site in sites for li in range(cfg.n_layers)]
                 grads = iter(torch.autograd.grad(total, flat, allow_unused=True))
+            other = _metric_value(metric, run["logits"][:batch].detach())
+            src = {site: [t[:batch].detach() for t in run[site]] for site in sites}
+            base = {**run, **{site: [t[batch:] for t in run[site]] for site in sites}}
             value = value.detach()
             n_pos = base_tokens.shape[1]
             with torch.no_grad():
@@ -815,9 +813,8 @@ def attribution_patching(
                     rows = []
                     for li in range(cfg.n_layers):
                         act, grad = base[site][li], next(grads)
-                        if steps > 1:
-                            act = act[:batch]
-                            grad = None if grad is None else grad.view(steps, *act.shape).mean(0)
+                        act = act[:batch]
+                        grad = None if grad is None else grad[batch:].view(steps, *act.shape).mean(0)
                         cell = act.new_zeros((n_pos, *act.shape[2:-1]))
                         if grad is not None:
                             d = ((src[site][li] - act) * grad).sum(-1).sum(0)
