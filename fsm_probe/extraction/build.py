@@ -12,7 +12,7 @@ import json
 import os
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import networkx as nx
@@ -180,7 +180,23 @@ class BuiltAutomaton:
     n_conflicts: int
     n_completed: int
     block_support: np.ndarray
-    extra: dict = field(default_factory=dict)
+
+
+def with_free_start(a: Automaton) -> tuple[Automaton, Automaton]:
+    """`(a, minimal)` with the start state's label chosen to give the smallest minimal automaton,
+    for when nothing observed that label (no label before the first token) and no transition
+    re-enters the start; otherwise `a` unchanged."""
+    minimal = a.minimize()
+    if (a.transitions == a.start).any():
+        return a, minimal
+    for label in range(a.n_labels):
+        outputs = a.outputs.copy()
+        outputs[a.start] = label
+        trial = Automaton(a.alphabet, a.states, a.start, a.transitions, outputs.tolist(), a.labels, a.name)
+        small = trial.minimize()
+        if small.n_states < minimal.n_states:
+            a, minimal = trial, small
+    return a, minimal
 
 
 def build_automaton(
@@ -233,14 +249,10 @@ def build_automaton(
     outputs[free] = default
     states = [f"s{i}" for i in range(n)]
     raw = Automaton(alphabet, states, start, table, outputs.tolist(), labels, name)
-    minimal = raw.minimize()
-    if start in free and not (table == start).any():
-        for label in range(len(labels)):
-            outputs[start] = label
-            trial = Automaton(alphabet, states, start, table, outputs.tolist(), labels, name)
-            small = trial.minimize()
-            if small.n_states < minimal.n_states:
-                raw, minimal = trial, small
+    if start in free:
+        raw, minimal = with_free_start(raw)
+    else:
+        minimal = raw.minimize()
     return BuiltAutomaton(
         raw=raw,
         minimal=minimal,

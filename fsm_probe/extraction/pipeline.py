@@ -41,6 +41,7 @@ from .build import (
     refine_partition,
     state_map,
     to_graph,
+    with_free_start,
     write_dot,
     write_graphml,
 )
@@ -249,8 +250,7 @@ class FSMExtractor(BaseEstimator):
                 more, seeds, vals, budget, stop=False, refine=False, max_fit=RETRY_FIT_ROWS
             )
         self.curve_ = [c.curve for c in cands]
-        fid, n_states = _select(cands, self.fidelity_target, self.tolerance, self.max_states)
-        chosen = next(c for c in cands if c.fid == fid and c.n == n_states)
+        chosen = _select(cands, self.fidelity_target, self.tolerance, self.max_states)
         self.collection_, self.votes_ = chosen.col, chosen.votes
         self.reducer_ = chosen.reducer
         self.fidelity_, self.built_, self.row_blocks_ = chosen.fid, chosen.built, chosen.part
@@ -284,15 +284,7 @@ class FSMExtractor(BaseEstimator):
         full = Automaton(
             hyp.alphabet, hyp.states, hyp.start, hyp.transitions, hyp.outputs, hyp.labels, name
         )
-        minimal = full.minimize()
-        if self.empty_output == "free" and not (hyp.transitions == hyp.start).any():
-            for label in range(len(hyp.labels)):
-                outputs = hyp.outputs.copy()
-                outputs[hyp.start] = label
-                trial = Automaton(hyp.alphabet, hyp.states, hyp.start, hyp.transitions,
-                                  outputs.tolist(), hyp.labels, name)
-                if trial.minimize().n_states < minimal.n_states:
-                    full, minimal = trial, trial.minimize()
+        full, minimal = with_free_start(full) if self.empty_output == "free" else (full, full.minimize())
         built.raw, built.minimal, built.state_map = full, minimal, state_map(full, minimal)
         self.built_, self.row_blocks_ = built, blocks
         self.automaton_ = minimal
@@ -323,21 +315,21 @@ def _fidelity(a: Automaton, vals: list[tuple[np.ndarray, np.ndarray]]) -> float:
     return min(agreement(a, tok, lab)["per_position"] for tok, lab in vals)
 
 
-def _select(cands: list[_Candidate], target: float, tolerance: float, max_states: int) -> tuple[float, int]:
-    """(fidelity, states) of the chosen candidate: the smallest that reaches `target` within
-    `max_states`; else the best fidelity within `max_states`, or a smaller one at most
-    `tolerance` below it; with nothing within `max_states`, the smallest."""
+def _select(cands: list[_Candidate], target: float, tolerance: float, max_states: int) -> _Candidate:
+    """The smallest candidate that reaches `target` within `max_states`; else the best fidelity
+    within `max_states`, or a smaller one at most `tolerance` below it; with nothing within
+    `max_states`, the smallest."""
+    def smallest(pool: list[_Candidate]) -> _Candidate:
+        return min(pool, key=lambda c: (c.n, -c.fid))
+
     pool = [c for c in cands if c.n <= max_states]
     if not pool:
-        c = min(cands, key=lambda c: (c.n, -c.fid))
-        return c.fid, c.n
+        return smallest(cands)
     hit = [c for c in pool if c.fid >= target]
     if hit:
-        c = min(hit, key=lambda c: (c.n, -c.fid))
-        return c.fid, c.n
+        return smallest(hit)
     best = max(c.fid for c in pool)
-    c = min((c for c in pool if c.fid >= best - tolerance), key=lambda c: (c.n, -c.fid))
-    return c.fid, c.n
+    return smallest([c for c in pool if c.fid >= best - tolerance])
 
 
 class _Candidate:
