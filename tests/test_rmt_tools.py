@@ -6,11 +6,22 @@ import numpy as np
 import pytest
 import torch
 
+from fsm_probe.attention import attention_dilution, attention_patterns, head_stats, segment_patterns
 from fsm_probe.circuit import rank_components
 from fsm_probe.errors import InputError
-from fsm_probe.figures.circuits import patching_figure, tracing_figure
+from fsm_probe.figures.circuits import head_stats_figure, patching_figure, tracing_figure
+from fsm_probe.lens import (
+    analysis_batch,
+    cache_sites,
+    decode,
+    fit_tuned_lens,
+    logit_lens,
+    site_positions,
+    stream_sites,
+)
 from fsm_probe.models import ModelConfig, build_model
 from fsm_probe.patching import activation_patching, attribution_patching, compare, logit_diff
+from fsm_probe.probes import probe_model
 from fsm_probe.tasks import get_task
 from fsm_probe.tracing import causal_tracing
 from fsm_probe.training import TrainConfig, train
@@ -136,3 +147,63 @@ def test_patching_sites_are_checked_per_architecture():
     pad = build_model(ModelConfig("scratchpad", 2, 2, d_hidden=16, n_heads=2, positional="none"))
     with pytest.raises(InputError, match="'scratchpad'"):
         activation_patching(pad, tokens, tokens, metric, site="memory")
+
+
+# ---------------------------------------------------------------- lens and probes
+
+
+def test_lens_sites_are_the_inner_residual_stream_at_token_positions():
+    m = rmt()
+    x = torch.randint(0, 2, (3, 11), generator=torch.Generator().manual_seed(3))
+    sites = stream_sites(m)
+    assert [s.hook for s in sites] == ["blocks.0.hook_resid_pre", "blocks.0.hook_resid_mid",
+                                       "blocks.0.hook_resid_post", "blocks.1.hook_resid_mid",
+                                       "blocks.1.hook_resid_post"]
+    assert stream_sites(m, incl_memory=True)[-1].hook == "hook_memory"
+    acts = cache_sites(m, x, [s.hook for s in sites] + ["hook_memory"], batch_size=2)
+    assert acts["blocks.1.hook_resid_post"].shape == (3, 11, 16)
+    assert acts["hook_memory"].shape == (3, 3, 2 * 16)  # 3 complete segments of 3
+    assert np.array_equal(site_positions(m, "hook_memory", 11), [2, 5, 8])
+    with torch.no_grad():
+        assert torch.allclose(decode(m, acts["blocks.1.hook_resid_post"]), m(x), atol=1e-5)
+        mem = m.memory_states(x)
+    assert torch.allclose(acts["hook_memory"], mem[:, :3].reshape(3, 3, -1))
+
+
+def test_lens_and_probes_on_trained_rmt(trained):
+    task, model, _ = trained
+    res = logit_lens(model, length=12, n=128)
+    batch = analysis_batch(model, length=12, n=128)
+    with torch.no_grad():
+        own = (model(torch.as_tensor(batch.tokens)).argmax(-1).numpy() == batch.labels).mean(0)
+    assert own.mean() > 0.95
+    assert np.allclose(res.accuracy[-1], own)
+    assert res.sites == ["embed", "L0.mid", "L0.post"]
+    tuned = fit_tuned_lens(model, steps=5, length=12, n=64)
+    assert logit_lens(model, lens=tuned, length=12, n=64).accuracy.shape == (3, 12)
+    probes = probe_model(model, length=12, n=128, max_samples=1000, moduli=())
+    assert probes.sites[-1] == "memory"
+    state = probes.targets.index("state")
+    assert probes.accuracy[-1, state] == 1.0  # the memory holds parity after every segment
+
+
+# ---------------------------------------------------------------- attention
+
+
+def test_attention_statistics_per_segment(trained):
+    _, model, _ = trained
+    m = rmt()
+    x = torch.randint(0, 2, (4, 10), generator=torch.Generator().manual_seed(4))
+    p = segment_patterns(m, x)
+    assert p.shape == (4, 4, 2, 2, 7, 7)  # 4 segments of [2 read | 3 tokens | 2 write]
+    assert np.allclose(p.sum(-1), 1.0, atol=1e-5)
+    stats = head_stats(m, x)
+    want = p[:, :3, :, :, 2:5, :2].sum(-1).mean(axis=(0, 1, 4))  # complete segments only
+    assert np.allclose(stats.memory_read, want)
+    assert np.allclose(stats.memory_write, p[:, :3, :, :, 5:, :2].sum(-1).mean(axis=(0, 1, 4)))
+    assert {"memory_read", "memory_write"} <= set(stats.rows()[0]) and "memory_read" in stats.to_dict()
+    assert len(head_stats_figure(head_stats(model, length=12, n=16)).data) == 4
+    with pytest.raises(InputError, match="cannot dilute"):
+        attention_dilution(m, [4, 8])
+    with pytest.raises(InputError, match="segment_patterns"):
+        attention_patterns(m, x)

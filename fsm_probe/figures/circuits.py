@@ -62,6 +62,9 @@ def head_stats_figure(stats: Any) -> go.Figure:
         ("prev_token", "previous-token weight", "Blues"),
         ("first_token", "first-token weight", "Blues"),
     ]
+    if getattr(stats, "memory_read", None) is not None:  # an RMT: key 0 is a memory slot
+        panels[2:] = [("memory_read", "tokens -> read memory", "Blues"),
+                      ("memory_write", "write slots -> read memory", "Blues")]
     fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[p[1] for p in panels])
     heads = [f"H{h}" for h in range(stats.n_heads)]
     layers = [f"L{i}" for i in range(stats.n_layers)]
