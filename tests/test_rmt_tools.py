@@ -207,3 +207,26 @@ def test_attention_statistics_per_segment(trained):
         attention_dilution(m, [4, 8])
     with pytest.raises(InputError, match="segment_patterns"):
         attention_patterns(m, x)
+
+
+# ---------------------------------------------------------------- report
+
+
+def test_report_on_trained_rmt(trained, tmp_path, capsys):
+    from test_report import _check_offline, _report, _section
+
+    _, _, run = trained
+    text = _report(capsys, run, tmp_path / "report.html")
+    _check_offline(text)  # no "Section not computed", no external scripts
+    assert "inner Transformer" in _section(text, "lens") and _section(text, "lens").count("<figure>") >= 2
+    assert "memory" in _section(text, "probes")
+    attention = _section(text, "attention")
+    assert attention.count("<figure>") == 2 and "No attention dilution" in attention
+    patching = _section(text, "patching")
+    assert patching.count("<figure>") >= 3 and "Activation patching, memory, denoise" in patching
+    assert "Spearman" in patching
+    assert _section(text, "tracing").count("<figure>") == 1
+    assert "memory@" in _section(text, "circuit")
+    automaton = _section(text, "automaton")
+    assert "states (minimized)" in automaton and automaton.count("<figure>") >= 1
+    assert "equivalent to the task" in automaton and "<td>True</td>" in automaton
