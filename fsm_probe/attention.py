@@ -5,6 +5,11 @@ output at position t is the share of 1s so far, from which a later layer reads o
 head has maximal entropy and zero distance from uniform causal averaging. Its weakness shows in
 `attention_dilution`: the weight on any one token falls like 1/T, so on inputs longer than those
 seen in training the difference one symbol makes shrinks below what the next layer resolves.
+
+An RMT attends within one segment, `[read memory (M) | tokens (S) | write memory (M)]`:
+`segment_patterns` gives those patterns and `head_stats` adds how much weight the token queries
+(`memory_read`) and the write slots (`memory_write`) put on the read memory. Its attention cannot
+dilute with length (every segment has S + 2M keys), so `attention_dilution` refuses it.
 """
 
 from __future__ import annotations
@@ -22,10 +27,34 @@ from .errors import ConfigError, InputError
 from .models import as_tokens, model_config
 
 
-def _require_transformer(model: nn.Module) -> None:
+def _require_transformer(model: nn.Module, rmt: bool = False) -> None:
     cfg = model_config(model)
-    if cfg.arch != "transformer":
+    if cfg.arch == "rmt" and not rmt:
+        raise InputError("an RMT attends within segments: use segment_patterns and head_stats")
+    if cfg.arch not in ("transformer", "rmt"):
         raise InputError(f"attention analysis needs a Transformer; a {cfg.arch} has no attention")
+
+
+def segment_patterns(model: nn.Module, tokens: Any, batch_size: int = 256) -> np.ndarray:
+    """An RMT's attention weights `[batch, segment, layer, head, S+2M, S+2M]` on `tokens`.
+
+    Queries and keys index `[read memory | segment tokens | write memory]`; a last, shorter
+    segment is padded (see `fsm_probe.models.rmt`).
+    """
+    cfg = model_config(model)
+    if cfg.arch != "rmt":
+        raise InputError(f"segment_patterns needs an rmt, got {cfg.arch!r}")
+    t = as_tokens(model, tokens)
+    names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(cfg.n_layers)]
+    wanted = set(names)
+    out = []
+    with torch.no_grad():
+        for start in range(0, t.shape[0], batch_size):
+            _, cache = model.run_with_cache(
+                t[start : start + batch_size], names_filter=lambda name: name in wanted
+            )
+            out.append(torch.stack([cache[name] for name in names], dim=2))
+    return torch.cat(out).numpy()
 
 
 def attention_patterns(model: nn.Module, tokens: Any, batch_size: int = 256) -> np.ndarray:
@@ -79,6 +108,9 @@ class HeadStats:
     `entropy` is normalised by log(number of visible keys): 1 means uniform. `uniform_distance`
     is the total-variation distance from uniform averaging over the visible keys (0 = uniform).
     `prev_token`, `first_token`, `self_token`: mean weight on key t-1, key 0 and key t.
+    RMT (see the module doc): the queries are a segment's tokens, keys index the segment's
+    `[read memory | tokens | write memory]`; `memory_read` is the weight the token queries put on
+    the read memory, `memory_write` the weight the write slots put on it (None otherwise).
     """
 
     entropy: np.ndarray
@@ -89,6 +121,14 @@ class HeadStats:
     max_weight: np.ndarray
     length: int
     n_sequences: int
+    memory_read: np.ndarray | None = None
+    memory_write: np.ndarray | None = None
+
+    @property
+    def stat_names(self) -> tuple[str, ...]:
+        """The statistics this result holds (`STAT_NAMES`, plus the RMT's memory weights)."""
+        extra = tuple(n for n in ("memory_read", "memory_write") if getattr(self, n) is not None)
+        return STAT_NAMES + extra
 
     @property
     def n_layers(self) -> int:
@@ -110,7 +150,7 @@ class HeadStats:
                 "head": f"L{layer}H{head}",
                 "layer": layer,
                 "index": head,
-                **{name: float(getattr(self, name)[layer, head]) for name in STAT_NAMES},
+                **{name: float(getattr(self, name)[layer, head]) for name in self.stat_names},
             }
             for layer in range(self.n_layers)
             for head in range(self.n_heads)
@@ -121,7 +161,7 @@ class HeadStats:
             "length": self.length,
             "n_sequences": self.n_sequences,
             "most_uniform": list(self.most_uniform()),
-            **{name: getattr(self, name).tolist() for name in STAT_NAMES},
+            **{name: getattr(self, name).tolist() for name in self.stat_names},
         }
 
 
@@ -139,12 +179,30 @@ def head_stats_from_patterns(patterns: np.ndarray, causal: bool = True) -> HeadS
 def head_stats(
     model: nn.Module, tokens: Any = None, *, length: int = 20, n: int = 128, seed: int = 0
 ) -> HeadStats:
-    """Per-head statistics on `tokens` (default: `n` sequences of `length` from the model's task)."""
-    _require_transformer(model)
+    """Per-head statistics on `tokens` (default: `n` sequences of `length` from the model's task).
+
+    RMT: over the token queries of every complete segment, with the memory weights added.
+    """
+    _require_transformer(model, rmt=True)
     if tokens is None:
         tokens = _task_tokens(model, length, n, seed)
-    causal = model_config(model).attention_dir == "causal"
-    return head_stats_from_patterns(attention_patterns(model, tokens), causal)
+    cfg = model_config(model)
+    causal = cfg.attention_dir == "causal"
+    if cfg.arch != "rmt":
+        return head_stats_from_patterns(attention_patterns(model, tokens), causal)
+    S, M = cfg.segment_length, cfg.n_memory
+    p = segment_patterns(model, tokens)
+    n_seg = p.shape[1] if p.shape[1] * S == as_tokens(model, tokens).shape[1] else p.shape[1] - 1
+    if n_seg == 0:
+        raise InputError(f"head statistics need at least one complete segment of {S} tokens")
+    p = p[:, :n_seg].reshape(-1, *p.shape[2:]).astype(np.float64)
+    stats = _query_stats(p[..., M : M + S, :], causal, np.arange(M, M + S))
+    means = {name: v.mean(axis=(0, -1)) for name, v in stats.items()}
+    return HeadStats(
+        **means, length=S + 2 * M, n_sequences=int(len(tokens)),
+        memory_read=p[..., M : M + S, :M].sum(-1).mean(axis=(0, -1)),
+        memory_write=p[..., M + S :, :M].sum(-1).mean(axis=(0, -1)),
+    )
 
 
 def _task_tokens(model: nn.Module, length: int, n: int, seed: int) -> np.ndarray:
@@ -186,6 +244,11 @@ def attention_dilution(
     model: nn.Module, lengths: Iterable[int], *, n: int = 64, seed: int = 0
 ) -> DilutionResult:
     """Attention statistics at the last position for each length (each at most the context)."""
+    if model_config(model).arch == "rmt":
+        raise InputError(
+            "an RMT's attention cannot dilute with length: every segment has the same "
+            "segment_length + 2 * n_memory keys"
+        )
     _require_transformer(model)
     cfg = model_config(model)
     lengths = sorted({int(x) for x in lengths})

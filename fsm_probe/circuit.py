@@ -3,7 +3,8 @@
 Components are attention heads (`L0H1`), attention and MLP sublayers (`L1.attn`, `L1.mlp`),
 residual-stream positions (`resid L0@3`: the stream entering block 0 at position 3;
 `resid_mid L0@3` and `resid_post L0@3`: after its attention and after the whole block) and RNN
-states (`L0.h@3`). A component's effect is its largest normalised patching effect over
+states (`L0.h@3`) and an RMT's memory (`memory@2`: the memory written by segment 2; its
+`position` is the segment). A component's effect is its largest normalised patching effect over
 positions (1 = restores the clean behaviour, 0 = none), and the position where it peaks is kept.
 The graph links each kept component to every kept component downstream of it (later layer, and
 not an earlier position), weighted by the smaller of the two effects: the paths the circuit
@@ -21,7 +22,8 @@ import numpy as np
 
 from .errors import InputError
 
-_STAGE = {"resid": 0, "state": 0, "head": 1, "attn": 1, "resid_mid": 2, "mlp": 3, "resid_post": 4, "cell": 0}
+_STAGE = {"resid": 0, "state": 0, "head": 1, "attn": 1, "resid_mid": 2, "mlp": 3, "resid_post": 4, "cell": 0,
+          "memory": 0}
 _STREAMS = ("resid", "resid_mid", "resid_post", "state", "cell")  # one component per position
 _SITE_KIND = {
     "resid_pre": "resid",
@@ -32,6 +34,7 @@ _SITE_KIND = {
     "mlp_out": "mlp",
     "hidden": "state",
     "cell": "cell",
+    "memory": "memory",
 }
 
 
@@ -71,6 +74,8 @@ def _components(result: Any, normalize: bool) -> list[Component]:
         raise InputError(f"cannot rank patching results at site {site!r}; known sites: {', '.join(_SITE_KIND)}")
     kind = _SITE_KIND[site]
     eff = _effects(result, normalize)
+    if kind == "memory":
+        return [Component(f"memory@{s}", kind, 0, None, s, float(e), site) for s, e in enumerate(eff)]
     out = []
     if kind == "head":
         for layer in range(eff.shape[0]):

@@ -6,6 +6,11 @@ for an RNN, applies the readout to each layer's hidden state. Per layer and posi
 how often the decoded argmax is the true label, the probability given to it, and the KL divergence
 from the model's own output. The tuned lens (Belrose et al. 2023) first passes each point through a
 learned affine map `h + A h + b`, trained to match the final output distribution.
+
+On an RMT the sites are the inner Transformer's residual stream at the token positions of every
+segment (the read and write memory slots are cut out and the segments put back in order), decoded
+through the inner `ln_final` and unembedding; probes can also read the memory (`hook_memory`), one
+row per segment end.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from .datasets import IGNORE_INDEX, Batch, eval_set, label_batch
 from .errors import ConfigError, InputError
 from .models import as_tokens, model_config
 
+MEMORY_HOOK = "hook_memory"
+
 
 @dataclass(frozen=True)
 class Site:
@@ -32,16 +39,19 @@ class Site:
     layer: int
 
 
-def stream_sites(model: nn.Module, incl_mid: bool = True, incl_cell: bool = False) -> list[Site]:
+def stream_sites(
+    model: nn.Module, incl_mid: bool = True, incl_cell: bool = False, incl_memory: bool = False
+) -> list[Site]:
     """The residual-stream points of `model`, input to output.
 
-    Transformer: `embed` (= `blocks.0.hook_resid_pre`), then `L{l}.mid` (after attention, when the
-    block has an MLP) and `L{l}.post`. RNN: `embed`, then `L{l}.h` (and `L{l}.c` for an LSTM with
+    Transformer and RMT (inner hook names): `embed` (= `blocks.0.hook_resid_pre`), then `L{l}.mid`
+    (after attention, when the block has an MLP) and `L{l}.post`; with `incl_memory`, an RMT's
+    `memory` (`hook_memory`) last. RNN: `embed`, then `L{l}.h` (and `L{l}.c` for an LSTM with
     `incl_cell`). `layer` is -1 for the embedding.
     """
     cfg = model_config(model)
-    if not cfg.is_rnn and cfg.arch != "transformer":
-        raise InputError(f"the lens and probes support rnn, gru, lstm and transformer, not {cfg.arch!r}")
+    if not cfg.is_rnn and cfg.arch not in ("transformer", "rmt"):
+        raise InputError(f"the lens and probes support rnn, gru, lstm, transformer and rmt, not {cfg.arch!r}")
     sites = []
     if cfg.is_rnn:
         sites.append(Site("embed", "hook_embed", -1))
@@ -55,7 +65,18 @@ def stream_sites(model: nn.Module, incl_mid: bool = True, incl_cell: bool = Fals
         if incl_mid and cfg.d_mlp != 0:
             sites.append(Site(f"L{layer}.mid", f"blocks.{layer}.hook_resid_mid", layer))
         sites.append(Site(f"L{layer}.post", f"blocks.{layer}.hook_resid_post", layer))
+    if incl_memory and cfg.arch == "rmt":
+        sites.append(Site("memory", MEMORY_HOOK, cfg.n_layers))
     return sites
+
+
+def site_positions(model: nn.Module, hook: str, length: int) -> np.ndarray:
+    """The input positions the rows of `cache_sites(...)[hook]` describe: every position, or for
+    an RMT's memory the last position of each complete segment."""
+    if hook == MEMORY_HOOK:
+        seg = model_config(model).segment_length
+        return np.arange(seg - 1, length, seg)
+    return np.arange(length)
 
 
 def analysis_batch(
@@ -81,7 +102,11 @@ def analysis_batch(
 def cache_sites(
     model: nn.Module, tokens: Tensor, hooks: list[str], batch_size: int = 256
 ) -> dict[str, Tensor]:
-    """Activations `[batch, pos, d]` at `hooks`, computed without gradients in chunks."""
+    """Activations `[batch, pos, d]` at `hooks`, computed without gradients in chunks.
+
+    RMT: inner hooks are cut to the token positions of each segment and concatenated back to
+    `[batch, pos, d]`; `hook_memory` gives one row per complete segment, `[batch, pos // S, M*d]`.
+    """
     wanted = set(hooks)
     parts: dict[str, list[Tensor]] = {h: [] for h in hooks}
     with torch.no_grad():
@@ -91,13 +116,32 @@ def cache_sites(
             )
             for h in hooks:
                 parts[h].append(cache[h].detach())
-    return {h: torch.cat(v) for h, v in parts.items()}
+    out = {h: torch.cat(v) for h, v in parts.items()}
+    if getattr(getattr(model, "fsm_config", None), "arch", None) == "rmt":
+        out = {h: _rmt_rows(model, h, v, tokens.shape[1]) for h, v in out.items()}
+    return out
+
+
+def _rmt_rows(model: nn.Module, hook: str, value: Tensor, length: int) -> Tensor:
+    cfg = model_config(model)
+    S, M = cfg.segment_length, cfg.n_memory
+    if hook == MEMORY_HOOK:
+        n = length // S
+        return value[:, :n].reshape(value.shape[0], n, -1)
+    if value.ndim != 4 or value.shape[2] != S + 2 * M:
+        raise InputError(f"{hook!r} is not a residual-stream hook of the RMT (shape {tuple(value.shape)})")
+    tokens = value[:, :, M : M + S]
+    return tokens.reshape(value.shape[0], -1, value.shape[-1])[:, :length]
 
 
 def decode(model: nn.Module, resid: Tensor) -> Tensor:
-    """Logits from any residual-stream vector: final norm + unembedding (RNN: the readout)."""
-    if model_config(model).is_rnn:
+    """Logits from any residual-stream vector: final norm + unembedding (RNN: the readout; RMT:
+    the inner Transformer's)."""
+    cfg = model_config(model)
+    if cfg.is_rnn:
         return model.unembed(resid)
+    if cfg.arch == "rmt":
+        model = model.transformer
     return model.unembed(model.ln_final(resid))
 
 

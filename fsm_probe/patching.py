@@ -6,6 +6,8 @@ change: nothing before the patched layer and, under causal attention, nothing be
 position (cached keys/values stand in for the prefix). A metric that declares the logit positions
 it reads (`metric.positions`, set by `logit_diff`/`probability`) also lets the last layer skip
 every other query. RNN sweeps restart the recurrence from the cached state before the patched step.
+An RMT (`arch="rmt"`) has one site, `"memory"`: the memory written by each segment (`hook_memory`),
+patched as a whole (all M vectors) per segment; its sweeps restart from the cached memory too.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ Metric = Callable[[Tensor], Tensor]
 
 TRANSFORMER_SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "head_out")
 RNN_SITES = ("hidden", "cell")
+RMT_SITES = ("memory",)
 DIRECTIONS = ("denoise", "noise")
 STAGES = ("resid_pre", "head_out", "attn_out", "resid_mid", "mlp_out", "resid_post")
 _HOOK_NAMES = {
@@ -520,6 +523,49 @@ def _state_hooks(model: nn.Module) -> list[str]:
     return [name for name in model.hook_dict if name.endswith(("hook_h", "hook_c"))]
 
 
+# ----- RMT engine -----
+
+
+def _rmt_patched_logits(
+    model: nn.Module, tokens: Tensor, base: dict[str, Any], src: dict[str, Any], patches: list[_Patch],
+) -> Tensor:
+    """Runs whose memory written by segment `p.pos` is the source's, patch-major.
+
+    Logits up to the end of the earliest patched segment `t0` are the base run's; the rest is one
+    stacked forward from `t0`'s written memory (the source's for patches at `t0`), with
+    `hook_memory` swapping in the source memory of later patched segments.
+    """
+    n, batch = len(patches), tokens.shape[0]
+    S = model_config(model).segment_length
+    t0 = min(p.pos for p in patches)
+    start = (t0 + 1) * S
+    logits = base["logits"].repeat(n, 1, 1)
+    if start >= tokens.shape[1]:
+        return logits
+    base_mem, src_mem = base["hook_memory"], src["hook_memory"]
+    memory = torch.cat([(src_mem if p.pos == t0 else base_mem)[:, t0] for p in patches])
+    by_segment: dict[int, list[int]] = {}
+    for i, p in enumerate(patches):
+        if p.pos > t0:
+            by_segment.setdefault(p.pos - t0 - 1, []).append(i)
+
+    def swap(act: Tensor, hook: Any) -> Tensor | None:
+        rows = by_segment.get(hook.pos)
+        if rows is None:
+            return None
+        act = act.clone().view(n, batch, *act.shape[1:])
+        act[rows] = src_mem[:, t0 + 1 + hook.pos]
+        return act.view(n * batch, *act.shape[2:])
+
+    hooks = [("hook_memory", swap)] if by_segment else []
+    if base.get("_embed") is not None:
+        emb = base["_embed"][:, t0 + 1 :].repeat(n, 1, 1, 1)
+        hooks.append(("hook_embed", lambda act, hook: emb[:, hook.segment]))
+    with model.hooks(fwd_hooks=hooks):
+        logits[:, start:] = model(tokens[:, start:].repeat(n, 1), memory=memory)
+    return logits
+
+
 # ----- shared driver -----
 
 
@@ -529,10 +575,17 @@ def _check_direction(direction: str) -> None:
 
 
 def _check_site(cfg: Any, site: str) -> None:
+    if cfg.arch == "rmt":
+        if site not in RMT_SITES:
+            raise InputError(
+                f"RMT patching has one site, 'memory' (the memory each segment writes, hook_memory), "
+                f"got {site!r}"
+            )
+        return
     if cfg.arch in MEMORY_ARCHS:
         raise InputError(
-            f"patching and tracing support rnn, gru, lstm and transformer, not {cfg.arch!r}; the memory "
-            'states can be collected with model.run_with_cache(tokens, names_filter="hook_memory")'
+            f"patching and tracing support rnn, gru, lstm, transformer and rmt, not {cfg.arch!r}: its "
+            "working memory is generated tokens, with no hook_memory to patch"
         )
     if cfg.is_rnn:
         if site not in RNN_SITES:
@@ -547,6 +600,10 @@ def _check_site(cfg: Any, site: str) -> None:
 
 def _sweep_for(cfg: Any, site: str, n_pos: int) -> _Sweep:
     _check_site(cfg, site)
+    if cfg.arch == "rmt":
+        n_seg = -(-n_pos // cfg.segment_length)
+        patches = [_Patch((0,), seg) for seg in range(n_seg)]
+        return _Sweep(site, patches, [(seg,) for seg in range(n_seg)], (n_seg,), {"axes": ("segment",)})
     heads = range(cfg.n_heads) if site == "head_out" else [None]
     patches, slots = [], []
     for li in range(cfg.n_layers):
@@ -586,7 +643,8 @@ class _Runner:
         self.cfg = model_config(model)
         self.mode = engine
         self.engine: _TransformerEngine | None = None
-        if not self.cfg.is_rnn and engine != "hooks":
+        self.rmt = self.cfg.arch == "rmt"
+        if not self.cfg.is_rnn and not self.rmt and engine != "hooks":
             try:
                 self.engine = _TransformerEngine(model)
             except InputError:
@@ -596,8 +654,14 @@ class _Runner:
 
     def run(self, tokens: Tensor, resid0: Tensor | None = None, embed: Tensor | None = None) -> dict[str, Any]:
         """Cached activations and logits; `resid0`/`embed` replace the Transformer's
-        `blocks.0.hook_resid_pre` / the RNN's `hook_embed`."""
+        `blocks.0.hook_resid_pre` / the RNN's `hook_embed` (RMT: `hook_embed` stacked per
+        segment, `[batch, n_segments, S, d]`)."""
         model = self.model
+        if self.rmt:
+            hooks = [] if embed is None else [("hook_embed", lambda act, hook: embed[:, hook.segment])]
+            with model.hooks(fwd_hooks=hooks):
+                logits, cache = model.run_with_cache(tokens, names_filter="hook_memory")
+            return {"hook_memory": cache["hook_memory"], "logits": logits, "_embed": embed}
         if self.cfg.is_rnn:
             hooks = [] if embed is None else [("hook_embed", lambda act, hook: embed)]
             with model.hooks(fwd_hooks=hooks):
@@ -634,7 +698,9 @@ class _Runner:
         out = torch.full(sweep.shape, float("nan"))
         for chunk in _chunks(sweep.patches, span, limit, by_layer=fast):
             patches = [sweep.patches[i] for i in chunk]
-            if self.cfg.is_rnn:
+            if self.rmt:
+                logits = _rmt_patched_logits(self.model, tokens, base, src, patches)
+            elif self.cfg.is_rnn:
                 logits = _rnn_patched_logits(self.model, tokens, base, src, sweep.site, patches)
             elif fast:
                 logits = self.engine.patched_logits(base, src, sweep.site, patches, needed)
@@ -680,8 +746,10 @@ def activation_patching(
     input and patches in corrupted ones. `metric` maps the patched logits `[batch, pos, vocab]`
     to a scalar, exactly as in TransformerLens. Sites: Transformer `resid_pre`, `resid_mid`,
     `resid_post`, `attn_out`, `mlp_out` ([layer, pos]), `head_out` ([layer, pos, head], the
-    per-head `z`); RNN `hidden`, `cell` ([layer, pos]). `batch_patches` bounds the patches per
-    forward; `engine="hooks"` uses the bridge's hook points (slower reference path).
+    per-head `z`); RNN `hidden`, `cell` ([layer, pos]); RMT `memory` ([segment]: all M memory
+    vectors written by segment s at once, the state the next segment reads; the last segment's
+    cell has no effect). `batch_patches` bounds the patches per forward; `engine="hooks"` uses the
+    bridge's hook points (slower reference path).
     """
     _check_direction(direction)
     clean, corrupted = pair(clean_tokens, corrupted_tokens)
@@ -702,17 +770,23 @@ def activation_patching(
 def _rnn_gradients(
     model: nn.Module, tokens: Tensor, metric: Metric, names: list[str], embed: Tensor | None = None
 ) -> tuple[Tensor, dict[str, tuple[Tensor, Tensor]]]:
+    """Metric and, per hook name, the activations and gradients stacked over steps (RNN steps or
+    RMT segments); `embed` replaces `hook_embed` (RMT: per segment, `[batch, n_segments, S, d]`)."""
     acts: dict[str, list[Tensor]] = {name: [] for name in names}
+    rmt = model_config(model).arch == "rmt"
 
     def keep(act: Tensor, hook: Any) -> Tensor:
         act = act if act.requires_grad else act.detach().requires_grad_(True)
         acts[hook.name].append(act)
         return act
 
-    hooks = [] if embed is None else [("hook_embed", lambda act, hook: embed)]
+    def replace_embed(act: Tensor, hook: Any) -> Tensor:
+        return embed[:, hook.segment] if rmt else embed
+
+    hooks = [] if embed is None else [("hook_embed", replace_embed)]
     hooks += [(name, keep) for name in names]
     with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
-        value = metric(model(tokens, stepwise=True))
+        value = metric(model(tokens) if rmt else model(tokens, stepwise=True))
         flat = [a for name in names for a in acts[name]]
         grads = iter(torch.autograd.grad(value, flat, allow_unused=True))
     out = {}
@@ -735,6 +809,24 @@ def _rnn_embed(model: nn.Module, tokens: Tensor) -> Tensor:
     return cache["hook_embed"]
 
 
+def _rmt_attribution(
+    model: nn.Module, base_tokens: Tensor, src_tokens: Tensor, metric: Metric, alphas: list[float]
+) -> tuple[Tensor, float, Tensor]:
+    """Base metric, source metric and the per-segment estimate of patching the written memory."""
+    with torch.no_grad():
+        src_logits, src_cache = model.run_with_cache(src_tokens, names_filter="hook_memory")
+    other = _metric_value(metric, src_logits)
+    value, grads = _rnn_gradients(model, base_tokens, metric, ["hook_memory"])
+    act, grad = grads["hook_memory"]
+    if len(alphas) > 1:
+        e0, e1 = _rnn_embed(model, base_tokens), _rnn_embed(model, src_tokens)
+        for a in alphas[1:]:
+            _, more = _rnn_gradients(model, base_tokens, metric, ["hook_memory"], e0 + a * (e1 - e0))
+            grad = grad + more["hook_memory"][1]
+        grad = grad / len(alphas)
+    return value, other, ((src_cache["hook_memory"] - act) * grad).sum((-1, -2)).sum(0)
+
+
 def attribution_patching(
     model: nn.Module,
     clean_tokens: Any,
@@ -747,12 +839,13 @@ def attribution_patching(
     """First-order estimate of `activation_patching` for every site from 2 forwards + 1 backward.
 
     Estimate = metric(base) + (source act - base act) . d metric / d act at the base run, summed
-    over the model dimension (per head over `d_head` for `head_out`). Transformers only need a
-    natively built model (the same engine as the fast patching path).
+    over the model dimension (per head over `d_head` for `head_out`; over all M vectors for the
+    RMT's `memory`). Transformers only need a natively built model (the same engine as the fast
+    patching path).
 
     `steps > 1` is the integrated-gradients variant of EAP-IG (Hanna et al. 2024): the gradient
     is averaged over `steps` runs whose input embeddings (`blocks.0.hook_resid_pre`, or the RNN's
-    `hook_embed`) lie at `alpha = k / steps`, k = 0..steps-1, on the line from the base to the
+    and RMT's `hook_embed`) lie at `alpha = k / steps`, k = 0..steps-1, on the line from the base to the
     source input (left Riemann sum, so `steps=1` is plain attribution patching); the
     multiplier is still (source act - base act). The Transformer runs the source, the base and
     all steps as one stacked forward + backward. A site whose patch is the same as moving the whole input (e.g. the
@@ -768,7 +861,9 @@ def attribution_patching(
     base_tokens, src_tokens = (corrupted, clean) if direction == "denoise" else (clean, corrupted)
     deltas: dict[str, Tensor] = {}
     with _EvalMode(model):
-        if cfg.is_rnn:
+        if cfg.arch == "rmt":
+            value, other, deltas["memory"] = _rmt_attribution(model, base_tokens, src_tokens, metric, alphas)
+        elif cfg.is_rnn:
             names = sorted({f"layers.{li}.hook_{'h' if s == 'hidden' else 'c'}" for s in sites for li in range(cfg.n_layers)})
             with torch.no_grad():
                 _, src_cache = model.run_with_cache(src_tokens, names_filter=names, stepwise=True)
@@ -826,7 +921,7 @@ def attribution_patching(
     return {
         site: PatchingResult(
             delta.detach() + base_value,
-            ("layer", "pos", "head") if site == "head_out" else ("layer", "pos"),
+            {"head_out": ("layer", "pos", "head"), "memory": ("segment",)}.get(site, ("layer", "pos")),
             site, direction, clean_value, corr_value, "attribution",
         )
         for site, delta in deltas.items()

@@ -5,7 +5,7 @@ is trained to read out the true state and alternative hypotheses: the prefix cou
 symbol, that count modulo small numbers, and the position. A state that is linearly decodable
 where counts are not points to a state-tracking mechanism; a count that is decodable before the
 state points to the "sum, then reduce" shortcut. Train and test sets are split by sequence, so
-no prefix is shared between them.
+no prefix is shared between them. On an RMT the memory is probed too, at every segment end.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from torch import nn
 
 from .datasets import Batch
 from .errors import ConfigError, InputError
-from .lens import analysis_batch, cache_sites, stream_sites
+from .lens import analysis_batch, cache_sites, site_positions, stream_sites
 from .tasks import Task
 
 PROBE_KINDS = ("logistic", "ridge")
@@ -178,7 +178,8 @@ def probe_model(
     """Probe every site of `model` for every target, on `tokens` (default: an evaluation set).
 
     `targets` maps names to `[batch, pos]` integer arrays; the default is `probe_targets`. At most
-    `max_samples` (sequence, position) rows are used, drawn at random. Fits run on one BLAS thread
+    `max_samples` (sequence, position) rows are used, drawn at random (an RMT's `memory` site has
+    rows only at segment ends, the targets after the segment's last symbol). Fits run on one BLAS thread
     (tiny problems are many times slower with several threads on a busy machine).
     """
     if kind not in PROBE_KINDS:
@@ -190,10 +191,9 @@ def probe_model(
     for name, v in ys.items():
         if v.shape != batch.tokens.shape:
             raise InputError(f"target {name!r} has shape {v.shape}, tokens {batch.tokens.shape}")
-    sites = stream_sites(model, incl_mid=incl_mid, incl_cell=True)
+    sites = stream_sites(model, incl_mid=incl_mid, incl_cell=True, incl_memory=True)
     acts = cache_sites(model, torch.as_tensor(batch.tokens), [s.hook for s in sites])
     b, t = batch.tokens.shape
-    groups = np.repeat(np.arange(b), t)
     rows = np.random.default_rng(seed).permutation(b * t)[:max_samples]
     acc = np.zeros((len(sites), len(ys)))
     train_acc = np.zeros_like(acc)
@@ -202,13 +202,19 @@ def probe_model(
     with threadpool_limits(limits=1), warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         for i, site in enumerate(sites):
-            x = acts[site.hook].reshape(b * t, -1).numpy()[rows]
+            pos = site_positions(model, site.hook, t)
+            if len(pos) == 0:
+                raise InputError(f"site {site.label!r} has no rows at length {t}")
+            n_rows = b * len(pos)
+            picked = rows if len(pos) == t else np.random.default_rng(seed).permutation(n_rows)[:max_samples]
+            groups = np.repeat(np.arange(b), len(pos))[picked]
+            x = acts[site.hook].reshape(n_rows, -1).numpy()[picked]
             for j, y in enumerate(ys.values()):
-                fit = fit_probe(
-                    x, y.reshape(-1)[rows], groups[rows], kind=kind, test_size=test_size, seed=seed
-                )
+                y_rows = y[:, pos].reshape(-1)[picked]
+                fit = fit_probe(x, y_rows, groups, kind=kind, test_size=test_size, seed=seed)
                 acc[i, j], train_acc[i, j] = fit.accuracy, fit.train_accuracy
-                chance[j], n_classes[j] = fit.chance, fit.n_classes
+                if len(pos) == t:  # chance of the rows every stream site shares
+                    chance[j], n_classes[j] = fit.chance, fit.n_classes
     return ProbeResult(
         sites=[s.label for s in sites],
         hooks=[s.hook for s in sites],

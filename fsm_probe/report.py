@@ -2,7 +2,9 @@
 
 Sections: model card, length generalization, logit lens (and tuned lens), probes, attention,
 activation patching (with attribution patching checked against it), causal tracing, circuit
-summary and, for RNNs, the extracted automaton. plotly.js is inlined once in the head, so the
+summary and, for RNNs and RMTs (from the memory), the extracted automaton. On an RMT the lens and
+probes read the inner Transformer's stream at the token positions, attention is shown per
+segment, and patching and tracing act on the memory each segment writes. plotly.js is inlined once in the head, so the
 file opens offline; every figure has a caption telling the reader how to read it. A section
 that cannot be computed says why instead of failing the whole report.
 """
@@ -22,7 +24,13 @@ import numpy as np
 import plotly.graph_objects as go
 from torch import nn
 
-from .attention import attention_dilution, attention_patterns, head_stats, token_labels
+from .attention import (
+    attention_dilution,
+    attention_patterns,
+    head_stats,
+    segment_patterns,
+    token_labels,
+)
 from .checkpoint import load
 from .circuit import circuit_graph, rank_components
 from .datasets import eval_set
@@ -256,6 +264,8 @@ def report_html(
         state["lens"] = res
         what = ("the readout applied to each layer's hidden state" if cfg.is_rnn else
                 "each residual-stream point decoded through the final norm and the unembedding")
+        if cfg.arch == "rmt":
+            what += " of the inner Transformer, at the token positions of every segment"
         doc.text(f"Logit lens: {html.escape(what)}. Earliest site right 99% of the time: "
                  f"<b>{html.escape(str(res.first_site()))}</b>.")
         doc.figure(
@@ -304,6 +314,9 @@ def report_html(
         tokens = eval_set(task, length, n=s.n, seed=s.seed).tokens
         stats = head_stats(model, tokens)
         state["heads"] = stats
+        if cfg.arch == "rmt":
+            rmt_attention(tokens, stats)
+            return
         lay, head = stats.most_uniform()
         doc.text(f"Head closest to uniform causal averaging: <b>L{lay}H{head}</b> "
                  f"(distance {stats.uniform_distance[lay, head]:.3f}, normalised entropy "
@@ -336,6 +349,35 @@ def report_html(
             "can resolve, which is why the shortcut breaks on longer inputs.",
         )
 
+    def rmt_attention(tokens: np.ndarray, stats: Any) -> None:
+        S, M = cfg.segment_length, cfg.n_memory
+        lay, head = np.unravel_index(int(np.argmax(stats.memory_read)), stats.memory_read.shape)
+        doc.text(f"Each segment attends over [read memory ({M}) | {S} tokens | write memory ({M})]. "
+                 f"Head reading the memory most from the token positions: <b>L{lay}H{head}</b> "
+                 f"(weight {stats.memory_read[lay, head]:.3f}).")
+        seg = max(0, min(tokens.shape[1] // S, (tokens.shape[1] // S) // 2))
+        if (seg + 1) * S > tokens.shape[1]:
+            seg = 0
+        toks = token_labels(task, tokens[0])[seg * S : (seg + 1) * S]
+        labels = [f"read{i}" for i in range(M)] + toks + [f"write{i}" for i in range(M)]
+        doc.figure(
+            figs.attention_head_grid(segment_patterns(model, tokens[:1])[0, seg], labels,
+                                     title=f"Attention patterns of segment {seg} of one sequence"),
+            "One panel per layer (rows) and head (columns) of the inner Transformer on one "
+            "segment: row = query, column = key, darker = more weight. 'read' columns are the "
+            "memory written by the previous segment; the 'write' rows compute the memory the next "
+            "segment reads.",
+        )
+        doc.figure(
+            figs.head_stats_figure(stats),
+            "Per-head statistics over the token queries of every complete segment. 'tokens -> "
+            "read memory' is the weight the segment's tokens put on the incoming memory; 'write "
+            "slots -> read memory' is how much the new memory copies the old one rather than the "
+            "segment's tokens. A state-tracking RMT combines the two in its write slots.",
+        )
+        doc.note("No attention dilution: every segment has the same segment_length + 2 * n_memory "
+                 "keys at any input length.")
+
     def patching_section() -> None:
         clean, corrupted, pos = _corruption_pairs(task, length, s.patch_n, s.seed)
         right = a.run_outputs(clean)[:, -1]
@@ -350,6 +392,9 @@ def report_html(
         )
         sites = ["hidden"] + (["cell"] if cfg.arch == "lstm" else []) if cfg.is_rnn else (
             ["resid_pre", "attn_out"] + (["mlp_out"] if cfg.d_mlp != 0 else []) + ["head_out"])
+        if cfg.arch == "rmt":
+            sites = ["memory"]
+        cell = "segment" if cfg.arch == "rmt" else "(layer, position)"
         results: dict[str, Any] = {}
         for site in sites:
             results[site] = patching.activation_patching(model, clean, corrupted, metric, site=site)
@@ -366,12 +411,13 @@ def report_html(
             "head_out": "each head's output (rows L{layer}H{head})",
             "hidden": "the hidden state of each layer after each step",
             "cell": "the LSTM cell state of each layer after each step",
+            "memory": "the memory written by each segment (all memory vectors)",
         }
         for site, res in results.items():
             doc.figure(
                 figs.patching_figure(res),
                 f"Denoising: run the corrupted input and copy in the clean value of "
-                f"{explain[site]} at one (layer, position). Colour is how much of the clean "
+                f"{explain[site]} at one {cell}. Colour is how much of the clean "
                 "logit difference that single patch restores (1, dark blue = all of it; red = "
                 "pushes further towards the corrupted answer). The cells that restore everything "
                 "form a cross-section of the circuit: they show where, and at which position, the "
@@ -380,7 +426,7 @@ def report_html(
         doc.figure(
             figs.patching_figure(noised),
             "Noising (the reverse experiment): run the clean input and copy in the corrupted value "
-            "at one cell. Colour is the normalised metric after the patch: values near 0 mark "
+            f"at one {cell}. Colour is the normalised metric after the patch: values near 0 mark "
             "cells whose corruption alone destroys the answer (necessary); near 1, unimportant.",
         )
         attrib = patching.attribution_patching(model, clean, corrupted, metric, sites=sites)
@@ -394,7 +440,7 @@ def report_html(
             figs.attribution_scatter(attrib[main], results[main]),
             "Attribution patching (a first-order estimate from two forwards and one backward) "
             "against exact activation patching, one point per (layer, position) cell. Points on "
-            "the dashed diagonal are estimated exactly; the table above gives the rank "
+            f"the dashed diagonal are estimated exactly ({cell} cells); the table above gives the rank "
             "correlation. Use attribution to screen, exact patching to confirm.",
         )
 
@@ -403,18 +449,25 @@ def report_html(
             doc.note("Causal tracing needs the corruption pairs of the patching section.")
             return
         clean, _, pos = state["pairs"]
-        kinds = ["resid"] if cfg.is_rnn else ["resid", "attn"] + (["mlp"] if cfg.d_mlp != 0 else [])
-        labels = token_labels(task, clean[0])
+        rmt = cfg.arch == "rmt"
+        kinds = ["resid"] if cfg.is_rnn or rmt else ["resid", "attn"] + (["mlp"] if cfg.d_mlp != 0 else [])
+        labels = [lab.split("·")[1] for lab in token_labels(task, clean[0])]
+        if rmt:
+            S, n = cfg.segment_length, len(labels)
+            labels = [f"s{k} (tokens {k * S}-{min(n, (k + 1) * S) - 1})" for k in range(-(-n // S))]
         for kind in kinds:
             res = causal_tracing(model, clean, corrupt_positions=(pos,), noise=3.0, kind=kind,
                                  n_samples=s.trace_samples, seed=s.seed)
             state.setdefault("tracing", {})[kind] = res
-            what = {"resid": "the hidden state" if cfg.is_rnn else "the residual stream entering the block",
+            resid = "the residual stream entering the block"
+            resid = "the hidden state" if cfg.is_rnn else "the memory written by the segment" if rmt else resid
+            what = {"resid": resid,
                     "attn": "the attention output", "mlp": "the MLP output"}[kind]
             doc.figure(
-                figs.tracing_figure(res, [lab.split("·")[1] for lab in labels]),
+                figs.tracing_figure(res, labels),
                 f"ROME-style causal tracing: Gaussian noise (3x the embedding std) is added at "
-                f"position {pos} (starred); then {what} at one (layer, position) is restored to its "
+                f"position {pos} (starred); then {what} at one {'segment' if rmt else '(layer, position)'} "
+                "is restored to its "
                 f"clean value. Colour is p(clean prediction) at the last position, from "
                 f"{res.low_score:.2f} (all corrupted, lightest) to {res.high_score:.2f} (clean, "
                 "darkest). Dark cells carry the corrupted symbol's information to the answer.",
@@ -441,7 +494,7 @@ def report_html(
         )
 
     def automaton_section() -> None:
-        if not cfg.is_rnn:
+        if not cfg.is_rnn and cfg.arch != "rmt":
             doc.note("Automaton extraction reads the recurrent state; for Transformers see the "
                      "attention and circuit sections instead.")
             return
@@ -472,7 +525,8 @@ def report_html(
             return
         doc.figure(
             automaton_figure(ext.graph_),
-            "The automaton read off the clustered hidden states: nodes are abstract states "
+            f"The automaton read off the clustered {'memory' if cfg.arch == 'rmt' else 'hidden'} "
+            "states: nodes are abstract states "
             "labelled with their output, arrows the transitions on each symbol. If it matches "
             "the task's minimal automaton, the network tracks the state rather than a shortcut.",
         )

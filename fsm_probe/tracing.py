@@ -3,7 +3,7 @@
 Corrupt some input positions (Gaussian noise on the token embedding, or a symmetric symbol swap),
 then restore one clean state at a time and measure how much of the probability of the target
 label at the last position comes back. Restorations are batched exactly as in
-`fsm_probe.patching`.
+`fsm_probe.patching`. On an RMT the restored state is the memory each segment writes.
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ class TracingResult:
     """Mean p(target) after each restoration (`scores`, [layer, pos]) and the two baselines.
 
     Transformer `resid` layer `l` is the residual stream entering block `l` (layer 0 = the
-    embedding); RNN `resid` is the hidden state `layers.{l}.hook_h`. `mlp`/`attn` restore the
-    sublayer outputs of a `window` of layers centred on `l`.
+    embedding); RNN `resid` is the hidden state `layers.{l}.hook_h`; RMT `resid` is the memory
+    written by each segment (`scores` is [1, segment], `segment_length` is set). `mlp`/`attn` restore the sublayer outputs
+    of a `window` of layers centred on `l`.
     """
 
     scores: Tensor
@@ -49,6 +50,7 @@ class TracingResult:
     corrupt_positions: tuple[int, ...]
     n_sequences: int
     n_samples: int
+    segment_length: int | None = None
 
     def indirect_effect(self) -> Tensor:
         """p(restored) - p(corrupted) per (layer, position)."""
@@ -72,6 +74,7 @@ class TracingResult:
             "indirect_effect": self.indirect_effect().tolist(),
             "low_score": self.low_score,
             "high_score": self.high_score,
+            "segment_length": self.segment_length,
         }
 
 
@@ -104,6 +107,9 @@ def causal_tracing(
         raise InputError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     if cfg.is_rnn and kind != "resid":
         raise InputError(f"an RNN has no {kind!r} sublayer; use kind='resid'")
+    rmt = cfg.arch == "rmt"
+    if rmt and kind != "resid":
+        raise InputError(f"RMT tracing restores the memory (kind='resid'), got kind={kind!r}")
     if not isinstance(window, int) or window < 1:
         raise InputError(f"window must be a positive integer, got {window!r}")
     if not isinstance(n_samples, int) or n_samples < 1:
@@ -113,7 +119,8 @@ def causal_tracing(
     positions = (corrupt_positions,) if isinstance(corrupt_positions, int) else tuple(corrupt_positions)
     if not positions or any(not -n_pos <= p < n_pos for p in positions):
         raise InputError(f"corrupt_positions {positions} must be non-empty positions in [0, {n_pos})")
-    site = {"resid": "hidden" if cfg.is_rnn else "resid_pre", "mlp": "mlp_out", "attn": "attn_out"}[kind]
+    resid = "memory" if rmt else "hidden" if cfg.is_rnn else "resid_pre"
+    site = {"resid": resid, "mlp": "mlp_out", "attn": "attn_out"}[kind]
     if site == "mlp_out" and cfg.d_mlp == 0:
         raise InputError("kind='mlp' needs a Transformer with MLPs")
     _check_site(cfg, site)  # also refuses the memory architectures
@@ -133,15 +140,21 @@ def causal_tracing(
         metric = probability(target.repeat(n_samples))
         high = float(metric(src["logits"]))
         low = float(metric(base["logits"]))
-        patches, slots = [], []
-        for layer in range(cfg.n_layers):
-            for p in range(n_pos):
-                patches.append(_Patch(_window(layer, window, cfg.n_layers), p))
-                slots.append((layer, p))
-        sweep = _Sweep(site, patches, slots, (cfg.n_layers, n_pos))
+        if rmt:
+            n_seg = -(-n_pos // cfg.segment_length)
+            patches = [_Patch((0,), seg) for seg in range(n_seg)]
+            sweep = _Sweep(site, patches, [(0, seg) for seg in range(n_seg)], (1, n_seg))
+        else:
+            patches, slots = [], []
+            for layer in range(cfg.n_layers):
+                for p in range(n_pos):
+                    patches.append(_Patch(_window(layer, window, cfg.n_layers), p))
+                    slots.append((layer, p))
+            sweep = _Sweep(site, patches, slots, (cfg.n_layers, n_pos))
         scores = runner.evaluate(rows, base, src, sweep, metric, batch_patches)
     return TracingResult(
-        scores, low, high, kind, window, noise, tuple(p % n_pos for p in positions), batch, n_samples
+        scores, low, high, kind, window, noise, tuple(p % n_pos for p in positions), batch, n_samples,
+        cfg.segment_length if rmt else None,
     )
 
 
@@ -160,14 +173,19 @@ def _corrupted_run(
     if isinstance(noise, str) or not np.isfinite(noise):
         raise InputError(f"noise must be a number or 'symmetric', got {noise!r}")
     cfg = model_config(model)
-    names = ["hook_embed"] if cfg.is_rnn else ["hook_embed", "blocks.0.hook_resid_pre"]
+    names = ["hook_embed"] if cfg.is_rnn or cfg.arch == "rmt" else ["hook_embed", "blocks.0.hook_resid_pre"]
     _, cache = model.run_with_cache(rows, names_filter=names)
-    std = float(cache["hook_embed"].std())
+    embed = cache["hook_embed"]
+    if cfg.arch == "rmt":  # [rows, segment, S, d] -> [rows, padded pos, d]
+        embed = embed.reshape(embed.shape[0], -1, embed.shape[-1])
+    std = float(embed[:, : rows.shape[1]].std())
     gen = torch.Generator().manual_seed(seed)
-    mask = torch.zeros(rows.shape[1], dtype=torch.bool)
-    mask[list(positions)] = True
-    eps = torch.randn(cache["hook_embed"].shape, generator=gen).to(cache["hook_embed"].device)
+    mask = torch.zeros(embed.shape[1], dtype=torch.bool)
+    mask[[p % rows.shape[1] for p in positions]] = True
+    eps = torch.randn(embed.shape, generator=gen).to(embed.device)
     delta = float(noise) * std * eps * mask[None, :, None].to(eps.device)
+    if cfg.arch == "rmt":
+        return runner.run(rows, embed=(embed + delta).view(cache["hook_embed"].shape))
     if cfg.is_rnn:
         return runner.run(rows, embed=cache["hook_embed"] + delta)
     return runner.run(rows, resid0=cache["blocks.0.hook_resid_pre"] + delta)

@@ -247,7 +247,7 @@ def test_notebook_03_executes(tmp_path):
 
 
 @pytest.mark.parametrize("make", [rmt, scratch])
-def test_patching_and_tracing_reject_memory_archs_and_extraction_reads_only_rmt_memory(make):
+def test_patching_reads_only_rmt_memory_and_extraction_reads_only_rmt_memory(make):
     from fsm_probe.extraction.collect import collect, resolve_site
     from fsm_probe.patching import activation_patching, probability
     from fsm_probe.tracing import causal_tracing
@@ -264,7 +264,10 @@ def test_patching_and_tracing_reject_memory_archs_and_extraction_reads_only_rmt_
         assert resolve_site(m, None) == ("hook_memory",)
         with pytest.raises(InputError, match="hook_memory"):
             resolve_site(m, "blocks.0.hook_resid_post")
-    with pytest.raises(InputError, match="hook_memory"):
+    with pytest.raises(InputError, match="hook_memory"):  # rmt: only site 'memory' (test_rmt_tools.py)
         activation_patching(m, tokens, tokens, probability([0, 0]))
-    with pytest.raises(InputError, match="hook_memory"):
-        causal_tracing(m, tokens, corrupt_positions=1, n_samples=1)
+    if make is scratch:
+        with pytest.raises(InputError, match="hook_memory"):
+            causal_tracing(m, tokens, corrupt_positions=1, n_samples=1)
+    else:
+        assert causal_tracing(m, tokens, corrupt_positions=1, n_samples=1).scores.shape == (1, 2)

@@ -62,6 +62,9 @@ def head_stats_figure(stats: Any) -> go.Figure:
         ("prev_token", "previous-token weight", "Blues"),
         ("first_token", "first-token weight", "Blues"),
     ]
+    if getattr(stats, "memory_read", None) is not None:  # an RMT: key 0 is a memory slot
+        panels[2:] = [("memory_read", "tokens -> read memory", "Blues"),
+                      ("memory_write", "write slots -> read memory", "Blues")]
     fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[p[1] for p in panels])
     heads = [f"H{h}" for h in range(stats.n_heads)]
     layers = [f"L{i}" for i in range(stats.n_layers)]
@@ -154,6 +157,8 @@ def _patch_matrix(result: Any, normalize: bool) -> tuple[np.ndarray, list[str], 
         z, label = (values - result.corrupted_value) / scale, "normalised (0 corrupt, 1 clean)"
     else:
         z, label = values - result.baseline, "effect on metric"
+    if values.ndim == 1:  # the RMT's memory, one cell per segment
+        return z[None], [result.site], label
     if values.ndim == 3:
         n_layers, n_pos, n_heads = values.shape
         z = z.transpose(0, 2, 1).reshape(n_layers * n_heads, n_pos)
@@ -164,18 +169,20 @@ def _patch_matrix(result: Any, normalize: bool) -> tuple[np.ndarray, list[str], 
 
 
 def patching_figure(result: Any, normalize: bool = True, title: str | None = None) -> go.Figure:
-    """Heatmap layer (or layer x head) x position of an activation/attribution patching result."""
+    """Heatmap layer (or layer x head) x position of an activation/attribution patching result
+    (an RMT's memory: one row, one column per segment)."""
     z, rows, label = _patch_matrix(result, normalize)
+    unit = "segment" if tuple(getattr(result, "axes", ())) == ("segment",) else "position"
     lim = float(np.nanmax(np.abs(z))) if z.size and np.isfinite(z).any() else 1.0
     fig = go.Figure(
         go.Heatmap(
             z=z, x=list(range(z.shape[1])), y=rows, colorscale="RdBu", zmid=0,
             zmin=-max(lim, 1e-9), zmax=max(lim, 1e-9), colorbar={"title": label.split(" ")[0]},
-            hovertemplate="%{y} position %{x}<br>%{z:.3f}<extra></extra>",
+            hovertemplate=f"%{{y}} {unit} %{{x}}<br>%{{z:.3f}}<extra></extra>",
         )
     )
     fig.update_yaxes(autorange="reversed")
-    fig.update_xaxes(title="position")
+    fig.update_xaxes(title=unit)
     method = getattr(result, "method", "activation")
     fig.update_layout(
         title=title or f"{method.capitalize()} patching, {result.site}, {result.direction}: {label}",
@@ -203,23 +210,27 @@ def attribution_scatter(approx: Any, exact: Any, title: str | None = None) -> go
 
 
 def tracing_figure(result: Any, labels: Sequence[str] | None = None) -> go.Figure:
-    """ROME-style heatmap layer x position of p(target) after restoring each state."""
+    """ROME-style heatmap layer x position of p(target) after restoring each state (an RMT's
+    memory: one row, one column per segment; `labels` then name the segments)."""
     scores = np.asarray(result.scores, dtype=np.float64)
     scale = {"resid": "Purples", "mlp": "Greens", "attn": "Reds"}.get(result.kind, "Purples")
     x = list(labels) if labels is not None else list(range(scores.shape[1]))
-    corrupt = set(result.corrupt_positions)
+    seg = getattr(result, "segment_length", None)
+    corrupt = {p // seg for p in result.corrupt_positions} if seg else set(result.corrupt_positions)
     if labels is not None:
         x = [f"{lab}*" if i in corrupt else lab for i, lab in enumerate(x)]
+    rows = ["memory"] if seg else [f"L{i}" for i in range(scores.shape[0])]
+    unit = "segment" if seg else "position"
     fig = go.Figure(
         go.Heatmap(
-            z=scores, x=x, y=[f"L{i}" for i in range(scores.shape[0])], colorscale=scale,
+            z=scores, x=x, y=rows, colorscale=scale,
             zmin=result.low_score, zmax=max(result.high_score, result.low_score + 1e-9),
             colorbar={"title": "p(target)"},
-            hovertemplate="%{y} position %{x}<br>p(target) %{z:.3f}<extra></extra>",
+            hovertemplate=f"%{{y}} {unit} %{{x}}<br>p(target) %{{z:.3f}}<extra></extra>",
         )
     )
     fig.update_yaxes(autorange="reversed")
-    fig.update_xaxes(title="position (* = corrupted)" if labels is not None else "position")
+    fig.update_xaxes(title=f"{unit} (* = corrupted)" if labels is not None else unit)
     window = f", window {result.window}" if result.kind != "resid" else ""
     fig.update_layout(
         title=f"Restoring {result.kind}{window} after corrupting positions "
