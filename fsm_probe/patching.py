@@ -836,7 +836,8 @@ def attribution_patching(
     direction: str = "denoise",
     steps: int = 1,
 ) -> dict[str, PatchingResult]:
-    """First-order estimate of `activation_patching` for every site from 2 forwards + 1 backward.
+    """First-order estimate of `activation_patching` for every site from a forward of each input
+    and one backward.
 
     Estimate = metric(base) + (source act - base act) . d metric / d act at the base run, summed
     over the model dimension (per head over `d_head` for `head_out`; over all M vectors for the
@@ -844,12 +845,15 @@ def attribution_patching(
     patching path).
 
     `steps > 1` is the integrated-gradients variant of EAP-IG (Hanna et al. 2024): the gradient
-    is averaged over `steps` runs whose input embeddings (`blocks.0.hook_resid_pre`, or the RNN's
-    and RMT's `hook_embed`) lie at `alpha = k / steps`, k = 0..steps-1, on the line from the base to the
-    source input (left Riemann sum, so `steps=1` is plain attribution patching); the
-    multiplier is still (source act - base act). The Transformer runs the source, the base and
-    all steps as one stacked forward + backward. A site whose patch is the same as moving the whole input (e.g. the
-    embedding at the only position where the inputs differ) converges to exact patching.
+    is averaged over `steps` runs whose input embeddings (`blocks.0.hook_resid_pre`, or the
+    RNN's and RMT's `hook_embed`) lie at `alpha = k / steps`, k = 0..steps-1, on the line from
+    the base to the source input (left Riemann sum, so `steps=1` is plain attribution patching);
+    the multiplier is still (source act - base act). The Transformer runs the source, the base
+    and all steps as one stacked forward + backward. A site whose patch is the same as moving
+    the whole input (e.g. the embedding at the only position where the inputs differ) converges
+    to exact patching. The estimate is first order: where one patch flips a saturated decision
+    (parity), magnitudes and small cells' signs can be far off; rank by |effect| and confirm the
+    top cells with `activation_patching`.
     """
     _check_direction(direction)
     alphas = _alphas(steps)

@@ -37,8 +37,8 @@ class TracingResult:
 
     Transformer `resid` layer `l` is the residual stream entering block `l` (layer 0 = the
     embedding); RNN `resid` is the hidden state `layers.{l}.hook_h`; RMT `resid` is the memory
-    written by each segment (`scores` is [1, segment], `segment_length` is set). `mlp`/`attn` restore the sublayer outputs
-    of a `window` of layers centred on `l`.
+    written by each segment (`scores` is [1, segment], `segment_length` is set). `mlp`/`attn`
+    restore the sublayer outputs of a `window` of layers centred on `l`.
     """
 
     scores: Tensor
