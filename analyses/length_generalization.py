@@ -113,6 +113,7 @@ def run_one(job: dict) -> dict:
     task = get_task(job["task"])
     a = task.automaton
     fields, lr = MODELS[job["model"]]
+    lr = job.get("lr") or lr
     fields = dict(fields)
     if job.get("hidden"):
         fields["d_hidden"] = job["hidden"]
@@ -180,6 +181,7 @@ def markdown(all_rows: list[dict], dilution: list[dict], tasks: list[str], model
     w(f"Score: final-position accuracy (%) averaged over test lengths {', '.join(map(str, lengths))}; "
       f"best of {settings['seeds']} seed(s); at most {settings['steps']} training steps of batch 64, "
       + (f"d_hidden {settings['hidden']} for every model; " if settings.get("hidden") else "")
+      + (f"learning rate {settings['lr']} for every model; " if settings.get("lr") else "")
       + f"every position supervised; wall time {wall / 60:.1f} min. "
       "Paper: Deletang et al. 2023, Table 2 (lengths 41-500, max over 10 seeds x 3 learning rates, "
       "1M steps).\n\n")
@@ -263,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int)
     ap.add_argument("--n", type=int, help="test sequences per length")
     ap.add_argument("--hidden", type=int, help="d_hidden / d_model of every model (default: per model)")
+    ap.add_argument("--lr", type=float, help="learning rate of every model (default: per model)")
     ap.add_argument("--jobs", type=int, default=1, help="parallel worker processes")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--name", help="output file stem (default length_generalization[_quick])")
@@ -277,13 +280,13 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"unknown models {sorted(unknown)}; choose from {', '.join(MODELS)}")
     if args.lengths:
         settings["lengths"] = [int(x) for x in args.lengths.split(",")]
-    for key in ("steps", "seeds", "n", "hidden"):
+    for key in ("steps", "seeds", "n", "hidden", "lr"):
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
     stem = args.name or ("length_generalization_quick" if args.quick else "length_generalization")
     jobs = [
         {"task": t, "model": m, "seed": s, "lengths": settings["lengths"], "steps": settings["steps"],
-         "n": settings["n"], "hidden": settings.get("hidden")}
+         "n": settings["n"], "hidden": settings.get("hidden"), "lr": settings.get("lr")}
         for t in settings["tasks"] for s in range(settings["seeds"]) for m in settings["models"]
     ]
     torch.set_num_threads(1)
