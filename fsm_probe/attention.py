@@ -35,6 +35,21 @@ def _require_transformer(model: nn.Module, rmt: bool = False) -> None:
         raise InputError(f"attention analysis needs a Transformer; a {cfg.arch} has no attention")
 
 
+def _cached_patterns(model: nn.Module, tokens: Any, batch_size: int, layer_dim: int) -> np.ndarray:
+    """Every layer's `attn.hook_pattern` on `tokens`, stacked along `layer_dim`."""
+    t = as_tokens(model, tokens)
+    names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(model_config(model).n_layers)]
+    wanted = set(names)
+    out = []
+    with torch.no_grad():
+        for start in range(0, t.shape[0], batch_size):
+            _, cache = model.run_with_cache(
+                t[start : start + batch_size], names_filter=lambda name: name in wanted
+            )
+            out.append(torch.stack([cache[name] for name in names], dim=layer_dim))
+    return torch.cat(out).numpy()
+
+
 def segment_patterns(model: nn.Module, tokens: Any, batch_size: int = 256) -> np.ndarray:
     """An RMT's attention weights `[batch, segment, layer, head, S+2M, S+2M]` on `tokens`.
 
@@ -44,34 +59,13 @@ def segment_patterns(model: nn.Module, tokens: Any, batch_size: int = 256) -> np
     cfg = model_config(model)
     if cfg.arch != "rmt":
         raise InputError(f"segment_patterns needs an rmt, got {cfg.arch!r}")
-    t = as_tokens(model, tokens)
-    names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(cfg.n_layers)]
-    wanted = set(names)
-    out = []
-    with torch.no_grad():
-        for start in range(0, t.shape[0], batch_size):
-            _, cache = model.run_with_cache(
-                t[start : start + batch_size], names_filter=lambda name: name in wanted
-            )
-            out.append(torch.stack([cache[name] for name in names], dim=2))
-    return torch.cat(out).numpy()
+    return _cached_patterns(model, tokens, batch_size, layer_dim=2)
 
 
 def attention_patterns(model: nn.Module, tokens: Any, batch_size: int = 256) -> np.ndarray:
     """Attention weights `[batch, layer, head, query, key]` on `tokens`."""
     _require_transformer(model)
-    t = as_tokens(model, tokens)
-    n_layers = model_config(model).n_layers
-    names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(n_layers)]
-    wanted = set(names)
-    out = []
-    with torch.no_grad():
-        for start in range(0, t.shape[0], batch_size):
-            _, cache = model.run_with_cache(
-                t[start : start + batch_size], names_filter=lambda name: name in wanted
-            )
-            out.append(torch.stack([cache[name] for name in names], dim=1))
-    return torch.cat(out).numpy()
+    return _cached_patterns(model, tokens, batch_size, layer_dim=1)
 
 
 def token_labels(task: Any, tokens: Iterable[int]) -> list[str]:
