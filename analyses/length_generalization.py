@@ -123,7 +123,8 @@ def run_one(job: dict) -> dict:
     cfg = ModelConfig(d_vocab=a.n_symbols, d_out=a.n_labels, seed=job["seed"], **fields)
     tcfg = TrainConfig(
         train_lengths=(1, 40), batch_size=64, max_steps=job["steps"], lr=lr, warmup_steps=50,
-        eval_every=100, val_lengths=(40,), val_size=256, target_accuracy=1.0, patience=2,
+        eval_every=100, val_lengths=(40,), val_size=256, target_accuracy=1.0,
+        patience=job["steps"] // 100 + 1 if job.get("full_budget") else 2,
         final_only=False, seed=job["seed"],
     )
     t0 = time.perf_counter()
@@ -135,7 +136,7 @@ def run_one(job: dict) -> dict:
         pred = predict_logits(model, batch.tokens, batch_size=64).argmax(-1).numpy()
         rep = accuracy_report(pred, batch.labels)
         rows.append({
-            "task": job["task"], "model": job["model"], "seed": job["seed"],
+            "task": job["task"], "model": job["model"], "seed": job["seed"], "lr": lr,
             "length": int(batch.length), **rep,
             "train_steps": model.fsm_training["steps"], "train_seconds": round(train_s, 1),
             "val_accuracy": model.fsm_training["final_val_accuracy"],
@@ -160,12 +161,12 @@ def failure_length(rows: list[dict]) -> int | None:
 
 
 def best_rows(all_rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
-    """Per (task, model): the rows of the seed with the best score."""
-    by: dict[tuple[str, str, int], list[dict]] = {}
+    """Per (task, model): the rows of the (seed, learning rate) run with the best score."""
+    by: dict[tuple, list[dict]] = {}
     for r in all_rows:
-        by.setdefault((r["task"], r["model"], r["seed"]), []).append(r)
+        by.setdefault((r["task"], r["model"], r["seed"], r.get("lr")), []).append(r)
     best: dict[tuple[str, str], list[dict]] = {}
-    for (t, m, _), rows in by.items():
+    for (t, m, _, _), rows in by.items():
         if (t, m) not in best or score(rows) > score(best[(t, m)]):
             best[(t, m)] = rows
     return best
@@ -181,7 +182,8 @@ def markdown(all_rows: list[dict], dilution: list[dict], tasks: list[str], model
     w(f"Score: final-position accuracy (%) averaged over test lengths {', '.join(map(str, lengths))}; "
       f"best of {settings['seeds']} seed(s); at most {settings['steps']} training steps of batch 64, "
       + (f"d_hidden {settings['hidden']} for every model; " if settings.get("hidden") else "")
-      + (f"learning rate {settings['lr']} for every model; " if settings.get("lr") else "")
+      + (f"best over learning rates {', '.join(map(str, settings['lrs']))}; " if settings.get("lrs") else "")
+      + ("trained for the full budget (no early stop); " if settings.get("full_budget") else "")
       + f"every position supervised; wall time {wall / 60:.1f} min. "
       "Paper: Deletang et al. 2023, Table 2 (lengths 41-500, max over 10 seeds x 3 learning rates, "
       "1M steps).\n\n")
@@ -265,7 +267,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int)
     ap.add_argument("--n", type=int, help="test sequences per length")
     ap.add_argument("--hidden", type=int, help="d_hidden / d_model of every model (default: per model)")
-    ap.add_argument("--lr", type=float, help="learning rate of every model (default: per model)")
+    ap.add_argument("--lr", help="comma-separated learning rates tried for every model, best run kept "
+                    "(default: one per model)")
+    ap.add_argument("--full-budget", action="store_true",
+                    help="train every model for all --steps (no early stop at 100%% validation)")
     ap.add_argument("--jobs", type=int, default=1, help="parallel worker processes")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--name", help="output file stem (default length_generalization[_quick])")
@@ -280,14 +285,19 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"unknown models {sorted(unknown)}; choose from {', '.join(MODELS)}")
     if args.lengths:
         settings["lengths"] = [int(x) for x in args.lengths.split(",")]
-    for key in ("steps", "seeds", "n", "hidden", "lr"):
+    if args.lr:
+        settings["lrs"] = [float(x) for x in args.lr.split(",")]
+    settings["full_budget"] = args.full_budget
+    for key in ("steps", "seeds", "n", "hidden"):
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
     stem = args.name or ("length_generalization_quick" if args.quick else "length_generalization")
     jobs = [
         {"task": t, "model": m, "seed": s, "lengths": settings["lengths"], "steps": settings["steps"],
-         "n": settings["n"], "hidden": settings.get("hidden"), "lr": settings.get("lr")}
-        for t in settings["tasks"] for s in range(settings["seeds"]) for m in settings["models"]
+         "n": settings["n"], "hidden": settings.get("hidden"), "lr": lr,
+         "full_budget": settings.get("full_budget", False)}
+        for t in settings["tasks"] for s in range(settings["seeds"]) for lr in settings.get("lrs", [None])
+        for m in settings["models"]
     ]
     torch.set_num_threads(1)
     start = time.perf_counter()
@@ -297,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         all_rows.extend(res["rows"])
         dilution.extend(res["dilution"])
         accs = " ".join(f"{r['length']}:{r['final_accuracy']:.3f}" for r in res["rows"])
-        print(f"[{time.perf_counter() - start:6.0f}s] {job['task']:<20} {job['model']:<20} seed {job['seed']} "
+        lr = f" lr {job['lr']}" if job.get("lr") else ""
+        print(f"[{time.perf_counter() - start:6.0f}s] {job['task']:<20} {job['model']:<20} seed {job['seed']}{lr} "
               f"({res['seconds']:.0f}s, {res['rows'][0]['train_steps']} steps) {accs}", flush=True)
 
     if args.jobs > 1:
