@@ -144,7 +144,7 @@ def run_one(job: dict) -> dict:
         if job["model"] in TRANSFORMER_FAMILY:
             failing = pred[:, -1] != batch.labels[:, -1]
             d = _dilution(model, task, length, batch.tokens, failing)
-            dilution.append({"task": job["task"], "model": job["model"], "seed": job["seed"],
+            dilution.append({"task": job["task"], "model": job["model"], "seed": job["seed"], "lr": lr,
                              "length": int(batch.length), **d})
     return {"rows": rows, "dilution": dilution, "seconds": time.perf_counter() - t0}
 
@@ -215,9 +215,9 @@ def markdown(all_rows: list[dict], dilution: list[dict], tasks: list[str], model
           "attention weight of the last query, and the normalised entropy of its attention row "
           "(1 = uniform). Uniform averaging gives every key 1/T.\n\n")
         w("| task | model | length | failing | max weight | 1/T | entropy |\n|---|---|---:|---:|---:|---:|---:|\n")
-        seeds = {(t, m): rows[0]["seed"] for (t, m), rows in best.items()}
+        runs = {(t, m): (rows[0]["seed"], rows[0].get("lr")) for (t, m), rows in best.items()}
         for d in dilution:
-            if seeds.get((d["task"], d["model"])) != d["seed"]:
+            if runs.get((d["task"], d["model"])) != (d["seed"], d.get("lr")):
                 continue
             w(f"| {d['task']} | {d['model']} | {d['length']} | {d['n_failing']} | "
               f"{d['max_weight']:.3f} | {d['uniform']:.3f} | {d['entropy']:.3f} |\n")

@@ -104,7 +104,9 @@ class HeadStats:
     `prev_token`, `first_token`, `self_token`: mean weight on key t-1, key 0 and key t.
     RMT (see the module doc): the queries are a segment's tokens, keys index the segment's
     `[read memory | tokens | write memory]`; `memory_read` is the weight the token queries put on
-    the read memory, `memory_write` the weight the write slots put on it (None otherwise).
+    the read memory, `memory_write` the weight the write slots put on it (None otherwise). There
+    key t-1 of a segment's first token is the last read-memory slot and key 0 is memory slot 0,
+    so `prev_token` and `first_token` mix memory and token reads.
     """
 
     entropy: np.ndarray

@@ -119,6 +119,8 @@ def rank_components(
 
 
 def _downstream(a: Component, b: Component) -> bool:
+    if a.kind == b.kind == "memory":
+        return b.position > a.position
     if b.order <= a.order:
         return False
     if a.position is not None and b.position is not None and a.kind in _STREAMS:

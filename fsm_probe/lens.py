@@ -26,8 +26,7 @@ from torch import Tensor, nn
 from .datasets import IGNORE_INDEX, Batch, eval_set, label_batch
 from .errors import ConfigError, InputError
 from .models import as_tokens, model_config
-
-MEMORY_HOOK = "hook_memory"
+from .models.rmt import MEMORY_HOOK
 
 
 @dataclass(frozen=True)
@@ -117,7 +116,7 @@ def cache_sites(
             for h in hooks:
                 parts[h].append(cache[h].detach())
     out = {h: torch.cat(v) for h, v in parts.items()}
-    if getattr(getattr(model, "fsm_config", None), "arch", None) == "rmt":
+    if model_config(model).arch == "rmt":
         out = {h: _rmt_rows(model, h, v, tokens.shape[1]) for h, v in out.items()}
     return out
 

@@ -1,4 +1,4 @@
-"""Activation patching and attribution patching for fsm_probe Transformers and RNNs.
+"""Activation patching and attribution patching for fsm_probe Transformers, RNNs and RMTs.
 
 `activation_patching` gives the same numbers as TransformerLens's `get_act_patch_*` loops but
 puts many patches into one forward (stacked along the batch) and recomputes only what a patch can
@@ -26,6 +26,7 @@ from transformer_lens.utilities.activation_functions import apply_softcap
 from .errors import InputError
 from .models import as_tokens, model_config
 from .models.config import MEMORY_ARCHS
+from .models.rmt import MEMORY_HOOK
 
 Metric = Callable[[Tensor], Tensor]
 
@@ -42,9 +43,10 @@ _HOOK_NAMES = {
     "head_out": "attn.hook_z",
 }
 _ROW_BUDGET = 2**25
-# Fewer rows than this per stacked forward and the per-call overhead dominates: patches at nearby
-# positions are then grouped (recomputing a slightly longer suffix) to cut the number of calls.
-_MIN_ROWS = 2048
+# With fewer token rows (sequences x positions) than this per stacked forward the per-call
+# overhead dominates: patches at nearby positions are then grouped (recomputing a slightly longer
+# suffix) to cut the number of calls.
+_MIN_TOKEN_ROWS = 2048
 
 
 # ----- metrics -----
@@ -542,7 +544,7 @@ def _rmt_patched_logits(
     logits = base["logits"].repeat(n, 1, 1)
     if start >= tokens.shape[1]:
         return logits
-    base_mem, src_mem = base["hook_memory"], src["hook_memory"]
+    base_mem, src_mem = base[MEMORY_HOOK], src[MEMORY_HOOK]
     memory = torch.cat([(src_mem if p.pos == t0 else base_mem)[:, t0] for p in patches])
     by_segment: dict[int, list[int]] = {}
     for i, p in enumerate(patches):
@@ -557,7 +559,7 @@ def _rmt_patched_logits(
         act[rows] = src_mem[:, t0 + 1 + hook.pos]
         return act.view(n * batch, *act.shape[2:])
 
-    hooks = [("hook_memory", swap)] if by_segment else []
+    hooks = [(MEMORY_HOOK, swap)] if by_segment else []
     if base.get("_embed") is not None:
         emb = base["_embed"][:, t0 + 1 :].repeat(n, 1, 1, 1)
         hooks.append(("hook_embed", lambda act, hook: emb[:, hook.segment]))
@@ -601,7 +603,7 @@ def _check_site(cfg: Any, site: str) -> None:
 def _sweep_for(cfg: Any, site: str, n_pos: int) -> _Sweep:
     _check_site(cfg, site)
     if cfg.arch == "rmt":
-        n_seg = -(-n_pos // cfg.segment_length)
+        n_seg = cfg.n_segments(n_pos)
         patches = [_Patch((0,), seg) for seg in range(n_seg)]
         return _Sweep(site, patches, [(seg,) for seg in range(n_seg)], (n_seg,), {"axes": ("segment",)})
     heads = range(cfg.n_heads) if site == "head_out" else [None]
@@ -626,7 +628,7 @@ def _auto_patches(cfg: Any, batch: int, n_pos: int) -> int:
 def _span(n_pos: int, batch: int, per_pos: int) -> int:
     """Positions grouped into one stacked forward: at least 1/16 of the sequence, more when the
     rows of one position's patches are too few to pay for the call."""
-    return max(math.ceil(n_pos / 16), min(n_pos, math.ceil(_MIN_ROWS / (batch * n_pos * per_pos))))
+    return max(math.ceil(n_pos / 16), min(n_pos, math.ceil(_MIN_TOKEN_ROWS / (batch * n_pos * per_pos))))
 
 
 class _Runner:
@@ -660,8 +662,8 @@ class _Runner:
         if self.rmt:
             hooks = [] if embed is None else [("hook_embed", lambda act, hook: embed[:, hook.segment])]
             with model.hooks(fwd_hooks=hooks):
-                logits, cache = model.run_with_cache(tokens, names_filter="hook_memory")
-            return {"hook_memory": cache["hook_memory"], "logits": logits, "_embed": embed}
+                logits, cache = model.run_with_cache(tokens, names_filter=MEMORY_HOOK)
+            return {MEMORY_HOOK: cache[MEMORY_HOOK], "logits": logits, "_embed": embed}
         if self.cfg.is_rnn:
             hooks = [] if embed is None else [("hook_embed", lambda act, hook: embed)]
             with model.hooks(fwd_hooks=hooks):
@@ -814,17 +816,17 @@ def _rmt_attribution(
 ) -> tuple[Tensor, float, Tensor]:
     """Base metric, source metric and the per-segment estimate of patching the written memory."""
     with torch.no_grad():
-        src_logits, src_cache = model.run_with_cache(src_tokens, names_filter="hook_memory")
+        src_logits, src_cache = model.run_with_cache(src_tokens, names_filter=MEMORY_HOOK)
     other = _metric_value(metric, src_logits)
-    value, grads = _rnn_gradients(model, base_tokens, metric, ["hook_memory"])
-    act, grad = grads["hook_memory"]
+    value, grads = _rnn_gradients(model, base_tokens, metric, [MEMORY_HOOK])
+    act, grad = grads[MEMORY_HOOK]
     if len(alphas) > 1:
         e0, e1 = _rnn_embed(model, base_tokens), _rnn_embed(model, src_tokens)
         for a in alphas[1:]:
-            _, more = _rnn_gradients(model, base_tokens, metric, ["hook_memory"], e0 + a * (e1 - e0))
-            grad = grad + more["hook_memory"][1]
+            _, more = _rnn_gradients(model, base_tokens, metric, [MEMORY_HOOK], e0 + a * (e1 - e0))
+            grad = grad + more[MEMORY_HOOK][1]
         grad = grad / len(alphas)
-    return value, other, ((src_cache["hook_memory"] - act) * grad).sum((-1, -2)).sum(0)
+    return value, other, ((src_cache[MEMORY_HOOK] - act) * grad).sum((-1, -2)).sum(0)
 
 
 def attribution_patching(
@@ -870,8 +872,8 @@ def attribution_patching(
         elif cfg.is_rnn:
             names = sorted({f"layers.{li}.hook_{'h' if s == 'hidden' else 'c'}" for s in sites for li in range(cfg.n_layers)})
             with torch.no_grad():
-                _, src_cache = model.run_with_cache(src_tokens, names_filter=names, stepwise=True)
-                other = _metric_value(metric, model(src_tokens))
+                src_logits, src_cache = model.run_with_cache(src_tokens, names_filter=names, stepwise=True)
+                other = _metric_value(metric, src_logits)
             value, grads = _rnn_gradients(model, base_tokens, metric, names)
             if steps > 1:
                 e0, e1 = _rnn_embed(model, base_tokens), _rnn_embed(model, src_tokens)

@@ -192,6 +192,8 @@ def probe_model(
         if v.shape != batch.tokens.shape:
             raise InputError(f"target {name!r} has shape {v.shape}, tokens {batch.tokens.shape}")
     sites = stream_sites(model, incl_mid=incl_mid, incl_cell=True, incl_memory=True)
+    t = batch.tokens.shape[1]
+    sites = [s for s in sites if len(site_positions(model, s.hook, t))]  # memory: whole segments
     acts = cache_sites(model, torch.as_tensor(batch.tokens), [s.hook for s in sites])
     b, t = batch.tokens.shape
     rows = np.random.default_rng(seed).permutation(b * t)[:max_samples]
@@ -203,8 +205,6 @@ def probe_model(
         warnings.simplefilter("ignore", ConvergenceWarning)
         for i, site in enumerate(sites):
             pos = site_positions(model, site.hook, t)
-            if len(pos) == 0:
-                raise InputError(f"site {site.label!r} has no rows at length {t}")
             n_rows = b * len(pos)
             picked = rows if len(pos) == t else np.random.default_rng(seed).permutation(n_rows)[:max_samples]
             groups = np.repeat(np.arange(b), len(pos))[picked]

@@ -355,9 +355,7 @@ def report_html(
         doc.text(f"Each segment attends over [read memory ({M}) | {S} tokens | write memory ({M})]. "
                  f"Head reading the memory most from the token positions: <b>L{lay}H{head}</b> "
                  f"(weight {stats.memory_read[lay, head]:.3f}).")
-        seg = max(0, min(tokens.shape[1] // S, (tokens.shape[1] // S) // 2))
-        if (seg + 1) * S > tokens.shape[1]:
-            seg = 0
+        seg = (tokens.shape[1] // S) // 2
         toks = token_labels(task, tokens[0])[seg * S : (seg + 1) * S]
         labels = [f"read{i}" for i in range(M)] + toks + [f"write{i}" for i in range(M)]
         doc.figure(
@@ -438,10 +436,11 @@ def report_html(
         doc.table(rows, ["site", "Spearman", "Spearman of |effect|", "Pearson", "top-10 agreement"])
         doc.figure(
             figs.attribution_scatter(attrib[main], results[main]),
-            "Attribution patching (a first-order estimate from two forwards and one backward) "
-            "against exact activation patching, one point per (layer, position) cell. Points on "
-            f"the dashed diagonal are estimated exactly ({cell} cells); the table above gives the rank "
-            "correlation. Use attribution to screen, exact patching to confirm.",
+            "Attribution patching (a first-order estimate from a forward of each input and one "
+            f"backward) against exact activation patching, one point per {cell}. Points on the "
+            "dashed diagonal are estimated exactly; the table above gives the rank correlations "
+            "(signed, and of |effect|, the order that matters for finding the circuit). Use "
+            "attribution to screen, exact patching to confirm.",
         )
 
     def tracing_section() -> None:
@@ -454,7 +453,7 @@ def report_html(
         labels = [lab.split("·")[1] for lab in token_labels(task, clean[0])]
         if rmt:
             S, n = cfg.segment_length, len(labels)
-            labels = [f"s{k} (tokens {k * S}-{min(n, (k + 1) * S) - 1})" for k in range(-(-n // S))]
+            labels = [f"s{k} (tokens {k * S}-{min(n, (k + 1) * S) - 1})" for k in range(cfg.n_segments(n))]
         for kind in kinds:
             res = causal_tracing(model, clean, corrupt_positions=(pos,), noise=3.0, kind=kind,
                                  n_samples=s.trace_samples, seed=s.seed)

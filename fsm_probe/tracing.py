@@ -1,4 +1,4 @@
-"""ROME-style causal tracing (Meng et al. 2022) for fsm_probe Transformers and RNNs.
+"""ROME-style causal tracing (Meng et al. 2022) for fsm_probe Transformers, RNNs and RMTs.
 
 Corrupt some input positions (Gaussian noise on the token embedding, or a symmetric symbol swap),
 then restore one clean state at a time and measure how much of the probability of the target
@@ -123,7 +123,7 @@ def causal_tracing(
     site = {"resid": resid, "mlp": "mlp_out", "attn": "attn_out"}[kind]
     if site == "mlp_out" and cfg.d_mlp == 0:
         raise InputError("kind='mlp' needs a Transformer with MLPs")
-    _check_site(cfg, site)  # also refuses the memory architectures
+    _check_site(cfg, site)  # also refuses the scratchpad
 
     with _EvalMode(model), torch.no_grad():
         runner = _Runner(model)
@@ -141,7 +141,7 @@ def causal_tracing(
         high = float(metric(src["logits"]))
         low = float(metric(base["logits"]))
         if rmt:
-            n_seg = -(-n_pos // cfg.segment_length)
+            n_seg = cfg.n_segments(n_pos)
             patches = [_Patch((0,), seg) for seg in range(n_seg)]
             sweep = _Sweep(site, patches, [(0, seg) for seg in range(n_seg)], (1, n_seg))
         else:

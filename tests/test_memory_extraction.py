@@ -111,6 +111,10 @@ def test_memory_extraction_errors_are_clear():
         resolve_site(m, "blocks.0.hook_resid_post")
     with pytest.raises(ConfigError, match="lstar needs an rnn"):
         extract(m, get_task("parity"), method="lstar")
+    parity = get_task("parity").automaton  # reads tokens, not the 16 segments of 4 tokens
+    with pytest.raises(InputError, match=r"must read the 16 segments \(e.g. task.automaton.power\(4\)\)"):
+        fidelity(parity, m, np.zeros((2, 3), dtype=np.int64))
+    assert set(fidelity(parity.power(4), m, np.zeros((2, 3), dtype=np.int64))) >= {"per_position"}
     pad = build_model(ModelConfig("scratchpad", 2, 2, d_hidden=16, n_heads=2, positional="none"))
     for site in (None, "hook_memory"):
         with pytest.raises(InputError, match="scratchpad has none"):

@@ -246,28 +246,34 @@ def test_notebook_03_executes(tmp_path):
     run_notebook(ROOT / "examples" / "03_memory_and_length_generalization.ipynb", timeout=900, cwd=tmp_path)
 
 
-@pytest.mark.parametrize("make", [rmt, scratch])
-def test_patching_reads_only_rmt_memory_and_extraction_reads_only_rmt_memory(make):
+def test_scratchpad_has_no_state_to_extract_patch_or_trace():
     from fsm_probe.extraction.collect import collect, resolve_site
     from fsm_probe.patching import activation_patching, probability
     from fsm_probe.tracing import causal_tracing
 
-    m = make().eval()
+    m = scratch().eval()
     tokens = np.zeros((2, 8), dtype=np.int64)
-    if make is scratch:
-        for site in (None, "hook_memory"):
-            with pytest.raises(InputError, match="hook_memory"):
-                resolve_site(m, site)
+    for site in (None, "hook_memory"):
         with pytest.raises(InputError, match="hook_memory"):
-            collect(m, tokens, site="hook_memory")
-    else:  # extraction reads the RMT's memory (tests/test_memory_extraction.py), nothing else
-        assert resolve_site(m, None) == ("hook_memory",)
-        with pytest.raises(InputError, match="hook_memory"):
-            resolve_site(m, "blocks.0.hook_resid_post")
-    with pytest.raises(InputError, match="hook_memory"):  # rmt: only site 'memory' (test_rmt_tools.py)
+            resolve_site(m, site)
+    with pytest.raises(InputError, match="hook_memory"):
+        collect(m, tokens, site="hook_memory")
+    with pytest.raises(InputError, match="hook_memory"):
         activation_patching(m, tokens, tokens, probability([0, 0]))
-    if make is scratch:
-        with pytest.raises(InputError, match="hook_memory"):
-            causal_tracing(m, tokens, corrupt_positions=1, n_samples=1)
-    else:
-        assert causal_tracing(m, tokens, corrupt_positions=1, n_samples=1).scores.shape == (1, 2)
+    with pytest.raises(InputError, match="hook_memory"):
+        causal_tracing(m, tokens, corrupt_positions=1, n_samples=1)
+
+
+def test_rmt_tools_read_only_its_memory():
+    from fsm_probe.extraction.collect import resolve_site
+    from fsm_probe.patching import activation_patching, probability
+    from fsm_probe.tracing import causal_tracing
+
+    m = rmt().eval()
+    tokens = np.zeros((2, 8), dtype=np.int64)
+    assert resolve_site(m, None) == ("hook_memory",)  # extraction: tests/test_memory_extraction.py
+    with pytest.raises(InputError, match="hook_memory"):
+        resolve_site(m, "blocks.0.hook_resid_post")
+    with pytest.raises(InputError, match="hook_memory"):  # the default site, resid_pre, is not one
+        activation_patching(m, tokens, tokens, probability([0, 0]))
+    assert causal_tracing(m, tokens, corrupt_positions=1, n_samples=1).scores.shape == (1, 2)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fsm_probe.attention import attention_dilution, attention_patterns, head_stats, segment_patterns
-from fsm_probe.circuit import rank_components
+from fsm_probe.circuit import circuit_graph, rank_components
 from fsm_probe.errors import InputError
 from fsm_probe.figures.circuits import head_stats_figure, patching_figure, tracing_figure
 from fsm_probe.lens import (
@@ -88,6 +88,26 @@ def test_memory_patching_matches_hook_patching_and_restarting(direction):
         assert float(res.values[3]) == pytest.approx(res.baseline, abs=1e-6)
 
 
+@pytest.mark.parametrize("bptt", [0, 1])
+def test_memory_attribution_equals_gradient_of_a_restarted_run(bptt):
+    m = rmt(bptt_segments=bptt)
+    clean, corrupted = _flip_pair(4, 12, flip=1)
+    metric = logit_diff(torch.tensor([0, 1, 0, 1]), torch.tensor([1, 0, 1, 0]))
+    approx = attribution_patching(m, clean, corrupted, metric, sites=["memory"])["memory"]
+    with torch.no_grad():
+        _, c_cache = m.run_with_cache(clean, names_filter="hook_memory")
+        _, x_cache = m.run_with_cache(corrupted, names_filter="hook_memory")
+        prefix = m(corrupted)
+    for s in range(3):  # the memory written by segment s, as the leaf of a run restarted from it
+        leaf = x_cache["hook_memory"][:, s].clone().requires_grad_(True)
+        logits = torch.cat([prefix[:, : (s + 1) * 3], m(corrupted[:, (s + 1) * 3 :], memory=leaf)], 1)
+        (grad,) = torch.autograd.grad(metric(logits), leaf)
+        delta = float(((c_cache["hook_memory"][:, s] - leaf.detach()) * grad).sum())
+        assert float(approx.effect()[s]) == pytest.approx(delta, abs=1e-5)
+        assert abs(delta) > 1e-6  # a real check: the gradient is not cut at segment boundaries
+    assert float(approx.effect()[3]) == 0.0
+
+
 def test_memory_patching_on_trained_rmt_and_attribution(trained):
     task, model, _ = trained
     clean, corrupted = _flip_pair(32, 12, flip=5)  # segment 2 holds the flipped symbol
@@ -111,6 +131,9 @@ def test_memory_patching_on_trained_rmt_and_attribution(trained):
     assert torch.allclose(noised.normalized()[2:5], torch.zeros(3), atol=1e-5)
     ranked = rank_components({"memory": exact})
     assert [c.name for c in ranked[:3]] == ["memory@2", "memory@3", "memory@4"]
+    graph = circuit_graph({"memory": exact})
+    assert graph.has_edge("memory@2", "memory@3") and graph.has_edge("memory@3", "memory@4")
+    assert not graph.has_edge("memory@3", "memory@2") and not graph.has_edge("input", "memory@3")
     assert ranked[0].kind == "memory" and ranked[0].position == 2
     assert len(patching_figure(exact).data[0].z[0]) == 6
 
@@ -185,6 +208,8 @@ def test_lens_and_probes_on_trained_rmt(trained):
     assert probes.sites[-1] == "memory"
     state = probes.targets.index("state")
     assert probes.accuracy[-1, state] == 1.0  # the memory holds parity after every segment
+    short = probe_model(model, tokens=np.random.default_rng(0).integers(0, 2, (64, 1)), moduli=())
+    assert "memory" not in short.sites and short.sites[-1] == "L0.post"  # no complete segment
 
 
 # ---------------------------------------------------------------- attention

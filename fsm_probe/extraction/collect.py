@@ -23,8 +23,9 @@ from torch import nn
 from ..automata import segment_tokens, segment_words
 from ..errors import ConfigError, InputError
 from ..models import as_tokens, model_config, predict_logits
+from ..models.rmt import MEMORY_HOOK
 
-MEMORY_SITE = "hook_memory"
+MEMORY_SITE = MEMORY_HOOK
 
 Site = str | Sequence[str] | None
 
@@ -223,7 +224,7 @@ def _collect_memory(
 ) -> Collection:
     """`collect` on an RMT's memory: one row per segment boundary, the initial memory first."""
     L = model_config(model).segment_length
-    base = model_config(model).d_vocab if automaton is None else automaton.n_symbols
+    base = model_config(model).d_vocab
     tok = t.cpu().numpy()
     if automaton is not None:
         automaton.check_tokens(tok)
@@ -266,21 +267,20 @@ def _collect_memory(
     )
 
 
-def _integer_root(n: int, length: int) -> int:
-    k = max(1, round(n ** (1 / length)))
-    for c in (k - 1, k, k + 1):
-        if c >= 1 and c**length == n:
-            return c
-    raise InputError(f"{n} symbols are not the words of {length} tokens over any alphabet")
-
-
 def word_tokens(model: nn.Module, words: np.ndarray, n_symbols: int) -> np.ndarray:
     """The model's input for `words` over an extraction alphabet of `n_symbols` symbols: the
-    words themselves, or on an RMT the tokens of their segments (`n_symbols` = k^L)."""
+    words themselves, or on an RMT the tokens of their segments (`n_symbols` must be k^L for the
+    model's k tokens: an automaton over segments, such as `task.automaton.power(L)`)."""
     L = memory_segment_length(model)
     if L is None:
         return np.asarray(words)
-    return segment_words(words, _integer_root(n_symbols, L), L)
+    k = model_config(model).d_vocab
+    if n_symbols != k**L:
+        raise InputError(
+            f"on an rmt with segment_length={L} and {k} tokens the automaton must read the {k ** L} "
+            f"segments (e.g. task.automaton.power({L})), not {n_symbols} symbols"
+        )
+    return segment_words(words, k, L)
 
 
 def word_labels(

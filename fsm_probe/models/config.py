@@ -79,6 +79,11 @@ class ModelConfig:
     def is_rnn(self) -> bool:
         return self.arch in RNN_ARCHS
 
+    def n_segments(self, length: int) -> int:
+        """Segments of `segment_length` tokens an `rmt` cuts `length` tokens into (the last may
+        be shorter)."""
+        return -(-length // self.segment_length)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

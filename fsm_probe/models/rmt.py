@@ -8,7 +8,7 @@ final residual stream after `ln_final` at the write slots becomes the next segme
 logits are read at the token positions. Positions restart in every segment, so the position
 embeddings (or rotary tables) only ever cover `segment_length + 2M` positions and any input
 length runs. Training back-propagates through the recurrence, cut every `bptt_segments`
-segments (0 = never).
+segments (0 = never); in eval mode gradients (attribution patching) always flow through it.
 
 Hook points (TransformerLens names, no prefix):
 
@@ -46,6 +46,7 @@ from .tokens import check_tokens
 from .transformer import build_transformer
 
 INNER = "transformer"
+MEMORY_HOOK = "hook_memory"
 
 
 def validate_tokens(tokens: Any, d_vocab: int, device: torch.device) -> Tensor:
@@ -217,7 +218,7 @@ class HookedRMT(InnerBridgeMixin):
         return {"hook_memory": self.memory_init.unsqueeze(0).expand(batch_size, -1, -1)}
 
     def n_segments(self, length: int) -> int:
-        return -(-length // self.cfg.segment_length)
+        return self.cfg.n_segments(length)
 
     def _segment(self, seg: Tensor, memory: Tensor, n_real: int, index: int) -> tuple[Tensor, Tensor]:
         """One segment: logits at the token positions and the written memory."""
@@ -265,7 +266,7 @@ class HookedRMT(InnerBridgeMixin):
         outs = []
         k = self.cfg.bptt_segments
         for s in range(self.n_segments(length)):
-            if k and s and s % k == 0 and torch.is_grad_enabled():
+            if k and s and s % k == 0 and self.training and torch.is_grad_enabled():
                 mem = mem.detach()
             seg = tokens[:, s * S : (s + 1) * S]
             n_real = seg.shape[1]
