@@ -523,7 +523,7 @@ def check_extraction(
     }
     fid, acc, tests = {}, {}, {}
     for length in lengths:
-        steps = int(length) if segment is None else max(1, int(length) // segment)
+        steps = extractor._steps(int(length))
         tok = rng.integers(0, a.n_symbols, (n, steps))
         tests[int(length)] = tok
         fid[str(length)] = agreement(a, tok, word_labels(model, tok, a.n_symbols)[:, 1:])
