@@ -769,7 +769,7 @@ def activation_patching(
     return PatchingResult(values, sweep.extra["axes"], site, direction, clean_value, corr_value)
 
 
-def _rnn_gradients(
+def _step_gradients(
     model: nn.Module, tokens: Tensor, metric: Metric, names: list[str], embed: Tensor | None = None
 ) -> tuple[Tensor, dict[str, tuple[Tensor, Tensor]]]:
     """Metric and, per hook name, the activations and gradients stacked over steps (RNN steps or
@@ -811,22 +811,28 @@ def _rnn_embed(model: nn.Module, tokens: Tensor) -> Tensor:
     return cache["hook_embed"]
 
 
-def _rmt_attribution(
-    model: nn.Module, base_tokens: Tensor, src_tokens: Tensor, metric: Metric, alphas: list[float]
-) -> tuple[Tensor, float, Tensor]:
-    """Base metric, source metric and the per-segment estimate of patching the written memory."""
+def _step_attribution(
+    model: nn.Module, base_tokens: Tensor, src_tokens: Tensor, metric: Metric, names: list[str],
+    alphas: list[float],
+) -> tuple[Tensor, float, dict[str, Tensor]]:
+    """Base metric, source metric and, per hook name, the estimate per step (RNN step or RMT
+    segment) of patching that state: (source - base) . mean gradient over `alphas`, summed over
+    the batch and the state's other dimensions."""
+    stepwise = {} if model_config(model).arch == "rmt" else {"stepwise": True}
     with torch.no_grad():
-        src_logits, src_cache = model.run_with_cache(src_tokens, names_filter=MEMORY_HOOK)
+        src_logits, src_cache = model.run_with_cache(src_tokens, names_filter=names, **stepwise)
     other = _metric_value(metric, src_logits)
-    value, grads = _rnn_gradients(model, base_tokens, metric, [MEMORY_HOOK])
-    act, grad = grads[MEMORY_HOOK]
+    value, grads = _step_gradients(model, base_tokens, metric, names)
     if len(alphas) > 1:
         e0, e1 = _rnn_embed(model, base_tokens), _rnn_embed(model, src_tokens)
         for a in alphas[1:]:
-            _, more = _rnn_gradients(model, base_tokens, metric, [MEMORY_HOOK], e0 + a * (e1 - e0))
-            grad = grad + more[MEMORY_HOOK][1]
-        grad = grad / len(alphas)
-    return value, other, ((src_cache[MEMORY_HOOK] - act) * grad).sum((-1, -2)).sum(0)
+            _, more = _step_gradients(model, base_tokens, metric, names, e0 + a * (e1 - e0))
+            grads = {n: (grads[n][0], grads[n][1] + more[n][1]) for n in names}
+    deltas = {
+        n: ((src_cache[n] - act) * grad / len(alphas)).flatten(2).sum(-1).sum(0)
+        for n, (act, grad) in grads.items()
+    }
+    return value, other, deltas
 
 
 def attribution_patching(
@@ -868,26 +874,16 @@ def attribution_patching(
     deltas: dict[str, Tensor] = {}
     with _EvalMode(model):
         if cfg.arch == "rmt":
-            value, other, deltas["memory"] = _rmt_attribution(model, base_tokens, src_tokens, metric, alphas)
+            value, other, per_hook = _step_attribution(model, base_tokens, src_tokens, metric, [MEMORY_HOOK], alphas)
+            deltas["memory"] = per_hook[MEMORY_HOOK]
         elif cfg.is_rnn:
-            names = sorted({f"layers.{li}.hook_{'h' if s == 'hidden' else 'c'}" for s in sites for li in range(cfg.n_layers)})
-            with torch.no_grad():
-                src_logits, src_cache = model.run_with_cache(src_tokens, names_filter=names, stepwise=True)
-                other = _metric_value(metric, src_logits)
-            value, grads = _rnn_gradients(model, base_tokens, metric, names)
-            if steps > 1:
-                e0, e1 = _rnn_embed(model, base_tokens), _rnn_embed(model, src_tokens)
-                for a in alphas[1:]:
-                    _, more = _rnn_gradients(model, base_tokens, metric, names, e0 + a * (e1 - e0))
-                    grads = {n: (grads[n][0], grads[n][1] + more[n][1]) for n in names}
-                grads = {n: (act, g / steps) for n, (act, g) in grads.items()}
+            def hook(site: str, li: int) -> str:
+                return f"layers.{li}.hook_{'h' if site == 'hidden' else 'c'}"
+
+            names = sorted({hook(site, li) for site in sites for li in range(cfg.n_layers)})
+            value, other, per_hook = _step_attribution(model, base_tokens, src_tokens, metric, names, alphas)
             for site in sites:
-                rows = []
-                for li in range(cfg.n_layers):
-                    act, grad = grads[f"layers.{li}.hook_{'h' if site == 'hidden' else 'c'}"]
-                    name = f"layers.{li}.hook_{'h' if site == 'hidden' else 'c'}"
-                    rows.append(((src_cache[name] - act) * grad).sum(-1).sum(0))
-                deltas[site] = torch.stack(rows)
+                deltas[site] = torch.stack([per_hook[hook(site, li)] for li in range(cfg.n_layers)])
         else:
             engine = _TransformerEngine(model)
             needed = _needed_positions(metric, base_tokens.shape[1])
