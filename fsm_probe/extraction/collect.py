@@ -12,9 +12,10 @@ automaton to compare with is the task's `power(L)`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import product
+from typing import Any
 
 import numpy as np
 import torch
@@ -158,6 +159,21 @@ def model_labels(model: nn.Module, tokens: np.ndarray, batch_size: int = 512) ->
     return np.concatenate([np.full((body.shape[0], 1), first, dtype=np.int64), body], axis=1)
 
 
+def _cached_chunks(
+    model: nn.Module, t: torch.Tensor, names: list[str], batch_size: int
+) -> Iterator[tuple[torch.Tensor, Any]]:
+    """`(logits, cache)` of `run_with_cache` on `t` in chunks of `batch_size`, in eval mode (the
+    model's mode is restored afterwards)."""
+    was = model.training
+    model.eval()
+    try:
+        for s in range(0, t.shape[0], batch_size):
+            logits, cache = model.run_with_cache(t[s : s + batch_size], names_filter=names)
+            yield (logits[0] if isinstance(logits, tuple) else logits), cache
+    finally:
+        model.train(was)
+
+
 @torch.no_grad()
 def collect(
     model: nn.Module,
@@ -179,18 +195,10 @@ def collect(
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     if names == (MEMORY_SITE,):
         return _collect_memory(model, t, automaton, batch_size)
-    was = model.training
-    model.eval()
     vecs, preds = [], []
-    try:
-        for s in range(0, t.shape[0], batch_size):
-            logits, cache = model.run_with_cache(t[s : s + batch_size], names_filter=list(names))
-            if isinstance(logits, tuple):
-                logits = logits[0]
-            vecs.append(torch.cat([cache[n] for n in names], dim=-1).float().cpu().numpy())
-            preds.append(logits.argmax(-1).cpu().numpy())
-    finally:
-        model.train(was)
+    for logits, cache in _cached_chunks(model, t, list(names), batch_size):
+        vecs.append(torch.cat([cache[n] for n in names], dim=-1).float().cpu().numpy())
+        preds.append(logits.argmax(-1).cpu().numpy())
     body = np.concatenate(vecs)
     init = initial_vector(model, names)
     virtual = init is None
@@ -233,17 +241,11 @@ def _collect_memory(
             f"the rmt's memory advances once per segment of {L} tokens: sequence length "
             f"{tok.shape[1]} is not a multiple of segment_length={L}"
         )
-    was = model.training
-    model.eval()
     vecs, preds = [], []
-    try:
-        for s in range(0, t.shape[0], batch_size):
-            logits, cache = model.run_with_cache(t[s : s + batch_size], names_filter=MEMORY_SITE)
-            mem = cache[MEMORY_SITE]
-            vecs.append(mem.reshape(*mem.shape[:2], -1).float().cpu().numpy())
-            preds.append(logits[:, L - 1 :: L].argmax(-1).cpu().numpy())
-    finally:
-        model.train(was)
+    for logits, cache in _cached_chunks(model, t, [MEMORY_SITE], batch_size):
+        mem = cache[MEMORY_SITE]
+        vecs.append(mem.reshape(*mem.shape[:2], -1).float().cpu().numpy())
+        preds.append(logits[:, L - 1 :: L].argmax(-1).cpu().numpy())
     body = np.concatenate(vecs)
     body_preds = np.concatenate(preds).astype(np.int64)
     init = model.initial_state(1)[MEMORY_SITE].reshape(1, 1, -1).detach().float().cpu().numpy()
