@@ -13,6 +13,7 @@ patched as a whole (all M vectors) per segment; its sweeps restart from the cach
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -250,10 +251,67 @@ def _chunks(patches: list[_Patch], span: int, limit: int, by_layer: bool) -> Ite
 # ----- Transformer engine -----
 
 
+def _plain(module: nn.Module) -> nn.Module:
+    """The plain torch layer (Linear, Embedding) a bridge component wraps, else the component."""
+    inner = getattr(module, "original_component", None)
+    return inner if isinstance(inner, (nn.Linear, nn.Embedding)) else module
+
+
+def _norm(module: nn.Module, fused: bool = False) -> Callable[[Tensor], Tensor]:
+    """The bridge's LayerNorm/RMSNorm without its hook dispatch. By default in the bridge's own
+    operations: `F.layer_norm`'s rounding depends on the batch shape, and with these a patch that
+    changes nothing reproduces the unpatched run bit for bit. `fused` takes the torch module's
+    fused kernel (faster, equal to about 1e-7)."""
+    inner = getattr(module, "original_component", None)
+    cfg = getattr(module, "config", None)
+    if fused and isinstance(inner, (nn.LayerNorm, nn.RMSNorm)):
+        return inner
+    if (
+        not isinstance(getattr(inner, "weight", None), Tensor)
+        or getattr(module, "use_native_layernorm_autograd", True)
+        or getattr(cfg, "layer_norm_folding", False)
+        or module.uses_weight_offset
+    ):
+        return module
+    rms, eps = module.uses_rms_norm, getattr(cfg, "eps", 1e-5)
+    weight, bias = inner.weight, None if rms else getattr(inner, "bias", None)
+
+    def norm(x: Tensor) -> Tensor:
+        if x.dtype not in (torch.float32, torch.float64):
+            return module(x)
+        if not rms:
+            x = x - x.mean(-1, keepdim=True)
+        x = x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt() * weight
+        return x if bias is None else x + bias
+
+    return norm
+
+
+def _plain_mlp(mlp: nn.Module) -> Callable[[Tensor], Tensor]:
+    inner = getattr(mlp, "original_component", None)
+    if type(inner).__name__ != "NativeMLP" or getattr(inner, "ln", None) is not None:
+        return mlp
+    fc_in, fc_out, act = _plain(inner.fc_in), _plain(inner.fc_out), inner.act
+    return lambda x: fc_out(act(fc_in(x)))
+
+
+def _fused_qkv(attn: nn.Module) -> tuple[Tensor, Tensor | None]:
+    """q, k and v projections stacked into one weight (and bias), detached from the model."""
+    layers = [_plain(getattr(attn, name)) for name in "qkv"]
+    with torch.no_grad():
+        weight = torch.cat([layer.weight for layer in layers])
+        biases = [layer.bias for layer in layers]
+        if all(b is None for b in biases):
+            return weight, None
+        bias = torch.cat([torch.zeros(layer.out_features, device=weight.device, dtype=weight.dtype)
+                          if b is None else b for layer, b in zip(layers, biases, strict=True)])
+    return weight, bias
+
+
 class _TransformerEngine:
     """Forward passes of a natively built TransformerBridge that start anywhere inside it."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, fused_norm: bool = False) -> None:
         net = getattr(model, "original_model", None)
         if net is None or not hasattr(net, "layers") or not hasattr(net, "ln_out"):
             raise InputError("fast patching needs a Transformer built by fsm_probe (boot_native)")
@@ -263,6 +321,14 @@ class _TransformerEngine:
         self.n_layers = len(self.layers)
         self.attn_only = not hasattr(self.layers[0], "mlp")
         self.causal = all(blk.attn.causal for blk in self.layers)
+        # The torch modules inside the bridge's wrappers compute the same functions without the
+        # per-call hook dispatch, which dominates at these sizes; q, k and v become one matmul.
+        self.ln1 = [_norm(blk.ln1, fused_norm) for blk in self.layers]
+        self.ln2 = [_norm(blk.ln2, fused_norm) for blk in self.layers] if not self.attn_only else []
+        self.mlp = [_plain_mlp(blk.mlp) for blk in self.layers] if not self.attn_only else []
+        self.qkv = [_fused_qkv(blk.attn) for blk in self.layers]
+        self.o = [_plain(blk.attn.o) for blk in self.layers]
+        self.ln_out, self.head = _norm(net.ln_out, fused_norm), _plain(net.head)
 
     @staticmethod
     def resid0(model: nn.Module, tokens: Tensor) -> Tensor:
@@ -274,18 +340,23 @@ class _TransformerEngine:
             return cache["blocks.0.hook_resid_pre"]
         if tokens.shape[1] > net.cfg.n_ctx:
             raise InputError(f"input length {tokens.shape[1]} exceeds n_ctx={net.cfg.n_ctx}")
-        x = net.tok_embed(tokens)
-        if net.pos is not None:
-            pos = torch.arange(tokens.shape[1], device=tokens.device)[None].expand(tokens.shape[0], -1)
-            x = x + net.pos(pos)
+        x = _plain(net.tok_embed)(tokens)
+        pos = None if net.pos is None else _plain(net.pos)
+        if isinstance(pos, nn.Embedding):
+            x = x + pos.weight[: tokens.shape[1]]
+        elif pos is not None:
+            x = x + pos(torch.arange(tokens.shape[1], device=tokens.device)[None].expand(tokens.shape[0], -1))
         return x
 
     def _qkv(self, li: int, h: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         attn = self.layers[li].attn
         n, s, _ = h.shape
-        q = attn.q(h).view(n, s, attn.n_heads, attn.d_head).transpose(1, 2)
-        k = attn.k(h).view(n, s, attn.n_kv_heads, attn.d_head).transpose(1, 2)
-        v = attn.v(h).view(n, s, attn.n_kv_heads, attn.d_head).transpose(1, 2)
+        weight, bias = self.qkv[li]
+        d_q, d_kv = attn.n_heads * attn.d_head, attn.n_kv_heads * attn.d_head
+        q, k, v = F.linear(h, weight, bias).split((d_q, d_kv, d_kv), dim=-1)
+        q = q.view(n, s, attn.n_heads, attn.d_head).transpose(1, 2)
+        k = k.view(n, s, attn.n_kv_heads, attn.d_head).transpose(1, 2)
+        v = v.view(n, s, attn.n_kv_heads, attn.d_head).transpose(1, 2)
         if attn.rotary is not None:
             q, k = attn.rotary.apply_rope(q, k, position_ids=positions[None].expand(n, -1))
         return q, k, v
@@ -298,16 +369,16 @@ class _TransformerEngine:
         scores = apply_softcap(torch.matmul(q, k.transpose(-2, -1)) / attn.scale, attn.attn_scores_soft_cap)
         if attn.causal:
             mask = torch.arange(k.shape[2], device=q.device)[None, :] > qpos[:, None]
-            pattern = F.softmax(scores.masked_fill(mask, float("-inf")), dim=-1).masked_fill(mask, 0.0)
+            pattern = F.softmax(scores.masked_fill(mask, float("-inf")), dim=-1)
         else:
             pattern = F.softmax(scores, dim=-1)
         return torch.matmul(pattern, v).transpose(1, 2)
 
     def _o(self, li: int, z: Tensor) -> Tensor:
-        return self.layers[li].attn.o(z.reshape(*z.shape[:2], -1))
+        return self.o[li](z.reshape(*z.shape[:2], -1))
 
     def _unembed(self, x: Tensor) -> Tensor:
-        return apply_softcap(self.net.head(self.net.ln_out(x)), self.net.output_logits_soft_cap)
+        return apply_softcap(self.head(self.ln_out(x)), self.net.output_logits_soft_cap)
 
     def full(self, resid0: Tensor, needed: list[int] | None = None, grad: bool = False) -> dict[str, Any]:
         """Every stage of every layer for the run whose `blocks.0.hook_resid_pre` is `resid0`.
@@ -322,9 +393,9 @@ class _TransformerEngine:
         cols = pos if needed is None else torch.tensor(needed, dtype=torch.long, device=resid0.device)
         run: dict[str, Any] = {s: [] for s in (*STAGES, "k", "v")}
         x = resid0.detach().requires_grad_(True) if grad else resid0
-        for li, blk in enumerate(self.layers):
+        for li in range(self.n_layers):
             run["resid_pre"].append(x)
-            q, k, v = self._qkv(li, blk.ln1(x), pos)
+            q, k, v = self._qkv(li, self.ln1[li](x), pos)
             run["k"].append(k)
             run["v"].append(v)
             qpos = pos
@@ -339,7 +410,7 @@ class _TransformerEngine:
             if self.attn_only:
                 x = mid
             else:
-                m = blk.mlp(blk.ln2(mid))
+                m = self.mlp[li](self.ln2[li](mid))
                 run["mlp_out"].append(m)
                 x = mid + m
             run["resid_post"].append(x)
@@ -401,7 +472,6 @@ class _TransformerEngine:
         entry = STAGES.index(site)
         x = z = a = None
         for li in range(first, self.n_layers):
-            blk = self.layers[li]
             skip = entry if li == first else 0
             keep = cols if (needed is not None and li == self.n_layers - 1) else None
             qpos = suffix if keep is None else suffix[keep]
@@ -413,7 +483,7 @@ class _TransformerEngine:
                 if skip == 1:
                     z = expand(base["head_out"][li], keep)
                 else:
-                    q, k, v = self._qkv(li, blk.ln1(x), suffix)
+                    q, k, v = self._qkv(li, self.ln1[li](x), suffix)
                     if s:
                         k = torch.cat([base["k"][li][:, :, :s].repeat(n, 1, 1, 1), k], dim=2)
                         v = torch.cat([base["v"][li][:, :, :s].repeat(n, 1, 1, 1), v], dim=2)
@@ -433,7 +503,7 @@ class _TransformerEngine:
                 if skip <= 4:
                     if skip == 4:
                         x = expand(base["resid_mid"][li], keep)
-                    m = expand(base["mlp_out"][li], keep) if skip == 4 else blk.mlp(blk.ln2(x))
+                    m = expand(base["mlp_out"][li], keep) if skip == 4 else self.mlp[li](self.ln2[li](x))
                     x = x + patch(li, "mlp_out", m, keep)
                 else:
                     x = expand(base["resid_post"][li], keep)
@@ -713,14 +783,20 @@ class _Runner:
         return out
 
 
+_SUBMODULES: weakref.WeakKeyDictionary[nn.Module, list[nn.Module]] = weakref.WeakKeyDictionary()
+
+
 class _EvalMode:
     def __init__(self, model: nn.Module) -> None:
         self.model = model
 
     def __enter__(self) -> None:
-        # Module.eval() on a TransformerBridge costs tens of ms; skip it when nothing is training.
+        # Module.eval() on a TransformerBridge costs tens of ms, and walking its module tree about
+        # 1 ms: skip eval() when nothing is training, and walk the tree once per model.
         self.was = self.model.training
-        self.changed = any(m.training for m in self.model.modules())
+        if self.model not in _SUBMODULES:
+            _SUBMODULES[self.model] = list(self.model.modules())
+        self.changed = any(m.training for m in _SUBMODULES[self.model])
         if self.changed:
             self.model.eval()
 
@@ -856,8 +932,8 @@ def attribution_patching(
     is averaged over `steps` runs whose input embeddings (`blocks.0.hook_resid_pre`, or the
     RNN's and RMT's `hook_embed`) lie at `alpha = k / steps`, k = 0..steps-1, on the line from
     the base to the source input (left Riemann sum, so `steps=1` is plain attribution patching);
-    the multiplier is still (source act - base act). The Transformer runs the source, the base
-    and all steps as one stacked forward + backward. A site whose patch is the same as moving
+    the multiplier is still (source act - base act). The Transformer runs the source without a
+    graph, then the base and all steps as one stacked forward + backward. A site whose patch is the same as moving
     the whole input (e.g. the embedding at the only position where the inputs differ) converges
     to exact patching. The estimate is first order: where one patch flips a saturated decision
     (parity), magnitudes and small cells' signs can be far off; rank by |effect| and confirm the
@@ -885,37 +961,36 @@ def attribution_patching(
             for site in sites:
                 deltas[site] = torch.stack([per_hook[hook(site, li)] for li in range(cfg.n_layers)])
         else:
-            engine = _TransformerEngine(model)
+            engine = _TransformerEngine(model, fused_norm=True)
             needed = _needed_positions(metric, base_tokens.shape[1])
             batch = base_tokens.shape[0]
             with torch.no_grad():
-                src_resid0 = _TransformerEngine.resid0(model, src_tokens)
-                base_resid0 = _TransformerEngine.resid0(model, base_tokens)
+                resid0 = _TransformerEngine.resid0(model, torch.cat([src_tokens, base_tokens]))
+                src_resid0, base_resid0 = resid0[:batch], resid0[batch:]
+                src = engine.full(src_resid0, needed)
                 paths = [base_resid0 + a * (src_resid0 - base_resid0) for a in alphas[1:]]
-            # One stacked forward [source, base, base + alpha * (source - base), ...]: at these
-            # sizes the cost is per call, not per row; the source rows get zero gradient.
+            # The source runs without a graph (a backward through its rows would cost as much as
+            # the base's); the base and the integrated-gradient points run as one stacked batch.
             with torch.enable_grad():
-                run = engine.full(torch.cat([src_resid0, base_resid0, *paths]), needed, grad=True)
-                parts = [metric(run["logits"][k * batch : (k + 1) * batch]) for k in range(1, steps + 1)]
+                run = engine.full(torch.cat([base_resid0, *paths]), needed, grad=True)
+                parts = [metric(run["logits"][k * batch : (k + 1) * batch]) for k in range(steps)]
                 value, total = parts[0], torch.stack(parts).sum()
                 flat = [run[site][li] for site in sites for li in range(cfg.n_layers)]
                 grads = iter(torch.autograd.grad(total, flat, allow_unused=True))
-            other = _metric_value(metric, run["logits"][:batch].detach())
-            src = {site: [t[:batch].detach() for t in run[site]] for site in sites}
-            base = {**run, **{site: [t[batch:] for t in run[site]] for site in sites}}
+            other = _metric_value(metric, src["logits"])
             value = value.detach()
             n_pos = base_tokens.shape[1]
             with torch.no_grad():
                 for site in sites:
                     rows = []
                     for li in range(cfg.n_layers):
-                        act, grad = base[site][li], next(grads)
-                        act = act[:batch]
-                        grad = None if grad is None else grad[batch:].view(steps, *act.shape).mean(0)
+                        act, grad = run[site][li][:batch].detach(), next(grads)
+                        if grad is not None and steps > 1:
+                            grad = grad.view(steps, *act.shape).mean(0)
                         cell = act.new_zeros((n_pos, *act.shape[2:-1]))
                         if grad is not None:
                             d = ((src[site][li] - act) * grad).sum(-1).sum(0)
-                            cell = d if act.shape[1] == n_pos else cell.index_copy(0, base["cols"], d)
+                            cell = d if act.shape[1] == n_pos else cell.index_copy(0, run["cols"], d)
                         rows.append(cell)
                     deltas[site] = torch.stack(rows)
     base_value = float(value)
