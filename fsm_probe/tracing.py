@@ -3,7 +3,7 @@
 Corrupt some input positions (Gaussian noise on the token embedding, or a symmetric symbol swap),
 then restore one clean state at a time and measure how much of the probability of the target
 label at the last position comes back. Restorations are batched exactly as in
-`fsm_probe.patching`. On an RMT the restored state is the memory each segment writes.
+`fsm_probe.patching` (both run on `fsm_probe.patched_runs`). On an RMT the restored state is the memory each segment writes.
 """
 
 from __future__ import annotations
@@ -18,15 +18,8 @@ from torch import Tensor, nn
 
 from .errors import InputError
 from .models import as_tokens, model_config
-from .patching import (
-    _check_site,
-    _EvalMode,
-    _Patch,
-    _Runner,
-    _Sweep,
-    probability,
-    symmetric_corruption,
-)
+from .patched_runs import EvalMode, Patch, Runner, Sweep
+from .patching import _check_site, probability, symmetric_corruption
 
 KINDS = ("resid", "mlp", "attn")
 
@@ -125,8 +118,8 @@ def causal_tracing(
         raise InputError("kind='mlp' needs a Transformer with MLPs")
     _check_site(cfg, site)  # also refuses the scratchpad
 
-    with _EvalMode(model), torch.no_grad():
-        runner = _Runner(model)
+    with EvalMode(model), torch.no_grad():
+        runner = Runner(model)
         clean_run = runner.run(clean)
         if target_labels is None:
             target = clean_run["logits"][:, -1].argmax(-1)
@@ -142,15 +135,15 @@ def causal_tracing(
         low = float(metric(base["logits"]))
         if rmt:
             n_seg = cfg.n_segments(n_pos)
-            patches = [_Patch((0,), seg) for seg in range(n_seg)]
-            sweep = _Sweep(site, patches, [(0, seg) for seg in range(n_seg)], (1, n_seg))
+            patches = [Patch((0,), seg) for seg in range(n_seg)]
+            sweep = Sweep(site, patches, [(0, seg) for seg in range(n_seg)], (1, n_seg))
         else:
             patches, slots = [], []
             for layer in range(cfg.n_layers):
                 for p in range(n_pos):
-                    patches.append(_Patch(_window(layer, window, cfg.n_layers), p))
+                    patches.append(Patch(_window(layer, window, cfg.n_layers), p))
                     slots.append((layer, p))
-            sweep = _Sweep(site, patches, slots, (cfg.n_layers, n_pos))
+            sweep = Sweep(site, patches, slots, (cfg.n_layers, n_pos))
         scores = runner.evaluate(rows, base, src, sweep, metric, batch_patches)
     return TracingResult(
         scores, low, high, kind, window, noise, tuple(p % n_pos for p in positions), batch, n_samples,
@@ -159,7 +152,7 @@ def causal_tracing(
 
 
 def _corrupted_run(
-    runner: _Runner, model: nn.Module, clean: Tensor, rows: Tensor, positions: tuple[int, ...],
+    runner: Runner, model: nn.Module, clean: Tensor, rows: Tensor, positions: tuple[int, ...],
     noise: float | str, n_samples: int, seed: int, automaton: Any,
 ) -> dict[str, Any]:
     if noise == "symmetric":

@@ -223,12 +223,12 @@ def test_result_helpers_and_errors(model, tokens):
 
 @pytest.mark.parametrize("kw", [{}, {"positional": "rotary", "normalization": "RMS"}, {"attention_dir": "bidirectional"}])
 def test_attribution_skipping_positions_changes_nothing(tokens, kw):
-    from fsm_probe.patching import _TransformerEngine
+    from fsm_probe.patched_runs import TransformerEngine
 
     model = _transformer(**kw)
     clean, corrupted = tokens
     _, cache = model.run_with_cache(clean)
-    assert torch.equal(_TransformerEngine.resid0(model, clean), cache["blocks.0.hook_resid_pre"])
+    assert torch.equal(TransformerEngine.resid0(model, clean), cache["blocks.0.hook_resid_pre"])
     metric = logit_diff(torch.tensor([0, 1, 0, 1]), torch.tensor([1, 0, 1, 0]), pos=-2)
     sites = ["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "head_out"]
     for direction in ("denoise", "noise"):
