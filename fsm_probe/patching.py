@@ -193,7 +193,8 @@ def _check_direction(direction: str) -> None:
         raise InputError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
 
 
-def _check_site(cfg: Any, site: str) -> None:
+def check_site(cfg: Any, site: str) -> None:
+    """Raise `InputError` unless `site` can be patched in a model of config `cfg`."""
     if cfg.arch == "rmt":
         if site not in RMT_SITES:
             raise InputError(
@@ -218,7 +219,7 @@ def _check_site(cfg: Any, site: str) -> None:
 
 
 def _sweep_for(cfg: Any, site: str, n_pos: int) -> Sweep:
-    _check_site(cfg, site)
+    check_site(cfg, site)
     if cfg.arch == "rmt":
         n_seg = cfg.n_segments(n_pos)
         patches = [Patch((0,), seg) for seg in range(n_seg)]
@@ -375,7 +376,7 @@ def attribution_patching(
     clean, corrupted = as_tokens(model, clean), as_tokens(model, corrupted)
     cfg = model_config(model)
     for site in sites:
-        _check_site(cfg, site)
+        check_site(cfg, site)
     base_tokens, src_tokens = (corrupted, clean) if direction == "denoise" else (clean, corrupted)
     deltas: dict[str, Tensor] = {}
     with EvalMode(model):

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from .errors import InputError
 from .models import as_tokens, model_config
 from .patched_runs import EvalMode, Patch, Runner, Sweep
-from .patching import _check_site, probability, symmetric_corruption
+from .patching import check_site, probability, symmetric_corruption
 
 KINDS = ("resid", "mlp", "attn")
 
@@ -116,7 +116,7 @@ def causal_tracing(
     site = {"resid": resid, "mlp": "mlp_out", "attn": "attn_out"}[kind]
     if site == "mlp_out" and cfg.d_mlp == 0:
         raise InputError("kind='mlp' needs a Transformer with MLPs")
-    _check_site(cfg, site)  # also refuses the scratchpad
+    check_site(cfg, site)  # also refuses the scratchpad
 
     with EvalMode(model), torch.no_grad():
         runner = Runner(model)
