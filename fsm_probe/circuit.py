@@ -3,8 +3,8 @@
 Components are attention heads (`L0H1`), attention and MLP sublayers (`L1.attn`, `L1.mlp`),
 residual-stream positions (`resid L0@3`: the stream entering block 0 at position 3;
 `resid_mid L0@3` and `resid_post L0@3`: after its attention and after the whole block) and RNN
-states (`L0.h@3`) and an RMT's memory (`memory@2`: the memory written by segment 2; its
-`position` is the segment). A component's effect is its largest normalised patching effect over
+states (`L0.h@3`) and an RMT's memory (`memory@2`: the memory written by segment 2, or
+`memory@2[1]`: its vector 1; `position` is the segment, `head` the vector). A component's effect is its largest normalised patching effect over
 positions (1 = restores the clean behaviour, 0 = none), and the position where it peaks is kept.
 The graph links each kept component to every kept component downstream of it (later layer, and
 not an earlier position), weighted by the smaller of the two effects: the paths the circuit
@@ -35,6 +35,7 @@ _SITE_KIND = {
     "hidden": "state",
     "cell": "cell",
     "memory": "memory",
+    "memory_slot": "memory",
 }
 
 
@@ -74,6 +75,11 @@ def _components(result: Any, normalize: bool) -> list[Component]:
         raise InputError(f"cannot rank patching results at site {site!r}; known sites: {', '.join(_SITE_KIND)}")
     kind = _SITE_KIND[site]
     eff = _effects(result, normalize)
+    if kind == "memory" and eff.ndim == 2:  # memory_slot: [segment, slot]
+        return [
+            Component(f"memory@{s}[{j}]", kind, 0, j, s, float(eff[s, j]), site)
+            for s in range(eff.shape[0]) for j in range(eff.shape[1])
+        ]
     if kind == "memory":
         return [Component(f"memory@{s}", kind, 0, None, s, float(e), site) for s, e in enumerate(eff)]
     out = []

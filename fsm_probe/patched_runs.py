@@ -452,7 +452,8 @@ def _state_hooks(model: nn.Module) -> list[str]:
 def _rmt_patched_logits(
     model: nn.Module, tokens: Tensor, base: dict[str, Any], src: dict[str, Any], patches: list[Patch],
 ) -> Tensor:
-    """Runs whose memory written by segment `p.pos` is the source's, patch-major.
+    """Runs whose memory written by segment `p.pos` is the source's (only vector `p.head` of it
+    when set), patch-major.
 
     Logits up to the end of the earliest patched segment `t0` are the base run's; the rest is one
     stacked forward from `t0`'s written memory (the source's for patches at `t0`), with
@@ -466,7 +467,15 @@ def _rmt_patched_logits(
     if start >= tokens.shape[1]:
         return logits
     base_mem, src_mem = base[MEMORY_HOOK], src[MEMORY_HOOK]
-    memory = torch.cat([(src_mem if p.pos == t0 else base_mem)[:, t0] for p in patches])
+
+    def patched(mem: Tensor, p: Patch, seg: int) -> Tensor:
+        if p.head is None:
+            return src_mem[:, seg]
+        mem = mem.clone()
+        mem[:, p.head] = src_mem[:, seg, p.head]
+        return mem
+
+    memory = torch.cat([patched(base_mem[:, t0], p, t0) if p.pos == t0 else base_mem[:, t0] for p in patches])
     by_segment: dict[int, list[int]] = {}
     for i, p in enumerate(patches):
         if p.pos > t0:
@@ -477,7 +486,8 @@ def _rmt_patched_logits(
         if rows is None:
             return None
         act = act.clone().view(n, batch, *act.shape[1:])
-        act[rows] = src_mem[:, t0 + 1 + hook.pos]
+        for i in rows:
+            act[i] = patched(act[i], patches[i], t0 + 1 + hook.pos)
         return act.view(n * batch, *act.shape[2:])
 
     hooks = [(MEMORY_HOOK, swap)] if by_segment else []

@@ -35,8 +35,9 @@ from .patched_runs import (
 
 TRANSFORMER_SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "head_out")
 RNN_SITES = ("hidden", "cell")
-RMT_SITES = ("memory",)
+RMT_SITES = ("memory", "memory_slot")
 DIRECTIONS = ("denoise", "noise")
+_AXES = {"head_out": ("layer", "pos", "head"), "memory": ("segment",), "memory_slot": ("segment", "slot")}
 
 
 # ----- metrics -----
@@ -198,8 +199,8 @@ def check_site(cfg: Any, site: str) -> None:
     if cfg.arch == "rmt":
         if site not in RMT_SITES:
             raise InputError(
-                f"RMT patching has one site, 'memory' (the memory each segment writes, hook_memory), "
-                f"got {site!r}"
+                "RMT patching sites are 'memory' (the memory each segment writes, hook_memory) and "
+                f"'memory_slot' (one of its n_memory vectors at a time), got {site!r}"
             )
         return
     if cfg.arch in MEMORY_ARCHS:
@@ -222,6 +223,10 @@ def _sweep_for(cfg: Any, site: str, n_pos: int) -> Sweep:
     check_site(cfg, site)
     if cfg.arch == "rmt":
         n_seg = cfg.n_segments(n_pos)
+        if site == "memory_slot":
+            cells = [(seg, j) for seg in range(n_seg) for j in range(cfg.n_memory)]
+            patches = [Patch((0,), seg, j) for seg, j in cells]
+            return Sweep(site, patches, cells, (n_seg, cfg.n_memory), {"axes": ("segment", "slot")})
         patches = [Patch((0,), seg) for seg in range(n_seg)]
         return Sweep(site, patches, [(seg,) for seg in range(n_seg)], (n_seg,), {"axes": ("segment",)})
     heads = range(cfg.n_heads) if site == "head_out" else [None]
@@ -257,7 +262,7 @@ def activation_patching(
     `resid_post`, `attn_out`, `mlp_out` ([layer, pos]), `head_out` ([layer, pos, head], the
     per-head `z`); RNN `hidden`, `cell` ([layer, pos]); RMT `memory` ([segment]: all M memory
     vectors written by segment s at once, the state the next segment reads; the last segment's
-    cell has no effect). `batch_patches` bounds the patches per forward; `engine="hooks"` uses the
+    cell has no effect) and `memory_slot` ([segment, slot]: one of those vectors at a time). `batch_patches` bounds the patches per forward; `engine="hooks"` uses the
     bridge's hook points (slower reference path).
     """
     _check_direction(direction)
@@ -324,7 +329,7 @@ def _step_attribution(
 ) -> tuple[Tensor, float, dict[str, Tensor]]:
     """Base metric, source metric and, per hook name, the estimate per step (RNN step or RMT
     segment) of patching that state: (source - base) . mean gradient over `alphas`, summed over
-    the batch and the state's other dimensions."""
+    the batch and the model dimension (an RMT memory keeps its M slots: `[segment, M]`)."""
     stepwise = {} if model_config(model).arch == "rmt" else {"stepwise": True}
     with torch.no_grad():
         src_logits, src_cache = model.run_with_cache(src_tokens, names_filter=names, **stepwise)
@@ -336,7 +341,7 @@ def _step_attribution(
             _, more = _step_gradients(model, base_tokens, metric, names, e0 + a * (e1 - e0))
             grads = {n: (grads[n][0], grads[n][1] + more[n][1]) for n in names}
     deltas = {
-        n: ((src_cache[n] - act) * grad / len(alphas)).flatten(2).sum(-1).sum(0)
+        n: ((src_cache[n] - act) * grad / len(alphas)).sum(-1).sum(0)
         for n, (act, grad) in grads.items()
     }
     return value, other, deltas
@@ -356,7 +361,7 @@ def attribution_patching(
 
     Estimate = metric(base) + (source act - base act) . d metric / d act at the base run, summed
     over the model dimension (per head over `d_head` for `head_out`; over all M vectors for the
-    RMT's `memory`). Transformers only need a natively built model (the same engine as the fast
+    RMT's `memory`, per vector for `memory_slot`). Transformers only need a natively built model (the same engine as the fast
     patching path).
 
     `steps > 1` is the integrated-gradients variant of EAP-IG (Hanna et al. 2024): the gradient
@@ -364,8 +369,8 @@ def attribution_patching(
     RNN's and RMT's `hook_embed`) lie at `alpha = k / steps`, k = 0..steps-1, on the line from
     the base to the source input (left Riemann sum, so `steps=1` is plain attribution patching);
     the multiplier is still (source act - base act). The Transformer runs the source without a
-    graph, then the base and all steps as one stacked forward + backward. A site whose patch is the same as moving
-    the whole input (e.g. the embedding at the only position where the inputs differ) converges
+    graph, then the base and all steps as one stacked forward + backward. A site whose patch is
+    the same as moving the whole input (e.g. the embedding at the only position where the inputs differ) converges
     to exact patching. The estimate is first order: where one patch flips a saturated decision
     (parity), magnitudes and small cells' signs can be far off; rank by |effect| and confirm the
     top cells with `activation_patching`.
@@ -382,7 +387,8 @@ def attribution_patching(
     with EvalMode(model):
         if cfg.arch == "rmt":
             value, other, per_hook = _step_attribution(model, base_tokens, src_tokens, metric, [MEMORY_HOOK], alphas)
-            deltas["memory"] = per_hook[MEMORY_HOOK]
+            for site in sites:
+                deltas[site] = per_hook[MEMORY_HOOK] if site == "memory_slot" else per_hook[MEMORY_HOOK].sum(-1)
         elif cfg.is_rnn:
             def hook(site: str, li: int) -> str:
                 return f"layers.{li}.hook_{'h' if site == 'hidden' else 'c'}"
@@ -429,7 +435,7 @@ def attribution_patching(
     return {
         site: PatchingResult(
             delta.detach() + base_value,
-            {"head_out": ("layer", "pos", "head"), "memory": ("segment",)}.get(site, ("layer", "pos")),
+            _AXES.get(site, ("layer", "pos")),
             site, direction, clean_value, corr_value, "attribution",
         )
         for site, delta in deltas.items()

@@ -391,7 +391,7 @@ def report_html(
         sites = ["hidden"] + (["cell"] if cfg.arch == "lstm" else []) if cfg.is_rnn else (
             ["resid_pre", "attn_out"] + (["mlp_out"] if cfg.d_mlp != 0 else []) + ["head_out"])
         if cfg.arch == "rmt":
-            sites = ["memory"]
+            sites = ["memory"] + (["memory_slot"] if cfg.n_memory > 1 else [])
         cell = "segment" if cfg.arch == "rmt" else "(layer, position)"
         results: dict[str, Any] = {}
         for site in sites:
@@ -410,6 +410,7 @@ def report_html(
             "hidden": "the hidden state of each layer after each step",
             "cell": "the LSTM cell state of each layer after each step",
             "memory": "the memory written by each segment (all memory vectors)",
+            "memory_slot": "one memory vector (row) written by each segment",
         }
         for site, res in results.items():
             doc.figure(

@@ -88,6 +88,51 @@ def test_memory_patching_matches_hook_patching_and_restarting(direction):
         assert float(res.values[3]) == pytest.approx(res.baseline, abs=1e-6)
 
 
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+def test_memory_slot_patching_matches_hook_patching(direction):
+    m = rmt(n_memory=3)
+    clean, corrupted = _flip_pair(4, 11)
+    base, src = (corrupted, clean) if direction == "denoise" else (clean, corrupted)
+    with torch.no_grad():
+        _, cache = m.run_with_cache(src, names_filter="hook_memory")
+    src_mem = cache["hook_memory"]
+    metric = lambda logits: (logits[..., 0] - logits[..., 1]).pow(2).mean()  # noqa: E731
+    res = activation_patching(m, clean, corrupted, metric, "memory_slot", direction, batch_patches=5)
+    assert res.axes == ("segment", "slot") and res.values.shape == (4, 3)
+    for s in range(4):
+        for j in range(3):
+            def hook(act, hook, s=s, j=j):
+                if hook.pos != s:
+                    return None
+                act = act.clone()
+                act[:, j] = src_mem[:, s, j]
+                return act
+
+            with torch.no_grad():
+                hooked = m.run_with_hooks(base, fwd_hooks=[("hook_memory", hook)])
+            assert abs(float(metric(hooked)) - float(res.values[s, j])) < 1e-5
+    assert torch.unique(res.values[1:3]).numel() > 3  # the vectors of one memory differ in effect
+    one = rmt(n_memory=1)
+    whole = activation_patching(one, clean, corrupted, metric, "memory", direction)
+    slots = activation_patching(one, clean, corrupted, metric, "memory_slot", direction)
+    assert torch.allclose(slots.values[:, 0], whole.values, atol=1e-6)
+
+
+def test_memory_slot_attribution_splits_the_memory_estimate():
+    m = rmt(n_memory=3)
+    clean, corrupted = _flip_pair(4, 12, flip=1)
+    metric = logit_diff(torch.tensor([0, 1, 0, 1]), torch.tensor([1, 0, 1, 0]))
+    est = attribution_patching(m, clean, corrupted, metric, sites=["memory", "memory_slot"])
+    assert est["memory_slot"].values.shape == (4, 3) and est["memory_slot"].axes == ("segment", "slot")
+    assert torch.allclose(est["memory_slot"].effect().sum(-1), est["memory"].effect(), atol=1e-5)
+    assert float(est["memory_slot"].effect()[1:3].abs().min()) > 0
+    ranked = rank_components({"memory_slot": est["memory_slot"]}, normalize=False)
+    top = ranked[0]
+    assert top.name == f"memory@{top.position}[{top.head}]" and top.kind == "memory"
+    fig = patching_figure(est["memory_slot"])
+    assert list(fig.data[0].y) == ["slot 0", "slot 1", "slot 2"] and len(fig.data[0].x) == 4
+
+
 @pytest.mark.parametrize("bptt", [0, 1])
 def test_memory_attribution_equals_gradient_of_a_restarted_run(bptt):
     m = rmt(bptt_segments=bptt)

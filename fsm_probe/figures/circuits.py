@@ -159,6 +159,8 @@ def _patch_matrix(result: Any, normalize: bool) -> tuple[np.ndarray, list[str], 
         z, label = values - result.baseline, "effect on metric"
     if values.ndim == 1:  # the RMT's memory, one cell per segment
         return z[None], [result.site], label
+    if tuple(getattr(result, "axes", ())) == ("segment", "slot"):
+        return z.T, [f"slot {j}" for j in range(values.shape[1])], label
     if values.ndim == 3:
         n_layers, n_pos, n_heads = values.shape
         z = z.transpose(0, 2, 1).reshape(n_layers * n_heads, n_pos)
@@ -170,9 +172,9 @@ def _patch_matrix(result: Any, normalize: bool) -> tuple[np.ndarray, list[str], 
 
 def patching_figure(result: Any, normalize: bool = True, title: str | None = None) -> go.Figure:
     """Heatmap layer (or layer x head) x position of an activation/attribution patching result
-    (an RMT's memory: one row, one column per segment)."""
+    (an RMT's memory: one column per segment, one row, or one per memory vector)."""
     z, rows, label = _patch_matrix(result, normalize)
-    unit = "segment" if tuple(getattr(result, "axes", ())) == ("segment",) else "position"
+    unit = "segment" if tuple(getattr(result, "axes", ()))[:1] == ("segment",) else "position"
     lim = float(np.nanmax(np.abs(z))) if z.size and np.isfinite(z).any() else 1.0
     fig = go.Figure(
         go.Heatmap(
