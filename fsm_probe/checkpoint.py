@@ -22,6 +22,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
+from transformer_lens.model_bridge import TransformerBridge
 
 from .errors import CheckpointError, FsmProbeError
 from .io import atomic_write_many
@@ -151,4 +152,7 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> nn
         raise CheckpointError(f"{weights} does not fit the architecture in {CONFIG}: {first}") from None
     model.fsm_task = task
     model.fsm_training = config.get("training", {})
-    return model.to(device).eval()
+    # The bridge prints "Moving model to device" unless told not to, which would corrupt the
+    # CLI's --json output.
+    quiet = {"print_details": False} if isinstance(model, TransformerBridge) else {}
+    return model.to(device, **quiet).eval()

@@ -297,6 +297,175 @@ def extract_cmd(
         console.print(f"counterexample: {sep.join(report['counterexample']) or '(empty word)'}")
 
 
+def _pairs(model: Any, length: int | None, n: int, position: int | None, seed: int):
+    """Clean/corrupted pairs from the run's task at the report's default length."""
+    from .patching import corruption_pairs
+    from .report import analysis_length
+
+    if n < 1:
+        raise ConfigError(f"--n must be positive, got {n}")
+    if length is not None and length < 2:
+        raise ConfigError(f"--length must be at least 2, got {length}")
+    return corruption_pairs(model.fsm_task, analysis_length(model, length), n, seed, position)
+
+
+def _write_json(out: Path | None, payload: dict[str, Any], as_json: bool) -> None:
+    from .io import atomic_write_text
+
+    text = json.dumps(payload)
+    if out is not None:
+        if out.is_dir():
+            raise ConfigError(f"--out {str(out)!r} is a directory; give a file name such as result.json")
+        atomic_write_text(out, text + "\n")
+        if not as_json:
+            console.print(f"written to {out}")
+    if as_json:
+        print(text)
+
+
+def _cell(axes: tuple[str, ...], idx: tuple[int, ...]) -> str:
+    return " ".join(f"{a}={i}" for a, i in zip(axes, idx, strict=True))
+
+
+@app.command("patch")
+@_user_errors
+def patch_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="Checkpoint directory.")],
+    site: Annotated[str | None, typer.Option("--site", help="Comma-separated sites. Default: resid_pre,attn_out,mlp_out,head_out (Transformer), hidden[,cell] (RNN), memory (RMT).")] = None,
+    direction: Annotated[str, typer.Option("--direction", help="denoise (patch clean into corrupted) or noise.")] = "denoise",
+    method: Annotated[str, typer.Option("--method", help="exact (activation patching) or attribution (first-order estimate).")] = "exact",
+    steps: Annotated[int, typer.Option("--steps", help="attribution: integrated-gradient steps (1 = plain).")] = 1,
+    length: Annotated[int | None, typer.Option("--length", help="Sequence length (default: min(training max, 16)).")] = None,
+    n: Annotated[int, typer.Option("--n", help="Clean/corrupted pairs.")] = 16,
+    position: Annotated[int | None, typer.Option("--position", help="Input position to corrupt (default: the middle one).")] = None,
+    top: Annotated[int, typer.Option("--top", help="Cells to list.")] = 10,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    out: Annotated[Path | None, typer.Option("--out", help="JSON file for every value.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON instead of the table.")] = False,
+) -> None:
+    """Activation patching on symmetric-corruption pairs of the run's task; lists the cells with
+    the largest normalised effect (0 = corrupted run, 1 = clean run)."""
+    import numpy as np
+
+    from . import patching
+    from .checkpoint import load
+
+    if method not in ("exact", "attribution"):
+        raise ConfigError(f"--method must be exact or attribution, got {method!r}")
+    if top < 1:
+        raise ConfigError(f"--top must be positive, got {top}")
+    model = load(run_dir)
+    cfg = model.fsm_config
+    clean, corrupted, pos = _pairs(model, length, n, position, seed)
+    a = model.fsm_task.automaton
+    metric = patching.logit_diff(a.run_outputs(clean)[:, -1], a.run_outputs(corrupted)[:, -1])
+    if site:
+        sites = [x.strip() for x in site.split(",") if x.strip()]
+    elif cfg.arch == "rmt":
+        sites = ["memory"]
+    elif cfg.is_rnn:
+        sites = ["hidden"] + (["cell"] if cfg.arch == "lstm" else [])
+    else:
+        sites = ["resid_pre", "attn_out"] + (["mlp_out"] if cfg.d_mlp != 0 else []) + ["head_out"]
+    if method == "exact":
+        results = {
+            s: patching.activation_patching(model, clean, corrupted, metric, site=s, direction=direction)
+            for s in sites
+        }
+    else:
+        results = patching.attribution_patching(
+            model, clean, corrupted, metric, sites=sites, direction=direction, steps=steps
+        )
+    first = next(iter(results.values()))
+    payload = {
+        "run": str(run_dir), "task": model.fsm_task.spec, "arch": cfg.arch, "method": method,
+        "steps": steps if method == "attribution" else None, "length": int(clean.shape[1]),
+        "position": pos, "n_pairs": len(clean), "metric": "logit difference, clean - corrupted final label",
+        "results": {s: r.to_dict() for s, r in results.items()},
+    }
+    _write_json(out, payload, as_json)
+    if as_json:
+        return
+    console.print(
+        f"{cfg.arch} on {model.fsm_task.spec}: {len(clean)} pairs of length {clean.shape[1]}, symbol at "
+        f"position {pos} replaced; logit difference clean {first.clean_value:.3f}, corrupted "
+        f"{first.corrupted_value:.3f} ({direction}, {method})"
+    )
+    gap = first.clean_value - first.corrupted_value
+    cells = [
+        (abs(float(r.effect()[idx])), s, r, idx)
+        for s, r in results.items() for idx in np.ndindex(*r.values.shape)
+    ]
+    table = Table(title=f"top {min(top, len(cells))} cells by |effect|")
+    for col in ("site", "cell", "metric", "effect", "normalised"):
+        table.add_column(col, justify="right" if col not in ("site", "cell") else "left")
+    for _, s, r, idx in sorted(cells, key=lambda c: -c[0])[:top]:
+        value = float(r.values[idx])
+        norm = f"{(value - first.corrupted_value) / gap:.3f}" if gap else "n/a"
+        table.add_row(s, _cell(r.axes, idx), f"{value:.3f}", f"{value - r.baseline:+.3f}", norm)
+    console.print(table)
+
+
+@app.command("trace")
+@_user_errors
+def trace_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="Checkpoint directory.")],
+    kind: Annotated[str, typer.Option("--kind", help="resid (hidden state / memory), mlp or attn.")] = "resid",
+    noise: Annotated[str, typer.Option("--noise", help="Multiple of the embedding std, or 'symmetric' (swap the symbol).")] = "3.0",
+    window: Annotated[int, typer.Option("--window", help="Layers restored together (mlp/attn).")] = 1,
+    samples: Annotated[int, typer.Option("--samples", help="Noise draws per sequence.")] = 10,
+    length: Annotated[int | None, typer.Option("--length", help="Sequence length (default: min(training max, 16)).")] = None,
+    n: Annotated[int, typer.Option("--n", help="Sequences.")] = 16,
+    position: Annotated[int | None, typer.Option("--position", help="Input position to corrupt (default: the middle one).")] = None,
+    top: Annotated[int, typer.Option("--top", help="States to list.")] = 10,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    out: Annotated[Path | None, typer.Option("--out", help="JSON file for every score.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON instead of the table.")] = False,
+) -> None:
+    """ROME-style causal tracing: corrupt one input position, restore one state at a time and
+    list the states whose restoration brings back the most of p(clean prediction)."""
+    import torch
+
+    from .checkpoint import load
+    from .tracing import causal_tracing
+
+    if noise != "symmetric":
+        try:
+            level: float | str = float(noise)
+        except ValueError:
+            raise ConfigError(f"--noise must be a number or 'symmetric', got {noise!r}") from None
+    else:
+        level = noise
+    if top < 1:
+        raise ConfigError(f"--top must be positive, got {top}")
+    model = load(run_dir)
+    clean, _, pos = _pairs(model, length, n, position, seed)
+    result = causal_tracing(
+        model, clean, corrupt_positions=pos, noise=level, kind=kind, window=window, n_samples=samples,
+        seed=seed, automaton=model.fsm_task.automaton,
+    )
+    payload = {"run": str(run_dir), "task": model.fsm_task.spec, "arch": model.fsm_config.arch,
+               "length": int(clean.shape[1]), **result.to_dict()}
+    _write_json(out, payload, as_json)
+    if as_json:
+        return
+    console.print(
+        f"{model.fsm_config.arch} on {model.fsm_task.spec}: {len(clean)} sequences of length "
+        f"{clean.shape[1]}, position {pos} corrupted ({'symbol swap' if level == 'symmetric' else f'noise {level} x std'}); "
+        f"p(clean prediction): clean {result.high_score:.3f}, corrupted {result.low_score:.3f}"
+    )
+    effect = result.indirect_effect()
+    by_segment = result.segment_length is not None
+    table = Table(title=f"top {min(top, effect.numel())} restored {kind} states by indirect effect")
+    for col in (*(["segment"] if by_segment else ["layer", "position"]), "p(restored)", "indirect effect"):
+        table.add_column(col, justify="right")
+    for flat in torch.argsort(-effect.flatten())[:top].tolist():
+        li, p = divmod(flat, effect.shape[1])
+        cells = [str(p)] if by_segment else [str(li), str(p)]
+        table.add_row(*cells, f"{float(result.scores[li, p]):.3f}", f"{float(effect[li, p]):+.3f}")
+    console.print(table)
+
+
 @app.command("report")
 @_user_errors
 def report_cmd(

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .datasets import eval_set
 from .errors import InputError
 from .models import as_tokens, model_config
 from .models.config import MEMORY_ARCHS
@@ -135,6 +136,37 @@ def symmetric_corruption(
             )
         out[b, position] = gen.choice(good)
     return out
+
+
+def corruption_pairs(
+    task: Any, length: int, n: int = 16, seed: int = 0, position: int | None = None
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Up to `n` clean sequences of `task` (seeded), their `symmetric_corruption` at one position,
+    and that position.
+
+    `position` defaults to the middle one when possible, else the nearest position at which at
+    least half of `n` sequences have a symbol that changes the final label. Sequences whose label
+    no single symbol at the position can change are left out.
+    """
+    a = task.automaton
+    pool = eval_set(task, length, n=8 * n, seed=seed + 1, final_only=False).tokens
+    length = pool.shape[1]  # the task's length rule may shorten the requested length
+    if position is not None and not 0 <= position < length:
+        raise InputError(f"position {position} is outside sequences of length {length}")
+    rng = np.random.default_rng(seed)
+    final = a.run_outputs(pool)[:, -1]
+    candidates = [position] if position is not None else sorted(range(length), key=lambda q: (abs(q - length // 2), q))
+    for p in candidates:
+        ok = np.zeros(len(pool), dtype=bool)
+        for sym in range(a.n_symbols):
+            trial = pool.copy()
+            trial[:, p] = sym
+            ok |= a.run_outputs(trial)[:, -1] != final
+        if ok.sum() >= (1 if position is not None else max(1, n // 2)):
+            clean = pool[ok][:n]
+            return clean, symmetric_corruption(a, clean, p, rng), p
+    where = f"at position {position}" if position is not None else "at any position"
+    raise InputError(f"no single-symbol change {where} alters this task's final label; nothing to patch")
 
 
 # ----- results -----

@@ -163,31 +163,13 @@ def _train_max(model: nn.Module) -> int:
     return int(lengths[1]) if lengths else 20
 
 
-def _corruption_pairs(
-    task: Any, length: int, n: int, seed: int
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Clean sequences, their symmetric corruptions at one position, and that position.
-
-    The position is the middle one when possible, else the nearest position at which at least
-    `n` sequences have a symbol that changes the final label.
-    """
-    from .patching import symmetric_corruption
-
-    a = task.automaton
-    pool = eval_set(task, length, n=8 * n, seed=seed + 1, final_only=False).tokens
-    length = pool.shape[1]  # the task's length rule may shorten the requested length
-    rng = np.random.default_rng(seed)
-    for p in sorted(range(length), key=lambda q: (abs(q - length // 2), q)):
-        final = a.run_outputs(pool)[:, -1]
-        ok = np.zeros(len(pool), dtype=bool)
-        for sym in range(a.n_symbols):
-            trial = pool.copy()
-            trial[:, p] = sym
-            ok |= a.run_outputs(trial)[:, -1] != final
-        if ok.sum() >= max(1, n // 2):
-            clean = pool[ok][:n]
-            return clean, symmetric_corruption(a, clean, p, rng), p
-    raise InputError("no single-symbol change alters this task's final label; nothing to patch")
+def analysis_length(model: nn.Module, length: int | None = None) -> int:
+    """The sequence length the report (and `fsm-probe patch`/`trace`) analyses: `length`, else
+    min(training max, 16), within a Transformer's context and at least 2."""
+    length = length or min(_train_max(model), 16)
+    if not model_config(model).is_rnn:
+        length = min(length, model_config(model).n_ctx)
+    return max(length, 2)
 
 
 def report_html(
@@ -207,10 +189,7 @@ def report_html(
         raise InputError("the model has no task (fsm_task); load it with fsm_probe.load")
     a = task.automaton
     train_max = _train_max(model)
-    length = s.length or min(train_max, 16)
-    if not cfg.is_rnn:
-        length = min(length, cfg.n_ctx)
-    length = max(length, 2)
+    length = analysis_length(model, s.length)
     doc = _Doc()
     state: dict[str, Any] = {}
     started = time.perf_counter()
@@ -377,7 +356,7 @@ def report_html(
                  "keys at any input length.")
 
     def patching_section() -> None:
-        clean, corrupted, pos = _corruption_pairs(task, length, s.patch_n, s.seed)
+        clean, corrupted, pos = patching.corruption_pairs(task, length, s.patch_n, s.seed)
         right = a.run_outputs(clean)[:, -1]
         wrong = a.run_outputs(corrupted)[:, -1]
         metric = patching.logit_diff(right, wrong)

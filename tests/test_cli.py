@@ -138,3 +138,86 @@ def test_sequence_longer_than_the_context_is_exit_2(capsys, tmp_path):
     assert_one_line_error(code, err, "n_ctx=16")
     code, _, err = run(capsys, "predict", tmp_path, "0" * 17)
     assert_one_line_error(code, err, "n_ctx=16")
+
+
+def _saved(run_dir, arch, **kw):
+    from fsm_probe.checkpoint import save
+    from fsm_probe.models import ModelConfig, build_model
+    from fsm_probe.tasks import get_task
+
+    save(build_model(ModelConfig(arch, 2, 2, d_hidden=16, seed=0, **kw)), run_dir, task=get_task("parity"))
+    return run_dir
+
+
+def test_patch_command_matches_the_library(capsys, tmp_path):
+    import numpy as np
+
+    from fsm_probe.checkpoint import load
+    from fsm_probe.patching import (
+        activation_patching,
+        attribution_patching,
+        corruption_pairs,
+        logit_diff,
+    )
+    from fsm_probe.tasks import get_task
+
+    run_dir = _saved(tmp_path / "t", "transformer", n_heads=2, n_ctx=32)
+    out = tmp_path / "patch.json"
+    code, stdout, err = run(capsys, "patch", run_dir, "--site", "resid_pre,head_out", "--n", 4, "--length", 8,
+                            "--top", 3, "--out", out)
+    assert code == 0, err
+    assert "top 3 cells" in stdout and "position 4 replaced" in stdout
+    payload = json.loads(out.read_text())
+    clean, corrupted, pos = corruption_pairs(get_task("parity"), 8, 4, 0)
+    assert payload["position"] == pos == 4 and payload["n_pairs"] == 4 and set(payload["results"]) == {"resid_pre", "head_out"}
+    model = load(run_dir)
+    a = model.fsm_task.automaton
+    metric = logit_diff(a.run_outputs(clean)[:, -1], a.run_outputs(corrupted)[:, -1])
+    ref = activation_patching(model, clean, corrupted, metric, site="head_out")
+    got = payload["results"]["head_out"]
+    assert got["axes"] == ["layer", "pos", "head"] and np.allclose(got["values"], ref.values.numpy(), atol=1e-6)
+    code, stdout, _ = run(capsys, "patch", run_dir, "--method", "attribution", "--steps", 2, "--direction", "noise",
+                          "--n", 4, "--length", 8, "--json")
+    data = json.loads(stdout)
+    assert code == 0 and data["method"] == "attribution" and data["steps"] == 2
+    ref = attribution_patching(model, clean, corrupted, metric, direction="noise", steps=2)
+    assert set(data["results"]) == set(ref) == {"resid_pre", "attn_out", "mlp_out", "head_out"}
+    assert np.allclose(data["results"]["mlp_out"]["values"], ref["mlp_out"].values.numpy(), atol=1e-5)
+
+
+def test_trace_command_matches_the_library(capsys, tmp_path):
+    import numpy as np
+
+    from fsm_probe.checkpoint import load
+    from fsm_probe.patching import corruption_pairs
+    from fsm_probe.tasks import get_task
+    from fsm_probe.tracing import causal_tracing
+
+    run_dir = _saved(tmp_path, "gru", n_layers=2)
+    code, stdout, err = run(capsys, "trace", run_dir, "--n", 4, "--length", 8, "--samples", 2, "--top", 4)
+    assert code == 0 and "top 4 restored resid states" in stdout, err
+    code, stdout, _ = run(capsys, "trace", run_dir, "--n", 4, "--length", 8, "--samples", 2, "--json")
+    data = json.loads(stdout)
+    clean, _, pos = corruption_pairs(get_task("parity"), 8, 4, 0)
+    ref = causal_tracing(load(run_dir), clean, corrupt_positions=pos, noise=3.0, n_samples=2, seed=0)
+    assert data["corrupt_positions"] == [pos] and np.array(data["scores"]).shape == (2, 8)
+    assert np.allclose(data["scores"], ref.scores.numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["patch", "{run}", "--site", "hidden"], "'hidden'"),
+        (["patch", "{run}", "--method", "magic"], "--method"),
+        (["patch", "{run}", "--position", "99", "--length", "8"], "position 99"),
+        (["patch", "{run}", "--n", "0"], "--n"),
+        (["patch", "{run}", "--out", "{tmp}"], "is a directory"),
+        (["trace", "{run}", "--noise", "loud"], "--noise"),
+        (["trace", "{run}", "--kind", "xyz"], "xyz"),
+        (["trace", "{tmp}/missing"], "missing"),
+    ],
+)
+def test_patch_and_trace_bad_input_is_exit_2(capsys, tmp_path, args, needle):
+    run_dir = _saved(tmp_path / "run", "transformer", n_heads=2, n_ctx=32)
+    code, _, err = run(capsys, *[a.replace("{run}", str(run_dir)).replace("{tmp}", str(tmp_path)) for a in args])
+    assert_one_line_error(code, err, needle)

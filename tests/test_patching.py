@@ -12,6 +12,7 @@ from fsm_probe.patching import (
     activation_patching,
     attribution_patching,
     compare,
+    corruption_pairs,
     logit_diff,
     normalized,
     pair,
@@ -303,3 +304,22 @@ def test_attribution_matches_hook_gradients(tokens, kw):
             for li in range(2)
         ]) + float(base.detach())
         assert torch.allclose(got[site].values, ref, atol=2e-5), site
+
+
+def test_corruption_pairs_flip_the_final_label():
+    from fsm_probe.tasks import get_task
+
+    task = get_task("modular_arithmetic")  # its length rule turns length 2 into 1
+    clean, corrupted, pos = corruption_pairs(task, 2, 16, 0)
+    assert clean.shape[1] == corrupted.shape[1] == 1 and pos == 0
+    a = task.automaton
+    assert (a.run_outputs(clean)[:, -1] != a.run_outputs(corrupted)[:, -1]).all()
+    parity = get_task("parity")
+    clean, corrupted, pos = corruption_pairs(parity, 12, 8, 3, position=2)
+    assert pos == 2 and clean.shape == (8, 12)
+    assert (clean != corrupted).sum(1).tolist() == [1] * 8 and (clean[:, 2] != corrupted[:, 2]).all()
+    assert corruption_pairs(parity, 12, 8)[2] == 6  # the middle position by default
+    with pytest.raises(InputError, match="outside"):
+        corruption_pairs(parity, 12, 8, position=12)
+    with pytest.raises(InputError, match="position 0"):
+        corruption_pairs(get_task("flipflop"), 12, 8, position=0)

@@ -84,13 +84,3 @@ def test_report_out_directory_is_a_config_error(capsys, tmp_path):
         main(["report", str(tmp_path / "missing"), "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "is a directory" in err
-
-
-def test_corruption_pairs_use_the_evaluated_length_of_odd_length_tasks():
-    from fsm_probe.report import _corruption_pairs
-
-    task = get_task("modular_arithmetic")
-    clean, corrupted, pos = _corruption_pairs(task, 2, 16, 0)
-    assert clean.shape[1] == corrupted.shape[1] == 1 and pos == 0
-    a = task.automaton
-    assert (a.run_outputs(clean)[:, -1] != a.run_outputs(corrupted)[:, -1]).all()
