@@ -52,6 +52,8 @@ def _user_errors(fn):
             return fn(*args, **kwargs)
         except FsmProbeError as e:
             _fail(str(e))
+        except OSError as e:
+            _fail(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e))
         except KeyboardInterrupt:
             _fail("interrupted; nothing half-written was kept")
 
@@ -331,7 +333,7 @@ def _cell(axes: tuple[str, ...], idx: tuple[int, ...]) -> str:
 @_user_errors
 def patch_cmd(
     run_dir: Annotated[Path, typer.Argument(help="Checkpoint directory.")],
-    site: Annotated[str | None, typer.Option("--site", help="Comma-separated sites. Default: resid_pre,attn_out,mlp_out,head_out (Transformer), hidden[,cell] (RNN), memory (RMT).")] = None,
+    site: Annotated[str | None, typer.Option("--site", help="Comma-separated sites. Default: resid_pre,attn_out,mlp_out,head_out (Transformer), hidden[,cell] (RNN), memory[,memory_slot] (RMT).")] = None,
     direction: Annotated[str, typer.Option("--direction", help="denoise (patch clean into corrupted) or noise.")] = "denoise",
     method: Annotated[str, typer.Option("--method", help="exact (activation patching) or attribution (first-order estimate).")] = "exact",
     steps: Annotated[int, typer.Option("--steps", help="attribution: integrated-gradient steps (1 = plain).")] = 1,
@@ -343,8 +345,8 @@ def patch_cmd(
     out: Annotated[Path | None, typer.Option("--out", help="JSON file for every value.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the JSON instead of the table.")] = False,
 ) -> None:
-    """Activation patching on symmetric-corruption pairs of the run's task; lists the cells with
-    the largest normalised effect (0 = corrupted run, 1 = clean run)."""
+    """Activation patching (or its attribution estimate) on symmetric-corruption pairs of the
+    run's task; lists the cells with the largest effect (normalised: 0 = corrupted, 1 = clean)."""
     import numpy as np
 
     from . import patching
@@ -356,17 +358,14 @@ def patch_cmd(
         raise ConfigError(f"--top must be positive, got {top}")
     model = load(run_dir)
     cfg = model.fsm_config
+    sites = patching.default_sites(cfg) if site is None else [x.strip() for x in site.split(",") if x.strip()]
+    if not sites:
+        raise ConfigError(f"--site names no site: {site!r}")
+    for name in sites:
+        patching.check_site(cfg, name)
     clean, corrupted, pos = _pairs(model, length, n, position, seed)
     a = model.fsm_task.automaton
     metric = patching.logit_diff(a.run_outputs(clean)[:, -1], a.run_outputs(corrupted)[:, -1])
-    if site:
-        sites = [x.strip() for x in site.split(",") if x.strip()]
-    elif cfg.arch == "rmt":
-        sites = ["memory"]
-    elif cfg.is_rnn:
-        sites = ["hidden"] + (["cell"] if cfg.arch == "lstm" else [])
-    else:
-        sites = ["resid_pre", "attn_out"] + (["mlp_out"] if cfg.d_mlp != 0 else []) + ["head_out"]
     if method == "exact":
         results = {
             s: patching.activation_patching(model, clean, corrupted, metric, site=s, direction=direction)

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from transformer_lens.hook_points import HookPoint
 from transformer_lens.utilities.activation_functions import apply_softcap
 
 from .errors import InputError
@@ -47,7 +48,8 @@ _MIN_TOKEN_ROWS = 2048
 @dataclass(frozen=True)
 class Patch:
     """One patched cell: the source activation replaces the base one at `pos` in each of
-    `layers` (several for a tracing window), for one head if `head` is set."""
+    `layers` (several for a tracing window), for one head (or RMT memory vector) if `head` is
+    set."""
 
     layers: tuple[int, ...]
     pos: int
@@ -160,12 +162,21 @@ def _fused_qkv(attn: nn.Module) -> tuple[Tensor, Tensor | None]:
 
 
 class TransformerEngine:
-    """Forward passes of a natively built TransformerBridge that start anywhere inside it."""
+    """Forward passes of a natively built TransformerBridge that start anywhere inside it.
+
+    It reads the q/k/v weights when built (build one per call, not across training steps) and
+    calls the torch layers directly, so it refuses a model with hooks, which it would skip.
+    """
 
     def __init__(self, model: nn.Module, fused_norm: bool = False) -> None:
         net = getattr(model, "original_model", None)
         if net is None or not hasattr(net, "layers") or not hasattr(net, "ln_out"):
             raise InputError("fast patching needs a Transformer built by fsm_probe (boot_native)")
+        if has_hooks(model):
+            raise InputError(
+                "the model has hooks attached, which the fast Transformer engine would skip; "
+                "remove them first (model.reset_hooks())"
+            )
         self.model = model
         self.net = net
         self.layers = list(net.layers)
@@ -597,7 +608,28 @@ class Runner:
         return out
 
 
-_SUBMODULES: weakref.WeakKeyDictionary[nn.Module, list[nn.Module]] = weakref.WeakKeyDictionary()
+_SUBMODULES: weakref.WeakKeyDictionary[nn.Module, list[weakref.ref]] = weakref.WeakKeyDictionary()
+
+
+def submodules(model: nn.Module) -> list[nn.Module]:
+    """`list(model.modules())`, walked once per model (about 1 ms on a bridge) and cached by weak
+    reference; a module added after the first walk is not seen."""
+    refs = _SUBMODULES.get(model)
+    mods = [] if refs is None else [r() for r in refs]
+    if not mods or any(m is None for m in mods):
+        mods = list(model.modules())
+        _SUBMODULES[model] = [weakref.ref(m) for m in mods]
+    return mods
+
+
+def has_hooks(model: nn.Module) -> bool:
+    """Whether a hook point of `model` has hooks (TransformerLens's `add_hook`, `hooks`,
+    `run_with_hooks`; the bridge's own capture hooks on other modules do not count)."""
+    return any(
+        m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+        for m in submodules(model)
+        if isinstance(m, HookPoint)
+    )
 
 
 class EvalMode:
@@ -607,12 +639,9 @@ class EvalMode:
         self.model = model
 
     def __enter__(self) -> None:
-        # Module.eval() on a TransformerBridge costs tens of ms, and walking its module tree about
-        # 1 ms: skip eval() when nothing is training, and walk the tree once per model.
+        # Module.eval() on a TransformerBridge costs tens of ms: skip it when nothing is training.
         self.was = self.model.training
-        if self.model not in _SUBMODULES:
-            _SUBMODULES[self.model] = list(self.model.modules())
-        self.changed = any(m.training for m in _SUBMODULES[self.model])
+        self.changed = any(m.training for m in submodules(self.model))
         if self.changed:
             self.model.eval()
 

@@ -4,8 +4,8 @@
 puts many patches into one forward and recomputes only what a patch can change (see
 `fsm_probe.patched_runs`). A metric that declares the logit positions it reads (`metric.positions`,
 set by `logit_diff`/`probability`) also lets the last layer skip every other query. An RMT
-(`arch="rmt"`) has one site, `"memory"`: the memory written by each segment (`hook_memory`),
-patched as a whole (all M vectors) per segment.
+(`arch="rmt"`) has two sites: `"memory"`, the memory written by each segment (`hook_memory`,
+all M vectors at once), and `"memory_slot"`, one of those vectors at a time.
 """
 
 from __future__ import annotations
@@ -39,6 +39,15 @@ RNN_SITES = ("hidden", "cell")
 RMT_SITES = ("memory", "memory_slot")
 DIRECTIONS = ("denoise", "noise")
 _AXES = {"head_out": ("layer", "pos", "head"), "memory": ("segment",), "memory_slot": ("segment", "slot")}
+
+
+def default_sites(cfg: Any) -> list[str]:
+    """The sites the report and `fsm-probe patch` sweep for a model of config `cfg`."""
+    if cfg.arch == "rmt":
+        return ["memory"] + (["memory_slot"] if cfg.n_memory > 1 else [])
+    if cfg.is_rnn:
+        return ["hidden"] + (["cell"] if cfg.arch == "lstm" else [])
+    return ["resid_pre", "attn_out"] + (["mlp_out"] if cfg.d_mlp != 0 else []) + ["head_out"]
 
 
 # ----- metrics -----
@@ -148,11 +157,15 @@ def corruption_pairs(
     least half of `n` sequences have a symbol that changes the final label. Sequences whose label
     no single symbol at the position can change are left out.
     """
+    if seed < 0:
+        raise InputError(f"seed must be non-negative, got {seed}")
     a = task.automaton
     pool = eval_set(task, length, n=8 * n, seed=seed + 1, final_only=False).tokens
     length = pool.shape[1]  # the task's length rule may shorten the requested length
-    if position is not None and not 0 <= position < length:
-        raise InputError(f"position {position} is outside sequences of length {length}")
+    if position is not None:
+        if not -length <= position < length:
+            raise InputError(f"position {position} is outside sequences of length {length}")
+        position %= length
     rng = np.random.default_rng(seed)
     final = a.run_outputs(pool)[:, -1]
     candidates = [position] if position is not None else sorted(range(length), key=lambda q: (abs(q - length // 2), q))
@@ -253,24 +266,19 @@ def check_site(cfg: Any, site: str) -> None:
 
 def _sweep_for(cfg: Any, site: str, n_pos: int) -> Sweep:
     check_site(cfg, site)
+    axes = _AXES.get(site, ("layer", "pos"))
     if cfg.arch == "rmt":
         n_seg = cfg.n_segments(n_pos)
-        if site == "memory_slot":
-            cells = [(seg, j) for seg in range(n_seg) for j in range(cfg.n_memory)]
-            patches = [Patch((0,), seg, j) for seg, j in cells]
-            return Sweep(site, patches, cells, (n_seg, cfg.n_memory), {"axes": ("segment", "slot")})
-        patches = [Patch((0,), seg) for seg in range(n_seg)]
-        return Sweep(site, patches, [(seg,) for seg in range(n_seg)], (n_seg,), {"axes": ("segment",)})
+        slots = range(cfg.n_memory) if site == "memory_slot" else [None]
+        cells = [(seg, j) for seg in range(n_seg) for j in slots]
+        patches = [Patch((0,), seg, j) for seg, j in cells]
+        shape = (n_seg, cfg.n_memory) if site == "memory_slot" else (n_seg,)
+        return Sweep(site, patches, [c[: len(shape)] for c in cells], shape, {"axes": axes})
     heads = range(cfg.n_heads) if site == "head_out" else [None]
-    patches, slots = [], []
-    for li in range(cfg.n_layers):
-        for p in range(n_pos):
-            for h in heads:
-                patches.append(Patch((li,), p, h))
-                slots.append((li, p) if h is None else (li, p, h))
-    if site == "head_out":
-        return Sweep(site, patches, slots, (cfg.n_layers, n_pos, cfg.n_heads), {"axes": ("layer", "pos", "head")})
-    return Sweep(site, patches, slots, (cfg.n_layers, n_pos), {"axes": ("layer", "pos")})
+    cells = [(li, p, h) for li in range(cfg.n_layers) for p in range(n_pos) for h in heads]
+    patches = [Patch((li,), p, h) for li, p, h in cells]
+    shape = (cfg.n_layers, n_pos, cfg.n_heads) if site == "head_out" else (cfg.n_layers, n_pos)
+    return Sweep(site, patches, [c[: len(shape)] for c in cells], shape, {"axes": axes})
 
 
 # ----- public entry points -----
@@ -393,8 +401,8 @@ def attribution_patching(
 
     Estimate = metric(base) + (source act - base act) . d metric / d act at the base run, summed
     over the model dimension (per head over `d_head` for `head_out`; over all M vectors for the
-    RMT's `memory`, per vector for `memory_slot`). Transformers only need a natively built model (the same engine as the fast
-    patching path).
+    RMT's `memory`, per vector for `memory_slot`). Transformers need a natively built model
+    without hooks attached (the engine of the fast patching path).
 
     `steps > 1` is the integrated-gradients variant of EAP-IG (Hanna et al. 2024): the gradient
     is averaged over `steps` runs whose input embeddings (`blocks.0.hook_resid_pre`, or the

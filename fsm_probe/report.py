@@ -367,10 +367,7 @@ def report_html(
             "replacement). Metric: logit difference between the clean and the corrupted final "
             "label at the last position. Normalised: 0 = corrupted run, 1 = clean run."
         )
-        sites = ["hidden"] + (["cell"] if cfg.arch == "lstm" else []) if cfg.is_rnn else (
-            ["resid_pre", "attn_out"] + (["mlp_out"] if cfg.d_mlp != 0 else []) + ["head_out"])
-        if cfg.arch == "rmt":
-            sites = ["memory"] + (["memory_slot"] if cfg.n_memory > 1 else [])
+        sites = patching.default_sites(cfg)
         cell = "segment" if cfg.arch == "rmt" else "(layer, position)"
         results: dict[str, Any] = {}
         for site in sites:
@@ -389,13 +386,14 @@ def report_html(
             "hidden": "the hidden state of each layer after each step",
             "cell": "the LSTM cell state of each layer after each step",
             "memory": "the memory written by each segment (all memory vectors)",
-            "memory_slot": "one memory vector (row) written by each segment",
+            "memory_slot": "one vector (row) of the memory written by each segment",
         }
         for site, res in results.items():
             doc.figure(
                 figs.patching_figure(res),
                 f"Denoising: run the corrupted input and copy in the clean value of "
-                f"{explain[site]} at one {cell}. Colour is how much of the clean "
+                f"{explain[site]} at one {'(segment, vector)' if site == 'memory_slot' else cell}. "
+                "Colour is how much of the clean "
                 "logit difference that single patch restores (1, dark blue = all of it; red = "
                 "pushes further towards the corrupted answer). The cells that restore everything "
                 "form a cross-section of the circuit: they show where, and at which position, the "
@@ -456,11 +454,16 @@ def report_html(
         if "patching" not in state:
             doc.note("The circuit summary needs the patching results.")
             return
-        ranked = rank_components(state["patching"])
+        results = dict(state["patching"])
+        if "memory_slot" in results:  # rank the memory once, per vector
+            del results["memory"]
+        ranked = rank_components(results)
         state["components"] = ranked
+        rmt = cfg.arch == "rmt"
         doc.table(
             [(c.name, c.kind, c.layer, c.head, c.position, c.effect) for c in ranked[:12]],
-            ["component", "kind", "layer", "head", "peak position", "normalised effect"],
+            ["component", "kind", "layer", "memory vector" if rmt else "head",
+             "segment" if rmt else "peak position", "normalised effect"],
         )
         graph = circuit_graph(ranked, threshold=0.2, top_k=10)
         state["graph"] = graph

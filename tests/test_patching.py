@@ -275,7 +275,15 @@ def test_attribution_steps_one_is_default_and_checked(model, tokens):
 
 
 @pytest.mark.parametrize(
-    "kw", [{}, {"positional": "rotary", "normalization": "RMS"}, {"attention_dir": "bidirectional"}, {"d_mlp": 0}]
+    "kw",
+    [
+        {},
+        {"positional": "rotary", "normalization": "RMS"},
+        {"attention_dir": "bidirectional"},
+        {"d_mlp": 0},
+        {"normalization": None},
+        {"normalization": "LNPre"},
+    ],
 )
 def test_attribution_matches_hook_gradients(tokens, kw):
     # Independent reference: the bridge's own forward, activations kept through its hook points,
@@ -283,9 +291,10 @@ def test_attribution_matches_hook_gradients(tokens, kw):
     model = _transformer(**kw)
     clean, corrupted = tokens
     metric = _metrics()["logit_diff"]
-    hooks = {"resid_pre": "hook_resid_pre", "attn_out": "hook_attn_out", "head_out": "attn.hook_z"}
+    hooks = {"resid_pre": "hook_resid_pre", "attn_out": "hook_attn_out", "head_out": "attn.hook_z",
+             "resid_post": "hook_resid_post"}
     if kw.get("d_mlp") != 0:
-        hooks["mlp_out"] = "hook_mlp_out"
+        hooks["mlp_out"] = "hook_mlp_out"  # (not resid_mid: the bridge's hook_resid_mid is ln2's input)
     _, clean_cache = model.run_with_cache(clean)
     kept, base = {}, None
     for name in [f"blocks.{li}.{h}" for li in range(2) for h in hooks.values()]:
@@ -306,6 +315,25 @@ def test_attribution_matches_hook_gradients(tokens, kw):
         assert torch.allclose(got[site].values, ref, atol=2e-5), site
 
 
+def test_engine_refuses_hooks_it_would_skip(tokens):
+    model = _transformer()
+    clean, corrupted = tokens
+    metric = _metrics()["logit_diff"]
+    model.add_hook("blocks.0.attn.hook_q", lambda act, hook: act * 0)
+    try:
+        with pytest.raises(InputError, match="hooks"):
+            attribution_patching(model, clean, corrupted, metric)
+        with pytest.raises(InputError, match="hooks"):
+            activation_patching(model, clean, corrupted, metric, engine="fast")
+        auto = activation_patching(model, clean, corrupted, metric, site="attn_out")  # falls back
+        ref = activation_patching(model, clean, corrupted, metric, site="attn_out", engine="hooks")
+        assert torch.equal(auto.values, ref.values)
+    finally:
+        model.reset_hooks()
+    plain = activation_patching(model, clean, corrupted, metric, site="attn_out", engine="fast")
+    assert not torch.allclose(plain.values, ref.values)  # the hook did change the model
+
+
 def test_corruption_pairs_flip_the_final_label():
     from fsm_probe.tasks import get_task
 
@@ -319,6 +347,9 @@ def test_corruption_pairs_flip_the_final_label():
     assert pos == 2 and clean.shape == (8, 12)
     assert (clean != corrupted).sum(1).tolist() == [1] * 8 and (clean[:, 2] != corrupted[:, 2]).all()
     assert corruption_pairs(parity, 12, 8)[2] == 6  # the middle position by default
+    assert corruption_pairs(parity, 12, 8, position=-1)[2] == 11
+    with pytest.raises(InputError, match="seed"):
+        corruption_pairs(parity, 12, 8, seed=-1)
     with pytest.raises(InputError, match="outside"):
         corruption_pairs(parity, 12, 8, position=12)
     with pytest.raises(InputError, match="position 0"):

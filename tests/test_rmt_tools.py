@@ -118,18 +118,29 @@ def test_memory_slot_patching_matches_hook_patching(direction):
     assert torch.allclose(slots.values[:, 0], whole.values, atol=1e-6)
 
 
-def test_memory_slot_attribution_splits_the_memory_estimate():
+def test_memory_slot_attribution_equals_gradient_per_vector():
     m = rmt(n_memory=3)
     clean, corrupted = _flip_pair(4, 12, flip=1)
     metric = logit_diff(torch.tensor([0, 1, 0, 1]), torch.tensor([1, 0, 1, 0]))
     est = attribution_patching(m, clean, corrupted, metric, sites=["memory", "memory_slot"])
-    assert est["memory_slot"].values.shape == (4, 3) and est["memory_slot"].axes == ("segment", "slot")
-    assert torch.allclose(est["memory_slot"].effect().sum(-1), est["memory"].effect(), atol=1e-5)
-    assert float(est["memory_slot"].effect()[1:3].abs().min()) > 0
-    ranked = rank_components({"memory_slot": est["memory_slot"]}, normalize=False)
+    slot = est["memory_slot"]
+    assert slot.values.shape == (4, 3) and slot.axes == ("segment", "slot")
+    with torch.no_grad():
+        _, c_cache = m.run_with_cache(clean, names_filter="hook_memory")
+        _, x_cache = m.run_with_cache(corrupted, names_filter="hook_memory")
+        prefix = m(corrupted)
+    for s in range(3):  # restart from the memory written by segment s; one leaf per vector
+        leaves = [x_cache["hook_memory"][:, s, j].clone().requires_grad_(True) for j in range(3)]
+        logits = torch.cat([prefix[:, : (s + 1) * 3], m(corrupted[:, (s + 1) * 3 :], memory=torch.stack(leaves, 1))], 1)
+        grads = torch.autograd.grad(metric(logits), leaves)
+        for j in range(3):
+            delta = float(((c_cache["hook_memory"][:, s, j] - leaves[j].detach()) * grads[j]).sum())
+            assert float(slot.effect()[s, j]) == pytest.approx(delta, abs=1e-5)
+    assert torch.allclose(slot.effect().sum(-1), est["memory"].effect(), atol=1e-5)
+    ranked = rank_components({"memory_slot": slot}, normalize=False)
     top = ranked[0]
     assert top.name == f"memory@{top.position}[{top.head}]" and top.kind == "memory"
-    fig = patching_figure(est["memory_slot"])
+    fig = patching_figure(slot)
     assert list(fig.data[0].y) == ["slot 0", "slot 1", "slot 2"] and len(fig.data[0].x) == 4
 
 
