@@ -308,6 +308,9 @@ def _pairs(model: Any, length: int | None, n: int, position: int | None, seed: i
         raise ConfigError(f"--n must be positive, got {n}")
     if length is not None and length < 2:
         raise ConfigError(f"--length must be at least 2, got {length}")
+    n_ctx = None if model.fsm_config.is_rnn else model.fsm_config.n_ctx
+    if length is not None and n_ctx is not None and length > n_ctx:
+        raise ConfigError(f"--length {length} exceeds the model's context n_ctx={n_ctx}")
     return corruption_pairs(model.fsm_task, analysis_length(model, length), n, seed, position)
 
 

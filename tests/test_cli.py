@@ -216,6 +216,7 @@ def test_trace_command_matches_the_library(capsys, tmp_path):
         (["patch", "{run}", "--site", ","], "--site"),
         (["patch", "{run}", "--site", "resid_pre,bogus"], "bogus"),
         (["patch", "{run}", "--seed", "-1"], "seed"),
+        (["trace", "{run}", "--length", "40"], "n_ctx=32"),
         (["trace", "{run}", "--noise", "loud"], "--noise"),
         (["trace", "{run}", "--kind", "xyz"], "xyz"),
         (["trace", "{tmp}/missing"], "missing"),
