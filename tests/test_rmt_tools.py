@@ -258,8 +258,13 @@ def test_lens_and_probes_on_trained_rmt(trained):
     assert own.mean() > 0.95
     assert np.allclose(res.accuracy[-1], own)
     assert res.sites == ["embed", "L0.mid", "L0.post"]
-    tuned = fit_tuned_lens(model, steps=5, length=12, n=64)
-    assert logit_lens(model, lens=tuned, length=12, n=64).accuracy.shape == (3, 12)
+    before = [p.detach().clone() for p in model.parameters()]
+    plain = logit_lens(model, length=12, n=64)
+    tuned = logit_lens(model, lens=fit_tuned_lens(model, steps=60, lr=2e-2, length=12, n=64), length=12, n=64)
+    assert tuned.lens == "tuned" and tuned.accuracy.shape == (3, 12) and tuned.sites == plain.sites
+    np.testing.assert_allclose(tuned.accuracy[-1], plain.accuracy[-1])  # the last site is the output
+    assert tuned.kl[:-1].mean() < plain.kl[:-1].mean()  # the per-site maps fit the output better
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     probes = probe_model(model, length=12, n=128, max_samples=1000, moduli=())
     assert probes.sites[-1] == "memory"
     state = probes.targets.index("state")
