@@ -80,7 +80,7 @@ def run_demo(out: Path, console: Console | None = None, progress: bool = True) -
     atomic_write_json(Path(out) / "demo.json", summary)
     console.print(
         f"runs and demo.json written to {out}; next: fsm-probe extract {Path(out) / 'gru'} --out DIR, "
-        f"fsm-probe report {Path(out) / 'transformer'}"
+        f"fsm-probe patch {Path(out) / 'transformer'}, fsm-probe report {Path(out) / 'transformer'}"
     )
     return json.loads(json.dumps(summary))
 
