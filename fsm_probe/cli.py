@@ -394,6 +394,9 @@ def patch_cmd(
         f"{first.corrupted_value:.3f} ({direction}, {method})"
     )
     gap = first.clean_value - first.corrupted_value
+    if abs(gap) < 1e-2:
+        console.print(f"note: the clean and corrupted runs differ by only {gap:+.2g} in logit difference "
+                      "(the model barely tells them apart); normalised effects are not meaningful.")
     cells = [
         (abs(float(r.effect()[idx])), s, r, idx)
         for s, r in results.items() for idx in np.ndindex(*r.values.shape)
