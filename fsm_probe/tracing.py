@@ -3,7 +3,8 @@
 Corrupt some input positions (Gaussian noise on the token embedding, or a symmetric symbol swap),
 then restore one clean state at a time and measure how much of the probability of the target
 label at the last position comes back. Restorations are batched exactly as in
-`fsm_probe.patching` (both run on `fsm_probe.patched_runs`). On an RMT the restored state is the memory each segment writes.
+`fsm_probe.patching` (both run on `fsm_probe.patched_runs`). On an RMT the restored state is the
+memory each segment writes.
 """
 
 from __future__ import annotations
