@@ -1,14 +1,14 @@
 """Circuit summary: rank components by their patching effect and draw them as a graph.
 
 Components are attention heads (`L0H1`), attention and MLP sublayers (`L1.attn`, `L1.mlp`),
-residual-stream positions (`resid L0@3`: the stream entering block 0 at position 3;
-`resid_mid L0@3` and `resid_post L0@3`: after its attention and after the whole block) and RNN
-states (`L0.h@3`) and an RMT's memory (`memory@2`: the memory written by segment 2, or
-`memory@2[1]`: its vector 1; `position` is the segment, `head` the vector). A component's effect
-is its largest normalised patching effect over positions (1 = restores the clean behaviour,
-0 = none), and the position where it peaks is kept. The graph links each kept component to every kept component downstream of it (later layer, and
-not an earlier position), weighted by the smaller of the two effects: the paths the circuit
-could use, an upper bound until path patching confirms them.
+residual-stream positions (`resid L0@3`: the stream entering block 0 at position 3; `resid_mid
+L0@3` and `resid_post L0@3`: after its attention and after the whole block) and RNN states
+(`L0.h@3`) and an RMT's memory (`memory@2`: the memory written by segment 2, or `memory@2[1]`:
+its vector 1; `position` is the segment, `head` the vector). A component's effect is its largest
+normalised patching effect over positions (1 = restores the clean behaviour, 0 = none), and the
+position where it peaks is kept. The graph links each kept component to every kept component
+downstream of it (later layer, and not an earlier position), weighted by the smaller of the two
+effects: the paths the circuit could use, an upper bound until path patching confirms them.
 """
 
 from __future__ import annotations
