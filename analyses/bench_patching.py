@@ -91,19 +91,16 @@ def _bench(model, clean, corrupted, metric, label: str) -> tuple[list[str], list
             )
     # The exact/attribution ratio: rounds that alternate one run of the four exact sweeps with
     # the best of REPEATS attribution calls per `steps`, so that both see the same machine load.
-    rounds: list[tuple[float, dict[int, float]]] = []
+    t_exact, t_attr, results = float("inf"), dict.fromkeys(ATTR_STEPS, float("inf")), {}
     for _ in range(ROUNDS):
         _, t_sweeps = _timed(lambda: [activation_patching(model, clean, corrupted, metric, site=s) for s in SWEEPS])
-        rounds.append((t_sweeps, {
-            steps: _timed(lambda steps=steps: attribution_patching(
-                model, clean, corrupted, metric, sites=list(SWEEPS), steps=steps), REPEATS)[1]
-            for steps in ATTR_STEPS
-        }))
-    t_exact = min(r[0] for r in rounds)
-    t_attr = {steps: min(r[1][steps] for r in rounds) for steps in ATTR_STEPS}
+        t_exact = min(t_exact, t_sweeps)
+        for steps in ATTR_STEPS:
+            results[steps], t = _timed(lambda steps=steps: attribution_patching(
+                model, clean, corrupted, metric, sites=list(SWEEPS), steps=steps), REPEATS)
+            t_attr[steps] = min(t_attr[steps], t)
     agree, estimates = [], {}
-    for steps in ATTR_STEPS:
-        approx = attribution_patching(model, clean, corrupted, metric, sites=list(SWEEPS), steps=steps)
+    for steps, approx in results.items():
         stats = {site: compare(approx[site], exact[site], k=10) for site in SWEEPS}
         a = torch.cat([approx[s].effect().flatten() for s in SWEEPS])
         e = torch.cat([exact[s].effect().flatten() for s in SWEEPS])

@@ -332,21 +332,30 @@ def _cell(axes: tuple[str, ...], idx: tuple[int, ...]) -> str:
     return " ".join(f"{a}={i}" for a, i in zip(axes, idx, strict=True))
 
 
+# Options `patch` and `trace` share.
+_RunDir = Annotated[Path, typer.Argument(help="Checkpoint directory.")]
+_Length = Annotated[int | None, typer.Option("--length", help="Sequence length (default: min(training max, 16)).")]
+_Position = Annotated[int | None, typer.Option("--position", help="Input position to corrupt (default: the middle one).")]
+_Seed = Annotated[int, typer.Option("--seed")]
+_JsonOut = Annotated[Path | None, typer.Option("--out", help="JSON file for every value.")]
+_PrintJson = Annotated[bool, typer.Option("--json", help="Print the JSON instead of the table.")]
+
+
 @app.command("patch")
 @_user_errors
 def patch_cmd(
-    run_dir: Annotated[Path, typer.Argument(help="Checkpoint directory.")],
+    run_dir: _RunDir,
     site: Annotated[str | None, typer.Option("--site", help="Comma-separated sites. Default: resid_pre,attn_out,mlp_out,head_out (Transformer), hidden[,cell] (RNN), memory[,memory_slot] (RMT).")] = None,
     direction: Annotated[str, typer.Option("--direction", help="denoise (patch clean into corrupted) or noise.")] = "denoise",
     method: Annotated[str, typer.Option("--method", help="exact (activation patching) or attribution (first-order estimate).")] = "exact",
     steps: Annotated[int, typer.Option("--steps", help="attribution: integrated-gradient steps (1 = plain).")] = 1,
-    length: Annotated[int | None, typer.Option("--length", help="Sequence length (default: min(training max, 16)).")] = None,
+    length: _Length = None,
     n: Annotated[int, typer.Option("--n", help="Clean/corrupted pairs.")] = 16,
-    position: Annotated[int | None, typer.Option("--position", help="Input position to corrupt (default: the middle one).")] = None,
+    position: _Position = None,
     top: Annotated[int, typer.Option("--top", help="Cells to list.")] = 10,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
-    out: Annotated[Path | None, typer.Option("--out", help="JSON file for every value.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON instead of the table.")] = False,
+    seed: _Seed = 0,
+    out: _JsonOut = None,
+    as_json: _PrintJson = False,
 ) -> None:
     """Activation patching (or its attribution estimate) on symmetric-corruption pairs of the
     run's task; lists the cells with the largest effect (normalised: 0 = corrupted, 1 = clean)."""
@@ -414,18 +423,18 @@ def patch_cmd(
 @app.command("trace")
 @_user_errors
 def trace_cmd(
-    run_dir: Annotated[Path, typer.Argument(help="Checkpoint directory.")],
+    run_dir: _RunDir,
     kind: Annotated[str, typer.Option("--kind", help="resid (hidden state / memory), mlp or attn.")] = "resid",
     noise: Annotated[str, typer.Option("--noise", help="Multiple of the embedding std, or 'symmetric' (swap the symbol).")] = "3.0",
     window: Annotated[int, typer.Option("--window", help="Layers restored together (mlp/attn).")] = 1,
     samples: Annotated[int, typer.Option("--samples", help="Noise draws per sequence.")] = 10,
-    length: Annotated[int | None, typer.Option("--length", help="Sequence length (default: min(training max, 16)).")] = None,
+    length: _Length = None,
     n: Annotated[int, typer.Option("--n", help="Sequences.")] = 16,
-    position: Annotated[int | None, typer.Option("--position", help="Input position to corrupt (default: the middle one).")] = None,
+    position: _Position = None,
     top: Annotated[int, typer.Option("--top", help="States to list.")] = 10,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
-    out: Annotated[Path | None, typer.Option("--out", help="JSON file for every score.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON instead of the table.")] = False,
+    seed: _Seed = 0,
+    out: _JsonOut = None,
+    as_json: _PrintJson = False,
 ) -> None:
     """ROME-style causal tracing: corrupt one input position, restore one state at a time and
     list the states whose restoration brings back the most of p(clean prediction)."""

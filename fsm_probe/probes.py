@@ -192,10 +192,9 @@ def probe_model(
         if v.shape != batch.tokens.shape:
             raise InputError(f"target {name!r} has shape {v.shape}, tokens {batch.tokens.shape}")
     sites = stream_sites(model, incl_mid=incl_mid, incl_cell=True, incl_memory=True)
-    t = batch.tokens.shape[1]
+    b, t = batch.tokens.shape
     sites = [s for s in sites if len(site_positions(model, s.hook, t))]  # memory: whole segments
     acts = cache_sites(model, torch.as_tensor(batch.tokens), [s.hook for s in sites])
-    b, t = batch.tokens.shape
     rows = np.random.default_rng(seed).permutation(b * t)[:max_samples]
     acc = np.zeros((len(sites), len(ys)))
     train_acc = np.zeros_like(acc)

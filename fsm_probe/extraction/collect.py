@@ -26,8 +26,6 @@ from ..errors import ConfigError, InputError
 from ..models import as_tokens, model_config, predict_logits
 from ..models.rmt import MEMORY_HOOK
 
-MEMORY_SITE = MEMORY_HOOK
-
 Site = str | Sequence[str] | None
 
 
@@ -101,16 +99,16 @@ def resolve_site(model: nn.Module, site: Site) -> tuple[str, ...]:
         raise InputError(
             "state extraction needs a state carried from step to step; the scratchpad has none "
             "(it only feeds back its own label outputs): use an rnn, gru, lstm, transformer, or an "
-            f"rmt (site {MEMORY_SITE!r})"
+            f"rmt (site {MEMORY_HOOK!r})"
         )
     if cfg.arch == "rmt":
-        if site is None or site == MEMORY_SITE or (
-            isinstance(site, list | tuple) and tuple(site) == (MEMORY_SITE,)
+        if site is None or site == MEMORY_HOOK or (
+            isinstance(site, list | tuple) and tuple(site) == (MEMORY_HOOK,)
         ):
-            return (MEMORY_SITE,)
+            return (MEMORY_HOOK,)
         raise InputError(
             f"on an rmt, extraction reads the memory passed between segments: site must be "
-            f"{MEMORY_SITE!r}, got {site!r} (the inner hooks fire once per segment, not per state)"
+            f"{MEMORY_HOOK!r}, got {site!r} (the inner hooks fire once per segment, not per state)"
         )
     if site is None:
         if cfg.is_rnn:
@@ -193,7 +191,7 @@ def collect(
         raise InputError("collect needs sequences of at least one token")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if names == (MEMORY_SITE,):
+    if names == (MEMORY_HOOK,):
         return _collect_memory(model, t, automaton, batch_size)
     vecs, preds = [], []
     for logits, cache in _cached_chunks(model, t, list(names), batch_size):
@@ -242,13 +240,13 @@ def _collect_memory(
             f"{tok.shape[1]} is not a multiple of segment_length={L}"
         )
     vecs, preds = [], []
-    for logits, cache in _cached_chunks(model, t, [MEMORY_SITE], batch_size):
-        mem = cache[MEMORY_SITE]
+    for logits, cache in _cached_chunks(model, t, [MEMORY_HOOK], batch_size):
+        mem = cache[MEMORY_HOOK]
         vecs.append(mem.reshape(*mem.shape[:2], -1).float().cpu().numpy())
         preds.append(logits[:, L - 1 :: L].argmax(-1).cpu().numpy())
     body = np.concatenate(vecs)
     body_preds = np.concatenate(preds).astype(np.int64)
-    init = model.initial_state(1)[MEMORY_SITE].reshape(1, 1, -1).detach().float().cpu().numpy()
+    init = model.initial_state(1)[MEMORY_HOOK].reshape(1, 1, -1).detach().float().cpu().numpy()
     vectors = np.concatenate([np.broadcast_to(init, (body.shape[0], 1, body.shape[-1])), body], axis=1)
     if automaton is not None:
         first = int(automaton.outputs[automaton.start])
@@ -265,7 +263,7 @@ def _collect_memory(
         )
     return Collection(
         segment_tokens(tok, base, L), vectors.astype(np.float32), predictions, true_states,
-        (MEMORY_SITE,), False, L, base,
+        (MEMORY_HOOK,), False, L, base,
     )
 
 

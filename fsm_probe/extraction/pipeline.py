@@ -35,6 +35,7 @@ from ..automata import Automaton, segment_alphabet, segment_words
 from ..errors import ConfigError, InputError
 from ..io import atomic_write_json, atomic_write_text
 from ..models import model_config
+from ..models.rmt import MEMORY_HOOK
 from .abstraction import Reducer, _nearest, make_abstraction
 from .build import (
     build_automaton,
@@ -47,7 +48,6 @@ from .build import (
 )
 from .checks import agreement, compare_to_task, interchange_accuracy, purity, task_accuracy
 from .collect import (
-    MEMORY_SITE,
     Collection,
     collect,
     is_rnn,
@@ -540,7 +540,7 @@ def check_extraction(
     else:
         report.update(equivalent_to_task=None, counterexample=None, state_mapping=None)
     report["interchange_accuracy"] = None
-    state_site = extractor.site_ == (MEMORY_SITE,) if segment is not None else (
+    state_site = extractor.site_ == (MEMORY_HOOK,) if segment is not None else (
         is_rnn(model) and set(extractor.site_) <= set(model.state_names)
     )
     if state_site:

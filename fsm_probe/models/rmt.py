@@ -215,7 +215,7 @@ class HookedRMT(InnerBridgeMixin):
 
     def initial_state(self, batch_size: int) -> dict[str, Tensor]:
         """The memory read by the first segment, `{"hook_memory": [batch, M, d]}`."""
-        return {"hook_memory": self.memory_init.unsqueeze(0).expand(batch_size, -1, -1)}
+        return {MEMORY_HOOK: self.memory_init.unsqueeze(0).expand(batch_size, -1, -1)}
 
     def n_segments(self, length: int) -> int:
         return self.cfg.n_segments(length)
@@ -257,7 +257,7 @@ class HookedRMT(InnerBridgeMixin):
         batch, length = tokens.shape
         M, d, S = self.cfg.n_memory, self.cfg.d_hidden, self.cfg.segment_length
         if memory is None:
-            mem = self.initial_state(batch)["hook_memory"]
+            mem = self.initial_state(batch)[MEMORY_HOOK]
         else:
             mem = torch.as_tensor(memory, device=self.device, dtype=self.memory_init.dtype)
             if mem.shape not in {(M, d), (batch, M, d)}:
@@ -284,5 +284,5 @@ class HookedRMT(InnerBridgeMixin):
     def memory_states(self, tokens: Any) -> Tensor:
         """The memory after each segment, `[batch, n_segments, M, d]` (no gradient)."""
         with torch.no_grad():
-            _, cache = self.run_with_cache(tokens, names_filter="hook_memory")
-        return cache["hook_memory"]
+            _, cache = self.run_with_cache(tokens, names_filter=MEMORY_HOOK)
+        return cache[MEMORY_HOOK]
