@@ -26,3 +26,15 @@ class ConfigError(FsmProbeError):
 
 class CheckpointError(FsmProbeError):
     """A missing, truncated or mismatched checkpoint directory."""
+
+
+class OutputError(FsmProbeError):
+    """An output that cannot be written (full disk, I/O error, bad or foreign --out path)."""
+
+
+class LockedError(OutputError):
+    """The output directory is being written by another run."""
+
+
+class ResourceError(ConfigError):
+    """Sizes whose estimated memory does not fit: the message names the estimate and what to lower."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -21,14 +20,14 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoint import save
+from . import _validate as _v
+from .checkpoint import LOG, checkpoint_stage, write_checkpoint
 from .datasets import IGNORE_INDEX, iterate_batches
-from .errors import CheckpointError, ConfigError
+from .errors import ConfigError
 from .evaluation import evaluate
 from .models import ModelConfig, as_tokens, build_model
+from .models.config import check_memory
 from .tasks import Task
-
-LOG = "train_log.jsonl"
 
 
 @dataclass
@@ -52,9 +51,11 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.train_lengths = tuple(int(x) for x in self.train_lengths)
+        self.train_lengths = _length_pair(self.train_lengths)
         if self.val_lengths is not None:
-            self.val_lengths = tuple(int(x) for x in self.val_lengths)
+            if isinstance(self.val_lengths, str | bytes) or not hasattr(self.val_lengths, "__iter__"):
+                raise ConfigError(f"val_lengths must be a sequence of positive integers, got {self.val_lengths!r}")
+            self.val_lengths = tuple(self.val_lengths)
         self.validate()
 
     def validate(self) -> None:
@@ -62,17 +63,24 @@ class TrainConfig:
         if lo < 1 or hi < lo:
             raise ConfigError(f"train lengths must satisfy 1 <= min <= max, got {lo}:{hi}")
         for name in ("batch_size", "max_steps", "eval_every", "val_size", "patience"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        if self.lr is not None and not (0 < self.lr < 10):
+            _v.positive_int(getattr(self, name), name)
+        _v.non_negative_int(self.warmup_steps, "warmup_steps")
+        _v.seed(self.seed, "seed")
+        if self.lr is not None and not 0 < _v.finite_float(self.lr, "learning rate") < 10:
             raise ConfigError(f"learning rate must be in (0, 10), got {self.lr}")
-        if self.warmup_steps < 0 or self.weight_decay < 0 or self.grad_clip <= 0:
-            raise ConfigError("warmup_steps and weight_decay must be >= 0 and grad_clip > 0")
-        if not 0 < self.target_accuracy <= 1:
+        _v.finite_float(self.weight_decay, "weight_decay", 0.0)
+        _v.finite_float(self.grad_clip, "grad_clip", 0.0, low_open=True)
+        if not 0 < _v.finite_float(self.target_accuracy, "target accuracy") <= 1:
             raise ConfigError(f"target accuracy must be in (0, 1], got {self.target_accuracy}")
-        if self.val_lengths is not None and any(v < 1 for v in self.val_lengths):
-            raise ConfigError(f"validation lengths must be positive, got {self.val_lengths}")
+        if self.val_lengths is not None:
+            if not self.val_lengths:
+                raise ConfigError("val_lengths must not be empty (None = the longest training length)")
+            for v in self.val_lengths:
+                _v.positive_int(v, "each validation length")
+        if self.final_only is not None and not isinstance(self.final_only, bool):
+            raise ConfigError(f"final_only must be True, False or None, got {self.final_only!r}")
+        if not isinstance(self.extra, dict):
+            raise ConfigError(f"extra must be a dict, got {type(self.extra).__name__}")
 
     def lr_for(self, cfg: ModelConfig) -> float:
         if self.lr is not None:
@@ -86,6 +94,16 @@ class TrainConfig:
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _length_pair(value: Any) -> tuple[int, int]:
+    """`(min, max)` from a pair of integers; anything else is a `ConfigError`."""
+    if isinstance(value, str | bytes) or not isinstance(value, list | tuple) or len(value) != 2:
+        raise ConfigError(f"train_lengths must be a pair (min, max) of integers, got {value!r}")
+    for x in value:
+        if not _v.is_int(x):
+            raise ConfigError(f"train_lengths must be a pair (min, max) of integers, got {value!r}")
+    return int(value[0]), int(value[1])
 
 
 def lr_schedule(step: int, total: int, warmup: int) -> float:
@@ -111,13 +129,25 @@ def train(
 ) -> nn.Module:
     """Train a model on `task`; returns it in eval mode with `fsm_task` and `fsm_training` set.
 
-    With `out_dir`, writes the log to `train_log.jsonl.tmp` during training and moves it to
-    `train_log.jsonl` together with the checkpoint at the end, so a failed or interrupted run
-    leaves a previous run in `out_dir` intact.
+    With `out_dir`, locks it for the run, writes the log and then the checkpoint into a staging
+    directory beside it and swaps that in as a whole at the end (`checkpoint_stage`), so a
+    failed or interrupted run leaves a previous run in `out_dir` intact, with its own log.
     """
+    if out_dir is None:
+        return _train(task, model_cfg, train_cfg, None, progress, model)
+    with checkpoint_stage(out_dir) as stage:
+        return _train(task, model_cfg, train_cfg, stage, progress, model)
+
+
+def _train(
+    task: Task,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig | None,
+    stage: Path | None,
+    progress: bool,
+    model: nn.Module | None,
+) -> nn.Module:
     train_cfg = train_cfg or TrainConfig()
-    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
-        raise CheckpointError(f"{out_dir} exists and is not a directory")
     if model_cfg.d_vocab < task.automaton.n_symbols or model_cfg.d_out != task.automaton.n_labels:
         raise ConfigError(
             f"model vocabulary/outputs ({model_cfg.d_vocab}, {model_cfg.d_out}) do not fit task "
@@ -126,6 +156,12 @@ def train(
     lo, hi = train_cfg.train_lengths
     if not model_cfg.is_rnn and hi > model_cfg.n_ctx:
         raise ConfigError(f"training length {hi} exceeds the Transformer context n_ctx={model_cfg.n_ctx}")
+    val_lengths = train_cfg.val_lengths or (hi,)
+    if model is None:
+        check_memory(model_cfg, train_cfg.batch_size, hi, training=True,
+                     lower="--batch-size, --train-lengths or --hidden" + ("" if model_cfg.is_rnn else " / --n-ctx"))
+        check_memory(model_cfg, train_cfg.val_size, max(val_lengths),
+                     lower="the validation size or lengths, or --hidden")
     model = model if model is not None else build_model(model_cfg)
     model.fsm_task = task  # models that need the task while training (scratchpad teacher forcing)
     val_lengths = train_cfg.val_lengths or (hi,)
@@ -135,9 +171,8 @@ def train(
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_schedule(s, train_cfg.max_steps, train_cfg.warmup_steps)
     )
-    log_path = Path(out_dir) / f"{LOG}.tmp" if out_dir is not None else None
+    log_path = stage / LOG if stage is not None else None
     if log_path is not None:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.write_text("")
     batches = iterate_batches(
         task, train_cfg.batch_size, (lo, hi), seed=train_cfg.seed, final_only=train_cfg.final_only
@@ -193,7 +228,6 @@ def train(
         "final_val_accuracy": history[-1]["val_accuracy"] if history else None,
         "stopped_early": streak >= train_cfg.patience,
     }
-    if log_path is not None:
-        save(model, out_dir, extra_files={LOG: lambda tmp: shutil.copyfile(log_path, tmp)})
-        log_path.unlink(missing_ok=True)
+    if stage is not None:
+        write_checkpoint(model, stage)
     return model

@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 
 import fsm_probe.checkpoint as ckpt
 from fsm_probe.checkpoint import load, save
-from fsm_probe.errors import CheckpointError
+from fsm_probe.errors import CheckpointError, OutputError
 from fsm_probe.models import ModelConfig, build_model, predict_logits
 from fsm_probe.tasks import get_task
 
@@ -130,7 +130,7 @@ def test_failed_config_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch
 
     _, other = _model("gru", n_layers=2)
     monkeypatch.setattr(type(tmp_path), "write_text", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(OutputError, match="disk full; the previous checkpoint is intact"):
         save(other, tmp_path, task=task)
     monkeypatch.undo()
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

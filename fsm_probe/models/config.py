@@ -99,3 +99,39 @@ class ModelConfig:
         if missing:
             raise ConfigError(f"missing architecture fields: {', '.join(missing)}")
         return cls(**data)
+
+
+def estimate_bytes(cfg: ModelConfig, batch: int = 1, length: int = 1, training: bool = False) -> float:
+    """Rough upper estimate of the memory to build `cfg` and run `batch` sequences of `length`
+    tokens (with gradients and AdamW state when `training`)."""
+    d, L, layers = cfg.d_hidden, length, cfg.n_layers
+    if cfg.is_rnn:
+        gates = {"rnn": 1, "gru": 3, "lstm": 4}[cfg.arch]
+        params = layers * gates * (2 * d * d + 2 * d) + cfg.d_vocab * d + d * cfg.d_out
+        buffers = 0
+        acts = batch * L * (layers * (gates + 2) * d + 2 * cfg.d_out)
+    else:
+        d_mlp = 4 * d if cfg.d_mlp is None else cfg.d_mlp
+        ctx = cfg.segment_length + 2 * cfg.n_memory if cfg.arch == "rmt" else cfg.n_ctx
+        params = layers * (4 * d * d + 2 * d * d_mlp) + (2 * cfg.d_vocab + ctx + cfg.d_out) * d
+        # TransformerLens keeps a boolean ctx x ctx causal mask per layer (built through a
+        # temporary twice its size) and rotary tables
+        buffers = layers * ctx * ctx / 2 + 2 * ctx * d
+        acts = batch * L * (layers * (12 * d + 2 * d_mlp + 3 * cfg.n_heads * L) + 2 * cfg.d_out)
+        if cfg.arch == "scratchpad":
+            acts *= 2
+    per_value = 4
+    total = params * per_value * (4 if training else 1) + buffers * per_value
+    return total + acts * per_value * (3 if training else 1)
+
+
+def check_memory(cfg: ModelConfig, batch: int = 1, length: int = 1, training: bool = False,
+                 lower: str | None = None) -> None:
+    """Raise `ResourceError` when `estimate_bytes` exceeds the memory limit."""
+    from .._validate import check_bytes
+
+    what = f"{cfg.arch} with d_hidden={cfg.d_hidden}" + ("" if cfg.is_rnn else f", n_ctx={cfg.n_ctx}")
+    if batch > 1 or length > 1:
+        what += f" on {batch} sequences of length {length}"
+    default = "d_hidden" + ("" if cfg.is_rnn else " / n_ctx") + (" / the batch size or lengths" if batch > 1 else "")
+    check_bytes(estimate_bytes(cfg, batch, length, training), what, lower or default)
