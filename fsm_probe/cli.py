@@ -43,19 +43,45 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def _check_options(kwargs: dict[str, Any]) -> None:
+    """The checks every command shares, by option name (seeds, counts, sizes)."""
+
+    for name, value in kwargs.items():
+        check = _OPTION_CHECKS.get(name)
+        if check is not None and value is not None:
+            check(value, "--" + name.replace("_", "-"))
+
+
+def _option_checks() -> dict[str, Any]:
+    from . import _validate as v
+
+    positive = ("n", "layers", "hidden", "heads", "n_ctx", "max_steps", "batch_size", "segment_length",
+                "memory", "max_states", "window", "samples", "top")
+    return {"seed": v.seed, "bptt_segments": v.non_negative_int, **dict.fromkeys(positive, v.positive_int)}
+
+
+_OPTION_CHECKS = _option_checks()
+
+
 def _user_errors(fn):
-    """Turn project errors (and unreadable files) into one line on stderr and exit code 2."""
+    """Turn project errors (and unreadable files) into one line on stderr and exit code 2;
+    an interrupt propagates to `main` as `Interrupted` (exit 130)."""
+    from ._interrupt import Interrupted
 
     @wraps(fn)
     def wrapper(*args, **kwargs):
         try:
+            _check_options(kwargs)
             return fn(*args, **kwargs)
         except FsmProbeError as e:
             _fail(str(e))
         except OSError as e:
             _fail(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e))
+        except MemoryError:
+            _fail("out of memory; lower the sizes (--n, --batch-size, --hidden, --n-ctx, --lengths)")
         except KeyboardInterrupt:
-            _fail("interrupted; nothing half-written was kept")
+            # click would print a blank line and turn it into Abort: report it in `main` instead
+            raise Interrupted("SIGINT") from None
 
     return wrapper
 
@@ -186,8 +212,11 @@ def eval_cmd(
 
     if n < 1:
         raise ConfigError(f"--n must be positive, got {n}")
+    from .models.config import check_eval_memory
+
     wanted = _parse_lengths(lengths)
     model = load(run_dir)
+    check_eval_memory(model.fsm_config, n, max(wanted))
     report = evaluate(model, model.fsm_task, wanted, n=n, seed=seed)
     if as_json:
         print(json.dumps({"lengths": {str(k): v for k, v in report.items()}}))
@@ -448,6 +477,8 @@ def trace_cmd(
             level: float | str = float(noise)
         except ValueError:
             raise ConfigError(f"--noise must be a number or 'symmetric', got {noise!r}") from None
+        if not 0 <= level < float("inf"):
+            raise ConfigError(f"--noise must be a non-negative finite number or 'symmetric', got {noise!r}")
     else:
         level = noise
     if top < 1:
@@ -507,7 +538,11 @@ def report_cmd(
 
 
 def main(argv: list[str] | None = None) -> Any:
-    """Entry point of the `fsm-probe` console script; usage errors also print one line."""
+    """Entry point of the `fsm-probe` console script; usage errors also print one line, and an
+    interrupt (SIGINT/SIGTERM) one line about what is on disk with exit code 130."""
+    from . import _interrupt
+
+    _interrupt.running()
     try:
         code = app(args=argv, prog_name="fsm-probe", standalone_mode=False)
     except _usage_error_types() as e:
@@ -516,8 +551,8 @@ def main(argv: list[str] | None = None) -> Any:
         if e.format_message():
             print(f"fsm-probe: error: {e.format_message()}{hint}", file=sys.stderr)
         code = getattr(e, "exit_code", 2) or 2
-    except (typer.Abort, KeyboardInterrupt):
-        print("fsm-probe: interrupted", file=sys.stderr)
+    except (typer.Abort, KeyboardInterrupt, _interrupt.Interrupted):
+        print(f"fsm-probe: {_interrupt.message()}", file=sys.stderr)
         code = 130
     raise SystemExit(code or 0)
 

@@ -72,6 +72,7 @@ def atomic_write_many(writes: dict[str | os.PathLike, Callable[[Path], None]]) -
         for tmp, path in staged:
             current = path
             os.replace(tmp, path)
+            OUTPUT_STATE[str(path)] = "written"
     except OSError as e:
         if current is None:
             raise
@@ -99,7 +100,8 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 # ----- whole directories -----
 
 # What this process has done to each output directory, for the interrupt message:
-# "writing" (a new version is staged, the old one untouched) or "written" (swapped in).
+# "writing" (a new version is staged, the old one untouched), "written" (swapped in), "kept"
+# (given up, the previous version untouched) or "absent" (given up, there was none).
 OUTPUT_STATE: dict[str, str] = {}
 _LOCKS: dict[str, tuple[int, int]] = {}  # lock path -> (fd, depth): reentrant within a process
 _INTERRUPTED: list[int] = []  # signals received; a set flag refuses to commit a new version
@@ -292,7 +294,7 @@ def replace_directory(
         except BaseException:
             shutil.rmtree(stage, ignore_errors=True)
             if OUTPUT_STATE.get(key) == "writing":
-                del OUTPUT_STATE[key]
+                OUTPUT_STATE[key] = "kept" if existed else "absent"
             raise
         OUTPUT_STATE[key] = "written"
 
@@ -311,5 +313,5 @@ def _swap(stage: Path, target: Path, existed: bool) -> None:
         OUTPUT_STATE[str(target)] = "written"
         with contextlib.suppress(OSError):
             _fsync(target.parent)
-    if existed:
-        shutil.rmtree(old, ignore_errors=True)
+        if existed:  # still with signals blocked, so that no interrupt leaves it behind
+            shutil.rmtree(old, ignore_errors=True)

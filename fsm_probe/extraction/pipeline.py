@@ -33,7 +33,7 @@ from torch import nn
 
 from ..automata import Automaton, segment_alphabet, segment_words
 from ..errors import ConfigError, InputError
-from ..io import atomic_write_json, atomic_write_text
+from ..io import atomic_write_json, atomic_write_text, replace_directory
 from ..models import model_config
 from ..models.rmt import MEMORY_HOOK
 from .abstraction import Reducer, _nearest, make_abstraction
@@ -564,20 +564,24 @@ def save_extraction(
     figures_html: str | None = None,
 ) -> dict[str, Path]:
     """Write `fsm.json` (task-file format), `fsm.graphml`, `fsm.dot`, `extraction.json` and,
-    if given, `figures.html` into `out`, each atomically."""
+    if given, `figures.html` into `out`, as one unit: a crash leaves the previous set or the new
+    one (`fsm_probe.io.replace_directory`); other files in `out` are kept."""
     extractor._check_fitted()
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a directory")
-    paths = {
-        "fsm.json": extractor.automaton_.save_json(out / "fsm.json"),
-        "fsm.graphml": write_graphml(extractor.graph_, out / "fsm.graphml"),
-        "fsm.dot": write_dot(extractor.graph_, out / "fsm.dot"),
-    }
-    if figures_html is not None:
-        paths["figures.html"] = atomic_write_text(out / "figures.html", figures_html)
-    paths["extraction.json"] = atomic_write_json(out / "extraction.json", _jsonable(report))
-    return paths
+    with replace_directory(out, owned=EXTRACTION_FILES, what="extraction") as stage:
+        extractor.automaton_.save_json(stage / "fsm.json")
+        write_graphml(extractor.graph_, stage / "fsm.graphml")
+        write_dot(extractor.graph_, stage / "fsm.dot")
+        if figures_html is not None:
+            atomic_write_text(stage / "figures.html", figures_html)
+        atomic_write_json(stage / "extraction.json", _jsonable(report))
+        names = sorted(p.name for p in stage.iterdir())
+    return {name: out / name for name in names if name in EXTRACTION_FILES}
+
+
+EXTRACTION_FILES = ("fsm.json", "fsm.graphml", "fsm.dot", "figures.html", "extraction.json")
 
 
 def _jsonable(obj: Any) -> Any:

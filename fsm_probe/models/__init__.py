@@ -69,6 +69,8 @@ def predict_logits(
 ) -> torch.Tensor:
     """Logits `[batch, pos, n_labels]` in eval mode, computed in chunks of `batch_size`."""
     t = as_tokens(model, tokens)
+    if t.ndim != 2 or t.shape[1] == 0:
+        raise InputError(f"predict_logits needs tokens [batch, pos] with pos >= 1, got shape {list(t.shape)}")
     was_training = model.training
     model.eval()
     try:

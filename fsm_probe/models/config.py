@@ -135,3 +135,12 @@ def check_memory(cfg: ModelConfig, batch: int = 1, length: int = 1, training: bo
         what += f" on {batch} sequences of length {length}"
     default = "d_hidden" + ("" if cfg.is_rnn else " / n_ctx") + (" / the batch size or lengths" if batch > 1 else "")
     check_bytes(estimate_bytes(cfg, batch, length, training), what, lower or default)
+
+
+def check_eval_memory(cfg: ModelConfig, n: int, length: int, chunk: int = 256, lower: str = "--n or --lengths") -> None:
+    """Refuse evaluating `n` sequences of `length` (run in chunks of `chunk`) when the estimate
+    (the model's forward plus the int64 tokens, labels and predictions) exceeds the limit."""
+    from .._validate import check_bytes
+
+    total = estimate_bytes(cfg, min(n, chunk), length) + 24.0 * n * length
+    check_bytes(total, f"{cfg.arch} on {n} sequences of length {length}", lower)
