@@ -51,7 +51,7 @@ def _short(value: Any) -> str:
 
 
 def memory_limit() -> int:
-    """Bytes a run may plan to use: $FSM_PROBE_MEMORY_LIMIT, else 80% of physical memory."""
+    """Bytes a run may plan to use: $FSM_PROBE_MEMORY_LIMIT, else 60% of physical memory."""
     env = os.environ.get("FSM_PROBE_MEMORY_LIMIT")
     if env:
         try:
@@ -59,9 +59,9 @@ def memory_limit() -> int:
         except ValueError:
             raise ConfigError(f"FSM_PROBE_MEMORY_LIMIT must be a number of bytes, got {env!r}") from None
     try:
-        return int(0.8 * os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        return int(0.6 * os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError):
-        return 16 << 30
+        return 8 << 30
 
 
 def human_bytes(n: float) -> str:

@@ -236,6 +236,10 @@ class Automaton:
 
     def encode(self, seq: Sequence[str] | str) -> np.ndarray:
         """Symbols to token ids; a plain string is split into characters (or on whitespace)."""
+        if isinstance(seq, bytes | bytearray) or not isinstance(seq, str | Sequence | np.ndarray):
+            raise InputError(f"encode expects a string or a sequence of symbols, got {type(seq).__name__}")
+        if isinstance(seq, np.ndarray) and seq.ndim != 1:
+            raise InputError(f"encode expects a 1-D sequence of symbols, got shape {seq.shape}")
         if isinstance(seq, str):
             seq = list(seq) if all(len(a) == 1 for a in self.alphabet) else seq.split()
         out = np.empty(len(seq), dtype=np.int64)
@@ -650,13 +654,26 @@ class Automaton:
         except UnicodeDecodeError as e:
             raise AutomatonError(f"automaton file {str(path)!r} is not UTF-8 text: {e}") from None
         try:
-            d = json.loads(text)
+            d = json.loads(text, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as e:
             raise AutomatonError(f"automaton file {str(path)!r} is not valid JSON: {e}") from None
+        except RecursionError:
+            raise AutomatonError(f"automaton file {str(path)!r} is nested too deeply to be an automaton") from None
+        except ValueError as e:  # a duplicate key, or an integer beyond Python's digit limit
+            raise AutomatonError(f"automaton file {str(path)!r}: {str(e).splitlines()[0][:200]}") from None
         try:
-            return cls.from_dict(d), d
+            automaton = cls.from_dict(d)
         except AutomatonError as e:
             raise AutomatonError(f"{str(path)!r}: {e}") from None
+        except RecursionError:
+            raise AutomatonError(f"automaton file {str(path)!r} is nested too deeply to be an automaton") from None
+        for a in automaton.alphabet:
+            if a != a.strip() or not a or any(c.isspace() for c in a):
+                raise AutomatonError(
+                    f"{str(path)!r}: symbol {a!r} is empty or contains whitespace, so it could not be "
+                    "typed to `fsm-probe predict` (symbols are separated by spaces)"
+                )
+        return automaton, d
 
     # ----- dunder -----
 
@@ -680,3 +697,13 @@ class Automaton:
             f"alphabet={list(self.alphabet)}, n_labels={self.n_labels}, "
             f"start={self.states[self.start]!r})"
         )
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """`object_pairs_hook` refusing duplicate keys (json's default keeps the last silently)."""
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key {k!r} in one JSON object")
+        out[k] = v
+    return out

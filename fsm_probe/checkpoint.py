@@ -13,6 +13,7 @@ memory the architecture needs, and every tensor's shape and dtype before loading
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -133,7 +134,12 @@ def write_checkpoint(
         config["tl_config"] = tl_config_dict(cfg)
     for name, write in (extra_files or {}).items():
         write(stage / name)
-    save_file(tensors, str(stage / WEIGHTS))
+    try:
+        save_file(tensors, str(stage / WEIGHTS))
+    except SafetensorError as e:  # safetensors reports a full disk as its own error type
+        text = _first_line(e)
+        code = errno.ENOSPC if "No space left" in text else errno.EIO
+        raise OSError(code, os.strerror(code) if code == errno.ENOSPC else text, str(stage / WEIGHTS)) from None
     config["weights_sha256"] = _sha256(stage / WEIGHTS)
     (stage / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     mode = 0o666 & ~_umask()
@@ -309,6 +315,18 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> nn
             f"{task.spec} ({a.n_symbols} symbols, {a.n_labels} labels)"
         )
     check_memory(cfg, lower="n_ctx / d_hidden in " + str(given / CONFIG))
+    if cfg.arch == "transformer" and "tl_config" in config:
+        expected = json.loads(json.dumps(tl_config_dict(cfg)))
+        stored = config["tl_config"]
+        if not isinstance(stored, Mapping):
+            raise CheckpointError(f"{given / CONFIG}: tl_config must be an object")
+        differ = sorted(k for k in set(expected) | set(stored) if stored.get(k) != expected.get(k))
+        if differ:
+            k = differ[0]
+            raise CheckpointError(
+                f"{given / CONFIG}: tl_config.{k} = {_v._short(stored.get(k))} disagrees with the architecture "
+                f"(which gives {_v._short(expected.get(k))}); the config was edited by hand"
+            )
     if _sha256(weights) != config["weights_sha256"]:
         raise CheckpointError(
             f"{weights} does not match {CONFIG} (truncated, or written by another run)"

@@ -245,6 +245,8 @@ def predict_cmd(
     rows = []
     for text in sequences:
         tokens = a.encode(text.split() if " " in text.strip() else text)
+        if len(tokens) == 0:
+            raise ConfigError(f"input word {text!r} is empty; give at least one symbol")
         pred = predict_logits(model, tokens[None]).argmax(-1)[0].tolist()
         true = a.run_outputs(tokens[None])[0].tolist()
         rows.append(

@@ -48,14 +48,21 @@ class ModelConfig:
 
     def validate(self) -> None:
         known = RNN_ARCHS + TRANSFORMER_ARCHS + MEMORY_ARCHS
-        if self.arch not in known:
+        if not isinstance(self.arch, str) or self.arch not in known:
             raise ConfigError(f"unknown architecture {self.arch!r}; expected one of {', '.join(known)}")
         positive = ("d_vocab", "d_out", "n_layers", "d_hidden", "n_heads", "n_ctx", "segment_length", "n_memory")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        if self.d_mlp is not None and (not isinstance(self.d_mlp, int) or self.d_mlp < 0):
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**63:
+            raise ConfigError(f"seed must be an integer in [0, 2**63 - 1], got {self.seed!r}"[:200])
+        for name in ("positional", "attention_dir"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"{name} must be a string, got {getattr(self, name)!r}")
+        if self.normalization is not None and not isinstance(self.normalization, str):
+            raise ConfigError(f"normalization must be a string or None, got {self.normalization!r}")
+        if self.d_mlp is not None and (not isinstance(self.d_mlp, int) or isinstance(self.d_mlp, bool) or self.d_mlp < 0):
             raise ConfigError(f"d_mlp must be a non-negative integer or None, got {self.d_mlp!r}")
         if not isinstance(self.bptt_segments, int) or isinstance(self.bptt_segments, bool) or self.bptt_segments < 0:
             raise ConfigError(f"bptt_segments must be a non-negative integer (0 = all), got {self.bptt_segments!r}")
