@@ -49,11 +49,22 @@ def install_early() -> None:
         signal.signal(signal.SIGTERM, _handler)
 
 
-def running() -> None:
-    """From now on an interrupt unwinds (cleaning up) and `cli.main` reports it."""
+def running() -> Any:
+    """From now on an interrupt unwinds (cleaning up) and `cli.main` reports it. Returns what
+    `restore` needs to put back the handlers of a process that is not the CLI (tests, API)."""
+    previous = None if _PHASE[0] == "starting" else (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
     _PHASE[0] = "running"
     signal.signal(signal.SIGINT, _handler)
     signal.signal(signal.SIGTERM, _handler)
+    return previous
+
+
+def restore(previous: Any) -> None:
+    """Undo `running()` when `main` was called inside another program."""
+    if previous is not None:
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
+        _PHASE[0] = "idle"
 
 
 def message() -> str:

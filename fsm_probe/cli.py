@@ -543,8 +543,10 @@ def main(argv: list[str] | None = None) -> Any:
     """Entry point of the `fsm-probe` console script; usage errors also print one line, and an
     interrupt (SIGINT/SIGTERM) one line about what is on disk with exit code 130."""
     from . import _interrupt
+    from . import io as _io
 
-    _interrupt.running()
+    _io.reset_output_state()
+    previous = _interrupt.running()
     try:
         code = app(args=argv, prog_name="fsm-probe", standalone_mode=False)
     except _usage_error_types() as e:
@@ -556,6 +558,8 @@ def main(argv: list[str] | None = None) -> Any:
     except (typer.Abort, KeyboardInterrupt, _interrupt.Interrupted):
         print(f"fsm-probe: {_interrupt.message()}", file=sys.stderr)
         code = 130
+    finally:
+        _interrupt.restore(previous)
     raise SystemExit(code or 0)
 
 

@@ -107,6 +107,12 @@ _LOCKS: dict[str, tuple[int, int]] = {}  # lock path -> (fd, depth): reentrant w
 _INTERRUPTED: list[int] = []  # signals received; a set flag refuses to commit a new version
 
 
+def reset_output_state() -> None:
+    """Forget earlier outputs and interrupts (each CLI command reports only its own)."""
+    OUTPUT_STATE.clear()
+    _INTERRUPTED.clear()
+
+
 def note_interrupt(signum: int) -> None:
     """Record an interrupt so that no output is swapped in after it (even if it was swallowed)."""
     _INTERRUPTED.append(signum)
@@ -201,7 +207,8 @@ def readable_directory(target: str | os.PathLike) -> Path:
     """The directory a reader should open for `target`: `target` itself, after recovering what a
     killed writer left when no writer holds the lock."""
     target = Path(target)
-    if target.is_dir() and not _leftovers(Path(os.path.abspath(target)), "old"):
+    absolute = Path(os.path.abspath(target))
+    if target.is_dir() and not _leftovers(absolute, "old") and not _leftovers(absolute, "new"):
         return target
     try:
         with output_lock(target):
@@ -270,18 +277,17 @@ def replace_directory(
     """
     target = check_out_path(target)
     key = str(target)
-    with output_lock(target):
-        recover_directory(target)
-        existed = target.is_dir()
-        stage = _sibling(target, "new")
-        try:
-            shutil.rmtree(stage, ignore_errors=True)
-            os.mkdir(stage, _DIR_MODE)
-        except OSError as e:
-            raise OutputError(_describe_failure(e, target, existed, what)) from None
-        OUTPUT_STATE[key] = "writing"
-        try:
+    existed = target.is_dir()
+    OUTPUT_STATE[key] = "kept" if existed else "absent"  # until the new version is swapped in
+    stage = _sibling(target, "new")
+    try:
+        with output_lock(target):
+            recover_directory(target)
+            existed = target.is_dir()
+            OUTPUT_STATE[key] = "kept" if existed else "absent"
             try:
+                shutil.rmtree(stage, ignore_errors=True)
+                os.mkdir(stage, _DIR_MODE)
                 yield stage
                 if _INTERRUPTED:
                     raise KeyboardInterrupt
@@ -289,14 +295,10 @@ def replace_directory(
                 if existed:
                     _carry_over(target, stage, owned)
                 _swap(stage, target, existed)
-            except OSError as e:
-                raise OutputError(_describe_failure(e, target, existed, what)) from None
-        except BaseException:
-            shutil.rmtree(stage, ignore_errors=True)
-            if OUTPUT_STATE.get(key) == "writing":
-                OUTPUT_STATE[key] = "kept" if existed else "absent"
-            raise
-        OUTPUT_STATE[key] = "written"
+            finally:
+                shutil.rmtree(stage, ignore_errors=True)
+    except OSError as e:
+        raise OutputError(_describe_failure(e, target, existed, what)) from None
 
 
 def _swap(stage: Path, target: Path, existed: bool) -> None:
