@@ -77,7 +77,7 @@ def test_out_of_alphabet_input_is_one_line(capsys, trained_run):
         (["train", "--task", "nosuchtask", "--out", "{tmp}/r"], "nosuchtask"),
         (["train", "--task", "cyclic:n=1", "--out", "{tmp}/r"], "n=1 outside [2, 1000]"),
         (["train", "--task", "cyclic:m=3", "--out", "{tmp}/r"], "unknown parameter 'm'"),
-        (["train", "--task", "parity", "--hidden", "0", "--out", "{tmp}/r"], "d_hidden"),
+        (["train", "--task", "parity", "--hidden", "0", "--out", "{tmp}/r"], "--hidden"),
         (["train", "--task", "parity", "--train-lengths", "9:2", "--out", "{tmp}/r"], "train lengths"),
         (["train", "--task", "parity", "--train-lengths", "x", "--out", "{tmp}/r"], "MIN:MAX"),
         (["train", "--task", "parity", "--lr", "-1", "--out", "{tmp}/r"], "learning rate"),
