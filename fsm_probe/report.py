@@ -37,7 +37,7 @@ from .datasets import eval_set
 from .errors import ConfigError, FsmProbeError, InputError
 from .evaluation import evaluate
 from .figures import circuits as figs
-from .io import atomic_write_text
+from .io import atomic_write_text, output_lock
 from .lens import fit_tuned_lens, logit_lens
 from .models import model_config
 from .probes import probe_model
@@ -546,4 +546,8 @@ def write_report(
         raise ConfigError(f"--out {str(target)!r} is a directory; give a file name such as report.html")
     model = load(run_dir)
     text = report_html(model, settings, run_dir=run_dir)
+    if target.parent.resolve() == Path(run_dir).resolve():
+        # inside the checkpoint directory: not while a run swaps it (the report would be lost)
+        with output_lock(run_dir):
+            return atomic_write_text(target, text)
     return atomic_write_text(target, text)
