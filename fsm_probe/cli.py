@@ -79,6 +79,11 @@ def _user_errors(fn):
             _fail(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e))
         except MemoryError:
             _fail("out of memory; lower the sizes (--n, --batch-size, --hidden, --n-ctx, --lengths)")
+        except RuntimeError as e:  # torch's allocator failures are RuntimeErrors
+            if "allocate" not in str(e) and "out of memory" not in str(e):
+                raise
+            _fail(f"out of memory ({str(e).splitlines()[0][:120]}); lower the sizes "
+                  "(--n, --batch-size, --hidden, --n-ctx, --lengths)")
         except KeyboardInterrupt:
             # click would print a blank line and turn it into Abort: report it in `main` instead
             raise Interrupted("SIGINT") from None
@@ -342,7 +347,27 @@ def _pairs(model: Any, length: int | None, n: int, position: int | None, seed: i
     n_ctx = None if model.fsm_config.is_rnn else model.fsm_config.n_ctx
     if length is not None and n_ctx is not None and length > n_ctx:
         raise ConfigError(f"--length {length} exceeds the model's context n_ctx={n_ctx}")
+    if length is not None:
+        _check_patch_work(model, length, n)
     return corruption_pairs(model.fsm_task, analysis_length(model, length), n, seed, position)
+
+
+PATCH_WORK_LIMIT = 2e9  # position-steps of patched runs: about a minute of a small network
+
+
+def _check_patch_work(model: Any, length: int, n: int) -> None:
+    """Refuse a patch/trace whose cost (one patched run of `length` per position and layer, for
+    `n` sequences; quadratic in `length`) or memory cannot finish in reasonable time."""
+    from .models.config import check_memory
+
+    cfg = model.fsm_config
+    work = float(n) * cfg.n_layers * length * length
+    if work > PATCH_WORK_LIMIT:
+        raise ConfigError(
+            f"--length {length} with --n {n} means about {work:.1e} position-steps of patched runs "
+            f"(more than {PATCH_WORK_LIMIT:.0e}: hours on a CPU); lower --length or --n"
+        )
+    check_memory(cfg, n, length, lower="--length or --n")
 
 
 def _write_json(out: Path | None, payload: dict[str, Any], as_json: bool) -> None:

@@ -194,6 +194,11 @@ def test_estimate_grows_with_context_quadratically():
     assert estimate_bytes(big) > 15e9 and estimate_bytes(small) < 50e6
 
 
+@pytest.mark.parametrize("command", ["patch", "trace"])
+def test_patch_lengths_that_would_run_for_hours(gru, capsys, command):
+    one_line(capsys, "lower --length or --n", command, gru, "--length", "100000")
+
+
 def test_eval_lengths_that_cannot_fit(gru, capsys, monkeypatch):
     monkeypatch.setenv("FSM_PROBE_MEMORY_LIMIT", str(8 << 30))
     one_line(capsys, "lower --n or --lengths", "eval", gru, "--lengths", "100000000")
