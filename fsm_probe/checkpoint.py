@@ -202,6 +202,12 @@ def _lengths_list(v: Any, name: str) -> None:
         raise ConfigError(f"{name} must be null or a list of positive integers, got {_v._short(v)}")
 
 
+def _below(v: float, name: str, high: float, text: str, inclusive: bool = False) -> float:
+    if v > high or (v == high and not inclusive):
+        raise ConfigError(f"{name} must be {text}, got {v!r}")
+    return v
+
+
 def _opt(check: Callable[[Any, str], Any]) -> Callable[[Any, str], Any]:
     return lambda v, name: None if v is None else check(v, name)
 
@@ -227,10 +233,10 @@ _TRAINING_FIELDS: dict[str, Callable[[Any, str], Any]] = {
     "steps": _v.non_negative_int,
     "warmup_steps": _v.non_negative_int,
     "seed": _v.seed,
-    "lr": _opt(lambda v, n: _v.finite_float(v, n, 0.0, low_open=True)),
+    "lr": _opt(lambda v, n: _below(_v.finite_float(v, n, 0.0, low_open=True), n, 10.0, "< 10")),
     "weight_decay": lambda v, n: _v.finite_float(v, n, 0.0),
     "grad_clip": lambda v, n: _v.finite_float(v, n, 0.0, low_open=True),
-    "target_accuracy": lambda v, n: _v.finite_float(v, n, 0.0),
+    "target_accuracy": lambda v, n: _below(_v.finite_float(v, n, 0.0, low_open=True), n, 1.0, "<= 1", inclusive=True),
     "seconds": lambda v, n: _v.finite_float(v, n, 0.0),
     "final_val_accuracy": _opt(lambda v, n: _v.finite_float(v, n, 0.0)),
     "final_only": _opt(_bool),

@@ -324,7 +324,7 @@ def test_any_model_config_field_is_valid_or_a_config_error(field, value):
 
 
 @settings(max_examples=200, deadline=None)
-@given(field=st.sampled_from(sorted(TRAINING)), value=JSON)
+@given(field=st.sampled_from(sorted(TRAINING)), value=JSON | st.floats(-1, 11) | st.integers(-2, 12))
 def test_any_training_record_field_is_valid_or_a_config_error(field, value):
     record = {**TRAINING, field: value}
     try:
