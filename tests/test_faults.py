@@ -106,10 +106,10 @@ def eio(name):
     raise OSError(errno.EIO, "Input/output error (injected)")
 
 
-def in_child(fn) -> tuple[int, str]:
-    """Run `fn()` in a forked child (its return value is the exit code); returns the wait
-    status's exit code or -signal, and what the child wrote to stderr."""
-    err_path = f"/tmp/fsm-faults-{os.getpid()}.err"
+def start_child(fn) -> tuple[int, str]:
+    """Fork a child that runs `fn()` (its return value or SystemExit code is the exit code) with
+    stderr to a file; returns its pid and that file."""
+    err_path = f"/tmp/fsm-faults-{os.getpid()}-{time.monotonic_ns()}.err"
     pid = os.fork()
     if pid == 0:  # child
         code = 1
@@ -125,11 +125,20 @@ def in_child(fn) -> tuple[int, str]:
         finally:
             sys.stderr.flush()
             os._exit(code)
+    return pid, err_path
+
+
+def finish_child(pid: int, err_path: str) -> tuple[int, str]:
+    """The child's exit code (or -signal) and what it wrote to stderr."""
     _, status = os.waitpid(pid, 0)
     err = pathlib.Path(err_path).read_text()
     os.unlink(err_path)
-    code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-    return code, err
+    return (-os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)), err
+
+
+def in_child(fn) -> tuple[int, str]:
+    """Run `fn()` in a forked child and wait for it (see `start_child`)."""
+    return finish_child(*start_child(fn))
 
 
 def _count_api_steps(tmp_path, template):
@@ -343,6 +352,43 @@ def test_second_run_on_a_locked_out_is_refused(tmp_path, template, capsys):
     assert which(out) == "old"
     _train(out, NEW_STEPS, seed=2)  # the lock is gone with its holder
     assert which(out) == "new"
+
+
+@pytest.mark.slow
+def test_two_train_runs_on_one_out(tmp_path, template, capsys):
+    """The first run holds --out from its start to its save; the second is refused, and the
+    checkpoint left is the first run's with the first run's log."""
+    out = _fresh(template, tmp_path)
+    go_r, go_w = os.pipe()
+    ready_r, ready_w = os.pipe()
+
+    def first():
+        import fsm_probe.training as training
+
+        real = training._loss
+        paused = []
+
+        def loss(*args):
+            if not paused:
+                paused.append(1)
+                os.write(ready_w, b"1")
+                os.read(go_r, 1)
+            return real(*args)
+
+        training._loss = loss
+        main([*CLI_NEW, str(out)])
+
+    pid, err_path = start_child(first)
+    os.read(ready_r, 1)  # the first run is training
+    try:
+        code, err = _run(capsys, *[a if a != "2" else "5" for a in CLI_NEW], out)
+    finally:
+        os.write(go_w, b"1")
+        first_code, first_err = finish_child(pid, err_path)
+    assert code == 2 and err.strip().endswith("wait for it to finish or choose another --out"), err
+    assert f"(pid {pid})" in err and len(err.strip().splitlines()) == 1
+    assert first_code == 0, first_err
+    assert which(out) == "new" and not leftovers(out)
 
 
 # ----- refused --out -----
