@@ -43,7 +43,9 @@ def _handler(signum: int, frame: Any) -> None:
 
 def install_early() -> None:
     """Install the handler for the import phase, when this process is the CLI."""
-    if _PHASE[0] == "idle" and is_cli() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    # SIG_IGN too: a shell starts background jobs with SIGINT ignored, and a `kill -INT` of the
+    # job must still end it the same way at every moment
+    if _PHASE[0] == "idle" and is_cli() and signal.getsignal(signal.SIGINT) in (signal.default_int_handler, signal.SIG_IGN):
         _PHASE[0] = "starting"
         signal.signal(signal.SIGINT, _handler)
         signal.signal(signal.SIGTERM, _handler)

@@ -453,10 +453,15 @@ def test_extract_outputs_are_replaced_as_a_unit(tmp_path, template):
 
 
 @pytest.mark.slow
-def test_sigint_while_importing_is_one_line(tmp_path):
+@pytest.mark.parametrize("inherited", ["default", "ignored"])
+def test_sigint_while_importing_is_one_line(tmp_path, inherited):
+    """`ignored`: how a shell starts a background job (`fsm-probe ... &`); `kill -INT` must still
+    end it like Ctrl-C, not be swallowed."""
     env = {**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if inherited == "ignored" else None
     proc = subprocess.Popen([sys.executable, "-m", "fsm_probe.cli", *CLI_NEW, str(tmp_path / "run")],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=ignore)
     maps = pathlib.Path(f"/proc/{proc.pid}/maps")
     for _ in range(3000):  # wait until torch is being loaded (the handler is in place before)
         try:
