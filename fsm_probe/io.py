@@ -208,8 +208,8 @@ def readable_directory(target: str | os.PathLike) -> Path:
     killed writer left when no writer holds the lock."""
     target = Path(target)
     absolute = Path(os.path.abspath(target))
-    if target.is_dir() and not _leftovers(absolute, "old") and not _leftovers(absolute, "new"):
-        return target
+    if not _leftovers(absolute, "old") and not _leftovers(absolute, "new"):
+        return target  # the common case: nothing to recover, no lock file created
     try:
         with output_lock(target):
             recover_directory(target)

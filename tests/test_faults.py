@@ -492,6 +492,12 @@ def _run(capsys, *args):
     return exc.value.code, err
 
 
+def test_loading_a_missing_directory_leaves_nothing(tmp_path):
+    with pytest.raises(CheckpointError, match="not a directory"):
+        load(tmp_path / "nowhere")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_checkpoint_error_for_out_that_is_a_file(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(CheckpointError, match="is not a directory"):
