@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from functools import wraps
 from pathlib import Path
@@ -20,7 +21,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Did the network learn the state machine, or a shortcut?",
 )
-console = Console()
+# User strings (task names, symbols, labels, paths) are printed literally: no markup, emoji or
+# highlighting (rich's highlighter also took minutes on a 50 MB task name).
+console = Console(markup=False, emoji=False, highlight=False)
 
 
 @app.callback()
@@ -30,11 +33,12 @@ def _global_options(
     ] = 1,
 ) -> None:
     """Did the network learn the state machine, or a shortcut?"""
-    import torch
-
     if threads < 1:
         raise typer.BadParameter(f"must be at least 1, got {threads}", param_hint="--threads")
-    torch.set_num_threads(threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+    else:  # read by torch's thread pools when a command first imports it
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
 
 
 def _fail(message: str) -> None:
