@@ -24,6 +24,7 @@ app = typer.Typer(
 # User strings (task names, symbols, labels, paths) are printed literally: no markup, emoji or
 # highlighting (rich's highlighter also took minutes on a 50 MB task name).
 console = Console(markup=False, emoji=False, highlight=False)
+err_console = Console(stderr=True, markup=False, emoji=False, highlight=False)
 
 
 @app.callback()
@@ -494,8 +495,10 @@ def report_cmd(
     n: Annotated[int | None, typer.Option("--n", help="Sequences for the lens, probes and attention.")] = None,
     extraction: Annotated[bool, typer.Option("--extraction/--no-extraction", help="Extract the automaton (RNNs).")] = True,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress lines on stderr.")] = False,
 ) -> None:
-    """Write one self-contained HTML report: lens, probes, attention, patching, tracing, circuit."""
+    """Write one self-contained HTML report: verdict, lens, probes, attention, patching, tracing,
+    circuit and the extracted automaton."""
     from .report import ReportSettings, write_report
 
     if length is not None and length < 2:
@@ -506,7 +509,8 @@ def report_cmd(
     overrides = {"length": length, "extraction": extraction, "seed": seed}
     if n is not None:
         overrides["n"] = n
-    path = write_report(run_dir, out, settings, **overrides)
+    progress = None if quiet else (lambda section: err_console.print(f"report: {section}"))
+    path = write_report(run_dir, out, settings, progress=progress, **overrides)
     console.print(f"report written to {path}")
 
 

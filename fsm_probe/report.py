@@ -37,12 +37,15 @@ from .datasets import eval_set
 from .errors import ConfigError, FsmProbeError, InputError
 from .evaluation import evaluate
 from .figures import circuits as figs
+from .figures.html import figure_block, page
 from .io import atomic_write_text
 from .lens import fit_tuned_lens, logit_lens
 from .models import model_config
 from .probes import probe_model
+from .verdict import length_verdict
 
 SECTIONS = (
+    ("verdict", "Verdict"),
     ("model", "Model card"),
     ("length", "Length generalization"),
     ("lens", "Logit lens"),
@@ -53,6 +56,10 @@ SECTIONS = (
     ("circuit", "Circuit summary"),
     ("automaton", "Extracted automaton"),
 )
+
+
+CIRCUIT_THRESHOLD = 0.2
+CIRCUIT_TOP_K = 10
 
 
 @dataclass
@@ -85,7 +92,7 @@ class _Doc:
 
     def __init__(self) -> None:
         self.parts: dict[str, list[str]] = {key: [] for key, _ in SECTIONS}
-        self.current = "model"
+        self.current = "verdict"
 
     def section(self, key: str) -> None:
         self.current = key
@@ -97,14 +104,10 @@ class _Doc:
         self.parts[self.current].append(f'<p class="note">{html.escape(text)}</p>')
 
     def figure(self, fig: go.Figure, caption: str) -> None:
-        height = fig.layout.height or 420
-        div = fig.to_html(
-            full_html=False, include_plotlyjs=False, default_height=f"{height}px",
-            config={"displaylogo": False, "responsive": True},
-        )
-        self.parts[self.current].append(
-            f'<figure>{div}<figcaption><b>How to read it.</b> {caption}</figcaption></figure>'
-        )
+        self.parts[self.current].append(figure_block(fig, caption))
+
+    def verdict(self, text: str) -> None:
+        self.parts[self.current].append(f'<p class="verdict">{text}</p>')
 
     def table(self, rows: Sequence[Sequence[Any]], header: Sequence[str]) -> None:
         head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
@@ -122,32 +125,8 @@ def _fmt(v: Any) -> str:
     return "" if v is None else str(v)
 
 
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1150px;margin:auto;
-padding:0 1.2em 3em;color:#222;line-height:1.45}
-h1{margin-bottom:.2em}nav{position:sticky;top:0;background:#fff;padding:.4em 0;border-bottom:1px solid #ddd;z-index:9}
-nav a{margin-right:.9em;font-size:.92em}section{margin-top:2em}
-table{border-collapse:collapse;margin:.6em 0;font-size:.9em}td,th{border:1px solid #ccc;padding:.2em .6em;text-align:left}
-th{background:#f3f3f3}figure{margin:1em 0 1.6em;border:1px solid #eee;padding:.4em}
-figcaption{font-size:.9em;color:#444;margin-top:.3em}.note{color:#8a5300;background:#fff6e5;padding:.4em .6em}
-"""
-
-
 def _render(doc: _Doc, title: str, subtitle: str) -> str:
-    from plotly.offline import get_plotlyjs
-
-    nav = "".join(f'<a href="#{key}">{html.escape(name)}</a>' for key, name in SECTIONS)
-    body = "".join(
-        f'<section id="{key}"><h2>{html.escape(name)}</h2>{"".join(doc.parts[key])}</section>'
-        for key, name in SECTIONS
-    )
-    return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f"<title>{html.escape(title)}</title><style>{_CSS}</style>"
-        f'<script type="text/javascript">{get_plotlyjs()}</script></head>'
-        f"<body><h1>{html.escape(title)}</h1><p>{html.escape(subtitle)}</p><nav>{nav}</nav>{body}"
-        "</body></html>\n"
-    )
+    return page(title, subtitle, [(key, name, "".join(doc.parts[key])) for key, name in SECTIONS])
 
 
 def _guarded(doc: _Doc, key: str, fn: Callable[[], None]) -> None:
@@ -177,8 +156,11 @@ def report_html(
     settings: ReportSettings | None = None,
     run_dir: str | os.PathLike | None = None,
     title: str | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> str:
-    """The full report for `model` (with `fsm_task`, as `load` or `train` returns it)."""
+    """The full report for `model` (with `fsm_task`, as `load` or `train` returns it).
+
+    `progress`, when given, is called with the name of each section as it starts."""
     from . import patching
     from .tracing import causal_tracing
 
@@ -198,7 +180,7 @@ def report_html(
         training = dict(getattr(model, "fsm_training", {}) or {})
         n_params = sum(p.numel() for p in model.parameters())
         rows = [("task", task.spec), ("states / symbols / labels", f"{a.n_states} / {a.n_symbols} / {a.n_labels}")]
-        rows += [(k, v) for k, v in cfg.to_dict().items()]
+        rows += list(cfg.relevant_fields().items())
         rows.append(("parameters", n_params))
         doc.table(rows, ["model", "value"])
         keys = ("train_lengths", "steps", "max_steps", "batch_size", "lr", "seconds",
@@ -224,6 +206,16 @@ def report_html(
                                        10 * train_max) if x <= cap})
         report = evaluate(model, task, lengths, n=s.eval_n, seed=12345)
         state["length"] = report
+        verdict = length_verdict(report, train_max)
+        state["verdict"] = verdict
+        doc.section("verdict")
+        doc.verdict(f"<b>{html.escape(verdict.text)}</b> (final-position accuracy, threshold "
+                 f"{verdict.threshold}; tested lengths {', '.join(map(str, report))}).")
+        if not verdict.learned:
+            doc.note("The model did not learn its training lengths, so the analyses below describe a "
+                     "model that does not solve the task: read them as a diagnosis of the training "
+                     "failure, not as the circuit of a solution.")
+        doc.section("length")
         doc.table(
             [(k, v["accuracy"], v["final_accuracy"], v["sequence_accuracy"]) for k, v in report.items()],
             ["length", "per-position accuracy", "final-position accuracy", "sequence accuracy"],
@@ -232,8 +224,9 @@ def report_html(
             figs.length_figure(report, train_max),
             f"Accuracy against input length (log scale); the shaded band is the training range "
             f"(up to {train_max}). A model that tracks the automaton's state stays at 1 to the right "
-            "of the band; a length-bound shortcut falls towards chance (1 / number of labels for "
-            "the final position) as soon as it leaves it.",
+            "of the band; a length-bound shortcut falls towards chance (about "
+            f"{1 / a.n_labels:.2f} for this task's {a.n_labels} labels at the final position) as "
+            "soon as it leaves it.",
         )
         if not cfg.is_rnn and 10 * train_max > cfg.n_ctx:
             doc.note(f"Lengths above the Transformer's context (n_ctx={cfg.n_ctx}) are not evaluated.")
@@ -257,7 +250,8 @@ def report_html(
         doc.figure(
             figs.logit_lens_figure(res, "prob"),
             "Same layout; colour is the mean probability the decoded distribution gives the true "
-            "label (0.5 = undecided for two labels).",
+            f"label (chance: 1/{a.n_labels} = {1 / a.n_labels:.2f}, uniform over the task's "
+            f"{a.n_labels} labels).",
         )
         if s.tuned_steps > 0 and len(res.sites) > 2:
             tuned = fit_tuned_lens(model, steps=s.tuned_steps, length=length, n=s.n, seed=s.seed + 7)
@@ -313,8 +307,8 @@ def report_html(
         doc.figure(
             figs.head_stats_figure(stats),
             "Per-head statistics averaged over sequences and query positions. Distance from "
-            "uniform near 0 with entropy near 1 is the parity shortcut's head: it averages all "
-            "previous symbols. Previous- and first-token scores near 1 mark positional heads.",
+            "uniform near 0 with entropy near 1 is the head of a counting "
+            "shortcut (parity, cyclic groups): it averages all previous symbols. Previous- and first-token scores near 1 mark positional heads.",
         )
         d_lengths = sorted({x for x in (4, 8, 16, 32, 64, 128, 256, 512) if x <= cfg.n_ctx} | {length})
         dil = attention_dilution(model, d_lengths, n=s.dilution_n, seed=s.seed)
@@ -460,25 +454,33 @@ def report_html(
         ranked = rank_components(results)
         state["components"] = ranked
         rmt = cfg.arch == "rmt"
+        graph = circuit_graph(ranked, threshold=CIRCUIT_THRESHOLD, top_k=CIRCUIT_TOP_K)
+        state["graph"] = graph
+        members = [c for c in ranked if c.name in graph]
+        doc.text(f"{len(members)} of {len(ranked)} components restore at least "
+                 f"{CIRCUIT_THRESHOLD:.0%} of the clean logit difference with a single denoising "
+                 f"patch (at most {CIRCUIT_TOP_K} are kept):")
         doc.table(
-            [(c.name, c.kind, c.layer, c.head, c.position, c.effect) for c in ranked[:12]],
+            [(c.name, c.kind, c.layer, c.head, c.position, c.effect) for c in members],
             ["component", "kind", "layer", "memory vector" if rmt else "head",
              "segment" if rmt else "peak position", "normalised effect"],
         )
-        graph = circuit_graph(ranked, threshold=0.2, top_k=10)
-        state["graph"] = graph
+        if not members:
+            doc.note("No single component restores that much: the information is spread over "
+                     "several components, or the model does not use the corrupted symbol.")
+            return
         doc.figure(
             figs.circuit_figure(graph),
-            "Components whose single denoising patch restores at least 20% of the clean logit "
-            "difference (at most 10), laid out from input (left) to output (right) by layer. Node "
-            "size and colour give the effect (blue restores, red hurts); an edge joins components "
-            "the information could pass between, weighted by the weaker of the two effects.",
+            "The components of the table, laid out from input (left) to output (right) by layer. "
+            "Node size and colour give the effect (blue restores, red hurts); an edge joins "
+            "components the information could pass between, weighted by the weaker of the two "
+            "effects.",
         )
 
     def automaton_section() -> None:
-        if not cfg.is_rnn and cfg.arch != "rmt":
-            doc.note("Automaton extraction reads the recurrent state; for Transformers see the "
-                     "attention and circuit sections instead.")
+        if cfg.arch == "scratchpad":
+            doc.note("The scratchpad carries no state between steps (it feeds back its own label "
+                     "outputs), so there is no state to extract an automaton from.")
             return
         if not s.extraction:
             doc.note("Extraction was switched off for this report.")
@@ -505,9 +507,17 @@ def report_html(
             from .figures.extraction import automaton_figure, fidelity_curve_figure
         except ImportError:
             return
+        if not cfg.is_rnn and cfg.arch != "rmt":
+            doc.note("A Transformer carries no state from step to step: it recomputes the answer "
+                     f"from the whole prefix at every position. This automaton (what `fsm-probe "
+                     f"extract` gives) clusters the last residual stream ({check.get('site')}) at "
+                     "each position, so it summarises the model's behaviour at the sampled lengths "
+                     "rather than a mechanism; there is no state to transplant, hence no "
+                     "interchange test.")
+        read = {"rmt": "memory"}.get(cfg.arch, "hidden" if cfg.is_rnn else "residual-stream")
         doc.figure(
             automaton_figure(ext.graph_),
-            f"The automaton read off the clustered {'memory' if cfg.arch == 'rmt' else 'hidden'} "
+            f"The automaton read off the clustered {read} "
             "states: nodes are abstract states "
             "labelled with their output, arrows the transitions on each symbol. If it matches "
             "the task's minimal automaton, the network tracks the state rather than a shortcut.",
@@ -525,6 +535,8 @@ def report_html(
         ("patching", patching_section), ("tracing", tracing_section),
         ("circuit", circuit_section), ("automaton", automaton_section),
     ):
+        if progress is not None:
+            progress(f"{dict(SECTIONS)[key].lower()} ({time.perf_counter() - started:.0f} s)")
         _guarded(doc, key, fn)
     title = title or f"fsm_probe report: {cfg.arch} on {task.spec}"
     subtitle = (f"{Path(run_dir).name if run_dir is not None else 'model'}; analysis length "
@@ -536,6 +548,7 @@ def write_report(
     run_dir: str | os.PathLike,
     out: str | os.PathLike | None = None,
     settings: ReportSettings | None = None,
+    progress: Callable[[str], None] | None = None,
     **overrides: Any,
 ) -> Path:
     """Load the checkpoint in `run_dir`, build its report and write it atomically to `out`
@@ -545,5 +558,5 @@ def write_report(
     if target.is_dir():
         raise ConfigError(f"--out {str(target)!r} is a directory; give a file name such as report.html")
     model = load(run_dir)
-    text = report_html(model, settings, run_dir=run_dir)
+    text = report_html(model, settings, run_dir=run_dir, progress=progress)
     return atomic_write_text(target, text)
