@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shlex
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -22,11 +23,12 @@ from fsm_probe.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
+FENCE = re.compile(r"^[ \t]*```(\w*)\n(.*?)^[ \t]*```", re.M | re.S)
 
 
 def blocks(language: str) -> list[str]:
-    return [body for lang, body in FENCE.findall(README.read_text(encoding="utf-8")) if lang == language]
+    text = README.read_text(encoding="utf-8")
+    return [textwrap.dedent(body) for lang, body in FENCE.findall(text) if lang == language]
 
 
 def cli_lines() -> list[str]:
