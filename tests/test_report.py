@@ -112,7 +112,7 @@ def test_report_opens_with_the_verdict(capsys, tmp_path, request, fixture):
         main(["report", str(run_dir), "--out", str(tmp_path / "r.html"), "--quick"])
     err = capsys.readouterr().err
     assert exc.value.code == 0
-    assert "report: verdict" in err and "report: causal tracing" in err  # progress lines
+    assert "report: length generalization" in err and "report: causal tracing" in err  # progress lines
     text = (tmp_path / "r.html").read_text(encoding="utf-8")
     first = text.index("<section")
     assert text[first:].startswith('<section id="verdict">')
