@@ -485,6 +485,35 @@ def trace_cmd(
     console.print(table)
 
 
+@app.command("explain")
+@_user_errors
+def explain_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="Checkpoint directory.")],
+    n: Annotated[int, typer.Option("--n", help="Sequences per length for accuracy.")] = 128,
+    iia_n: Annotated[int, typer.Option("--iia-n", help="Base/source pairs for interchange interventions.")] = 64,
+    extraction: Annotated[bool, typer.Option("--extraction/--no-extraction", help="Extract the automaton (RNNs, RMTs).")] = True,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the explanation as JSON.")] = False,
+) -> None:
+    """Does the model implement the automaton? The verdict (implements, shortcut, not_learned,
+    unverified) with its evidence: accuracy per length, the state's site and IIA, the failure's
+    mechanism, the extracted automaton."""
+    from .checkpoint import load
+    from .explain import explain
+
+    for name, value in (("--n", n), ("--iia-n", iia_n)):
+        if value < 2:
+            raise ConfigError(f"{name} must be at least 2, got {value}")
+    if seed < 0:
+        raise ConfigError(f"--seed must be non-negative, got {seed}")
+    model = load(run_dir)
+    result = explain(model, model.fsm_task, n=n, iia_n=iia_n, extraction=extraction, seed=seed)
+    if as_json:
+        print(json.dumps(result.to_dict()))
+        return
+    console.print(result.text())
+
+
 @app.command("report")
 @_user_errors
 def report_cmd(
