@@ -2,9 +2,10 @@
 
 Trains a GRU and a Transformer on flip-flop (write 0 / write 1 / read: the label is the last
 value written) on every prefix of length-40 sequences, then measures both in distribution and far
-beyond it. Each model gets a plain verdict first (did it learn its training lengths at all?),
-then the evidence: the automaton extracted from the GRU (and whether it is flip-flop), and where
-along the sequence the Transformer's accuracy falls.
+beyond it. Each model then gets `fsm-probe explain`'s verdict: did it learn its training lengths
+at all, and if so does it implement the automaton (the GRU: its state's interchange accuracy and
+the extracted automaton) or a shortcut (the Transformer: where along the sequence its accuracy
+falls, and why)?
 """
 
 from __future__ import annotations
@@ -15,13 +16,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from .evaluation import evaluate, position_accuracy
-from .extraction import check_extraction, extract
+from .evaluation import evaluate
+from .explain import explain
 from .io import atomic_write_json
 from .models import ModelConfig
 from .tasks import get_task
 from .training import TrainConfig, train
-from .verdict import length_verdict
 
 TASK = "flipflop"
 TRAIN_LENGTH = 40
@@ -51,7 +51,7 @@ def run_demo(out: Path, console: Console | None = None, progress: bool = True) -
     task = get_task(TASK)
     a = task.automaton
     runs = demo_runs(a.n_symbols, a.n_labels)
-    results, verdicts, models = {}, {}, {}
+    results, models = {}, {}
     for name, (model_cfg, train_cfg) in runs.items():
         console.print(f"training {name} on {task.spec}, every prefix of length {TRAIN_LENGTH} "
                       f"(lengths 1-{TRAIN_LENGTH})", style="bold")
@@ -62,7 +62,6 @@ def run_demo(out: Path, console: Console | None = None, progress: bool = True) -
         console.print(f"{name}: stopped at step {t['steps']} of {train_cfg.max_steps} ({why}), "
                       f"{t['seconds']:.1f} s")
         results[name] = evaluate(model, task, DEMO_LENGTHS, n=256)
-        verdicts[name] = length_verdict(results[name], TRAIN_LENGTH)
         models[name] = model
 
     table = Table(title=f"Final-position accuracy on {task.spec} (per-position in brackets); "
@@ -75,37 +74,14 @@ def run_demo(out: Path, console: Console | None = None, progress: bool = True) -
         table.add_row(tag, *(f"{results[n][length]['final_accuracy']:.3f} "
                              f"({results[n][length]['accuracy']:.3f})" for n in runs))
     console.print(table)
-    for name, verdict in verdicts.items():
-        console.print(f"{name}: {verdict.text}", style="bold")
-
-    evidence: dict[str, dict] = {}
-    if verdicts["gru"].learned:
-        evidence["gru"] = _extract(models["gru"], task)
-        e = evidence["gru"]
-        console.print(
-            f"GRU evidence: the automaton extracted from its hidden states has {e['n_states']} "
-            f"states (raw {e['n_states_raw']}), equivalent to {task.spec}: {e['equivalent_to_task']}, "
-            f"fidelity {e['fidelity']:.4f}, interchange accuracy {e['interchange_accuracy']:.4f} "
-            f"({e['seconds']:.2f} s): it keeps the automaton's state."
-        )
-    if verdicts["transformer"].learned:
-        evidence["transformer"] = _positions(models["transformer"], task)
-        e = evidence["transformer"]
-        console.print(
-            f"Transformer evidence: on sequences of length {e['length']}, accuracy is "
-            f"{e['inside']:.3f} at positions 0-{TRAIN_LENGTH - 1} and {e['beyond']:.3f} at positions "
-            f"{TRAIN_LENGTH}-{e['length'] - 1}, where its learned positional embeddings never got a "
-            "gradient: the failure is tied to position, not to the state."
-        )
-    for name, verdict in verdicts.items():
-        if not verdict.learned:
-            console.print(f"{name}: no mechanism shown for a model that did not learn its "
-                          "training lengths.")
+    explanations = {}
+    for name, model in models.items():
+        explanations[name] = explain(model, task, n=256, lengths=DEMO_LENGTHS)
+        console.print(explanations[name].text())
     summary = {
         "task": task.spec,
         "accuracy": {n: {str(k): v for k, v in r.items()} for n, r in results.items()},
-        "verdicts": {n: v.to_dict() for n, v in verdicts.items()},
-        "evidence": evidence,
+        "explanations": {n: e.to_dict() for n, e in explanations.items()},
     }
     atomic_write_json(Path(out) / "demo.json", summary)
     console.print(
@@ -114,18 +90,3 @@ def run_demo(out: Path, console: Console | None = None, progress: bool = True) -
         f"fsm-probe report {Path(out) / 'transformer'}"
     )
     return json.loads(json.dumps(summary))
-
-
-def _extract(model, task) -> dict:
-    """Extract the GRU's automaton and check it against the task."""
-    ex = extract(model, task)
-    report = check_extraction(model, ex, lengths=(100, 400))
-    keys = ("n_states", "n_states_raw", "equivalent_to_task", "fidelity", "interchange_accuracy", "seconds")
-    return {k: report[k] for k in keys}
-
-
-def _positions(model, task, length: int = 400) -> dict:
-    """Accuracy inside and beyond the trained positions, on sequences of one long length."""
-    acc = position_accuracy(model, task, length, n=128)
-    return {"length": length, "inside": float(acc[:TRAIN_LENGTH].mean()),
-            "beyond": float(acc[TRAIN_LENGTH:].mean())}

@@ -22,6 +22,7 @@ recompute their answer from the whole prefix at every position.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -106,16 +107,19 @@ def explain(
     n: int = 128,
     iia_n: int = 64,
     extraction: bool = True,
+    lengths: Sequence[int] | None = None,
     seed: int = 0,
 ) -> Explanation:
-    """Verdict and evidence for `model` on `task` (default: the task it was trained on)."""
+    """Verdict and evidence for `model` on `task` (default: the task it was trained on).
+
+    `lengths` (default `test_lengths`) must include the longest training length."""
     started = time.perf_counter()
     task = task if task is not None else getattr(model, "fsm_task", None)
     if task is None:
         raise FsmProbeError("no task given and the model carries none; pass task=")
     cfg = model_config(model)
     train_max = _train_max(model)
-    lengths = test_lengths(model, train_max)
+    lengths = sorted({int(x) for x in lengths}) if lengths is not None else test_lengths(model, train_max)
     report = evaluate(model, task, lengths, n=n, seed=12345 + seed)
     lv = length_verdict(report, train_max)
     accuracy = {k: v["final_accuracy"] for k, v in report.items()}

@@ -42,6 +42,7 @@ from .io import atomic_write_text
 from .lens import fit_tuned_lens, logit_lens
 from .models import model_config
 from .probes import probe_model
+from .explain import explain
 from .verdict import length_verdict
 
 SECTIONS = (
@@ -77,6 +78,7 @@ class ReportSettings:
     extraction: bool = True
     extraction_max_states: int = 16
     extraction_seconds: float = 10.0
+    iia_n: int = 64
     seed: int = 0
 
     @classmethod
@@ -84,7 +86,7 @@ class ReportSettings:
         """Small settings for tests and a first look (seconds on a CPU)."""
         return cls(n=64, eval_n=64, patch_n=8, trace_samples=2, tuned_steps=40,
                    probe_samples=600, dilution_n=8, extraction_max_states=8,
-                   extraction_seconds=2.0)
+                   extraction_seconds=2.0, iia_n=16)
 
 
 class _Doc:
@@ -206,11 +208,15 @@ def report_html(
                                        10 * train_max) if x <= cap})
         report = evaluate(model, task, lengths, n=s.eval_n, seed=12345)
         state["length"] = report
+        explanation = explain(model, task, n=s.eval_n, iia_n=s.iia_n, extraction=False,
+                              lengths=lengths, seed=s.seed)
+        state["explanation"] = explanation
         verdict = length_verdict(report, train_max)
-        state["verdict"] = verdict
         doc.section("verdict")
-        doc.verdict(f"<b>{html.escape(verdict.text)}</b> (final-position accuracy, threshold "
-                 f"{verdict.threshold}; tested lengths {', '.join(map(str, report))}).")
+        doc.verdict(f"<b>{html.escape(explanation.verdict)}</b>: {html.escape(verdict.text)} "
+                    f"(final-position accuracy, threshold {verdict.threshold}; tested lengths "
+                    f"{', '.join(map(str, report))}).")
+        doc.parts["verdict"].append(f"<pre>{html.escape(explanation.text())}</pre>")
         if not verdict.learned:
             doc.note("The model did not learn its training lengths, so the analyses below describe a "
                      "model that does not solve the task: read them as a diagnosis of the training "
@@ -372,7 +378,7 @@ def report_html(
         state["noised"] = noised
         r0 = results[main]
         doc.table([("clean", r0.clean_value), ("corrupted", r0.corrupted_value)], ["run", "logit difference"])
-        explain = {
+        described = {
             "resid_pre": "the residual stream entering each block",
             "attn_out": "each attention layer's output",
             "mlp_out": "each MLP's output",
@@ -386,7 +392,7 @@ def report_html(
             doc.figure(
                 figs.patching_figure(res),
                 f"Denoising: run the corrupted input and copy in the clean value of "
-                f"{explain[site]} at one {'(segment, vector)' if site == 'memory_slot' else cell}. "
+                f"{described[site]} at one {'(segment, vector)' if site == 'memory_slot' else cell}. "
                 "Colour is how much of the clean "
                 "logit difference that single patch restores (1, dark blue = all of it; red = "
                 "pushes further towards the corrupted answer). The cells that restore everything "

@@ -28,10 +28,10 @@ def test_untrained_models_are_reported_as_not_learned(tmp_path, monkeypatch):
     assert saved == summary
     for name in ("gru", "transformer"):
         acc = summary["accuracy"][name][str(demo.TRAIN_LENGTH)]["final_accuracy"]
-        verdict = summary["verdicts"][name]
-        assert verdict["in_distribution_accuracy"] == acc < 0.99
-        assert verdict["status"] == "not_learned"
-        assert f"{name}: did not learn in distribution" in text
+        e = summary["explanations"][name]
+        assert e["length"]["in_distribution_accuracy"] == acc < 0.99
+        assert e["verdict"] == "not_learned" and e["state_site"] is None
+        assert f"{name} on flipflop:n=2,p_write=0.5: not_learned" in text
+        assert "length: did not learn in distribution" in text
         assert f"{name}: stopped at step 3 of 3 (the step budget was spent)" in text
-    assert summary["evidence"] == {}
     assert "40 (longest trained)" in text
