@@ -36,13 +36,13 @@ from .circuit import circuit_graph, rank_components
 from .datasets import eval_set
 from .errors import ConfigError, FsmProbeError, InputError
 from .evaluation import evaluate
+from .explain import explain
 from .figures import circuits as figs
 from .figures.html import figure_block, page
 from .io import atomic_write_text
 from .lens import fit_tuned_lens, logit_lens
 from .models import model_config
 from .probes import probe_model
-from .explain import explain
 from .verdict import length_verdict
 
 SECTIONS = (
