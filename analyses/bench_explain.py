@@ -51,7 +51,6 @@ def compiled_models() -> list[tuple[str, object, object]]:
     for spec in ("parity", "tomita4", "cyclic:n=3"):
         task = get_task(spec)
         model = compile_rnn(task.automaton)
-        model.fsm_task = task
         found.append((f"compiled rnn, {spec}", model, task))
     try:
         from fsm_probe.models.compiled_transformer import compile_transformer
@@ -61,7 +60,6 @@ def compiled_models() -> list[tuple[str, object, object]]:
                                ("flipflop", "shortcut"), ("symmetric:n=3", "scan")):
         task = get_task(spec)
         model = compile_transformer(task.automaton, construction=construction)
-        model.fsm_task = task
         found.append((f"compiled transformer ({construction}), {spec}", model, task))
     return found
 
