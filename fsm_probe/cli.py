@@ -188,21 +188,29 @@ def eval_cmd(
     """Evaluate a checkpoint per length (per-position and final-position accuracy)."""
     from .checkpoint import load
     from .evaluation import evaluate
+    from .verdict import length_verdict, trained_length
 
     if n < 1:
         raise ConfigError(f"--n must be positive, got {n}")
     wanted = _parse_lengths(lengths)
     model = load(run_dir)
-    report = evaluate(model, model.fsm_task, wanted, n=n, seed=seed)
+    trained = trained_length(model)
+    # in distribution first: the longest training length is always measured
+    report = evaluate(model, model.fsm_task, sorted({*wanted, *([trained] if trained else [])}), n=n, seed=seed)
+    verdict = length_verdict(report, trained) if trained else None
     if as_json:
-        print(json.dumps({"lengths": {str(k): v for k, v in report.items()}}))
+        print(json.dumps({"lengths": {str(k): v for k, v in report.items()},
+                          "verdict": verdict.to_dict() if verdict else None}))
         return
     table = Table(title=f"{run_dir}: {model.fsm_config.arch} on {model.fsm_task.spec}")
     for col in ("length", "accuracy", "final accuracy", "sequence accuracy"):
         table.add_column(col, justify="right")
     for length, r in report.items():
-        table.add_row(str(length), f"{r['accuracy']:.4f}", f"{r['final_accuracy']:.4f}", f"{r['sequence_accuracy']:.4f}")
+        tag = f"{length} (longest trained)" if length == trained else str(length)
+        table.add_row(tag, f"{r['accuracy']:.4f}", f"{r['final_accuracy']:.4f}", f"{r['sequence_accuracy']:.4f}")
     console.print(table)
+    if verdict is not None:
+        console.print(verdict.text)
 
 
 @app.command("predict")
@@ -297,11 +305,29 @@ def extract_cmd(
         print(json.dumps(json.loads((out / "extraction.json").read_text(encoding="utf-8"))))
         return
     ic = report["interchange_accuracy"]
+    _warn_not_learned(_in_distribution(model), "the automaton below and its checks")
     console.print(summary + (f", interchange accuracy {ic:.4f}" if ic is not None else "")
                   + f", {report['seconds']:.2f}s -> {out}")
     if report.get("counterexample") is not None:
         sep = " " if report.get("segment_length") else ""
         console.print(f"counterexample: {sep.join(report['counterexample']) or '(empty word)'}")
+
+
+def _in_distribution(model: Any):
+    """The length verdict at the longest training length (None without a training record), so
+    that commands showing a model's internals can say when it did not learn its task."""
+    from .evaluation import evaluate
+    from .verdict import length_verdict, trained_length
+
+    trained = trained_length(model)
+    if trained is None:
+        return None
+    return length_verdict(evaluate(model, model.fsm_task, [trained], n=256), trained)
+
+
+def _warn_not_learned(verdict: Any, what: str) -> None:
+    if verdict is not None and not verdict.learned:
+        console.print(f"note: {verdict.text}; {what} describe a model that does not solve its task.")
 
 
 def _pairs(model: Any, length: int | None, n: int, position: int | None, seed: int):
@@ -393,8 +419,10 @@ def patch_cmd(
             model, clean, corrupted, metric, sites=sites, direction=direction, steps=steps
         )
     first = next(iter(results.values()))
+    learned = _in_distribution(model)
     payload = {
         "run": str(run_dir), "task": model.fsm_task.spec, "arch": cfg.arch, "method": method,
+        "in_distribution": learned.to_dict() if learned else None,
         "steps": steps if method == "attribution" else None, "length": int(clean.shape[1]),
         "position": pos, "n_pairs": len(clean), "metric": "logit difference, clean - corrupted final label",
         "results": {s: r.to_dict() for s, r in results.items()},
@@ -407,6 +435,7 @@ def patch_cmd(
         f"position {pos} replaced; logit difference clean {first.clean_value:.3f}, corrupted "
         f"{first.corrupted_value:.3f} ({direction}, {method})"
     )
+    _warn_not_learned(learned, "the effects below")
     gap = first.clean_value - first.corrupted_value
     if abs(gap) < 1e-2:
         console.print(f"note: the clean and corrupted runs differ by only {gap:+.2g} in logit difference "
@@ -463,8 +492,10 @@ def trace_cmd(
         model, clean, corrupt_positions=pos, noise=level, kind=kind, window=window, n_samples=samples,
         seed=seed, automaton=model.fsm_task.automaton,
     )
+    learned = _in_distribution(model)
     payload = {"run": str(run_dir), "task": model.fsm_task.spec, "arch": model.fsm_config.arch,
-               "length": int(clean.shape[1]), **result.to_dict()}
+               "length": int(clean.shape[1]), "in_distribution": learned.to_dict() if learned else None,
+               **result.to_dict()}
     _write_json(out, payload, as_json)
     if as_json:
         return
@@ -473,6 +504,7 @@ def trace_cmd(
         f"{clean.shape[1]}, position {pos} corrupted ({'symbol swap' if level == 'symmetric' else f'noise {level} x std'}); "
         f"p(clean prediction): clean {result.high_score:.3f}, corrupted {result.low_score:.3f}"
     )
+    _warn_not_learned(learned, "the indirect effects below")
     effect = result.indirect_effect()
     by_segment = result.segment_length is not None
     table = Table(title=f"top {min(top, effect.numel())} restored {kind} states by indirect effect")

@@ -33,7 +33,7 @@ from .errors import FsmProbeError
 from .evaluation import evaluate, position_accuracy
 from .models import model_config
 from .tasks import Task
-from .verdict import THRESHOLD, length_verdict
+from .verdict import THRESHOLD, length_verdict, trained_length
 
 VERDICTS = ("implements", "shortcut", "not_learned", "unverified")
 UNIFORM_HEAD = 0.3  # distance from uniform averaging below which dilution is reported
@@ -84,10 +84,10 @@ class Explanation:
 
 
 def _train_max(model: nn.Module) -> int:
-    record = getattr(model, "fsm_training", None) or {}
-    lengths = record.get("train_lengths") if isinstance(record, dict) else None
-    if lengths:
-        return int(lengths[1])
+    """The longest training length; without a training record (compiled models), 40 or the context."""
+    trained = trained_length(model)
+    if trained is not None:
+        return trained
     cfg = model_config(model)
     return 40 if cfg.is_rnn or cfg.arch == "rmt" else min(40, cfg.n_ctx)
 

@@ -58,6 +58,11 @@ def test_barely_trained_model_did_not_learn(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["explain", str(tmp_path / "raw")])
     assert capsys.readouterr().out.startswith("gru on cyclic:n=5,n_actions=2: not_learned\n")
+    for command in (["patch"], ["trace"], ["eval", "--lengths", "80"]):  # every command says so
+        with pytest.raises(SystemExit):
+            main([*command[:1], str(tmp_path / "raw"), *command[1:]])
+        out = " ".join(capsys.readouterr().out.split())
+        assert "did not learn in distribution" in out, command
 
 
 def test_compiled_rnn_implements(tmp_path, capsys):
