@@ -83,7 +83,7 @@ class Explanation:
         return "\n".join(lines)
 
 
-def _train_max(model: nn.Module) -> int:
+def train_max_length(model: nn.Module) -> int:
     """The longest training length; without a training record (compiled models), 40 or the context."""
     trained = trained_length(model)
     if trained is not None:
@@ -118,7 +118,7 @@ def explain(
     if task is None:
         raise FsmProbeError("no task given and the model carries none; pass task=")
     cfg = model_config(model)
-    train_max = _train_max(model)
+    train_max = train_max_length(model)
     lengths = sorted({int(x) for x in lengths}) if lengths is not None else test_lengths(model, train_max)
     report = evaluate(model, task, lengths, n=n, seed=12345 + seed)
     lv = length_verdict(report, train_max)

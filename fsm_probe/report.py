@@ -36,14 +36,13 @@ from .circuit import circuit_graph, rank_components
 from .datasets import eval_set
 from .errors import ConfigError, FsmProbeError, InputError
 from .evaluation import evaluate
-from .explain import explain
+from .explain import explain, train_max_length
 from .figures import circuits as figs
 from .figures.html import figure_block, page
 from .io import atomic_write_text
 from .lens import fit_tuned_lens, logit_lens
 from .models import model_config
 from .probes import probe_model
-from .verdict import length_verdict
 
 SECTIONS = (
     ("verdict", "Verdict"),
@@ -139,15 +138,10 @@ def _guarded(doc: _Doc, key: str, fn: Callable[[], None]) -> None:
         doc.note(f"Section not computed: {type(e).__name__}: {e}")
 
 
-def _train_max(model: nn.Module) -> int:
-    lengths = getattr(model, "fsm_training", {}).get("train_lengths")
-    return int(lengths[1]) if lengths else 20
-
-
 def analysis_length(model: nn.Module, length: int | None = None) -> int:
     """The sequence length the report (and `fsm-probe patch`/`trace`) analyses: `length`, else
     min(training max, 16), within a Transformer's context and at least 2."""
-    length = length or min(_train_max(model), 16)
+    length = length or min(train_max_length(model), 16)
     if not model_config(model).is_rnn:
         length = min(length, model_config(model).n_ctx)
     return max(length, 2)
@@ -172,7 +166,7 @@ def report_html(
     if task is None:
         raise InputError("the model has no task (fsm_task); load it with fsm_probe.load")
     a = task.automaton
-    train_max = _train_max(model)
+    train_max = train_max_length(model)
     length = analysis_length(model, s.length)
     doc = _Doc()
     state: dict[str, Any] = {}
@@ -202,26 +196,26 @@ def report_html(
                     "accuracy reaches the target for a few evaluations in a row.",
                 )
 
-    def length_section() -> None:
-        cap = cfg.n_ctx if not cfg.is_rnn else 10**9
-        lengths = sorted({x for x in (max(2, train_max // 2), train_max, 2 * train_max, 4 * train_max,
-                                       10 * train_max) if x <= cap})
-        report = evaluate(model, task, lengths, n=s.eval_n, seed=12345)
-        state["length"] = report
+    cap = cfg.n_ctx if not cfg.is_rnn else 10**9
+    lengths = sorted({x for x in (max(2, train_max // 2), train_max, 2 * train_max, 4 * train_max,
+                                   10 * train_max) if x <= cap})
+
+    def verdict_section() -> None:
         explanation = explain(model, task, n=s.eval_n, iia_n=s.iia_n, extraction=False,
                               lengths=lengths, seed=s.seed)
         state["explanation"] = explanation
-        verdict = length_verdict(report, train_max)
-        doc.section("verdict")
-        doc.verdict(f"<b>{html.escape(explanation.verdict)}</b>: {html.escape(verdict.text)} "
-                    f"(final-position accuracy, threshold {verdict.threshold}; tested lengths "
-                    f"{', '.join(map(str, report))}).")
+        doc.verdict(f"<b>{html.escape(explanation.verdict)}</b>: {html.escape(explanation.length['text'])} "
+                    f"(final-position accuracy, threshold {explanation.length['threshold']}; tested "
+                    f"lengths {', '.join(map(str, explanation.accuracy))}).")
         doc.parts["verdict"].append(f"<pre>{html.escape(explanation.text())}</pre>")
-        if not verdict.learned:
+        if not explanation.length["learned"]:
             doc.note("The model did not learn its training lengths, so the analyses below describe a "
                      "model that does not solve the task: read them as a diagnosis of the training "
                      "failure, not as the circuit of a solution.")
-        doc.section("length")
+
+    def length_section() -> None:
+        report = evaluate(model, task, lengths, n=s.eval_n, seed=12345)
+        state["length"] = report
         doc.table(
             [(k, v["accuracy"], v["final_accuracy"], v["sequence_accuracy"]) for k, v in report.items()],
             ["length", "per-position accuracy", "final-position accuracy", "sequence accuracy"],
@@ -536,7 +530,7 @@ def report_html(
             )
 
     for key, fn in (
-        ("model", model_card), ("length", length_section), ("lens", lens_section),
+        ("verdict", verdict_section), ("model", model_card), ("length", length_section), ("lens", lens_section),
         ("probes", probe_section), ("attention", attention_section),
         ("patching", patching_section), ("tracing", tracing_section),
         ("circuit", circuit_section), ("automaton", automaton_section),
