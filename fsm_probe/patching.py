@@ -315,9 +315,9 @@ def activation_patching(
         clean_value = metric_value(metric, clean_run["logits"])
         corr_value = metric_value(metric, corr_run["logits"])
         if direction == "denoise":
-            values = runner.evaluate(corrupted, corr_run, clean_run, sweep, metric, batch_patches)
+            values = runner.evaluate(corr_run, clean_run, sweep, metric, batch_patches)
         else:
-            values = runner.evaluate(clean, clean_run, corr_run, sweep, metric, batch_patches)
+            values = runner.evaluate(clean_run, corr_run, sweep, metric, batch_patches)
     return PatchingResult(values, sweep.extra["axes"], site, direction, clean_value, corr_value)
 
 
