@@ -47,3 +47,44 @@ def test_symmetric_noise_uses_the_automaton():
         causal_tracing(model, TOKENS, noise="symmetric")
     with pytest.raises(InputError):
         causal_tracing(build_model(ModelConfig("gru", d_vocab=2, d_out=2)), TOKENS, kind="mlp")
+
+
+def _flip_reference(model, tokens, position, layers, site):
+    """p(clean prediction) with the bit at `position` flipped and `site` of `layers` restored at
+    every position in turn, by hooks written here (independent of fsm_probe's patching)."""
+    flipped = tokens.clone()
+    flipped[:, position] = 1 - flipped[:, position]
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(tokens)
+        target = logits[:, -1].argmax(-1)
+        out = []
+        for p in range(tokens.shape[1]):
+            def restore(name, p=p):
+                def hook(act, hook):
+                    act = act.clone()
+                    act[:, p] = cache[name][:, p]
+                    return act
+
+                return name, hook
+
+            hooks = [restore(f"blocks.{li}.{site}") for li in layers]
+            probs = model.run_with_hooks(flipped, fwd_hooks=hooks)[:, -1].softmax(-1)
+            out.append(float(probs[torch.arange(len(target)), target].mean()))
+    return torch.tensor(out)
+
+
+def test_window_restores_neighbouring_layers_together():
+    parity = Automaton(["0", "1"], ["even", "odd"], "even", [[0, 1], [1, 0]], outputs=[0, 1])
+    cfg = ModelConfig("transformer", d_vocab=2, d_out=2, n_layers=3, d_hidden=16, n_heads=2, n_ctx=64, seed=2)
+    model = build_transformer(cfg).eval()
+
+    def trace(window):
+        return causal_tracing(model, TOKENS, corrupt_positions=4, noise="symmetric", automaton=parity,
+                              kind="mlp", window=window, n_samples=1).scores
+
+    one, three = trace(1), trace(3)
+    for li, layers in enumerate([(0,), (1,), (2,)]):
+        assert torch.allclose(one[li], _flip_reference(model, TOKENS, 4, layers, "hook_mlp_out"), atol=1e-5)
+    for li, layers in enumerate([(0, 1), (0, 1, 2), (1, 2)]):
+        assert torch.allclose(three[li], _flip_reference(model, TOKENS, 4, layers, "hook_mlp_out"), atol=1e-5)
+    assert not torch.allclose(one, three, atol=1e-3)  # the window changes what is restored
