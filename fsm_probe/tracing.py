@@ -90,6 +90,7 @@ def causal_tracing(
     seed: int = 0,
     automaton: Any = None,
     batch_patches: int | None = None,
+    engine: str = "auto",
 ) -> TracingResult:
     """Indirect effect of every (layer, position) state on p(target label at the last position).
 
@@ -106,7 +107,8 @@ def causal_tracing(
       the automaton's final label (needs `automaton`; `symmetric_corruption`, one draw per
       sample from `numpy.random.default_rng(seed)`).
 
-    `target_labels` ([batch]) defaults to the model's clean prediction.
+    `target_labels` ([batch]) defaults to the model's clean prediction. `engine="hooks"` runs a
+    Transformer through its hook points instead of the fast engine (as in `activation_patching`).
     """
     cfg = model_config(model)
     if kind not in KINDS:
@@ -136,7 +138,7 @@ def causal_tracing(
         site = "state"  # hook_h, and hook_c with it on an LSTM: the whole recurrent state
 
     with EvalMode(model), torch.no_grad():
-        runner = Runner(model)
+        runner = Runner(model, engine)
         clean_run = runner.run(clean)
         if target_labels is None:
             target = clean_run["logits"][:, -1].argmax(-1)

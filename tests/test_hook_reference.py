@@ -318,11 +318,13 @@ def test_causal_tracing_matches_hook_reference(name, noise):
     for kind in TRACE_KINDS.get(name, ["resid"]):
         for window in (1, 3) if model.fsm_config.n_layers > 1 else (1,):
             ref, low = reference_tracing(model, clean, noise, kind, window, n_samples=2, seed=7)
-            got = causal_tracing(model, clean, corrupt_positions=SWAP, noise=noise, kind=kind, window=window,
-                                 n_samples=2, seed=7, automaton=_parity())
-            assert got.low_score == pytest.approx(low, abs=1e-5)
-            assert got.scores.shape == ref.shape
-            assert torch.allclose(got.scores, ref, atol=1e-5), (kind, window)
+            engines = ("auto", "hooks") if model.fsm_config.arch == "transformer" else ("auto",)
+            for engine in engines:
+                got = causal_tracing(model, clean, corrupt_positions=SWAP, noise=noise, kind=kind, window=window,
+                                     n_samples=2, seed=7, automaton=_parity(), engine=engine)
+                assert got.low_score == pytest.approx(low, abs=1e-5)
+                assert got.scores.shape == ref.shape
+                assert torch.allclose(got.scores, ref, atol=1e-5), (kind, window, engine)
             _nontrivial(ref)
     if noise == "symmetric" and model.fsm_config.arch != "transformer":
         # the swap is at SWAP: restoring any earlier state cannot bring the clean label back
