@@ -65,10 +65,10 @@ def _last_diff(logits):
 
 
 def _last_diff_declared(logits):
-    return (logits[:, -1, 0] - logits[:, -1, 1]).mean()
+    return _last_diff(logits)
 
 
-_last_diff_declared.positions = (-1,)
+_last_diff_declared.positions = (-1,)  # lets the fast engine compute only the last position
 
 
 def _all_positions(logits):
@@ -182,7 +182,11 @@ def reference_attribution(model, clean, corrupted, metric, site, direction):
     return out + float(value.detach())
 
 
+TRACE_HOOKS = {"resid": "hook_resid_pre", "mlp": "hook_mlp_out", "attn": "hook_attn_out"}
+
+
 def _window(layer, window, n_layers):
+    """Layers restored together for row `layer`: `window` of them centred on it, clipped."""
     return range(max(0, layer - window // 2), min(n_layers, layer + (window - 1) // 2 + 1))
 
 
@@ -233,7 +237,7 @@ def reference_tracing(model, clean, noise, kind="resid", window=1, n_samples=2, 
                         states = ["hook_h", "hook_c"] if cfg.arch == "lstm" else ["hook_h"]
                         names = [f"layers.{lj}.{s}" for s in states]
                     else:
-                        names = [f"blocks.{lj}.hook_{ {'resid': 'resid_pre', 'mlp': 'mlp_out', 'attn': 'attn_out'}[kind] }"]
+                        names = [f"blocks.{lj}.{TRACE_HOOKS[kind]}"]
                     for name in names:
                         value = cache[name][:, p] if cfg.is_rnn else cache[name]
                         restore.append(_setter(cfg, name, p, None, value))
