@@ -401,10 +401,10 @@ def attribution_patching(
 
     Estimate = metric(base) + (source act - base act) . d metric / d act at the base run, summed
     over the model dimension (per head over `d_head` for `head_out`; over all M vectors for the
-    RMT's `memory`, per vector for `memory_slot`). `sites` defaults to `default_sites` of the
-    model (Transformer resid_pre, attn_out, mlp_out if it has MLPs, head_out; RNN hidden, and cell
-    on an LSTM; RMT memory, and memory_slot when n_memory > 1). Transformers need a natively built model
-    without hooks attached (the engine of the fast patching path).
+    RMT's `memory`, per vector for `memory_slot`). `sites` defaults to the model's
+    `default_sites` (Transformer resid_pre, attn_out, mlp_out if it has MLPs, head_out; RNN
+    hidden, and cell on an LSTM; RMT memory, and memory_slot when n_memory > 1). Transformers
+    need a natively built model without hooks attached (the engine of the fast patching path).
 
     `steps > 1` is the integrated-gradients variant of EAP-IG (Hanna et al. 2024): the gradient
     is averaged over `steps` runs whose input embeddings (`blocks.0.hook_resid_pre`, or the
