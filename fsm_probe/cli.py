@@ -458,7 +458,7 @@ def patch_cmd(
 @_user_errors
 def trace_cmd(
     run_dir: _RunDir,
-    kind: Annotated[str, typer.Option("--kind", help="resid (hidden state / memory), mlp or attn.")] = "resid",
+    kind: Annotated[str, typer.Option("--kind", help="resid (hidden state / memory), mlp or attn (mlp, attn: Transformers only).")] = "resid",
     noise: Annotated[str, typer.Option("--noise", help="Multiple of the embedding std, or 'symmetric' (swap the symbol).")] = "3.0",
     window: Annotated[int, typer.Option("--window", help="Layers restored together (mlp/attn).")] = 1,
     samples: Annotated[int, typer.Option("--samples", help="Noise draws per sequence.")] = 10,

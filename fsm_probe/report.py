@@ -431,7 +431,8 @@ def report_html(
                                  n_samples=s.trace_samples, seed=s.seed)
             state.setdefault("tracing", {})[kind] = res
             resid = "the residual stream entering the block"
-            resid = "the hidden state" if cfg.is_rnn else "the memory written by the segment" if rmt else resid
+            state_name = "the hidden and cell state" if cfg.arch == "lstm" else "the hidden state"
+            resid = state_name if cfg.is_rnn else "the memory written by the segment" if rmt else resid
             what = {"resid": resid,
                     "attn": "the attention output", "mlp": "the MLP output"}[kind]
             doc.figure(
