@@ -175,7 +175,7 @@ class _Writer:
     """Float64 staging of every weight of a native model, copied in at the end."""
 
     def __init__(self, cfg: ModelConfig, d_head: int, d_mlp: int) -> None:
-        d, H, L, V, O = cfg.d_hidden, cfg.n_heads, cfg.n_layers, cfg.d_vocab, cfg.d_out
+        d, H, L, V, n_out = cfg.d_hidden, cfg.n_heads, cfg.n_layers, cfg.d_vocab, cfg.d_out
         self.d_head = d_head
         self.embed = np.zeros((V, d))
         self.pos = np.zeros((cfg.n_ctx, d))
@@ -190,7 +190,7 @@ class _Writer:
         self.b_in = np.zeros((L, d_mlp))
         self.fc_out = np.zeros((L, d, d_mlp))
         self.b_out = np.zeros((L, d))
-        self.head = np.zeros((O, d))
+        self.head = np.zeros((n_out, d))
 
     def copy_into(self, model: TransformerBridge) -> None:
         net = model.original_model
