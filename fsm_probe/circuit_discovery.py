@@ -6,7 +6,10 @@ path from the inputs to the output. The metric is the logit difference (clean la
 label) at the last position. Methods:
 
 - `exact`: activation patching (denoising) of every head output (`head_out`) and MLP output
-  (`mlp_out`) at every position; a component's score is its largest |normalised effect|.
+  (`mlp_out`) at every position; a component's score is the sum over positions of its
+  |normalised effect| (each pair's information passes a component at a position that depends on
+  where the pair was corrupted, so a maximum over positions would dilute it by the number of
+  positions it uses; RNN states are one position each).
 - `attribution`: the same cells estimated by attribution patching (one forward per input and
   one backward), scored the same way.
 - `verified`: attribution, then exact patching of its `top_k` cells (the shortlist a user needs);
@@ -43,8 +46,8 @@ METHODS = ("exact", "attribution", "verified", "acdc")
 
 @dataclass
 class ComponentScore:
-    """One component: its score (>= 0, larger = more important), where it peaks, and the signed
-    normalised effect there."""
+    """One component: its score (>= 0, larger = more important; exact and attribution: the sum
+    over positions of |normalised effect|), where it peaks, and the signed effect there."""
 
     name: str
     kind: str
@@ -201,14 +204,18 @@ def _score_cells(model: nn.Module, length: int, cells: dict[str, np.ndarray]) ->
     best: dict[str, ComponentScore] = {}
     for name, kind, li, h in all_components(model, length):
         best[name] = ComponentScore(name, kind, li, h, 0.0)
+    peak: dict[str, float] = {}
     for site, arr in cells.items():
         for idx in np.ndindex(*arr.shape):
             v = float(arr[idx])
             if not np.isfinite(v):
                 continue
             name, kind, li, h, p = _cell_component(site, idx)
-            if abs(v) > best[name].score:
-                best[name] = ComponentScore(name, kind, li, h, abs(v), p, v)
+            c = best[name]
+            c.score += abs(v)
+            if abs(v) > peak.get(name, 0.0):
+                peak[name] = abs(v)
+                c.position, c.effect = p, v
     return _sorted(best.values())
 
 

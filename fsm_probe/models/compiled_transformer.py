@@ -423,7 +423,7 @@ def _reset(a: Automaton, m: Automaton, n_ctx: int, n_heads: int, gain: float, se
 def compile_transformer(
     automaton: Automaton,
     construction: str = "scan",
-    n_ctx: int = 64,
+    n_ctx: int = 32,
     n_heads: int = 2,
     gain: float = 50.0,
     max_monoid: int = 64,
