@@ -126,8 +126,9 @@ def roc_auc(scores: dict[str, float], truth: Sequence[str]) -> float:
 def mixed_corruption_pairs(
     task: Any, length: int, n: int = 32, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`n` clean sequences, their symmetric corruptions and the corrupted position of each,
-    drawn uniformly among the positions where some symbol changes the final label."""
+    """Up to `n` clean sequences, their symmetric corruptions and the corrupted position of each:
+    positions where some symbol changes the final label, their distances to the end spread
+    evenly over log2 buckets."""
     a = task.automaton
     pool = eval_set(task, length, n=8 * n, seed=seed + 1, final_only=False).tokens.copy()
     length = pool.shape[1]
@@ -145,16 +146,30 @@ def mixed_corruption_pairs(
             trial = pool.copy()
             trial[:, p] = s
             changes[:, p, s] = a.run_outputs(trial)[:, -1] != final
-    usable = np.flatnonzero(changes.any(axis=(1, 2)))[:n]
-    if not len(usable):
+    usable = changes.any(axis=2)  # [b, p]: some symbol at p changes the final label
+    if not usable.any():
         raise InputError(f"no single-symbol change alters the final label of {task.spec} at length {length}")
-    clean = pool[usable]
+    # Distances to the end, log-bucketed, are drawn round-robin so that long paths are reached
+    # as often as short ones (layer k of a scan carries distances 2^k..2^(k+1)-1).
+    bucket = np.floor(np.log2(length - np.arange(length))).astype(int)
+    picked: list[tuple[int, int]] = []
+    free = set(np.flatnonzero(usable.any(axis=1)).tolist())
+    while len(picked) < n and free:
+        before = len(picked)
+        for k in range(int(bucket.max()) + 1):
+            rows = sorted(b for b in free if (usable[b] & (bucket == k)).any())
+            if not rows or len(picked) >= n:
+                continue
+            b = rows[int(rng.integers(len(rows)))]
+            p = int(rng.choice(np.flatnonzero(usable[b] & (bucket == k))))
+            picked.append((b, p))
+            free.discard(b)
+        if len(picked) == before:
+            break
+    clean = pool[[b for b, _ in picked]]
     corrupted = clean.copy()
-    where = np.zeros(len(usable), dtype=np.int64)
-    for row, b in enumerate(usable):
-        ps = np.flatnonzero(changes[b].any(axis=1))
-        p = int(rng.choice(ps))
-        where[row] = p
+    where = np.array([p for _, p in picked], dtype=np.int64)
+    for row, (b, p) in enumerate(picked):
         corrupted[row, p] = int(rng.choice(np.flatnonzero(changes[b, p])))
     return clean, corrupted, where
 
