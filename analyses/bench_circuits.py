@@ -32,6 +32,7 @@ import torch  # noqa: E402
 from fsm_probe import TrainConfig, get_task, load, train  # noqa: E402
 from fsm_probe.circuit_discovery import (  # noqa: E402
     METHODS,
+    attribution_mlp_exact,
     discover_circuit,
     mixed_corruption_pairs,
     roc_auc,
@@ -79,38 +80,49 @@ def trained_parity():
     return train(task, ModelConfig("transformer", **TRAINED_CFG), TrainConfig(**TRAIN_CFG), out_dir=CACHE, progress=False)
 
 
-def shortlist(model, task, length: int, rounds: int = 3) -> list[dict]:
-    """Recall of the exact top-10 cells by attribution + exact verification of its top K."""
+ESTIMATORS = {
+    "attribution": lambda m, c, x, f, s: attribution_patching(m, c, x, f, sites=s),
+    "attribution_mlp": attribution_mlp_exact,
+}
+
+
+def shortlist(model, task, length: int, rounds: int = 3) -> dict[str, list[dict]]:
+    """Per estimator, the recall of the exact top-10 cells by its top K verified exactly."""
     clean, corrupted, _ = mixed_corruption_pairs(task, length, n=16, seed=0)
     a = task.automaton
     metric = logit_diff(a.run_outputs(clean)[:, -1], a.run_outputs(corrupted)[:, -1])
     sites = ["head_out"] + (["mlp_out"] if model.fsm_config.d_mlp != 0 else [])
-    t_exact, t_attr = [], []
+    times: dict[str, list[float]] = {"exact": [], **{e: [] for e in ESTIMATORS}}
+    approx = {}
     for _ in range(rounds):
         t0 = time.perf_counter()
         exact = {s: activation_patching(model, clean, corrupted, metric, site=s) for s in sites}
-        t_exact.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        approx = attribution_patching(model, clean, corrupted, metric, sites=sites)
-        t_attr.append(time.perf_counter() - t0)
-    t_exact, t_attr = min(t_exact), min(t_attr)
+        times["exact"].append(time.perf_counter() - t0)
+        for name, fn in ESTIMATORS.items():
+            t0 = time.perf_counter()
+            approx[name] = fn(model, clean, corrupted, metric, sites)
+            times[name].append(time.perf_counter() - t0)
+    best_t = {k: min(v) for k, v in times.items()}
     cells = [(s, i) for s in sites for i in np.ndindex(*exact[s].values.shape)]
     ex = np.array([abs(float(exact[s].effect()[i])) for s, i in cells])
-    est = np.array([abs(float(approx[s].effect()[i])) for s, i in cells])
     tenth = np.sort(ex)[-10]
     top = {c for c, v in zip(cells, ex, strict=True) if v >= tenth and v > 0}
-    rows = []
-    for k in SHORTLISTS:
-        picked = [cells[j] for j in np.argsort(-est, kind="stable")[:k]]
-        t0 = time.perf_counter()
-        measured = verify_cells(model, clean, corrupted, metric, picked)
-        t_verify = time.perf_counter() - t0
-        base = exact[sites[0]].baseline
-        best = sorted(picked, key=lambda c: -abs(measured[c] - base))[:10]
-        recall = len([c for c in best if c in top]) / min(10, len(top)) if top else float("nan")
-        rows.append({"k": k, "recall": min(1.0, recall), "cost": (t_attr + t_verify) / t_exact,
-                     "t_exact": t_exact, "t_attr": t_attr, "t_verify": t_verify, "cells": len(cells)})
-    return rows
+    base = exact[sites[0]].baseline
+    out = {}
+    for name in ESTIMATORS:
+        est = np.array([abs(float(approx[name][s].effect()[i])) for s, i in cells])
+        rows = []
+        for k in SHORTLISTS:
+            picked = [cells[j] for j in np.argsort(-est, kind="stable")[:k]]
+            t0 = time.perf_counter()
+            measured = verify_cells(model, clean, corrupted, metric, picked)
+            t_verify = time.perf_counter() - t0
+            best = sorted(picked, key=lambda c: -abs(measured[c] - base))[:10]
+            recall = len([c for c in best if c in top]) / min(10, len(top)) if top else float("nan")
+            rows.append({"k": k, "recall": recall, "cost": (best_t[name] + t_verify) / best_t["exact"],
+                         "t_exact": best_t["exact"], "t_attr": best_t[name], "cells": len(cells)})
+        out[name] = rows
+    return out
 
 
 def main() -> None:
@@ -157,21 +169,28 @@ def main() -> None:
         "Recall: share of the exact top-10 cells (|effect|; ties with the 10th included) among the "
         "10 best verified cells. Cost: (attribution + verification) / full exact sweep.",
         "",
-        "| model | length | cells | exact sweep (s) | attribution (s) | " + " | ".join(f"K={k}: recall / cost" for k in SHORTLISTS) + " |",
-        "|---|---:|---:|---:|---:|" + "---:|" * len(SHORTLISTS),
+        "| model | length | cells | estimator | exact sweep (s) | estimate (s) | " + " | ".join(f"K={k}: recall / cost" for k in SHORTLISTS) + " |",
+        "|---|---:|---:|---|---:|---:|" + "---:|" * len(SHORTLISTS),
     ]
     targets = [(f"compiled {s} {c}", m, m.fsm_task, N_CTX) for (s, c), m in compiled.items()]
     if not quick:
         model = trained_parity()
         targets.append(("trained parity Transformer (2L, d64, 4 heads)", model, model.fsm_task, 16))
+    recalls: dict[tuple[str, int], list[tuple[float, float]]] = {}
     for name, model, task, length in targets:
-        rows = shortlist(model, task, length)
-        r0 = rows[0]
-        lines.append(
-            f"| {name} | {length} | {r0['cells']} | {r0['t_exact']:.3f} | {r0['t_attr']:.4f} | "
-            + " | ".join(f"{r['recall']:.2f} / {r['cost']:.2f}" for r in rows) + " |"
-        )
-        print(lines[-1], flush=True)
+        for est, rows in shortlist(model, task, length).items():
+            r0 = rows[0]
+            lines.append(
+                f"| {name} | {length} | {r0['cells']} | {est} | {r0['t_exact']:.3f} | {r0['t_attr']:.4f} | "
+                + " | ".join(f"{r['recall']:.2f} / {r['cost']:.2f}" for r in rows) + " |"
+            )
+            for r in rows:
+                recalls.setdefault((est, r["k"]), []).append((r["recall"], r["cost"]))
+            print(lines[-1], flush=True)
+    lines += ["", "Mean over models: " + "; ".join(
+        f"{est} K={k}: recall {np.mean([x[0] for x in v]):.2f} (min {np.min([x[0] for x in v]):.2f}), "
+        f"cost {np.mean([x[1] for x in v]):.2f} (max {np.max([x[1] for x in v]):.2f})"
+        for (est, k), v in recalls.items())]
     text = "\n".join(lines) + "\n"
     if not quick:
         atomic_write_text(ROOT / "analyses" / "results" / "bench_circuits.md", text)

@@ -12,7 +12,9 @@ label) at the last position. Methods:
   positions it uses; RNN states are one position each).
 - `attribution`: the same cells estimated by attribution patching (one forward per input and
   one backward), scored the same way.
-- `verified`: attribution, then exact patching of its `top_k` cells (the shortlist a user needs);
+- `attribution_mlp`: attribution with the patched layer's MLP recomputed exactly
+  (`attribution_mlp_exact`: AtP*'s fix for saturated attention, applied to saturated MLPs).
+- `verified`: `attribution_mlp` (RNNs: attribution), then exact patching of its `top_k` cells (the shortlist a user needs);
   a component's score is its best exact effect among verified cells, and components without a
   verified cell follow, in attribution order.
 - `acdc`: ACDC-style greedy pruning at the node level (Conmy et al. 2023): from the output
@@ -41,7 +43,7 @@ from .errors import InputError
 from .models import as_tokens, model_config
 from .patched_runs import EvalMode, Patch, Runner, Sweep, metric_value
 
-METHODS = ("exact", "attribution", "verified", "acdc")
+METHODS = ("exact", "attribution", "attribution_mlp", "verified", "acdc")
 
 
 @dataclass
@@ -265,6 +267,9 @@ def verify_cells(
         by_site.setdefault(site, []).append(tuple(int(i) for i in idx))
     with EvalMode(model), torch.no_grad():
         runner = Runner(model)
+        # The engine was checked against the bridge by the attribution that made the shortlist
+        # (it runs on the same engine); skipping the check saves a bridge forward.
+        runner.checked = runner.engine is not None
         clean_run, corr_run = runner.run(clean_t), runner.run(corr_t)
         for site, idxs in by_site.items():
             patching.check_site(cfg, site)
@@ -339,6 +344,56 @@ def acdc_prune(
     return _sorted(scores), forwards
 
 
+def attribution_mlp_exact(
+    model: nn.Module, clean: Any, corrupted: Any, metric: Any, sites: Sequence[str] = ("head_out", "mlp_out")
+) -> dict[str, patching.PatchingResult]:
+    """Attribution patching (denoising) in which the MLP of the patched layer is recomputed
+    exactly: a head cell (l, p, h) is estimated as grad(resid_post l, p) . (its attn_out change +
+    the exact change of MLP l at p), an MLP cell as grad(resid_post l, p) . its change. The idea
+    of AtP*'s fix for saturated attention (recompute the saturated nonlinearity, linearise only
+    after it) applied to the MLP that reads a head: plain attribution, linearised through a
+    saturated MLP (e.g. a staircase), gives the head feeding it zero."""
+    from .patched_runs import TransformerEngine
+
+    cfg = model_config(model)
+    if cfg.is_rnn or cfg.arch != "transformer":
+        raise InputError("attribution_mlp_exact needs a Transformer")
+    clean_t, corr_t = as_tokens(model, clean), as_tokens(model, corrupted)
+    with EvalMode(model):
+        engine = TransformerEngine(model)
+        sites = [s for s in sites if not (engine.attn_only and s == "mlp_out")]
+        with torch.no_grad():
+            src = engine.full(TransformerEngine.resid0(model, clean_t))
+        with torch.enable_grad():
+            run = engine.full(TransformerEngine.resid0(model, corr_t), grad=True)
+            value = metric(run["logits"])
+            grads = torch.autograd.grad(value, run["resid_post"], allow_unused=True)
+        clean_v = metric_value(metric, src["logits"])
+        base = float(value.detach())
+        out: dict[str, list[torch.Tensor]] = {s: [] for s in sites}
+        with torch.no_grad():
+            for li in range(cfg.n_layers):
+                g = torch.zeros_like(run["resid_post"][li]) if grads[li] is None else grads[li]
+                if "mlp_out" in sites:
+                    d = src["mlp_out"][li] - run["mlp_out"][li].detach()
+                    out["mlp_out"].append((d * g).sum(-1).sum(0))
+                if "head_out" in sites:
+                    dz = src["head_out"][li] - run["head_out"][li].detach()  # [B, P, H, dh]
+                    w_o = engine.o[li].weight.view(cfg.d_hidden, cfg.n_heads, -1)
+                    d_attn = torch.einsum("bphd,mhd->bphm", dz, w_o)
+                    mid = run["resid_mid"][li].detach()[:, :, None] + d_attn
+                    if engine.attn_only:
+                        d_mlp = torch.zeros_like(d_attn)
+                    else:
+                        d_mlp = engine.mlp[li](engine.ln2[li](mid)) - run["mlp_out"][li].detach()[:, :, None]
+                    out["head_out"].append(((d_attn + d_mlp) * g[:, :, None]).sum(-1).sum(0))
+    return {
+        s: patching.PatchingResult(torch.stack(v) + base, ("layer", "pos", "head") if s == "head_out" else ("layer", "pos"),
+                                   s, "denoise", clean_v, base, "attribution_mlp_exact")
+        for s, v in out.items()
+    }
+
+
 def discover_circuit(
     model: nn.Module,
     task: Any = None,
@@ -381,8 +436,11 @@ def discover_circuit(
         results = exact_cells(model, clean, corrupted, metric, sites)
         comps = _score_cells(model, clean.shape[1], {s: _normalise(r) for s, r in results.items()})
         first = next(iter(results.values()))
-    elif method in ("attribution", "verified"):
-        results = patching.attribution_patching(model, clean, corrupted, metric, sites=sites)
+    elif method in ("attribution", "attribution_mlp", "verified"):
+        if method == "attribution" or cfg.is_rnn:
+            results = patching.attribution_patching(model, clean, corrupted, metric, sites=sites)
+        else:
+            results = attribution_mlp_exact(model, clean, corrupted, metric, sites=sites)
         first = next(iter(results.values()))
         approx = {s: _normalise(r) for s, r in results.items()}
         comps = _score_cells(model, clean.shape[1], approx)
