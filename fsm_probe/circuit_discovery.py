@@ -41,7 +41,7 @@ from . import patching
 from .datasets import eval_set
 from .errors import InputError
 from .models import as_tokens, model_config
-from .patched_runs import EvalMode, Patch, Runner, Sweep, metric_value
+from .patched_runs import EvalMode, Patch, Runner, Sweep, metric_value, needed_positions
 
 METHODS = ("exact", "attribution", "attribution_mlp", "verified", "acdc")
 
@@ -274,8 +274,16 @@ def verify_cells(
         for site, idxs in by_site.items():
             patching.check_site(cfg, site)
             patches = [Patch((i[0],), i[1], i[2] if len(i) > 2 else None) for i in idxs]
-            sweep = Sweep(site, patches, [(k,) for k in range(len(idxs))], (len(idxs),))
-            values = runner.evaluate(corr_t, corr_run, clean_run, sweep, metric, None)
+            if runner.engine is not None:
+                # A shortlist is small: all its patches in one stacked forward, from the
+                # earliest patched layer and position on.
+                needed = needed_positions(metric, corr_t.shape[1])
+                logits = runner.engine.patched_logits(corr_run, clean_run, site, patches, needed)
+                batch = corr_t.shape[0]
+                values = [metric_value(metric, logits[k * batch : (k + 1) * batch]) for k in range(len(idxs))]
+            else:
+                sweep = Sweep(site, patches, [(k,) for k in range(len(idxs))], (len(idxs),))
+                values = runner.evaluate(corr_t, corr_run, clean_run, sweep, metric, None)
             for k, i in enumerate(idxs):
                 out[(site, i)] = float(values[k])
     return out

@@ -281,3 +281,20 @@ def test_cli_compile_errors(capsys, tmp_path) -> None:
     code, _, err = run_cli(capsys, "compile", "--task", "gridworld", "--out", tmp_path / "z")
     assert code == 2 and "max_monoid" in err
     assert not (tmp_path / "x").exists()
+
+
+def test_verified_cells_equal_the_full_sweep() -> None:
+    from fsm_probe.circuit_discovery import verify_cells
+
+    task = get_task("symmetric")
+    model = compile_transformer(task.automaton, "scan", n_ctx=16)
+    clean, corrupted, _ = mixed_corruption_pairs(task, 16, n=16)
+    a = task.automaton
+    metric = logit_diff(a.run_outputs(clean)[:, -1], a.run_outputs(corrupted)[:, -1])
+    rng = np.random.default_rng(0)
+    for site in ("head_out", "mlp_out"):
+        full = activation_patching(model, clean, corrupted, metric, site=site)
+        cells = {tuple(int(rng.integers(n)) for n in full.values.shape) for _ in range(20)}
+        measured = verify_cells(model, clean, corrupted, metric, [(site, c) for c in cells])
+        for c in cells:
+            assert measured[(site, c)] == pytest.approx(float(full.values[c]), abs=1e-5)
