@@ -157,6 +157,9 @@ def test_ground_truth_circuit_is_necessary_and_sufficient(spec: str, constructio
     rest = [c for c in truth.all_components if c not in truth.components]
     assert truth.components and rest and set(truth.components) <= set(truth.all_components)
     assert set(truth.roles) == set(truth.all_components)
+    assert set(truth.positions) == set(truth.components)
+    if construction == "scan":
+        assert truth.positions["L3H0"] == [8, 15] and truth.positions["L0.mlp"] == [1, 15]
     assert _ablated_accuracy(model, a, rest, 16) == 1.0
     for c in truth.components:
         assert _ablated_accuracy(model, a, [c], 16) < 1.0, c

@@ -49,7 +49,9 @@ class CompiledCircuit:
     """The ground truth of a compiled model: the components that compute the answer.
 
     `components` are the circuit graph's names (`L{l}H{h}`, `L{l}.mlp`); `all_components` lists
-    every head and MLP of the model; `roles` says what each one does and at which positions.
+    every head and MLP of the model (the others are decoys or unused); `roles` says what each one
+    does; `positions[c]` = [first, last]: the positions at which component `c` of the circuit
+    computes (a scan's layer k from t = 2^k on).
     """
 
     construction: str
@@ -60,6 +62,7 @@ class CompiledCircuit:
     description: str
     n_ctx: int
     monoid_size: int | None = None
+    positions: dict[str, list[int]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -468,9 +471,13 @@ def compile_transformer(
     everything = _components(cfg)
     for name in everything:
         roles.setdefault(name, "unused")
+    first = {c: (2 ** int(c[1:].split("H")[0].split(".")[0]) if kind == "scan" else 0) for c in true}
+    desc += (". Heads 1..n_heads-1 of every layer are decoys (previous-token heads writing into a "
+             "subspace nothing reads), so that a ranking of all_components has both classes")
     model.fsm_circuit = CompiledCircuit(
         construction=construction, kind=kind, components=true, all_components=everything,
         roles={c: roles[c] for c in everything}, description=desc, n_ctx=n_ctx, monoid_size=monoid,
+        positions={c: [first[c], n_ctx - 1] for c in true},
         extra={"residual": {k: list(v) for k, v in lay.spans.items()}, "gain": gain},
     )
     return model.eval()
