@@ -575,6 +575,107 @@ def report_cmd(
     console.print(f"report written to {path}")
 
 
+# ----- compiled models and circuit discovery (issue 14) -----
+
+
+@app.command("compile")
+@_user_errors
+def compile_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Checkpoint directory (plus circuit.json).")],
+    task: Annotated[str | None, typer.Option("--task", help="NAME[:k=v,...], see `fsm-probe tasks`.")] = None,
+    task_file: Annotated[Path | None, typer.Option("--task-file", help="Automaton JSON file.")] = None,
+    arch: Annotated[str, typer.Option("--arch", help="transformer (RNNs: fsm_probe.models.compiled.compile_rnn).")] = "transformer",
+    construction: Annotated[str, typer.Option("--construction", help="scan (any automaton with a small monoid) or shortcut (counters mod n, reset automata).")] = "scan",
+    n_ctx: Annotated[int, typer.Option("--n-ctx", help="Longest input the model is exact on.")] = 32,
+    heads: Annotated[int, typer.Option("--heads", help="Heads per layer: head 0 is the circuit's, the others decoys.")] = 2,
+    max_monoid: Annotated[int, typer.Option("--max-monoid", help="scan: largest transformation monoid tabulated.")] = 64,
+    lengths: Annotated[str, typer.Option("--lengths", help="Lengths to check accuracy at.")] = "8,32",
+    as_json: Annotated[bool, typer.Option("--json", help="Print circuit.json and the accuracies.")] = False,
+) -> None:
+    """Compile an automaton into Transformer weights: a checkpoint that evaluates, patches and
+    loads in plain TransformerLens like a trained one, plus its ground-truth circuit.json."""
+    from .checkpoint import save
+    from .evaluation import evaluate
+    from .models.compiled_transformer import compile_transformer
+
+    if arch != "transformer":
+        raise ConfigError(f"--arch must be transformer (compiled RNNs come from compile_rnn), got {arch!r}")
+    the_task = _resolve_task(task, task_file)
+    model = compile_transformer(the_task.automaton, construction, n_ctx=n_ctx, n_heads=heads, max_monoid=max_monoid)
+    wanted = [x for x in _parse_lengths(lengths) if x <= n_ctx]
+    report = evaluate(model, the_task, wanted, n=256) if wanted else {}
+    circuit = model.fsm_circuit.to_dict()
+    training = {"compiled": {"construction": construction, "kind": circuit["kind"], "n_ctx": n_ctx},
+                "accuracy": {str(k): v["accuracy"] for k, v in report.items()}}
+    text = json.dumps(circuit, indent=2) + "\n"
+    save(model, out, task=the_task, training=training,
+         extra_files={"circuit.json": lambda tmp: tmp.write_text(text, encoding="utf-8")})
+    if as_json:
+        print(json.dumps({"circuit": circuit, "accuracy": training["accuracy"]}))
+        return
+    cfg = model.fsm_config
+    acc = ", ".join(f"{k}: {v['accuracy']:.4f}" for k, v in report.items())
+    console.print(
+        f"compiled {the_task.spec} ({construction}: {circuit['kind']}) into a Transformer: "
+        f"{cfg.n_layers} layers, {cfg.n_heads} heads, d_model {cfg.d_hidden}, d_mlp {cfg.d_mlp}, "
+        f"n_ctx {n_ctx}; accuracy {acc} -> {out}"
+    )
+    console.print(f"circuit: {', '.join(circuit['components'])}  ({circuit['description']})")
+
+
+@app.command("circuit")
+@_user_errors
+def circuit_cmd(
+    run_dir: _RunDir,
+    method: Annotated[str, typer.Option("--method", help="exact (activation patching), attribution, verified (attribution + exact top-k) or acdc (greedy pruning).")] = "exact",
+    length: Annotated[int | None, typer.Option("--length", help="Sequence length (default 16; compiled models: n_ctx).")] = None,
+    n: Annotated[int, typer.Option("--n", help="Clean/corrupted pairs.")] = 32,
+    threshold: Annotated[float, typer.Option("--threshold", help="Normalised score to be in the circuit.")] = 0.1,
+    top_k: Annotated[int, typer.Option("--top-k", help="verified: cells checked exactly.")] = 10,
+    seed: _Seed = 0,
+    out: _JsonOut = None,
+    as_json: _PrintJson = False,
+) -> None:
+    """Rank every head and MLP (RNN: every state) by its causal importance for the final label
+    and print the circuit; with RUN_DIR/circuit.json (a compiled model), score it (ROC-AUC)."""
+    from .checkpoint import load
+    from .circuit_discovery import discover_circuit, roc_auc
+
+    if n < 1:
+        raise ConfigError(f"--n must be positive, got {n}")
+    model = load(run_dir)
+    found = discover_circuit(model, method=method, length=length, n=n, seed=seed, threshold=threshold, top_k=top_k)
+    payload = {"run": str(run_dir), "task": model.fsm_task.spec, "arch": model.fsm_config.arch, **found.to_dict()}
+    truth_file = Path(run_dir) / "circuit.json"
+    if truth_file.is_file():
+        try:
+            truth = json.loads(truth_file.read_text(encoding="utf-8"))["components"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ConfigError(f"{truth_file} is not a circuit file ({e})") from None
+        payload["truth"] = truth
+        payload["roc_auc"] = roc_auc(found.scores(), truth)
+    _write_json(out, payload, as_json)
+    if as_json:
+        return
+    console.print(
+        f"{model.fsm_config.arch} on {model.fsm_task.spec}: {found.n_pairs} pairs of length {found.length}, "
+        f"one symbol changed per pair at positions {found.settings['corrupted_positions'][:8]}"
+        f"{'...' if len(found.settings['corrupted_positions']) > 8 else ''}; method {method}, {found.seconds:.2f}s"
+    )
+    table = Table(title=f"components by causal importance (normalised; circuit: score >= {threshold})")
+    for col in ("component", "score", "peak position", "effect", "in circuit"):
+        table.add_column(col, justify="left" if col == "component" else "right")
+    kept = set(found.circuit())
+    for c in found.components:
+        effect = "" if c.effect is None else f"{c.effect:+.3f}"
+        table.add_row(c.name, f"{c.score:.3f}", "" if c.position is None else str(c.position), effect,
+                      "yes" if c.name in kept else "")
+    console.print(table)
+    console.print(f"circuit: {', '.join(found.circuit()) or '(empty)'}")
+    if "roc_auc" in payload:
+        console.print(f"ground truth ({truth_file}): {', '.join(payload['truth'])}; ROC-AUC {payload['roc_auc']:.3f}")
+
+
 def main(argv: list[str] | None = None) -> Any:
     """Entry point of the `fsm-probe` console script; usage errors also print one line."""
     try:
