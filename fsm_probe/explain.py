@@ -53,6 +53,8 @@ class Explanation:
     state_site: dict[str, Any] | None
     mechanism: list[dict[str, Any]] = field(default_factory=list)
     extraction: dict[str, Any] | None = None
+    components: list[str] | None = None
+    trained: bool = True
     sampled: str = ""
     seconds: float = 0.0
 
@@ -64,9 +66,10 @@ class Explanation:
     def text(self) -> str:
         """One screen of plain text."""
         acc = ", ".join(f"{k}: {v:.3f}" for k, v in self.accuracy.items())
+        record = (f"trained up to {self.train_max}" if self.trained else
+                  f"no training record, so {self.train_max} stands for the training length")
         lines = [f"{self.arch} on {self.task}: {self.verdict}",
-                 f"  length: {self.length['text']} (final-position accuracy {acc}; trained up to "
-                 f"{self.train_max})"]
+                 f"  length: {self.length['text']} (final-position accuracy {acc}; {record})"]
         s = self.state_site
         if s is not None:
             beyond = (f", {s['iia_beyond']:.3f} at length {s['length_beyond']}"
@@ -75,6 +78,8 @@ class Explanation:
                          f"({s['scored']})")
         for m in self.mechanism:
             lines.append(f"  mechanism: {m['text']}")
+        if self.components is not None:
+            lines.append(f"  circuit (exact patching): {', '.join(self.components) or 'no component alone'}")
         e = self.extraction
         if e is not None:
             lines.append(f"  extracted automaton: {e['n_states']} states, equivalent to the task: "
@@ -107,10 +112,14 @@ def explain(
     n: int = 128,
     iia_n: int = 64,
     extraction: bool = True,
+    circuit: bool = True,
     lengths: Sequence[int] | None = None,
     seed: int = 0,
 ) -> Explanation:
     """Verdict and evidence for `model` on `task` (default: the task it was trained on).
+
+    `extraction` (RNNs, RMTs) and `circuit` (Transformers: exact patching of every head and MLP,
+    `circuit_discovery`) add that evidence for a model that learned.
 
     `lengths` (default `test_lengths`) must include the longest training length."""
     started = time.perf_counter()
@@ -126,7 +135,7 @@ def explain(
     out = Explanation(
         verdict="not_learned", task=task.spec, arch=cfg.arch, train_max=train_max,
         accuracy=accuracy, length=lv.to_dict(), breaks_at_length=lv.breaks_at_length,
-        state_site=None,
+        state_site=None, trained=trained_length(model) is not None,
         sampled=f"{n} sequences per length {lengths} for accuracy",
     )
     if not lv.learned:
@@ -156,8 +165,15 @@ def explain(
             state["iia_beyond"] = far.site_mean(local=not carries)[site]
             state["length_beyond"] = far.length
         out.state_site = state
-        out.sampled += f"; IIA on {iia_n} base/source pairs at lengths {res.length}" + (
+        out.sampled += f"; IIA on {iia_n} base/source pairs at length {res.length}" + (
             f" and {state['length_beyond']}" if state["length_beyond"] else "")
+
+    if circuit and cfg.arch == "transformer":
+        from .circuit_discovery import discover_circuit
+
+        found = discover_circuit(model, task, method="exact", seed=seed)
+        out.components = found.circuit()
+        out.sampled += f"; circuit from {found.n_pairs} corruption pairs at length {found.length}"
 
     if extraction and carries:
         from .extraction import check_extraction, extract

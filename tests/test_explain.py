@@ -70,3 +70,21 @@ def test_compiled_rnn_implements(tmp_path, capsys):
     save(compile_rnn(task.automaton), tmp_path / "c", task=task)
     e = _explain(capsys, tmp_path / "c", "--no-extraction")
     assert e["verdict"] == "implements" and e["state_site"]["iia"] == 1.0 and e["extraction"] is None
+
+
+@pytest.mark.parametrize("construction", ["scan", "shortcut"])
+def test_compiled_transformer_implements_with_its_circuit(tmp_path, capsys, construction):
+    run = tmp_path / construction
+    with pytest.raises(SystemExit) as exc:
+        main(["compile", "--task", "cyclic:n=3", "--arch", "transformer", "--construction", construction,
+              "--n-ctx", "16", "--out", str(run)])
+    assert exc.value.code == 0
+    capsys.readouterr()
+    truth = json.loads((run / "circuit.json").read_text())
+    e = _explain(capsys, run)
+    n_layers = json.loads((run / "config.json").read_text())["model"]["n_layers"]
+    assert e["verdict"] == "implements" and e["trained"] is False
+    # the state sits where the construction puts it: the last residual stream, read at its position
+    assert e["state_site"]["site"] == f"blocks.{n_layers - 1}.hook_resid_post"
+    assert e["state_site"]["iia"] >= 0.99
+    assert set(e["components"]) == set(truth["components"])
