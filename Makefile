@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: demo test setup setup-test lint bench clean
+.PHONY: demo test setup setup-test notebooks lint bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -29,6 +29,14 @@ demo: setup
 
 test: setup-test
 	$(BIN)/python -m pytest
+
+$(VENV)/.installed-notebooks: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q -e ".[notebooks]"
+	touch $@ $(VENV)/.installed
+
+# JupyterLab on the example notebooks (the `notebooks` extra).
+notebooks: $(VENV)/.installed-notebooks
+	$(BIN)/jupyter lab examples/
 
 lint: setup-test
 	$(BIN)/ruff check .

@@ -246,7 +246,27 @@ def figure(all_rows: list[dict], tasks: list[str], models: list[str], path: Path
     fig.update_yaxes(range=[0, 1.02], title_text="final-position accuracy", col=1)
     fig.update_xaxes(title_text="length")
     fig.update_layout(title="Length generalization: trained on lengths 1-40", height=320 * nrows + 80)
-    atomic_write_text(path, fig.to_html(include_plotlyjs="cdn"))
+    # plotly.js ships beside the pages (one copy for all of them), so they open offline
+    from plotly.offline import get_plotlyjs
+
+    script = path.parent / "plotly.min.js"
+    if not script.is_file() or script.read_text(encoding="utf-8") != get_plotlyjs():
+        atomic_write_text(script, get_plotlyjs())
+    atomic_write_text(path, fig.to_html(include_plotlyjs="directory"))
+
+
+def read_csv(path: Path) -> list[dict]:
+    """Rows written by `write_csv`, numbers parsed back."""
+    def parse(v: str):
+        for kind in (int, float):
+            try:
+                return kind(v)
+            except ValueError:
+                pass
+        return None if v == "" else v
+
+    with open(path, newline="", encoding="utf-8") as f:
+        return [{k: parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
@@ -274,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=1, help="parallel worker processes")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--name", help="output file stem (default length_generalization[_quick])")
+    ap.add_argument("--replot", action="store_true",
+                    help="only redraw STEM.html from the existing STEM.csv (no training)")
     args = ap.parse_args(argv)
     settings = dict(QUICK if args.quick else FULL)
     if args.tasks:
@@ -292,6 +314,13 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
     stem = args.name or ("length_generalization_quick" if args.quick else "length_generalization")
+    if args.replot:
+        rows = read_csv(args.out / f"{stem}.csv")
+        tasks = list(dict.fromkeys(r["task"] for r in rows))
+        models = list(dict.fromkeys(r["model"] for r in rows))
+        figure(rows, tasks, models, args.out / f"{stem}.html")
+        print(f"redrew {args.out}/{stem}.html from {stem}.csv")
+        return 0
     jobs = [
         {"task": t, "model": m, "seed": s, "lengths": settings["lengths"], "steps": settings["steps"],
          "n": settings["n"], "hidden": settings.get("hidden"), "lr": lr,

@@ -1,28 +1,44 @@
 """fsm_probe: did the network learn the state machine, or a shortcut?
 
 The public API, in the order data flows: automata -> tasks -> datasets -> models -> training.
+Names are imported on first use (PEP 562), so `import fsm_probe` and the CLI's `--help` do not
+pay for torch and TransformerLens until a model is needed.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from . import _interrupt
 
-_interrupt.install_early()  # before torch is imported: Ctrl-C while `fsm-probe` starts is one line
-
-from .automata import Automaton  # noqa: E402
-from .checkpoint import load, save  # noqa: E402
-from .errors import (  # noqa: E402
-    AutomatonError,
-    CheckpointError,
-    ConfigError,
-    FsmProbeError,
-    InputError,
-    TaskError,
-)
-from .evaluation import evaluate  # noqa: E402
-from .models import HookedRNN, ModelConfig, build_model, build_transformer, predict_logits  # noqa: E402
-from .tasks import Task, get_task, list_tasks, task_from_file  # noqa: E402
-from .training import TrainConfig, train  # noqa: E402
+_interrupt.install_early()  # first of all: Ctrl-C while `fsm-probe` starts is one line
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "Automaton": "automata",
+    "AutomatonError": "errors",
+    "CheckpointError": "errors",
+    "ConfigError": "errors",
+    "FsmProbeError": "errors",
+    "InputError": "errors",
+    "TaskError": "errors",
+    "evaluate": "evaluation",
+    "HookedRNN": "models",
+    "ModelConfig": "models",
+    "build_model": "models",
+    "build_transformer": "models",
+    "predict_logits": "models",
+    "load": "checkpoint",
+    "save": "checkpoint",
+    "Task": "tasks",
+    "get_task": "tasks",
+    "list_tasks": "tasks",
+    "task_from_file": "tasks",
+    "TrainConfig": "training",
+    "train": "training",
+}
 
 __all__ = [
     "Automaton",
@@ -47,3 +63,33 @@ __all__ = [
     "task_from_file",
     "train",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fsm_probe' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+if TYPE_CHECKING:
+    from .automata import Automaton
+    from .checkpoint import load, save
+    from .errors import (
+        AutomatonError,
+        CheckpointError,
+        ConfigError,
+        FsmProbeError,
+        InputError,
+        TaskError,
+    )
+    from .evaluation import evaluate
+    from .models import HookedRNN, ModelConfig, build_model, build_transformer, predict_logits
+    from .tasks import Task, get_task, list_tasks, task_from_file
+    from .training import TrainConfig, train

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from functools import wraps
 from pathlib import Path
@@ -20,7 +21,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Did the network learn the state machine, or a shortcut?",
 )
-console = Console()
+# User strings (task names, symbols, labels, paths) are printed literally: no markup, emoji or
+# highlighting (rich's highlighter also took minutes on a 50 MB task name).
+console = Console(markup=False, emoji=False, highlight=False)
+err_console = Console(stderr=True, markup=False, emoji=False, highlight=False)
 
 
 @app.callback()
@@ -30,11 +34,12 @@ def _global_options(
     ] = 1,
 ) -> None:
     """Did the network learn the state machine, or a shortcut?"""
-    import torch
-
     if threads < 1:
         raise typer.BadParameter(f"must be at least 1, got {threads}", param_hint="--threads")
-    torch.set_num_threads(threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+    else:  # read by torch's thread pools when a command first imports it
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
 
 
 def _fail(message: str) -> None:
@@ -214,6 +219,7 @@ def eval_cmd(
     """Evaluate a checkpoint per length (per-position and final-position accuracy)."""
     from .checkpoint import load
     from .evaluation import evaluate
+    from .verdict import length_verdict, trained_length
 
     if n < 1:
         raise ConfigError(f"--n must be positive, got {n}")
@@ -221,17 +227,25 @@ def eval_cmd(
 
     wanted = _parse_lengths(lengths)
     model = load(run_dir)
-    check_eval_memory(model.fsm_config, n, max(wanted))
-    report = evaluate(model, model.fsm_task, wanted, n=n, seed=seed)
+    trained = trained_length(model)
+    lengths_run = sorted({*wanted, *([trained] if trained else [])})
+    check_eval_memory(model.fsm_config, n, max(lengths_run))
+    # in distribution first: the longest training length is always measured
+    report = evaluate(model, model.fsm_task, lengths_run, n=n, seed=seed)
+    verdict = length_verdict(report, trained) if trained else None
     if as_json:
-        print(json.dumps({"lengths": {str(k): v for k, v in report.items()}}))
+        print(json.dumps({"lengths": {str(k): v for k, v in report.items()},
+                          "verdict": verdict.to_dict() if verdict else None}))
         return
     table = Table(title=f"{run_dir}: {model.fsm_config.arch} on {model.fsm_task.spec}")
     for col in ("length", "accuracy", "final accuracy", "sequence accuracy"):
         table.add_column(col, justify="right")
     for length, r in report.items():
-        table.add_row(str(length), f"{r['accuracy']:.4f}", f"{r['final_accuracy']:.4f}", f"{r['sequence_accuracy']:.4f}")
+        tag = f"{length} (longest trained)" if length == trained else str(length)
+        table.add_row(tag, f"{r['accuracy']:.4f}", f"{r['final_accuracy']:.4f}", f"{r['sequence_accuracy']:.4f}")
     console.print(table)
+    if verdict is not None:
+        console.print(verdict.text)
 
 
 @app.command("predict")
@@ -276,7 +290,7 @@ def demo_cmd(
     out: Annotated[Path, typer.Option("--out", help="Where the demo runs are written.")] = Path("runs/demo"),
     quiet: Annotated[bool, typer.Option("--quiet")] = False,
 ) -> None:
-    """The main job, end to end: GRU vs Transformer on parity, length generalization to 400."""
+    """The main job, end to end: GRU vs Transformer on flip-flop, trained to length 40, tested to 400, with a verdict and evidence per model."""
     from .demo import run_demo
 
     run_demo(out, console=console, progress=not quiet)
@@ -328,11 +342,29 @@ def extract_cmd(
         print(json.dumps(json.loads((out / "extraction.json").read_text(encoding="utf-8"))))
         return
     ic = report["interchange_accuracy"]
+    _warn_not_learned(_in_distribution(model), "the automaton below and its checks")
     console.print(summary + (f", interchange accuracy {ic:.4f}" if ic is not None else "")
                   + f", {report['seconds']:.2f}s -> {out}")
     if report.get("counterexample") is not None:
         sep = " " if report.get("segment_length") else ""
         console.print(f"counterexample: {sep.join(report['counterexample']) or '(empty word)'}")
+
+
+def _in_distribution(model: Any):
+    """The length verdict at the longest training length (None without a training record), so
+    that commands showing a model's internals can say when it did not learn its task."""
+    from .evaluation import evaluate
+    from .verdict import length_verdict, trained_length
+
+    trained = trained_length(model)
+    if trained is None:
+        return None
+    return length_verdict(evaluate(model, model.fsm_task, [trained], n=256), trained)
+
+
+def _warn_not_learned(verdict: Any, what: str) -> None:
+    if verdict is not None and not verdict.learned:
+        console.print(f"note: {verdict.text}; {what} describe a model that does not solve its task.")
 
 
 def _pairs(model: Any, length: int | None, n: int, position: int | None, seed: int):
@@ -444,8 +476,10 @@ def patch_cmd(
             model, clean, corrupted, metric, sites=sites, direction=direction, steps=steps
         )
     first = next(iter(results.values()))
+    learned = _in_distribution(model)
     payload = {
         "run": str(run_dir), "task": model.fsm_task.spec, "arch": cfg.arch, "method": method,
+        "in_distribution": learned.to_dict() if learned else None,
         "steps": steps if method == "attribution" else None, "length": int(clean.shape[1]),
         "position": pos, "n_pairs": len(clean), "metric": "logit difference, clean - corrupted final label",
         "results": {s: r.to_dict() for s, r in results.items()},
@@ -458,6 +492,7 @@ def patch_cmd(
         f"position {pos} replaced; logit difference clean {first.clean_value:.3f}, corrupted "
         f"{first.corrupted_value:.3f} ({direction}, {method})"
     )
+    _warn_not_learned(learned, "the effects below")
     gap = first.clean_value - first.corrupted_value
     if abs(gap) < 1e-2:
         console.print(f"note: the clean and corrupted runs differ by only {gap:+.2g} in logit difference "
@@ -480,7 +515,7 @@ def patch_cmd(
 @_user_errors
 def trace_cmd(
     run_dir: _RunDir,
-    kind: Annotated[str, typer.Option("--kind", help="resid (hidden state / memory), mlp or attn.")] = "resid",
+    kind: Annotated[str, typer.Option("--kind", help="resid (hidden state / memory), mlp or attn (mlp, attn: Transformers only).")] = "resid",
     noise: Annotated[str, typer.Option("--noise", help="Multiple of the embedding std, or 'symmetric' (swap the symbol).")] = "3.0",
     window: Annotated[int, typer.Option("--window", help="Layers restored together (mlp/attn).")] = 1,
     samples: Annotated[int, typer.Option("--samples", help="Noise draws per sequence.")] = 10,
@@ -516,8 +551,10 @@ def trace_cmd(
         model, clean, corrupt_positions=pos, noise=level, kind=kind, window=window, n_samples=samples,
         seed=seed, automaton=model.fsm_task.automaton,
     )
+    learned = _in_distribution(model)
     payload = {"run": str(run_dir), "task": model.fsm_task.spec, "arch": model.fsm_config.arch,
-               "length": int(clean.shape[1]), **result.to_dict()}
+               "length": int(clean.shape[1]), "in_distribution": learned.to_dict() if learned else None,
+               **result.to_dict()}
     _write_json(out, payload, as_json)
     if as_json:
         return
@@ -526,6 +563,7 @@ def trace_cmd(
         f"{clean.shape[1]}, position {pos} corrupted ({'symbol swap' if level == 'symmetric' else f'noise {level} x std'}); "
         f"p(clean prediction): clean {result.high_score:.3f}, corrupted {result.low_score:.3f}"
     )
+    _warn_not_learned(learned, "the indirect effects below")
     effect = result.indirect_effect()
     by_segment = result.segment_length is not None
     table = Table(title=f"top {min(top, effect.numel())} restored {kind} states by indirect effect")
@@ -538,6 +576,35 @@ def trace_cmd(
     console.print(table)
 
 
+@app.command("explain")
+@_user_errors
+def explain_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="Checkpoint directory.")],
+    n: Annotated[int, typer.Option("--n", help="Sequences per length for accuracy.")] = 128,
+    iia_n: Annotated[int, typer.Option("--iia-n", help="Base/source pairs for interchange interventions.")] = 64,
+    extraction: Annotated[bool, typer.Option("--extraction/--no-extraction", help="Extract the automaton (RNNs, RMTs).")] = True,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the explanation as JSON.")] = False,
+) -> None:
+    """Does the model implement the automaton? The verdict (implements, shortcut, not_learned,
+    unverified) with its evidence: accuracy per length, the state's site and IIA, the failure's
+    mechanism, the extracted automaton."""
+    from .checkpoint import load
+    from .explain import explain
+
+    for name, value in (("--n", n), ("--iia-n", iia_n)):
+        if value < 2:
+            raise ConfigError(f"{name} must be at least 2, got {value}")
+    if seed < 0:
+        raise ConfigError(f"--seed must be non-negative, got {seed}")
+    model = load(run_dir)
+    result = explain(model, model.fsm_task, n=n, iia_n=iia_n, extraction=extraction, seed=seed)
+    if as_json:
+        print(json.dumps(result.to_dict()))
+        return
+    console.print(result.text())
+
+
 @app.command("report")
 @_user_errors
 def report_cmd(
@@ -548,8 +615,10 @@ def report_cmd(
     n: Annotated[int | None, typer.Option("--n", help="Sequences for the lens, probes and attention.")] = None,
     extraction: Annotated[bool, typer.Option("--extraction/--no-extraction", help="Extract the automaton (RNNs).")] = True,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress lines on stderr.")] = False,
 ) -> None:
-    """Write one self-contained HTML report: lens, probes, attention, patching, tracing, circuit."""
+    """Write one self-contained HTML report: verdict, lens, probes, attention, patching, tracing,
+    circuit and the extracted automaton."""
     from .report import ReportSettings, write_report
 
     if length is not None and length < 2:
@@ -560,8 +629,110 @@ def report_cmd(
     overrides = {"length": length, "extraction": extraction, "seed": seed}
     if n is not None:
         overrides["n"] = n
-    path = write_report(run_dir, out, settings, **overrides)
+    progress = None if quiet else (lambda section: err_console.print(f"report: {section}"))
+    path = write_report(run_dir, out, settings, progress=progress, **overrides)
     console.print(f"report written to {path}")
+
+
+# ----- compiled models and circuit discovery (issue 14) -----
+
+
+@app.command("compile")
+@_user_errors
+def compile_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Checkpoint directory (plus circuit.json).")],
+    task: Annotated[str | None, typer.Option("--task", help="NAME[:k=v,...], see `fsm-probe tasks`.")] = None,
+    task_file: Annotated[Path | None, typer.Option("--task-file", help="Automaton JSON file.")] = None,
+    arch: Annotated[str, typer.Option("--arch", help="transformer (RNNs: fsm_probe.models.compiled.compile_rnn).")] = "transformer",
+    construction: Annotated[str, typer.Option("--construction", help="scan (any automaton with a small monoid) or shortcut (counters mod n, reset automata).")] = "scan",
+    n_ctx: Annotated[int, typer.Option("--n-ctx", help="Longest input the model is exact on.")] = 32,
+    heads: Annotated[int, typer.Option("--heads", help="Heads per layer: head 0 is the circuit's, the others decoys.")] = 2,
+    max_monoid: Annotated[int, typer.Option("--max-monoid", help="scan: largest transformation monoid tabulated.")] = 64,
+    lengths: Annotated[str, typer.Option("--lengths", help="Lengths to check accuracy at.")] = "8,32",
+    as_json: Annotated[bool, typer.Option("--json", help="Print circuit.json and the accuracies.")] = False,
+) -> None:
+    """Compile an automaton into Transformer weights: a checkpoint that evaluates, patches and
+    loads in plain TransformerLens like a trained one, plus its ground-truth circuit.json."""
+    from .checkpoint import save
+    from .evaluation import evaluate
+    from .models.compiled_transformer import compile_transformer
+
+    if arch != "transformer":
+        raise ConfigError(f"--arch must be transformer (compiled RNNs come from compile_rnn), got {arch!r}")
+    the_task = _resolve_task(task, task_file)
+    model = compile_transformer(the_task.automaton, construction, n_ctx=n_ctx, n_heads=heads, max_monoid=max_monoid)
+    wanted = [x for x in _parse_lengths(lengths) if x <= n_ctx]
+    report = evaluate(model, the_task, wanted, n=256) if wanted else {}
+    circuit = model.fsm_circuit.to_dict()
+    training = {"compiled": {"construction": construction, "kind": circuit["kind"], "n_ctx": n_ctx},
+                "accuracy": {str(k): v["accuracy"] for k, v in report.items()}}
+    text = json.dumps(circuit, indent=2) + "\n"
+    save(model, out, task=the_task, training=training,
+         extra_files={"circuit.json": lambda tmp: tmp.write_text(text, encoding="utf-8")})
+    if as_json:
+        print(json.dumps({"circuit": circuit, "accuracy": training["accuracy"]}))
+        return
+    cfg = model.fsm_config
+    acc = ", ".join(f"{k}: {v['accuracy']:.4f}" for k, v in report.items())
+    console.print(
+        f"compiled {the_task.spec} ({construction}: {circuit['kind']}) into a Transformer: "
+        f"{cfg.n_layers} layers, {cfg.n_heads} heads, d_model {cfg.d_hidden}, d_mlp {cfg.d_mlp}, "
+        f"n_ctx {n_ctx}; accuracy {acc} -> {out}"
+    )
+    console.print(f"circuit: {', '.join(circuit['components'])}  ({circuit['description']})")
+
+
+@app.command("circuit")
+@_user_errors
+def circuit_cmd(
+    run_dir: _RunDir,
+    method: Annotated[str, typer.Option("--method", help="exact (activation patching), attribution, verified (attribution + exact top-k) or acdc (greedy pruning).")] = "exact",
+    length: Annotated[int | None, typer.Option("--length", help="Sequence length (default 16; compiled models: n_ctx).")] = None,
+    n: Annotated[int, typer.Option("--n", help="Clean/corrupted pairs.")] = 32,
+    threshold: Annotated[float, typer.Option("--threshold", help="Normalised score to be in the circuit.")] = 0.1,
+    top_k: Annotated[int, typer.Option("--top-k", help="verified: cells checked exactly.")] = 10,
+    seed: _Seed = 0,
+    out: _JsonOut = None,
+    as_json: _PrintJson = False,
+) -> None:
+    """Rank every head and MLP (RNN: every state) by its causal importance for the final label
+    and print the circuit; with RUN_DIR/circuit.json (a compiled model), score it (ROC-AUC)."""
+    from .checkpoint import load
+    from .circuit_discovery import discover_circuit, roc_auc
+
+    if n < 1:
+        raise ConfigError(f"--n must be positive, got {n}")
+    model = load(run_dir)
+    found = discover_circuit(model, method=method, length=length, n=n, seed=seed, threshold=threshold, top_k=top_k)
+    payload = {"run": str(run_dir), "task": model.fsm_task.spec, "arch": model.fsm_config.arch, **found.to_dict()}
+    truth_file = Path(run_dir) / "circuit.json"
+    if truth_file.is_file():
+        try:
+            truth = json.loads(truth_file.read_text(encoding="utf-8"))["components"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ConfigError(f"{truth_file} is not a circuit file ({e})") from None
+        payload["truth"] = truth
+        payload["roc_auc"] = roc_auc(found.scores(), truth)
+    _write_json(out, payload, as_json)
+    if as_json:
+        return
+    console.print(
+        f"{model.fsm_config.arch} on {model.fsm_task.spec}: {found.n_pairs} pairs of length {found.length}, "
+        f"one symbol changed per pair at positions {found.settings['corrupted_positions'][:8]}"
+        f"{'...' if len(found.settings['corrupted_positions']) > 8 else ''}; method {method}, {found.seconds:.2f}s"
+    )
+    table = Table(title=f"components by causal importance (normalised; circuit: score >= {threshold})")
+    for col in ("component", "score", "peak position", "effect", "in circuit"):
+        table.add_column(col, justify="left" if col == "component" else "right")
+    kept = set(found.circuit())
+    for c in found.components:
+        effect = "" if c.effect is None else f"{c.effect:+.3f}"
+        table.add_row(c.name, f"{c.score:.3f}", "" if c.position is None else str(c.position), effect,
+                      "yes" if c.name in kept else "")
+    console.print(table)
+    console.print(f"circuit: {', '.join(found.circuit()) or '(empty)'}")
+    if "roc_auc" in payload:
+        console.print(f"ground truth ({truth_file}): {', '.join(payload['truth'])}; ROC-AUC {payload['roc_auc']:.3f}")
 
 
 def main(argv: list[str] | None = None) -> Any:

@@ -1,9 +1,11 @@
 """`fsm-probe demo`: the main job end to end in a few CPU minutes.
 
-Trains a GRU and a Transformer on parity with lengths 1-40, then measures both far beyond
-training: the GRU keeps its state, the Transformer's parallel shortcut breaks. Then the
-evidence for why: the automaton extracted from the GRU (and whether it is parity), and the
-Transformer's most uniform attention head, whose weight per token falls like 1/T.
+Trains a GRU and a Transformer on flip-flop (write 0 / write 1 / read: the label is the last
+value written) on every prefix of length-40 sequences, then measures both in distribution and far
+beyond it. Each model then gets `fsm-probe explain`'s verdict: did it learn its training lengths
+at all, and if so does it implement the automaton (the GRU: its state's interchange accuracy and
+the extracted automaton) or a shortcut (the Transformer: where along the sequence its accuracy
+falls, and why)?
 """
 
 from __future__ import annotations
@@ -14,95 +16,77 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from .attention import attention_dilution, head_stats
 from .evaluation import evaluate
-from .extraction import check_extraction, extract
+from .explain import explain
 from .io import atomic_write_json
 from .models import ModelConfig
 from .tasks import get_task
 from .training import TrainConfig, train
 
-DEMO_LENGTHS = (10, 40, 41, 100, 200, 400)
+TASK = "flipflop"
+TRAIN_LENGTH = 40
+DEMO_LENGTHS = (10, TRAIN_LENGTH, 41, 100, 200, 400)
+
+
+def demo_runs(n_symbols: int, n_labels: int) -> dict[str, tuple[ModelConfig, TrainConfig]]:
+    """The two models and their budgets. Every position is supervised, so training on length 40
+    trains every prefix length 1-40 (and each position as often as the last one)."""
+    lengths = (TRAIN_LENGTH, TRAIN_LENGTH)
+    return {
+        "gru": (
+            ModelConfig("gru", n_symbols, n_labels, d_hidden=32, seed=0),
+            TrainConfig(train_lengths=lengths, max_steps=1500, seed=0),
+        ),
+        "transformer": (
+            ModelConfig("transformer", n_symbols, n_labels, n_layers=2, d_hidden=32, n_heads=4,
+                        positional="learned", n_ctx=512, seed=0),
+            TrainConfig(train_lengths=lengths, max_steps=1000, lr=3e-3, eval_every=100, seed=0),
+        ),
+    }
 
 
 def run_demo(out: Path, console: Console | None = None, progress: bool = True) -> dict:
-    """Train both models, evaluate them per length, print and save the table."""
-    console = console or Console()
-    task = get_task("parity")
+    """Train both models, evaluate them per length, print the verdicts and evidence, save demo.json."""
+    console = console or Console(markup=False, emoji=False, highlight=False)
+    task = get_task(TASK)
     a = task.automaton
-    runs = {
-        "gru": (
-            ModelConfig("gru", a.n_symbols, a.n_labels, d_hidden=32, seed=0),
-            TrainConfig(train_lengths=(1, 40), max_steps=1500, seed=0),
-        ),
-        "transformer": (
-            ModelConfig(
-                "transformer", a.n_symbols, a.n_labels, n_layers=2, d_hidden=32, n_heads=4,
-                positional="learned", n_ctx=512, seed=0,
-            ),
-            TrainConfig(train_lengths=(1, 40), max_steps=600, lr=3e-3, eval_every=200, seed=0),
-        ),
-    }
+    runs = demo_runs(a.n_symbols, a.n_labels)
     results, models = {}, {}
     for name, (model_cfg, train_cfg) in runs.items():
-        console.print(f"[bold]training {name}[/] on parity, lengths 1-40")
+        console.print(f"training {name} on {task.spec}, every prefix of length {TRAIN_LENGTH} "
+                      f"(lengths 1-{TRAIN_LENGTH})", style="bold")
         model = train(task, model_cfg, train_cfg, out_dir=Path(out) / name, progress=progress)
+        t = model.fsm_training
+        why = ("validation reached the target" if t["stopped_early"]
+               else "the step budget was spent")
+        console.print(f"{name}: stopped at step {t['steps']} of {train_cfg.max_steps} ({why}), "
+                      f"{t['seconds']:.1f} s")
         results[name] = evaluate(model, task, DEMO_LENGTHS, n=256)
         models[name] = model
-    extraction = _extract_gru(models["gru"], task)
-    shortcut = _diagnose_transformer(models["transformer"])
-    table = Table(title="Length generalization on parity (per-position accuracy; trained on 1-40)")
+
+    table = Table(title=f"Final-position accuracy on {task.spec} (per-position in brackets); "
+                        f"trained up to length {TRAIN_LENGTH}")
     table.add_column("length", justify="right")
     for name in runs:
         table.add_column(name, justify="right")
     for length in DEMO_LENGTHS:
-        table.add_row(str(length), *(f"{results[n][length]['accuracy']:.4f}" for n in runs))
+        tag = f"{length} (longest trained)" if length == TRAIN_LENGTH else str(length)
+        table.add_row(tag, *(f"{results[n][length]['final_accuracy']:.3f} "
+                             f"({results[n][length]['accuracy']:.3f})" for n in runs))
     console.print(table)
-    console.print(
-        f"GRU: extracted automaton has {extraction['n_states']} states "
-        f"(raw {extraction['n_states_raw']}), equivalent to parity: {extraction['equivalent_to_task']}, "
-        f"fidelity {extraction['fidelity']:.4f}, interchange accuracy {extraction['interchange_accuracy']:.4f} "
-        f"({extraction['seconds']:.2f} s)"
-    )
-    layer, head = shortcut["most_uniform_head"]
-    console.print(
-        f"Transformer: most uniform head L{layer}H{head} (distance from uniform averaging "
-        f"{shortcut['uniform_distance']:.3f}); its largest weight on one token at the last position "
-        f"falls from {shortcut['max_weight'][0]:.3f} at T={shortcut['lengths'][0]} to "
-        f"{shortcut['max_weight'][-1]:.4f} at T={shortcut['lengths'][-1]} (log-log slope "
-        f"{shortcut['exponent']:.2f}; 1/T is -1): one flipped bit moves it less and less."
-    )
+    explanations = {}
+    for name, model in models.items():
+        explanations[name] = explain(model, task, n=256, lengths=DEMO_LENGTHS)
+        console.print(explanations[name].text())
     summary = {
+        "task": task.spec,
         "accuracy": {n: {str(k): v for k, v in r.items()} for n, r in results.items()},
-        "gru_extraction": extraction,
-        "transformer_shortcut": shortcut,
+        "explanations": {n: e.to_dict() for n, e in explanations.items()},
     }
     atomic_write_json(Path(out) / "demo.json", summary)
     console.print(
-        f"runs and demo.json written to {out}; next: fsm-probe extract {Path(out) / 'gru'} --out DIR, "
-        f"fsm-probe patch {Path(out) / 'transformer'}, fsm-probe report {Path(out) / 'transformer'}"
+        f"runs and demo.json written to {out}; next: fsm-probe extract {Path(out) / 'gru'} --out "
+        f"{Path(out) / 'gru' / 'fsm'}, fsm-probe patch {Path(out) / 'transformer'}, "
+        f"fsm-probe report {Path(out) / 'transformer'}"
     )
     return json.loads(json.dumps(summary))
-
-
-def _extract_gru(model, task) -> dict:
-    """Extract the GRU's automaton and check it against parity."""
-    ex = extract(model, task)
-    report = check_extraction(model, ex, lengths=(100, 400))
-    keys = ("n_states", "n_states_raw", "equivalent_to_task", "fidelity", "interchange_accuracy", "seconds")
-    return {k: report[k] for k in keys}
-
-
-def _diagnose_transformer(model) -> dict:
-    """The most uniform head (the counting shortcut) and how its attention dilutes with length."""
-    stats = head_stats(model, length=40, n=128)
-    layer, head = stats.most_uniform()
-    lengths = [10, 40, 100, 400]
-    dil = attention_dilution(model, lengths, n=32)
-    return {
-        "most_uniform_head": [layer, head],
-        "uniform_distance": float(stats.uniform_distance[layer, head]),
-        "lengths": lengths,
-        "max_weight": [float(x) for x in dil.max_weight[:, layer, head]],
-        "exponent": float(dil.exponent[layer, head]),
-    }

@@ -39,3 +39,16 @@ def evaluate(
         pred = predict_logits(model, batch.tokens, batch_size=batch_size).argmax(-1).numpy()
         out[int(length)] = accuracy_report(pred, batch.labels)
     return out
+
+
+def position_accuracy(
+    model: nn.Module, task: Task, length: int, n: int = 256, seed: int = 12345, batch_size: int = 256
+) -> np.ndarray:
+    """Accuracy at each position `[length]` of `n` sequences of `length` (every position labelled).
+
+    Where it drops at the first position beyond the training lengths, the failure is tied to
+    position (e.g. untrained positional embeddings), not to how much input came before.
+    """
+    batch = eval_set(task, int(length), n=n, seed=seed, final_only=False)
+    pred = predict_logits(model, batch.tokens, batch_size=batch_size).argmax(-1).numpy()
+    return (pred == batch.labels).mean(axis=0)

@@ -422,18 +422,23 @@ def _rnn_patched_logits(
     model: nn.Module, tokens: Tensor, base: dict[str, Any], src: dict[str, Any], site: str,
     patches: list[Patch],
 ) -> Tensor:
-    """Patched runs restarted from the cached state just before the earliest patched step."""
+    """Patched runs restarted from the cached state just before the earliest patched step.
+
+    `site` is `hidden` (`hook_h`), `cell` (`hook_c`) or `state` (every state of the layer: `h`,
+    and `c` on an LSTM, as causal tracing restores it)."""
     n = len(patches)
     batch = tokens.shape[0]
     t0 = min(p.pos for p in patches)
-    state = "h" if site == "hidden" else "c"
+    states = {"hidden": ("h",), "cell": ("c",), "state": ("h", "c")}[site]
     init = {name: base[name][:, t0 - 1].repeat(n, 1) for name in model.state_names} if t0 else None
     hooks = []
     if base.get("_embed") is not None:
         emb = base["_embed"][:, t0:].repeat(n, 1, 1)
         hooks.append(("hook_embed", lambda act, hook: emb))
-    for li in sorted({li for p in patches for li in p.layers}):
-        name = f"layers.{li}.hook_{state}"
+    layers = sorted({li for p in patches for li in p.layers})
+    for li, name in [(li, f"layers.{li}.hook_{x}") for li in layers for x in states]:
+        if name not in src:
+            continue
         by_step: dict[int, list[int]] = {}
         for i, p in enumerate(patches):
             if li in p.layers:
@@ -550,9 +555,13 @@ class Runner:
         self.checked = False
 
     def run(self, tokens: Tensor, resid0: Tensor | None = None, embed: Tensor | None = None) -> dict[str, Any]:
-        """Cached activations and logits; `resid0`/`embed` replace the Transformer's
+        """Cached activations and logits of `tokens` (kept as `"_tokens"`: a patched run of this
+        base replays them); `resid0`/`embed` replace the Transformer's
         `blocks.0.hook_resid_pre` / the RNN's `hook_embed` (RMT: `hook_embed` stacked per
         segment, `[batch, n_segments, S, d]`)."""
+        return {**self._run(tokens, resid0, embed), "_tokens": tokens}
+
+    def _run(self, tokens: Tensor, resid0: Tensor | None, embed: Tensor | None) -> dict[str, Any]:
         model = self.model
         if self.rmt:
             hooks = [] if embed is None else [("hook_embed", lambda act, hook: embed[:, hook.segment])]
@@ -573,7 +582,7 @@ class Runner:
                     if self.mode == "fast":
                         raise InputError("fast patching does not reproduce this model's logits")
                     self.engine = None
-                    return self.run(tokens)
+                    return self._run(tokens, None, None)
             return out
         hooks = [] if resid0 is None else [("blocks.0.hook_resid_pre", lambda act, hook: resid0)]
         with model.hooks(fwd_hooks=hooks):
@@ -581,10 +590,17 @@ class Runner:
         return {**cache.cache_dict, "logits": logits, "_resid0": resid0}
 
     def evaluate(
-        self, tokens: Tensor, base: dict[str, Any], src: dict[str, Any], sweep: Sweep,
-        metric: Metric, batch_patches: int | None,
+        self, base: dict[str, Any], src: dict[str, Any], sweep: Sweep, metric: Metric,
+        batch_patches: int | None,
     ) -> Tensor:
-        """Metric of every patched run of `sweep`, shaped `sweep.shape`."""
+        """Metric of every patched run of `sweep`, shaped `sweep.shape`: the base run's input
+        (its tokens, and its replaced embedding if any) with one cell of `src` patched in."""
+        tokens = base["_tokens"]
+        if src["_tokens"].shape != tokens.shape:
+            raise InputError(
+                f"base and source runs need one shape, got {tuple(tokens.shape)} and "
+                f"{tuple(src['_tokens'].shape)}"
+            )
         batch, n_pos = tokens.shape
         limit = batch_patches or _auto_patches(self.cfg, batch, n_pos)
         fast = self.engine is not None

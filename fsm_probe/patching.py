@@ -315,9 +315,9 @@ def activation_patching(
         clean_value = metric_value(metric, clean_run["logits"])
         corr_value = metric_value(metric, corr_run["logits"])
         if direction == "denoise":
-            values = runner.evaluate(corrupted, corr_run, clean_run, sweep, metric, batch_patches)
+            values = runner.evaluate(corr_run, clean_run, sweep, metric, batch_patches)
         else:
-            values = runner.evaluate(clean, clean_run, corr_run, sweep, metric, batch_patches)
+            values = runner.evaluate(clean_run, corr_run, sweep, metric, batch_patches)
     return PatchingResult(values, sweep.extra["axes"], site, direction, clean_value, corr_value)
 
 
@@ -392,7 +392,7 @@ def attribution_patching(
     clean_tokens: Any,
     corrupted_tokens: Any,
     metric: Metric,
-    sites: Sequence[str] = ("resid_pre", "attn_out", "mlp_out", "head_out"),
+    sites: Sequence[str] | None = None,
     direction: str = "denoise",
     steps: int = 1,
 ) -> dict[str, PatchingResult]:
@@ -401,8 +401,10 @@ def attribution_patching(
 
     Estimate = metric(base) + (source act - base act) . d metric / d act at the base run, summed
     over the model dimension (per head over `d_head` for `head_out`; over all M vectors for the
-    RMT's `memory`, per vector for `memory_slot`). Transformers need a natively built model
-    without hooks attached (the engine of the fast patching path).
+    RMT's `memory`, per vector for `memory_slot`). `sites` defaults to the model's
+    `default_sites` (Transformer resid_pre, attn_out, mlp_out if it has MLPs, head_out; RNN
+    hidden, and cell on an LSTM; RMT memory, and memory_slot when n_memory > 1). Transformers
+    need a natively built model without hooks attached (the engine of the fast patching path).
 
     `steps > 1` is the integrated-gradients variant of EAP-IG (Hanna et al. 2024): the gradient
     is averaged over `steps` runs whose input embeddings (`blocks.0.hook_resid_pre`, or the
@@ -420,6 +422,9 @@ def attribution_patching(
     clean, corrupted = pair(clean_tokens, corrupted_tokens)
     clean, corrupted = as_tokens(model, clean), as_tokens(model, corrupted)
     cfg = model_config(model)
+    sites = default_sites(cfg) if sites is None else [sites] if isinstance(sites, str) else list(sites)
+    if not sites:
+        raise InputError("sites names no site to attribute")
     for site in sites:
         check_site(cfg, site)
     base_tokens, src_tokens = (corrupted, clean) if direction == "denoise" else (clean, corrupted)

@@ -36,13 +36,16 @@ from .circuit import circuit_graph, rank_components
 from .datasets import eval_set
 from .errors import ConfigError, FsmProbeError, InputError
 from .evaluation import evaluate
+from .explain import explain, train_max_length
 from .figures import circuits as figs
+from .figures.html import figure_block, page
 from .io import atomic_write_text, output_lock
 from .lens import fit_tuned_lens, logit_lens
 from .models import model_config
 from .probes import probe_model
 
 SECTIONS = (
+    ("verdict", "Verdict"),
     ("model", "Model card"),
     ("length", "Length generalization"),
     ("lens", "Logit lens"),
@@ -53,6 +56,10 @@ SECTIONS = (
     ("circuit", "Circuit summary"),
     ("automaton", "Extracted automaton"),
 )
+
+
+CIRCUIT_THRESHOLD = 0.2
+CIRCUIT_TOP_K = 10
 
 
 @dataclass
@@ -70,6 +77,7 @@ class ReportSettings:
     extraction: bool = True
     extraction_max_states: int = 16
     extraction_seconds: float = 10.0
+    iia_n: int = 64
     seed: int = 0
 
     @classmethod
@@ -77,7 +85,7 @@ class ReportSettings:
         """Small settings for tests and a first look (seconds on a CPU)."""
         return cls(n=64, eval_n=64, patch_n=8, trace_samples=2, tuned_steps=40,
                    probe_samples=600, dilution_n=8, extraction_max_states=8,
-                   extraction_seconds=2.0)
+                   extraction_seconds=2.0, iia_n=16)
 
 
 class _Doc:
@@ -85,7 +93,7 @@ class _Doc:
 
     def __init__(self) -> None:
         self.parts: dict[str, list[str]] = {key: [] for key, _ in SECTIONS}
-        self.current = "model"
+        self.current = "verdict"
 
     def section(self, key: str) -> None:
         self.current = key
@@ -97,14 +105,10 @@ class _Doc:
         self.parts[self.current].append(f'<p class="note">{html.escape(text)}</p>')
 
     def figure(self, fig: go.Figure, caption: str) -> None:
-        height = fig.layout.height or 420
-        div = fig.to_html(
-            full_html=False, include_plotlyjs=False, default_height=f"{height}px",
-            config={"displaylogo": False, "responsive": True},
-        )
-        self.parts[self.current].append(
-            f'<figure>{div}<figcaption><b>How to read it.</b> {caption}</figcaption></figure>'
-        )
+        self.parts[self.current].append(figure_block(fig, caption))
+
+    def verdict(self, text: str) -> None:
+        self.parts[self.current].append(f'<p class="verdict">{text}</p>')
 
     def table(self, rows: Sequence[Sequence[Any]], header: Sequence[str]) -> None:
         head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
@@ -122,32 +126,8 @@ def _fmt(v: Any) -> str:
     return "" if v is None else str(v)
 
 
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1150px;margin:auto;
-padding:0 1.2em 3em;color:#222;line-height:1.45}
-h1{margin-bottom:.2em}nav{position:sticky;top:0;background:#fff;padding:.4em 0;border-bottom:1px solid #ddd;z-index:9}
-nav a{margin-right:.9em;font-size:.92em}section{margin-top:2em}
-table{border-collapse:collapse;margin:.6em 0;font-size:.9em}td,th{border:1px solid #ccc;padding:.2em .6em;text-align:left}
-th{background:#f3f3f3}figure{margin:1em 0 1.6em;border:1px solid #eee;padding:.4em}
-figcaption{font-size:.9em;color:#444;margin-top:.3em}.note{color:#8a5300;background:#fff6e5;padding:.4em .6em}
-"""
-
-
 def _render(doc: _Doc, title: str, subtitle: str) -> str:
-    from plotly.offline import get_plotlyjs
-
-    nav = "".join(f'<a href="#{key}">{html.escape(name)}</a>' for key, name in SECTIONS)
-    body = "".join(
-        f'<section id="{key}"><h2>{html.escape(name)}</h2>{"".join(doc.parts[key])}</section>'
-        for key, name in SECTIONS
-    )
-    return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f"<title>{html.escape(title)}</title><style>{_CSS}</style>"
-        f'<script type="text/javascript">{get_plotlyjs()}</script></head>'
-        f"<body><h1>{html.escape(title)}</h1><p>{html.escape(subtitle)}</p><nav>{nav}</nav>{body}"
-        "</body></html>\n"
-    )
+    return page(title, subtitle, [(key, name, "".join(doc.parts[key])) for key, name in SECTIONS])
 
 
 def _guarded(doc: _Doc, key: str, fn: Callable[[], None]) -> None:
@@ -158,15 +138,10 @@ def _guarded(doc: _Doc, key: str, fn: Callable[[], None]) -> None:
         doc.note(f"Section not computed: {type(e).__name__}: {e}")
 
 
-def _train_max(model: nn.Module) -> int:
-    lengths = getattr(model, "fsm_training", {}).get("train_lengths")
-    return int(lengths[1]) if lengths else 20
-
-
 def analysis_length(model: nn.Module, length: int | None = None) -> int:
     """The sequence length the report (and `fsm-probe patch`/`trace`) analyses: `length`, else
     min(training max, 16), within a Transformer's context and at least 2."""
-    length = length or min(_train_max(model), 16)
+    length = length or min(train_max_length(model), 16)
     if not model_config(model).is_rnn:
         length = min(length, model_config(model).n_ctx)
     return max(length, 2)
@@ -177,8 +152,11 @@ def report_html(
     settings: ReportSettings | None = None,
     run_dir: str | os.PathLike | None = None,
     title: str | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> str:
-    """The full report for `model` (with `fsm_task`, as `load` or `train` returns it)."""
+    """The full report for `model` (with `fsm_task`, as `load` or `train` returns it).
+
+    `progress`, when given, is called with the name of each section as it starts."""
     from . import patching
     from .tracing import causal_tracing
 
@@ -188,7 +166,7 @@ def report_html(
     if task is None:
         raise InputError("the model has no task (fsm_task); load it with fsm_probe.load")
     a = task.automaton
-    train_max = _train_max(model)
+    train_max = train_max_length(model)
     length = analysis_length(model, s.length)
     doc = _Doc()
     state: dict[str, Any] = {}
@@ -198,7 +176,7 @@ def report_html(
         training = dict(getattr(model, "fsm_training", {}) or {})
         n_params = sum(p.numel() for p in model.parameters())
         rows = [("task", task.spec), ("states / symbols / labels", f"{a.n_states} / {a.n_symbols} / {a.n_labels}")]
-        rows += [(k, v) for k, v in cfg.to_dict().items()]
+        rows += list(cfg.relevant_fields().items())
         rows.append(("parameters", n_params))
         doc.table(rows, ["model", "value"])
         keys = ("train_lengths", "steps", "max_steps", "batch_size", "lr", "seconds",
@@ -218,10 +196,24 @@ def report_html(
                     "accuracy reaches the target for a few evaluations in a row.",
                 )
 
+    cap = cfg.n_ctx if not cfg.is_rnn else 10**9
+    lengths = sorted({x for x in (max(2, train_max // 2), train_max, 2 * train_max, 4 * train_max,
+                                   10 * train_max) if x <= cap})
+
+    def verdict_section() -> None:
+        explanation = explain(model, task, n=s.eval_n, iia_n=s.iia_n, extraction=False,
+                              lengths=lengths, seed=s.seed)
+        state["explanation"] = explanation
+        doc.verdict(f"<b>{html.escape(explanation.verdict)}</b>: {html.escape(explanation.length['text'])} "
+                    f"(final-position accuracy, threshold {explanation.length['threshold']}; tested "
+                    f"lengths {', '.join(map(str, explanation.accuracy))}).")
+        doc.parts["verdict"].append(f"<pre>{html.escape(explanation.text())}</pre>")
+        if not explanation.length["learned"]:
+            doc.note("The model did not learn its training lengths, so the analyses below describe a "
+                     "model that does not solve the task: read them as a diagnosis of the training "
+                     "failure, not as the circuit of a solution.")
+
     def length_section() -> None:
-        cap = cfg.n_ctx if not cfg.is_rnn else 10**9
-        lengths = sorted({x for x in (max(2, train_max // 2), train_max, 2 * train_max, 4 * train_max,
-                                       10 * train_max) if x <= cap})
         report = evaluate(model, task, lengths, n=s.eval_n, seed=12345)
         state["length"] = report
         doc.table(
@@ -232,8 +224,9 @@ def report_html(
             figs.length_figure(report, train_max),
             f"Accuracy against input length (log scale); the shaded band is the training range "
             f"(up to {train_max}). A model that tracks the automaton's state stays at 1 to the right "
-            "of the band; a length-bound shortcut falls towards chance (1 / number of labels for "
-            "the final position) as soon as it leaves it.",
+            "of the band; a length-bound shortcut falls towards chance (about "
+            f"{1 / a.n_labels:.2f} for this task's {a.n_labels} labels at the final position) as "
+            "soon as it leaves it.",
         )
         if not cfg.is_rnn and 10 * train_max > cfg.n_ctx:
             doc.note(f"Lengths above the Transformer's context (n_ctx={cfg.n_ctx}) are not evaluated.")
@@ -257,7 +250,8 @@ def report_html(
         doc.figure(
             figs.logit_lens_figure(res, "prob"),
             "Same layout; colour is the mean probability the decoded distribution gives the true "
-            "label (0.5 = undecided for two labels).",
+            f"label (chance: 1/{a.n_labels} = {1 / a.n_labels:.2f}, uniform over the task's "
+            f"{a.n_labels} labels).",
         )
         if s.tuned_steps > 0 and len(res.sites) > 2:
             tuned = fit_tuned_lens(model, steps=s.tuned_steps, length=length, n=s.n, seed=s.seed + 7)
@@ -313,8 +307,8 @@ def report_html(
         doc.figure(
             figs.head_stats_figure(stats),
             "Per-head statistics averaged over sequences and query positions. Distance from "
-            "uniform near 0 with entropy near 1 is the parity shortcut's head: it averages all "
-            "previous symbols. Previous- and first-token scores near 1 mark positional heads.",
+            "uniform near 0 with entropy near 1 is the head of a counting "
+            "shortcut (parity, cyclic groups): it averages all previous symbols. Previous- and first-token scores near 1 mark positional heads.",
         )
         d_lengths = sorted({x for x in (4, 8, 16, 32, 64, 128, 256, 512) if x <= cfg.n_ctx} | {length})
         dil = attention_dilution(model, d_lengths, n=s.dilution_n, seed=s.seed)
@@ -378,7 +372,7 @@ def report_html(
         state["noised"] = noised
         r0 = results[main]
         doc.table([("clean", r0.clean_value), ("corrupted", r0.corrupted_value)], ["run", "logit difference"])
-        explain = {
+        described = {
             "resid_pre": "the residual stream entering each block",
             "attn_out": "each attention layer's output",
             "mlp_out": "each MLP's output",
@@ -392,7 +386,7 @@ def report_html(
             doc.figure(
                 figs.patching_figure(res),
                 f"Denoising: run the corrupted input and copy in the clean value of "
-                f"{explain[site]} at one {'(segment, vector)' if site == 'memory_slot' else cell}. "
+                f"{described[site]} at one {'(segment, vector)' if site == 'memory_slot' else cell}. "
                 "Colour is how much of the clean "
                 "logit difference that single patch restores (1, dark blue = all of it; red = "
                 "pushes further towards the corrupted answer). The cells that restore everything "
@@ -437,7 +431,8 @@ def report_html(
                                  n_samples=s.trace_samples, seed=s.seed)
             state.setdefault("tracing", {})[kind] = res
             resid = "the residual stream entering the block"
-            resid = "the hidden state" if cfg.is_rnn else "the memory written by the segment" if rmt else resid
+            state_name = "the hidden and cell state" if cfg.arch == "lstm" else "the hidden state"
+            resid = state_name if cfg.is_rnn else "the memory written by the segment" if rmt else resid
             what = {"resid": resid,
                     "attn": "the attention output", "mlp": "the MLP output"}[kind]
             doc.figure(
@@ -460,25 +455,33 @@ def report_html(
         ranked = rank_components(results)
         state["components"] = ranked
         rmt = cfg.arch == "rmt"
+        graph = circuit_graph(ranked, threshold=CIRCUIT_THRESHOLD, top_k=CIRCUIT_TOP_K)
+        state["graph"] = graph
+        members = [c for c in ranked if c.name in graph]
+        doc.text(f"{len(members)} of {len(ranked)} components restore at least "
+                 f"{CIRCUIT_THRESHOLD:.0%} of the clean logit difference with a single denoising "
+                 f"patch (at most {CIRCUIT_TOP_K} are kept):")
         doc.table(
-            [(c.name, c.kind, c.layer, c.head, c.position, c.effect) for c in ranked[:12]],
+            [(c.name, c.kind, c.layer, c.head, c.position, c.effect) for c in members],
             ["component", "kind", "layer", "memory vector" if rmt else "head",
              "segment" if rmt else "peak position", "normalised effect"],
         )
-        graph = circuit_graph(ranked, threshold=0.2, top_k=10)
-        state["graph"] = graph
+        if not members:
+            doc.note("No single component restores that much: the information is spread over "
+                     "several components, or the model does not use the corrupted symbol.")
+            return
         doc.figure(
             figs.circuit_figure(graph),
-            "Components whose single denoising patch restores at least 20% of the clean logit "
-            "difference (at most 10), laid out from input (left) to output (right) by layer. Node "
-            "size and colour give the effect (blue restores, red hurts); an edge joins components "
-            "the information could pass between, weighted by the weaker of the two effects.",
+            "The components of the table, laid out from input (left) to output (right) by layer. "
+            "Node size and colour give the effect (blue restores, red hurts); an edge joins "
+            "components the information could pass between, weighted by the weaker of the two "
+            "effects.",
         )
 
     def automaton_section() -> None:
-        if not cfg.is_rnn and cfg.arch != "rmt":
-            doc.note("Automaton extraction reads the recurrent state; for Transformers see the "
-                     "attention and circuit sections instead.")
+        if cfg.arch == "scratchpad":
+            doc.note("The scratchpad carries no state between steps (it feeds back its own label "
+                     "outputs), so there is no state to extract an automaton from.")
             return
         if not s.extraction:
             doc.note("Extraction was switched off for this report.")
@@ -505,9 +508,17 @@ def report_html(
             from .figures.extraction import automaton_figure, fidelity_curve_figure
         except ImportError:
             return
+        if not cfg.is_rnn and cfg.arch != "rmt":
+            doc.note("A Transformer carries no state from step to step: it recomputes the answer "
+                     f"from the whole prefix at every position. This automaton (what `fsm-probe "
+                     f"extract` gives) clusters the last residual stream ({check.get('site')}) at "
+                     "each position, so it summarises the model's behaviour at the sampled lengths "
+                     "rather than a mechanism; there is no state to transplant, hence no "
+                     "interchange test.")
+        read = {"rmt": "memory"}.get(cfg.arch, "hidden" if cfg.is_rnn else "residual-stream")
         doc.figure(
             automaton_figure(ext.graph_),
-            f"The automaton read off the clustered {'memory' if cfg.arch == 'rmt' else 'hidden'} "
+            f"The automaton read off the clustered {read} "
             "states: nodes are abstract states "
             "labelled with their output, arrows the transitions on each symbol. If it matches "
             "the task's minimal automaton, the network tracks the state rather than a shortcut.",
@@ -520,11 +531,13 @@ def report_html(
             )
 
     for key, fn in (
-        ("model", model_card), ("length", length_section), ("lens", lens_section),
+        ("verdict", verdict_section), ("model", model_card), ("length", length_section), ("lens", lens_section),
         ("probes", probe_section), ("attention", attention_section),
         ("patching", patching_section), ("tracing", tracing_section),
         ("circuit", circuit_section), ("automaton", automaton_section),
     ):
+        if progress is not None:
+            progress(f"{dict(SECTIONS)[key].lower()} ({time.perf_counter() - started:.0f} s)")
         _guarded(doc, key, fn)
     title = title or f"fsm_probe report: {cfg.arch} on {task.spec}"
     subtitle = (f"{Path(run_dir).name if run_dir is not None else 'model'}; analysis length "
@@ -536,6 +549,7 @@ def write_report(
     run_dir: str | os.PathLike,
     out: str | os.PathLike | None = None,
     settings: ReportSettings | None = None,
+    progress: Callable[[str], None] | None = None,
     **overrides: Any,
 ) -> Path:
     """Load the checkpoint in `run_dir`, build its report and write it atomically to `out`
@@ -545,7 +559,7 @@ def write_report(
     if target.is_dir():
         raise ConfigError(f"--out {str(target)!r} is a directory; give a file name such as report.html")
     model = load(run_dir)
-    text = report_html(model, settings, run_dir=run_dir)
+    text = report_html(model, settings, run_dir=run_dir, progress=progress)
     if target.parent.resolve() == Path(run_dir).resolve():
         # inside the checkpoint directory: not while a run swaps it (the report would be lost)
         with output_lock(run_dir):

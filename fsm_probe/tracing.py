@@ -30,9 +30,11 @@ class TracingResult:
     """Mean p(target) after each restoration (`scores`, [layer, pos]) and the two baselines.
 
     Transformer `resid` layer `l` is the residual stream entering block `l` (layer 0 = the
-    embedding); RNN `resid` is the hidden state `layers.{l}.hook_h`; RMT `resid` is the memory
+    embedding); RNN `resid` is the recurrent state of layer `l` after step `pos`
+    (`layers.{l}.hook_h`, and `layers.{l}.hook_c` with it on an LSTM); RMT `resid` is the memory
     written by each segment (`scores` is [1, segment], `segment_length` is set). `mlp`/`attn`
-    restore the sublayer outputs of a `window` of layers centred on `l`.
+    are the sublayer outputs. Row `l` restores layers `l - window // 2` to
+    `l + (window - 1) // 2` (clipped to the model) together.
     """
 
     scores: Tensor
@@ -88,22 +90,36 @@ def causal_tracing(
     seed: int = 0,
     automaton: Any = None,
     batch_patches: int | None = None,
+    engine: str = "auto",
 ) -> TracingResult:
     """Indirect effect of every (layer, position) state on p(target label at the last position).
 
-    `noise` is a multiple of the token-embedding std (Gaussian, `n_samples` draws per sequence,
-    seeded) added at `corrupt_positions`, or `"symmetric"`: swap the symbol at the single corrupt
-    position for one that changes the automaton's final label (needs `automaton`).
-    `target_labels` ([batch]) defaults to the model's clean prediction.
+    The corrupted runs are `n_samples` copies of the batch (row `r` is sequence `r % batch`),
+    restored from the clean run of the same sequence, and every later step or position reads the
+    corrupted input. `noise` is a number or `"symmetric"`:
+
+    - a number `k`: Gaussian noise `k * std * eps` is added to the token embedding at
+      `corrupt_positions`, where `std` is the std of all clean `hook_embed` values of the rows,
+      `eps = torch.randn(rows, pos, d, generator=torch.Generator().manual_seed(seed))` (an RMT's
+      positions padded to whole segments); on a Transformer it is added to
+      `blocks.0.hook_resid_pre`, on an RNN or RMT to `hook_embed`;
+    - `"symmetric"`: the symbol at the single corrupt position is swapped for one that changes
+      the automaton's final label (needs `automaton`; `symmetric_corruption`, one draw per
+      sample from `numpy.random.default_rng(seed)`).
+
+    `target_labels` ([batch]) defaults to the model's clean prediction. `engine="hooks"` runs a
+    Transformer through its hook points instead of the fast engine (as in `activation_patching`).
     """
     cfg = model_config(model)
     if kind not in KINDS:
         raise InputError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
-    if cfg.is_rnn and kind != "resid":
-        raise InputError(f"an RNN has no {kind!r} sublayer; use kind='resid'")
     rmt = cfg.arch == "rmt"
-    if rmt and kind != "resid":
-        raise InputError(f"RMT tracing restores the memory (kind='resid'), got kind={kind!r}")
+    if kind != "resid" and (cfg.is_rnn or rmt):
+        what = "memory" if rmt else "hidden state"
+        raise InputError(
+            f"kind={kind!r} needs a Transformer: a {cfg.arch} has no {kind} sublayer; "
+            f"kind='resid' restores its {what}"
+        )
     if not isinstance(window, int) or window < 1:
         raise InputError(f"window must be a positive integer, got {window!r}")
     if not isinstance(n_samples, int) or n_samples < 1:
@@ -116,11 +132,13 @@ def causal_tracing(
     resid = "memory" if rmt else "hidden" if cfg.is_rnn else "resid_pre"
     site = {"resid": resid, "mlp": "mlp_out", "attn": "attn_out"}[kind]
     if site == "mlp_out" and cfg.d_mlp == 0:
-        raise InputError("kind='mlp' needs a Transformer with MLPs")
+        raise InputError("kind='mlp' needs a Transformer with MLPs; this one is attention-only")
     check_site(cfg, site)  # also refuses the scratchpad
+    if cfg.is_rnn:
+        site = "state"  # hook_h, and hook_c with it on an LSTM: the whole recurrent state
 
     with EvalMode(model), torch.no_grad():
-        runner = Runner(model)
+        runner = Runner(model, engine)
         clean_run = runner.run(clean)
         if target_labels is None:
             target = clean_run["logits"][:, -1].argmax(-1)
@@ -145,7 +163,7 @@ def causal_tracing(
                     patches.append(Patch(_window(layer, window, cfg.n_layers), p))
                     slots.append((layer, p))
             sweep = Sweep(site, patches, slots, (cfg.n_layers, n_pos))
-        scores = runner.evaluate(rows, base, src, sweep, metric, batch_patches)
+        scores = runner.evaluate(base, src, sweep, metric, batch_patches)
     return TracingResult(
         scores, low, high, kind, window, noise, tuple(p % n_pos for p in positions), batch, n_samples,
         cfg.segment_length if rmt else None,

@@ -59,6 +59,10 @@ def test_user_automaton_trains_and_evaluates(capsys, trained_run):
     report = json.loads(out)["lengths"]
     assert set(report) == {"20", "200"}
     assert report["200"]["accuracy"] >= 0.999 and report["200"]["final_accuracy"] >= 0.99
+    code, out, _ = run(capsys, "eval", trained_run, "--lengths", "200", "--json")
+    result = json.loads(out)  # the longest training length is always measured, with the verdict
+    assert set(result["lengths"]) == {"20", "200"} and result["verdict"]["status"] == "generalises"
+    assert result["verdict"]["in_distribution_accuracy"] == result["lengths"]["20"]["final_accuracy"]
     code, out, _ = run(capsys, "predict", trained_run, "aabab", "--json")
     assert code == 0
     row = json.loads(out)[0]

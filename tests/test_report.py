@@ -84,3 +84,50 @@ def test_report_out_directory_is_a_config_error(capsys, tmp_path):
         main(["report", str(tmp_path / "missing"), "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "is a directory" in err
+
+
+def _verdict_expected(run_dir) -> str:
+    """The verdict computed independently: evaluate at the report's lengths, then the threshold."""
+    from fsm_probe import evaluate, load
+
+    model = load(run_dir)
+    train_max = model.fsm_training["train_lengths"][1]
+    cap = 10**9 if model.fsm_config.is_rnn else model.fsm_config.n_ctx
+    lengths = sorted({x for x in (max(2, train_max // 2), train_max, 2 * train_max, 4 * train_max,
+                                   10 * train_max) if x <= cap})
+    acc = {k: v["final_accuracy"] for k, v in evaluate(model, model.fsm_task, lengths, n=64).items()}
+    if acc[train_max] < 0.99:
+        return "did not learn in distribution"
+    beyond = [k for k in lengths if k > train_max and acc[k] < 0.99]
+    if not beyond:
+        return f"learned; generalises to {lengths[-1]}"
+    ok = [k for k in lengths if k < beyond[0]]
+    return f"learned up to {ok[-1]}; fails from {beyond[0]}"
+
+
+@pytest.mark.parametrize("fixture", ["transformer_run", "gru_run"])
+def test_report_opens_with_the_verdict(capsys, tmp_path, request, fixture):
+    run_dir = request.getfixturevalue(fixture)
+    with pytest.raises(SystemExit) as exc:
+        main(["report", str(run_dir), "--out", str(tmp_path / "r.html"), "--quick"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 0
+    assert "report: length generalization" in err and "report: causal tracing" in err  # progress lines
+    text = (tmp_path / "r.html").read_text(encoding="utf-8")
+    first = text.index("<section")
+    assert text[first:].startswith('<section id="verdict">')
+    assert _verdict_expected(run_dir) in _section(text, "verdict")
+
+
+def test_model_card_and_captions_fit_the_model(capsys, tmp_path, gru_run, tmp_path_factory):
+    card = _section(_report(capsys, gru_run, tmp_path / "g.html"), "model")
+    assert "d_hidden" in card and "n_heads" not in card and "positional" not in card
+    out = tmp_path_factory.mktemp("c5")
+    cfg = ModelConfig("transformer", 2, 5, d_hidden=16, n_heads=2, n_ctx=48)
+    train(get_task("cyclic:n=5"), cfg, TrainConfig(train_lengths=(1, 6), max_steps=10, eval_every=10, val_size=32),
+          out_dir=out, progress=False)
+    text = _report(capsys, out, tmp_path / "c5.html")
+    assert "two labels" not in text and "chance: 1/5 = 0.20" in _section(text, "lens")
+    assert "n_heads" in _section(text, "model") and "segment_length" not in _section(text, "model")
+    automaton = _section(text, "automaton")
+    assert "recomputes the answer" in automaton and "fsm-probe" in automaton

@@ -20,7 +20,13 @@ from fsm_probe.lens import (
     stream_sites,
 )
 from fsm_probe.models import ModelConfig, build_model
-from fsm_probe.patching import activation_patching, attribution_patching, compare, logit_diff
+from fsm_probe.patching import (
+    activation_patching,
+    attribution_patching,
+    compare,
+    default_sites,
+    logit_diff,
+)
 from fsm_probe.probes import probe_model
 from fsm_probe.tasks import get_task
 from fsm_probe.tracing import causal_tracing
@@ -219,7 +225,8 @@ def test_patching_sites_are_checked_per_architecture():
         with pytest.raises(InputError, match="'memory'"):
             activation_patching(m, tokens, tokens, metric, site=site)
     with pytest.raises(InputError, match="'memory'"):
-        attribution_patching(m, tokens, tokens, metric)
+        attribution_patching(m, tokens, tokens, metric, sites=["resid_pre"])
+    assert set(attribution_patching(m, tokens, tokens, metric)) == set(default_sites(m.fsm_config))
     tf = build_model(ModelConfig("transformer", 2, 2, d_hidden=16, n_heads=2, n_ctx=16))
     with pytest.raises(InputError, match="'memory'"):
         activation_patching(tf, tokens, tokens, metric, site="memory")

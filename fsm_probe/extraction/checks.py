@@ -9,6 +9,7 @@ words are over segments (see `fsm_probe.extraction.collect`).
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 import numpy as np
@@ -75,18 +76,65 @@ def _with_empty_output(a: Automaton, label: str) -> Automaton:
     return Automaton(a.alphabet, names, n, table, outputs, a.labels, a.name)
 
 
+def task_states_met(automaton: Automaton, task_automaton: Automaton) -> tuple[dict[str, list[str]], bool]:
+    """For each state of `automaton`, the `task_automaton` states (by the task's own names, in its
+    order) that the same words reach, and whether every non-empty word gets one label in both.
+
+    Walks the product of the two machines from their start states; with that label agreement
+    the automata are equivalent on non-empty words and each state of a minimal `automaton` meets
+    one task state, or several the task does not tell apart."""
+    sym = automaton._symbol_map(task_automaton)
+    la, lb = automaton._label_names(), task_automaton._label_names()
+    start = (automaton.start, task_automaton.start)
+    met: dict[int, set[int]] = {automaton.start: {task_automaton.start}}
+    agree = True
+    seen: set[tuple[int, int]] = set()
+    queue = deque((int(automaton.transitions[start[0], j]), int(task_automaton.transitions[start[1], sym[j]]))
+                  for j in range(automaton.n_symbols))
+    while queue:
+        pair = queue.popleft()
+        if pair in seen:
+            continue
+        seen.add(pair)
+        s, t = pair
+        met.setdefault(s, set()).add(t)
+        agree = agree and la[s] == lb[t]
+        queue.extend((int(automaton.transitions[s, j]), int(task_automaton.transitions[t, sym[j]]))
+                     for j in range(automaton.n_symbols))
+    names = {automaton.states[s]: [task_automaton.states[t] for t in sorted(ts)] for s, ts in sorted(met.items())}
+    return names, agree
+
+
+def name_like_task(automaton: Automaton, task_automaton: Automaton) -> Automaton:
+    """`automaton` with each state named after the task state(s) it stands for (joined by `|`
+    where the task has several equivalent ones), when it is equivalent to the task on non-empty
+    words and its states stand for disjoint sets of task states; otherwise unchanged."""
+    met, agree = task_states_met(automaton, task_automaton)
+    if not agree or len(met) != automaton.n_states:
+        return automaton
+    groups = [met[s] for s in automaton.states]
+    if len({t for g in groups for t in g}) != sum(len(g) for g in groups):
+        return automaton  # two states stand for the same task state: no names to give
+    return automaton.relabel_states(["|".join(g) for g in groups])
+
+
 def compare_to_task(
     automaton: Automaton, task_automaton: Automaton, include_empty: bool = False
 ) -> dict[str, Any]:
-    """Equivalence with the task, a shortest counterexample, and the state mapping if isomorphic
-    to the task's minimal automaton. The empty word is not a position of the data, so unless
-    `include_empty` its label is taken from the task (`empty_word_agrees` tells if it differed)."""
+    """Equivalence with the task, a shortest counterexample, and, when equivalent, the state
+    mapping: each extracted state -> the task state it stands for, by the task's own state names
+    (`|`-joined where the task has several equivalent ones). The empty word is not a position of
+    the data, so unless `include_empty` its label is taken from the task (`empty_word_agrees`
+    tells if it differed)."""
     target = task_automaton.minimize()
     want = target.labels[target.outputs[target.start]]
     agrees = automaton.labels[automaton.outputs[automaton.start]] == want
     candidate = automaton if include_empty else _with_empty_output(automaton, want).minimize()
     counterexample = candidate.equivalent(target)
-    mapping = candidate.minimize().isomorphism(target) if counterexample is None else None
+    mapping = None
+    if counterexample is None:
+        met, _ = task_states_met(automaton, task_automaton)
+        mapping = {s: "|".join(ts) for s, ts in met.items()}
     return {
         "equivalent_to_task": counterexample is None,
         "counterexample": counterexample,

@@ -46,7 +46,14 @@ from .build import (
     write_dot,
     write_graphml,
 )
-from .checks import agreement, compare_to_task, interchange_accuracy, purity, task_accuracy
+from .checks import (
+    agreement,
+    compare_to_task,
+    interchange_accuracy,
+    name_like_task,
+    purity,
+    task_accuracy,
+)
 from .collect import (
     Collection,
     collect,
@@ -196,6 +203,9 @@ class FSMExtractor(BaseEstimator):
             self._fit_lstar(model, name)
         else:
             self._fit_clusters(model, name)
+        if truth is not None:  # states named as in the user's automaton when it matches
+            seen = truth if self.segment_length_ is None else truth.power(self.segment_length_)
+            self.automaton_ = self.built_.minimal = name_like_task(self.automaton_, seen)
         self.n_states_ = self.automaton_.n_states
         self.graph_ = to_graph(
             self.built_, self.row_blocks_, self.collection_.flat(), self.collection_.flat_predictions(),

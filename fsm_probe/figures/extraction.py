@@ -20,6 +20,7 @@ from plotly.subplots import make_subplots
 
 from ..errors import InputError
 from ..io import atomic_write_text
+from .html import figure_block, page
 
 PALETTE = (
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
@@ -97,6 +98,9 @@ def automaton_figure(graph: nx.MultiDiGraph, seed: int = 0) -> go.Figure:
     pos = nx.kamada_kawai_layout(simple) if len(simple) > 2 else nx.circular_layout(simple)
     if len(simple) == 1:
         pos = {n: np.zeros(2) for n in simple}
+    support = {n: float(graph.nodes[n].get("support", 1) or 1) for n in graph}
+    top = max(support.values())
+    size = {n: 22 + 18 * math.sqrt(support[n] / top) for n in graph}  # marker diameter, px
     fig = go.Figure()
     grouped: dict[tuple[Any, Any], list[str]] = {}
     for u, v, key, d in graph.edges(keys=True, data=True):
@@ -113,13 +117,18 @@ def automaton_figure(graph: nx.MultiDiGraph, seed: int = 0) -> go.Figure:
             ys = [y0 + r + r * math.sin(a) for a in np.linspace(0, 2 * math.pi, 30)]
             fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line={"color": "#888"},
                                      hoverinfo="skip", showlegend=False))
+            # the loop re-enters the node from its upper right
+            fig.add_annotation(
+                x=x0, y=y0, ax=xs[3], ay=ys[3], xref="x", yref="y", axref="x", ayref="y",
+                showarrow=True, arrowhead=2, arrowsize=1.2, standoff=size[v] / 2 + 2, arrowcolor="#888",
+            )
             fig.add_annotation(x=x0, y=y0 + 2.2 * r, text=label, showarrow=False, font={"size": 11})
             continue
         bend = 0.08 if (v, u) in grouped else 0.0
         mx, my = (x0 + x1) / 2 - bend * (y1 - y0), (y0 + y1) / 2 + bend * (x1 - x0)
         fig.add_annotation(
             x=x1, y=y1, ax=mx, ay=my, xref="x", yref="y", axref="x", ayref="y",
-            showarrow=True, arrowhead=2, arrowsize=1.2, standoff=16, arrowcolor="#888",
+            showarrow=True, arrowhead=2, arrowsize=1.2, standoff=size[v] / 2 + 2, arrowcolor="#888",
         )
         fig.add_trace(go.Scatter(x=[x0, mx], y=[y0, my], mode="lines", line={"color": "#888"},
                                  hoverinfo="skip", showlegend=False))
@@ -130,12 +139,10 @@ def automaton_figure(graph: nx.MultiDiGraph, seed: int = 0) -> go.Figure:
     start = graph.graph.get("start")
     for out, idx in out_index.items():
         nodes = [n for n, d in graph.nodes(data=True) if str(d.get("output", "")) == out]
-        support = np.array([graph.nodes[n].get("support", 1) or 1 for n in nodes], dtype=float)
-        size = 22 + 18 * np.sqrt(support / support.max())
         fig.add_trace(go.Scatter(
             x=[pos[n][0] for n in nodes], y=[pos[n][1] for n in nodes], mode="markers+text",
             text=[str(n) for n in nodes], textposition="middle center", name=f"output {out}",
-            marker={"size": size, "color": _colour(idx),
+            marker={"size": [size[n] for n in nodes], "color": _colour(idx),
                     "line": {"width": [4 if n == start else 1 for n in nodes], "color": "black"}},
             hovertext=[f"{n}: output {out}, support {graph.nodes[n].get('support', '?')}"
                        for n in nodes],
@@ -174,8 +181,23 @@ def fidelity_curve_figure(curve: Sequence[dict[str, Any]]) -> go.Figure:
     return fig
 
 
+CAPTIONS = (
+    "The extracted automaton: nodes are abstract states labelled with their output and sized by "
+    "how many sampled prefixes reach them (the start state has a thick outline); arrows are the "
+    "transitions on each symbol, with the share of prefixes that agree with the majority vote "
+    "when it is below 1. If it matches the task's minimal automaton, the network tracks the "
+    "state rather than a shortcut.",
+    "Hidden states of the sampled prefixes projected on their first two principal components, "
+    "coloured by the true automaton state (left) and by the extracted state (right). Separate "
+    "clouds that keep their colour along a trajectory are the finite states the network keeps.",
+    "Agreement with the network on held-out sequences (left axis) and states after "
+    "minimization (right axis) against the abstraction size tried; the chosen size is the "
+    "smallest whose automaton agrees with the network.",
+)
+
+
 def extraction_figures(extractor: Any) -> list[go.Figure]:
-    """The three standard figures of a fitted `FSMExtractor`."""
+    """The three standard figures of a fitted `FSMExtractor` (captions: `CAPTIONS`, same order)."""
     _fitted(extractor)
     return [
         automaton_figure(extractor.graph_),
@@ -185,19 +207,16 @@ def extraction_figures(extractor: Any) -> list[go.Figure]:
 
 
 def figures_html(figures: Sequence[go.Figure], title: str = "fsm_probe extraction",
-                 summary: str | None = None) -> str:
-    """One self-contained HTML page (plotly.js inlined once, works offline)."""
-    parts = [
-        fig.to_html(full_html=False, include_plotlyjs=(i == 0))
+                 summary: str | None = None, captions: Sequence[str] = CAPTIONS) -> str:
+    """One self-contained page in the report's style (plotly.js inlined once, works offline).
+
+    `captions[i]` (HTML) goes under figure i; figures beyond the captions get none."""
+    parts = [f"<pre>{html.escape(summary)}</pre>"] if summary else []
+    parts += [
+        figure_block(fig, captions[i]) if i < len(captions) else figure_block(fig, "")
         for i, fig in enumerate(figures)
     ]
-    head = f"<h1>{html.escape(title)}</h1>"
-    if summary:
-        head += f"<pre>{html.escape(summary)}</pre>"
-    return (
-        "<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>"
-        + html.escape(title) + "</title></head><body>" + head + "\n".join(parts) + "</body></html>\n"
-    )
+    return page(title, "automaton extraction", [("figures", "Figures", "".join(parts))])
 
 
 def save_html(figures: Sequence[go.Figure], path: str | os.PathLike, title: str = "fsm_probe extraction") -> Path:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from .compiled_transformer import CompiledCircuit, compile_transformer
 from .config import ModelConfig
 from .rmt import HookedRMT
 from .rnn import HookedRNN
@@ -31,6 +32,8 @@ __all__ = [
     "as_tokens",
     "predict_logits",
     "model_config",
+    "compile_transformer",
+    "CompiledCircuit",
 ]
 
 

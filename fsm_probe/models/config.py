@@ -91,6 +91,18 @@ class ModelConfig:
         be shorter)."""
         return -(-length // self.segment_length)
 
+    def relevant_fields(self) -> dict[str, Any]:
+        """The fields this architecture reads (an RNN ignores heads and positions, a plain
+        Transformer the memory settings), for model cards."""
+        d = asdict(self)
+        if self.is_rnn:
+            keep = ("arch", "d_vocab", "d_out", "n_layers", "d_hidden", "seed")
+        else:
+            keep = tuple(k for k in d if k not in ("segment_length", "n_memory", "bptt_segments"))
+            if self.arch == "rmt":
+                keep += ("segment_length", "n_memory", "bptt_segments")
+        return {k: d[k] for k in keep}
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -1,0 +1,188 @@
+"""Is the automaton's state represented *causally* at a site? Interchange intervention accuracy.
+
+Causal abstraction (Geiger et al. 2021; distributed alignment search, arXiv 2303.02536) asks
+whether a high-level model, here the automaton, is an abstraction of the network: swap the
+network's representation at a site between two inputs, and the network's later outputs must
+follow the automaton run from the swapped-in state. For a base input b and a source input s,
+both of length T, and a site at position t:
+
+- the network runs on b with the activation at (site, t) replaced by its value on s at t;
+- the automaton is put in the state it reaches on s[0..t] and then reads b[t+1..];
+- IIA at (site, t) is the share of the outputs at positions t..T-1 that the patched network gets
+  right under that counterfactual, over pairs whose automaton states after t differ: does the
+  network carry the swapped-in state forward? `iia_local` scores the output at t alone: is the
+  state at t represented there (what a Transformer, which recomputes its answer from the whole
+  prefix at every position, can show at most)?
+
+Sites are the recurrent state of each layer (RNN; both h and c on an LSTM), the residual stream
+entering each block and leaving the last (Transformer; TransformerLens hook names), and the
+memory written by each segment (RMT: the counterfactual state is the one after the segment, and
+the outputs scored are those of later segments). The whole vector is swapped; a subspace
+intervention (DAS's learned rotation) is not implemented.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .datasets import eval_set
+from .errors import InputError
+from .models import as_tokens, model_config
+from .models.rmt import MEMORY_HOOK
+from .tasks import Task
+
+
+@dataclass
+class IIAResult:
+    """IIA per site (rows) and intervened position (columns; segments on an RMT)."""
+
+    sites: list[str]
+    positions: list[int]
+    iia: np.ndarray
+    iia_local: np.ndarray
+    n_pairs: np.ndarray
+    length: int
+    unit: str = "position"
+
+    def site_mean(self, local: bool = False) -> dict[str, float]:
+        """IIA of each site averaged over the intervened positions (nan where none was scored)."""
+        table = self.iia_local if local else self.iia
+        return {s: _nanmean(table[i]) for i, s in enumerate(self.sites)}
+
+    def best(self, local: bool = False) -> tuple[str, float]:
+        """The site with the highest mean IIA (ties: the earlier site)."""
+        means = self.site_mean(local)
+        site = max(means, key=lambda k: (-1.0 if np.isnan(means[k]) else means[k], -self.sites.index(k)))
+        return site, means[site]
+
+    def to_dict(self) -> dict[str, Any]:
+        def rows(table: np.ndarray) -> list[list[float | None]]:
+            return [[None if np.isnan(v) else float(v) for v in row] for row in table]
+
+        return {
+            "length": self.length, "unit": self.unit, "sites": self.sites, "positions": self.positions,
+            "iia": rows(self.iia), "iia_local": rows(self.iia_local), "n_pairs": self.n_pairs.tolist(),
+            "site_mean": self.site_mean(), "site_mean_local": self.site_mean(local=True),
+        }
+
+
+def _nanmean(x: np.ndarray) -> float:
+    return float(np.nanmean(x)) if np.isfinite(x).any() else float("nan")
+
+
+def state_sites(model: nn.Module) -> dict[str, tuple[str, ...]]:
+    """The candidate sites of `model`: site name -> the hook names swapped together."""
+    cfg = model_config(model)
+    if cfg.is_rnn:
+        return {f"layers.{i}": tuple(n for n in model.state_names if n.startswith(f"layers.{i}."))
+                for i in range(cfg.n_layers)}
+    if cfg.arch == "rmt":
+        return {MEMORY_HOOK: (MEMORY_HOOK,)}
+    if cfg.arch == "transformer":
+        names = [f"blocks.{i}.hook_resid_pre" for i in range(cfg.n_layers)]
+        names.append(f"blocks.{cfg.n_layers - 1}.hook_resid_post")
+        return {n: (n,) for n in names}
+    raise InputError(f"no state sites on a {cfg.arch}: it carries no state between steps "
+                     "(its memory is its own label outputs)")
+
+
+def _positions(length: int, max_positions: int) -> list[int]:
+    if length <= max_positions:
+        return list(range(length))
+    return sorted({int(round(x)) for x in np.linspace(0, length - 1, max_positions)})
+
+
+def interchange_intervention_accuracy(
+    model: nn.Module,
+    task: Task,
+    length: int,
+    *,
+    n: int = 128,
+    sites: Sequence[str] | None = None,
+    max_positions: int = 12,
+    seed: int = 0,
+) -> IIAResult:
+    """IIA of the automaton's state at each site of `model` (`state_sites`) on `n` base/source
+    pairs of `task` of `length` tokens, at up to `max_positions` intervened positions."""
+    cfg = model_config(model)
+    available = state_sites(model)
+    chosen = list(available) if sites is None else list(sites)
+    unknown = [s for s in chosen if s not in available]
+    if unknown:
+        raise InputError(f"unknown IIA site(s) {unknown}; this model has {list(available)}")
+    if length < 2:
+        raise InputError(f"IIA needs sequences of at least 2 tokens, got length {length}")
+    a = task.automaton
+    base = eval_set(task, length, n=n, seed=seed + 101, final_only=False).tokens
+    source = eval_set(task, length, n=n, seed=seed + 202, final_only=False).tokens
+    length = base.shape[1]
+    segment = cfg.segment_length if cfg.arch == "rmt" else None
+    if segment is not None:
+        n_units = length // segment  # whole segments whose memory a later segment reads
+        if n_units < 2:
+            raise InputError(f"IIA on an rmt needs at least 2 whole segments, got length {length}")
+        units = _positions(n_units - 1, max_positions)
+        ends = [(u + 1) * segment - 1 for u in units]  # last token of the intervened segment
+    else:
+        units = _positions(length, max_positions)
+        ends = units
+    source_states = a.run(source)  # [n, T]: state after each token
+    base_states = a.run(base)
+    names = sorted({h for s in chosen for h in available[s]})
+    was_training = model.training
+    model.eval()
+    iia = np.full((len(chosen), len(units)), np.nan)
+    local = np.full((len(chosen), len(units)), np.nan)
+    counts = np.zeros((len(chosen), len(units)), dtype=np.int64)
+    try:
+        with torch.no_grad():
+            _, cache = model.run_with_cache(as_tokens(model, source), names_filter=names)
+            base_t = as_tokens(model, base)
+            for j, (unit, end) in enumerate(zip(units, ends, strict=True)):
+                keep = source_states[:, end] != base_states[:, end]
+                if not keep.any():
+                    continue
+                cf = _counterfactual(a, source_states[keep, end], base[keep, end + 1 :])
+                first = end + 1 if segment is not None else end
+                for i, site in enumerate(chosen):
+                    hooks = [(h, _swap(cache[h][torch.as_tensor(keep)], unit, segment is not None or cfg.is_rnn))
+                             for h in available[site]]
+                    logits = model.run_with_hooks(base_t[torch.as_tensor(keep)], fwd_hooks=hooks)
+                    right = logits.argmax(-1).cpu().numpy()[:, first:] == cf[:, first - end :]
+                    iia[i, j], local[i, j] = right.mean(), right[:, 0].mean()
+                    counts[i, j] = int(keep.sum())
+    finally:
+        model.train(was_training)
+    return IIAResult(chosen, units, iia, local, counts, length, unit="segment" if segment else "position")
+
+
+def _counterfactual(automaton: Any, start_states: np.ndarray, rest: np.ndarray) -> np.ndarray:
+    """Labels `[m, 1 + len(rest)]`: the output of each start state, then of the run on `rest`."""
+    out = np.empty((len(start_states), 1 + rest.shape[1]), dtype=np.int64)
+    state = start_states.copy()
+    out[:, 0] = automaton.outputs[state]
+    for k in range(rest.shape[1]):
+        state = automaton.transitions[state, rest[:, k]]
+        out[:, k + 1] = automaton.outputs[state]
+    return out
+
+
+def _swap(source: torch.Tensor, unit: int, per_step: bool):
+    """A hook that replaces the activation at `unit` with `source`'s: per-step hook points
+    (RNN states, the RMT memory) fire once per step with `hook.pos`; Transformer hooks hold every
+    position at once."""
+
+    def hook(act: torch.Tensor, hook: Any) -> torch.Tensor:
+        if per_step:
+            return source[:, unit].to(act.dtype) if hook.pos == unit else act
+        act = act.clone()
+        act[:, unit] = source[:, unit]
+        return act
+
+    return hook

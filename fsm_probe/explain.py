@@ -1,0 +1,230 @@
+"""`fsm-probe explain`: does the model implement the automaton? One verdict with its evidence.
+
+The verdict combines what the toolkit measures, in distribution first:
+
+- `not_learned`: below 99% final-position accuracy at the longest training length; nothing else
+  is claimed about such a model.
+- `shortcut`: right in distribution, wrong beyond; `breaks_at_length` is the first tested
+  length below 99%, with the mechanism where one is measured (accuracy inside vs beyond the
+  trained positions for learned positional embeddings; attention dilution of the most uniform
+  head).
+- `implements`: right at every tested length and causally verified: the extracted automaton is
+  equivalent to the task, or the state's interchange intervention accuracy (IIA, see
+  `causal_abstraction`) is >= 0.99 in distribution and beyond.
+- `unverified`: right at every tested length, but neither check confirms that the automaton's
+  state is what the model uses (e.g. no state to intervene on, as in the scratchpad).
+
+The state site is judged on IIA over the outputs from the intervened position on for models that
+carry a state (RNN, RMT), and on the output at the intervened position for Transformers, which
+recompute their answer from the whole prefix at every position.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from torch import nn
+
+from .causal_abstraction import interchange_intervention_accuracy, state_sites
+from .errors import FsmProbeError
+from .evaluation import evaluate, position_accuracy
+from .models import model_config
+from .tasks import Task
+from .verdict import THRESHOLD, length_verdict, trained_length
+
+VERDICTS = ("implements", "shortcut", "not_learned", "unverified")
+UNIFORM_HEAD = 0.3  # distance from uniform averaging below which dilution is reported
+
+
+@dataclass
+class Explanation:
+    """The verdict and its evidence; `to_dict()` is `fsm-probe explain --json`."""
+
+    verdict: str
+    task: str
+    arch: str
+    train_max: int
+    accuracy: dict[int, float]
+    length: dict[str, Any]
+    breaks_at_length: int | None
+    state_site: dict[str, Any] | None
+    mechanism: list[dict[str, Any]] = field(default_factory=list)
+    extraction: dict[str, Any] | None = None
+    components: list[str] | None = None
+    trained: bool = True
+    sampled: str = ""
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["accuracy"] = {str(k): v for k, v in self.accuracy.items()}
+        return d
+
+    def text(self) -> str:
+        """One screen of plain text."""
+        acc = ", ".join(f"{k}: {v:.3f}" for k, v in self.accuracy.items())
+        record = (f"trained up to {self.train_max}" if self.trained else
+                  f"no training record, so {self.train_max} stands for the training length")
+        lines = [f"{self.arch} on {self.task}: {self.verdict}",
+                 f"  length: {self.length['text']} (final-position accuracy {acc}; {record})"]
+        s = self.state_site
+        if s is not None:
+            beyond = (f", {s['iia_beyond']:.3f} at length {s['length_beyond']}"
+                      if s.get("iia_beyond") is not None else "")
+            lines.append(f"  state: {s['site']}, IIA {s['iia']:.3f} at length {s['length']}{beyond} "
+                         f"({s['scored']})")
+        for m in self.mechanism:
+            lines.append(f"  mechanism: {m['text']}")
+        if self.components is not None:
+            lines.append(f"  circuit (exact patching): {', '.join(self.components) or 'no component alone'}")
+        e = self.extraction
+        if e is not None:
+            lines.append(f"  extracted automaton: {e['n_states']} states, equivalent to the task: "
+                         f"{e['equivalent_to_task']}, fidelity {e['fidelity']:.3f}")
+        lines.append(f"  sampled: {self.sampled}; {self.seconds:.1f} s")
+        return "\n".join(lines)
+
+
+def train_max_length(model: nn.Module) -> int:
+    """The longest training length; without a training record (compiled models), 40 or the context."""
+    trained = trained_length(model)
+    if trained is not None:
+        return trained
+    cfg = model_config(model)
+    return 40 if cfg.is_rnn or cfg.arch == "rmt" else min(40, cfg.n_ctx)
+
+
+def test_lengths(model: nn.Module, train_max: int) -> list[int]:
+    """The training length and 2x, 4x, 10x beyond (within a Transformer's context)."""
+    cfg = model_config(model)
+    cap = cfg.n_ctx if cfg.arch in ("transformer", "scratchpad") else None
+    lengths = [train_max, 2 * train_max, 4 * train_max, 10 * train_max]
+    return sorted({x for x in lengths if cap is None or x <= cap})
+
+
+def explain(
+    model: nn.Module,
+    task: Task | None = None,
+    *,
+    n: int = 128,
+    iia_n: int = 64,
+    extraction: bool = True,
+    circuit: bool = True,
+    lengths: Sequence[int] | None = None,
+    seed: int = 0,
+) -> Explanation:
+    """Verdict and evidence for `model` on `task` (default: the task it was trained on).
+
+    `extraction` (RNNs, RMTs) and `circuit` (Transformers: exact patching of every head and MLP,
+    `circuit_discovery`) add that evidence for a model that learned.
+
+    `lengths` (default `test_lengths`) must include the longest training length."""
+    started = time.perf_counter()
+    task = task if task is not None else getattr(model, "fsm_task", None)
+    if task is None:
+        raise FsmProbeError("no task given and the model carries none; pass task=")
+    cfg = model_config(model)
+    train_max = train_max_length(model)
+    lengths = sorted({int(x) for x in lengths}) if lengths is not None else test_lengths(model, train_max)
+    report = evaluate(model, task, lengths, n=n, seed=12345 + seed)
+    lv = length_verdict(report, train_max)
+    accuracy = {k: v["final_accuracy"] for k, v in report.items()}
+    out = Explanation(
+        verdict="not_learned", task=task.spec, arch=cfg.arch, train_max=train_max,
+        accuracy=accuracy, length=lv.to_dict(), breaks_at_length=lv.breaks_at_length,
+        state_site=None, trained=trained_length(model) is not None,
+        sampled=f"{n} sequences per length {lengths} for accuracy",
+    )
+    if not lv.learned:
+        out.seconds = round(time.perf_counter() - started, 3)
+        return out
+
+    carries = cfg.is_rnn or cfg.arch == "rmt"
+    try:
+        state_sites(model)
+    except FsmProbeError:
+        has_sites = False
+    else:
+        has_sites = True
+    if has_sites:
+        iia_in_length = min(train_max, 40)
+        beyond = [x for x in lengths if x > train_max]
+        iia_beyond_length = min(beyond[0], 80) if beyond else None
+        res = interchange_intervention_accuracy(model, task, iia_in_length, n=iia_n, seed=seed)
+        site, value = res.best(local=not carries)
+        state = {"site": site, "iia": value, "length": res.length,
+                 "unit": res.unit, "iia_beyond": None, "length_beyond": None,
+                 "scored": ("outputs from the intervened position on" if carries else
+                            "the output at the intervened position") + f", {iia_n} pairs"}
+        if iia_beyond_length is not None and iia_beyond_length > res.length:
+            far = interchange_intervention_accuracy(model, task, iia_beyond_length, n=iia_n,
+                                                    sites=[site], seed=seed)
+            state["iia_beyond"] = far.site_mean(local=not carries)[site]
+            state["length_beyond"] = far.length
+        out.state_site = state
+        out.sampled += f"; IIA on {iia_n} base/source pairs at length {res.length}" + (
+            f" and {state['length_beyond']}" if state["length_beyond"] else "")
+
+    if circuit and cfg.arch == "transformer":
+        from .circuit_discovery import discover_circuit
+
+        found = discover_circuit(model, task, method="exact", seed=seed)
+        out.components = found.circuit()
+        out.sampled += f"; circuit from {found.n_pairs} corruption pairs at length {found.length}"
+
+    if extraction and carries:
+        from .extraction import check_extraction, extract
+
+        ext = extract(model, task, seed=seed)
+        check = check_extraction(model, ext, task, lengths=(2 * train_max,), n=min(n, 256))
+        out.extraction = {k: check.get(k) for k in
+                          ("n_states", "equivalent_to_task", "fidelity", "interchange_accuracy")}
+
+    if lv.status == "fails_beyond":
+        out.verdict = "shortcut"
+        out.mechanism = _mechanisms(model, task, train_max, lv.breaks_at_length, n, seed)
+    else:
+        s = out.state_site
+        iia_ok = s is not None and s["iia"] >= THRESHOLD and (s["iia_beyond"] is None or s["iia_beyond"] >= THRESHOLD)
+        equivalent = bool(out.extraction and out.extraction.get("equivalent_to_task"))
+        out.verdict = "implements" if (iia_ok or equivalent) else "unverified"
+    out.seconds = round(time.perf_counter() - started, 3)
+    return out
+
+
+def _mechanisms(model: nn.Module, task: Task, train_max: int, breaks: int, n: int, seed: int) -> list[dict[str, Any]]:
+    """Measured reasons for a failure beyond the training lengths (Transformers)."""
+    cfg = model_config(model)
+    found: list[dict[str, Any]] = []
+    if cfg.arch != "transformer":
+        return found
+    if cfg.positional == "learned" and breaks > train_max:
+        acc = position_accuracy(model, task, breaks, n=n, seed=seed + 7)
+        inside, outside = float(acc[:train_max].mean()), float(acc[train_max:].mean())
+        if inside - outside > 0.02:
+            found.append({
+                "kind": "positions_beyond_training", "length": breaks, "inside": inside, "beyond": outside,
+                "text": (f"at length {breaks}, per-position accuracy {inside:.3f} at positions "
+                         f"0-{train_max - 1} and {outside:.3f} beyond: learned positional embeddings "
+                         f"past {train_max} were never trained"),
+            })
+    from .attention import attention_dilution, head_stats
+
+    lengths = sorted({x for x in (max(2, train_max // 4), train_max, breaks, min(cfg.n_ctx, 4 * breaks)) if x >= 2})
+    stats = head_stats(model, length=train_max, n=min(n, 64), seed=seed)
+    layer, head = stats.most_uniform()
+    distance = float(stats.uniform_distance[layer, head])
+    if len(lengths) >= 2 and distance < UNIFORM_HEAD:
+        dil = attention_dilution(model, lengths, n=min(n, 32), seed=seed)
+        exponent = float(dil.exponent[layer, head])
+        found.append({
+            "kind": "attention_dilution", "head": f"L{layer}H{head}", "exponent": exponent,
+            "uniform_distance": distance,
+            "text": (f"head L{layer}H{head} averages its prefix almost uniformly (distance "
+                     f"{distance:.2f}); its largest weight on one token falls with length with "
+                     f"log-log slope {exponent:.2f} (-1 = 1/T dilution)"),
+        })
+    return found
