@@ -40,7 +40,7 @@ FORMAT_VERSION = 1
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 LOG = "train_log.jsonl"
-FILES = (CONFIG, WEIGHTS, LOG)  # what a save owns: never carried over from the old version
+FILES = (CONFIG, WEIGHTS, LOG, "circuit.json")  # what a save owns: never carried over from the old version
 
 
 def _sha256(path: Path) -> str:
