@@ -16,6 +16,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -242,12 +243,15 @@ def _carry_over(old: Path, new: Path, owned: Iterable[str]) -> None:
     owned = set(owned)
     for entry in old.iterdir():
         dest = new / entry.name
-        if entry.name in owned or dest.exists() or dest.is_symlink():
-            continue
+        if entry.name in owned or dest.exists() or dest.is_symlink() or _STAGING.match(entry.name):
+            continue  # (a nested output's staging copy belongs to its own writer)
         if entry.is_dir() and not entry.is_symlink():
             shutil.copytree(entry, dest, symlinks=True, copy_function=_link_or_copy)
         else:
             _link_or_copy(entry, dest)
+
+
+_STAGING = re.compile(r"^\..+\.(new|old)-\d+$")
 
 
 def _link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:

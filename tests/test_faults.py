@@ -287,9 +287,10 @@ def test_other_files_in_the_directory_survive_a_save(tmp_path, template):
     (out / "report.html").write_text("<html>mine</html>")
     (out / "notes").mkdir()
     (out / "notes" / "a.txt").write_text("x")
+    (out / ".ex.new-123").mkdir()  # another writer's staging directory for out/ex
     (out / "circuit.json").write_text("{}")  # a compiled model's: it would describe the wrong model
     _train(out, NEW_STEPS, seed=2)
-    assert which(out) == "new" and not (out / "circuit.json").exists()
+    assert which(out) == "new" and not (out / "circuit.json").exists() and not (out / ".ex.new-123").exists()
     assert (out / "report.html").read_text() == "<html>mine</html>" and (out / "notes" / "a.txt").read_text() == "x"
 
 
