@@ -14,11 +14,17 @@ both of length T, and a site at position t:
   state at t represented there (what a Transformer, which recomputes its answer from the whole
   prefix at every position, can show at most)?
 
-Sites are the recurrent state of each layer (RNN; both h and c on an LSTM), the residual stream
-entering each block and leaving the last (Transformer; TransformerLens hook names), and the
-memory written by each segment (RMT: the counterfactual state is the one after the segment, and
-the outputs scored are those of later segments). The whole vector is swapped; a subspace
-intervention (DAS's learned rotation) is not implemented.
+Sites are the recurrent state of each layer (RNN; both h and c on an LSTM; every layer at once
+as `layers` when there are several), the residual stream of a Transformer where a swap is not a
+tautology, and the memory written by each segment (RMT: the counterfactual state is the one after
+the segment, and the outputs scored are those of later segments). On a Transformer the output
+at t is a position-wise function of the last block's `resid_mid` and `resid_post` at t, so
+swapping those returns the source's own output (IIA would only measure accuracy); the sites are
+therefore `resid_pre` of blocks 1.. and `resid_mid` of every block but the last, and position 0
+(whose residual stream depends on the first token alone) is not intervened on. A one-block
+Transformer has no such site. On tasks trained on the final position only, only positions that
+end a valid training sequence are scored. The whole vector is swapped; a subspace intervention
+(DAS's learned rotation) is not implemented.
 """
 
 from __future__ import annotations
@@ -55,11 +61,11 @@ class IIAResult:
         table = self.iia_local if local else self.iia
         return {s: _nanmean(table[i]) for i, s in enumerate(self.sites)}
 
-    def best(self, local: bool = False) -> tuple[str, float]:
-        """The site with the highest mean IIA (ties: the earlier site)."""
+    def best(self, local: bool = False) -> tuple[str, float | None]:
+        """The site with the highest mean IIA (ties: the earlier site); None where nothing was scored."""
         means = self.site_mean(local)
         site = max(means, key=lambda k: (-1.0 if np.isnan(means[k]) else means[k], -self.sites.index(k)))
-        return site, means[site]
+        return site, None if np.isnan(means[site]) else means[site]
 
     def to_dict(self) -> dict[str, Any]:
         def rows(table: np.ndarray) -> list[list[float | None]]:
@@ -80,13 +86,17 @@ def state_sites(model: nn.Module) -> dict[str, tuple[str, ...]]:
     """The candidate sites of `model`: site name -> the hook names swapped together."""
     cfg = model_config(model)
     if cfg.is_rnn:
-        return {f"layers.{i}": tuple(n for n in model.state_names if n.startswith(f"layers.{i}."))
-                for i in range(cfg.n_layers)}
+        sites = {f"layers.{i}": tuple(n for n in model.state_names if n.startswith(f"layers.{i}."))
+                 for i in range(cfg.n_layers)}
+        if cfg.n_layers > 1:
+            sites["layers"] = tuple(model.state_names)
+        return sites
     if cfg.arch == "rmt":
         return {MEMORY_HOOK: (MEMORY_HOOK,)}
     if cfg.arch == "transformer":
-        names = [f"blocks.{i}.hook_resid_pre" for i in range(cfg.n_layers)]
-        names.append(f"blocks.{cfg.n_layers - 1}.hook_resid_post")
+        names = []
+        for i in range(cfg.n_layers - 1):
+            names += [f"blocks.{i}.hook_resid_mid", f"blocks.{i + 1}.hook_resid_pre"]
         return {n: (n,) for n in names}
     raise InputError(f"no state sites on a {cfg.arch}: it carries no state between steps "
                      "(its memory is its own label outputs)")
@@ -106,12 +116,19 @@ def interchange_intervention_accuracy(
     n: int = 128,
     sites: Sequence[str] | None = None,
     max_positions: int = 12,
+    final_only: bool | None = None,
     seed: int = 0,
 ) -> IIAResult:
     """IIA of the automaton's state at each site of `model` (`state_sites`) on `n` base/source
-    pairs of `task` of `length` tokens, at up to `max_positions` intervened positions."""
+    pairs of `task` of `length` tokens, at up to `max_positions` intervened positions.
+
+    `final_only` (default: the task's) scores only the positions that end a valid sequence."""
     cfg = model_config(model)
     available = state_sites(model)
+    if not available:
+        raise InputError(f"a {cfg.n_layers}-block Transformer has no residual site where swapping the "
+                         "state is not a tautology (its output is a position-wise function of the last "
+                         "block's stream)")
     chosen = list(available) if sites is None else list(sites)
     unknown = [s for s in chosen if s not in available]
     if unknown:
@@ -122,6 +139,9 @@ def interchange_intervention_accuracy(
     base = eval_set(task, length, n=n, seed=seed + 101, final_only=False).tokens
     source = eval_set(task, length, n=n, seed=seed + 202, final_only=False).tokens
     length = base.shape[1]
+    # positions whose label training supervised: all, or on final-only tasks those ending a valid sequence
+    final_only = task.final_only if final_only is None else final_only
+    scored = np.array([not final_only or task.effective_length(p + 1) == p + 1 for p in range(length)])
     segment = cfg.segment_length if cfg.arch == "rmt" else None
     if segment is not None:
         n_units = length // segment  # whole segments whose memory a later segment reads
@@ -130,7 +150,9 @@ def interchange_intervention_accuracy(
         units = _positions(n_units - 1, max_positions)
         ends = [(u + 1) * segment - 1 for u in units]  # last token of the intervened segment
     else:
-        units = _positions(length, max_positions)
+        first_unit = 0 if cfg.is_rnn else 1
+        candidates = [t for t in range(first_unit, length) if scored[t]]
+        units = [candidates[i] for i in _positions(len(candidates), max_positions)] if candidates else []
         ends = units
     source_states = a.run(source)  # [n, T]: state after each token
     base_states = a.run(base)
@@ -155,7 +177,9 @@ def interchange_intervention_accuracy(
                              for h in available[site]]
                     logits = model.run_with_hooks(base_t[torch.as_tensor(keep)], fwd_hooks=hooks)
                     right = logits.argmax(-1).cpu().numpy()[:, first:] == cf[:, first - end :]
-                    iia[i, j], local[i, j] = right.mean(), right[:, 0].mean()
+                    right = right[:, scored[first:]]
+                    if right.size:
+                        iia[i, j], local[i, j] = right.mean(), right[:, 0].mean()
                     counts[i, j] = int(keep.sum())
     finally:
         model.train(was_training)

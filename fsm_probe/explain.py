@@ -12,11 +12,13 @@ The verdict combines what the toolkit measures, in distribution first:
   equivalent to the task, or the state's interchange intervention accuracy (IIA, see
   `causal_abstraction`) is >= 0.99 in distribution and beyond.
 - `unverified`: right at every tested length, but neither check confirms that the automaton's
-  state is what the model uses (e.g. no state to intervene on, as in the scratchpad).
+  state is what the model uses (e.g. no state to intervene on, as in the scratchpad or a
+  one-block Transformer, or a Transformer that still combines positions in its last block).
 
 The state site is judged on IIA over the outputs from the intervened position on for models that
 carry a state (RNN, RMT), and on the output at the intervened position for Transformers, which
-recompute their answer from the whole prefix at every position.
+recompute their answer from the whole prefix at every position (only at sites where that is not
+a tautology, see `causal_abstraction`).
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ class Explanation:
         lines = [f"{self.arch} on {self.task}: {self.verdict}",
                  f"  length: {self.length['text']} (final-position accuracy {acc}; {record})"]
         s = self.state_site
-        if s is not None:
+        if s is not None and s["iia"] is not None:
             beyond = (f", {s['iia_beyond']:.3f} at length {s['length_beyond']}"
                       if s.get("iia_beyond") is not None else "")
             lines.append(f"  state: {s['site']}, IIA {s['iia']:.3f} at length {s['length']}{beyond} "
@@ -98,9 +100,10 @@ def train_max_length(model: nn.Module) -> int:
 
 
 def test_lengths(model: nn.Module, train_max: int) -> list[int]:
-    """The training length and 2x, 4x, 10x beyond (within a Transformer's context)."""
+    """The training length and 2x, 4x, 10x beyond (within the context of a Transformer or memory
+    model)."""
     cfg = model_config(model)
-    cap = cfg.n_ctx if cfg.arch in ("transformer", "scratchpad") else None
+    cap = None if cfg.is_rnn else cfg.n_ctx
     lengths = [train_max, 2 * train_max, 4 * train_max, 10 * train_max]
     return sorted({x for x in lengths if cap is None or x <= cap})
 
@@ -144,25 +147,28 @@ def explain(
 
     carries = cfg.is_rnn or cfg.arch == "rmt"
     try:
-        state_sites(model)
+        has_sites = bool(state_sites(model))
     except FsmProbeError:
         has_sites = False
-    else:
-        has_sites = True
     if has_sites:
-        iia_in_length = min(train_max, 40)
-        beyond = [x for x in lengths if x > train_max]
-        iia_beyond_length = min(beyond[0], 80) if beyond else None
-        res = interchange_intervention_accuracy(model, task, iia_in_length, n=iia_n, seed=seed)
+        record = getattr(model, "fsm_training", None)
+        final_only = record.get("final_only") if isinstance(record, dict) else None
+        final_only = task.final_only if final_only is None else bool(final_only)
+        # an RMT needs two whole segments: the memory one writes and the next one reads
+        iia_in_length = max(train_max, 2 * cfg.segment_length) if cfg.arch == "rmt" else train_max
+        beyond = [x for x in lengths if x > iia_in_length]
+        res = interchange_intervention_accuracy(model, task, iia_in_length, n=iia_n,
+                                                final_only=final_only, seed=seed)
         site, value = res.best(local=not carries)
         state = {"site": site, "iia": value, "length": res.length,
                  "unit": res.unit, "iia_beyond": None, "length_beyond": None,
                  "scored": ("outputs from the intervened position on" if carries else
                             "the output at the intervened position") + f", {iia_n} pairs"}
-        if iia_beyond_length is not None and iia_beyond_length > res.length:
-            far = interchange_intervention_accuracy(model, task, iia_beyond_length, n=iia_n,
-                                                    sites=[site], seed=seed)
-            state["iia_beyond"] = far.site_mean(local=not carries)[site]
+        if beyond and value is not None:
+            far = interchange_intervention_accuracy(model, task, beyond[0], n=iia_n, sites=[site],
+                                                    final_only=final_only, seed=seed)
+            far_value = far.site_mean(local=not carries)[site]
+            state["iia_beyond"] = None if far_value != far_value else far_value
             state["length_beyond"] = far.length
         out.state_site = state
         out.sampled += f"; IIA on {iia_n} base/source pairs at length {res.length}" + (
@@ -179,7 +185,8 @@ def explain(
         from .extraction import check_extraction, extract
 
         ext = extract(model, task, seed=seed)
-        check = check_extraction(model, ext, task, lengths=(2 * train_max,), n=min(n, 256))
+        held_out = 2 * train_max if cfg.is_rnn else min(2 * train_max, cfg.n_ctx)
+        check = check_extraction(model, ext, task, lengths=(held_out,), n=min(n, 256))
         out.extraction = {k: check.get(k) for k in
                           ("n_states", "equivalent_to_task", "fidelity", "interchange_accuracy")}
 
@@ -188,7 +195,8 @@ def explain(
         out.mechanism = _mechanisms(model, task, train_max, lv.breaks_at_length, n, seed)
     else:
         s = out.state_site
-        iia_ok = s is not None and s["iia"] >= THRESHOLD and (s["iia_beyond"] is None or s["iia_beyond"] >= THRESHOLD)
+        iia_ok = (s is not None and s["iia"] is not None and s["iia"] >= THRESHOLD
+                  and (s["iia_beyond"] is None or s["iia_beyond"] >= THRESHOLD))
         equivalent = bool(out.extraction and out.extraction.get("equivalent_to_task"))
         out.verdict = "implements" if (iia_ok or equivalent) else "unverified"
     out.seconds = round(time.perf_counter() - started, 3)

@@ -492,9 +492,9 @@ def report_html(
             doc.note("fsm_probe.extraction is not available in this installation.")
             return
         ext = extract(model, task, n_words=min(256, s.n), length=length, n_val=min(256, s.n),
-                      val_length=2 * length, max_states=s.extraction_max_states,
+                      val_length=min(2 * length, cap), max_states=s.extraction_max_states,
                       time_limit=s.extraction_seconds, seed=s.seed)
-        check = check_extraction(model, ext, task, lengths=(2 * train_max,), n=min(500, s.eval_n))
+        check = check_extraction(model, ext, task, lengths=(min(2 * train_max, cap),), n=min(500, s.eval_n))
         state["extraction"] = check
         doc.table(
             [("states (minimized)", check.get("n_states")), ("site", check.get("site")),

@@ -27,7 +27,9 @@ THRESHOLD = 0.99
 
 @dataclass
 class LengthVerdict:
-    """`status` is "generalises", "fails_beyond" or "not_learned"; accuracies are final-position."""
+    """`status` is "generalises", "fails_beyond", "untested_beyond" (learned, but no longer length
+    was tested, e.g. a Transformer whose context ends there) or "not_learned"; accuracies are
+    final-position."""
 
     status: str
     train_max: int
@@ -48,6 +50,8 @@ class LengthVerdict:
                     f"training length {self.train_max}, below {self.threshold})")
         if self.status == "generalises":
             return f"learned; generalises to {self.longest_tested}"
+        if self.status == "untested_beyond":
+            return f"learned up to {self.train_max}; no longer length tested"
         return f"learned up to {self.longest_ok}; fails from {self.breaks_at_length}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -74,6 +78,8 @@ def length_verdict(
                 longest_tested=lengths[-1], threshold=threshold)
     if acc[train_max] < threshold:
         return LengthVerdict("not_learned", longest_ok=None, breaks_at_length=None, **base)
+    if lengths[-1] <= train_max:
+        return LengthVerdict("untested_beyond", longest_ok=train_max, breaks_at_length=None, **base)
     longest_ok = train_max
     for length in (x for x in lengths if x > train_max):
         if acc[length] < threshold:

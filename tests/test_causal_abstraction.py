@@ -74,21 +74,54 @@ def test_rnn_iia_equals_a_restart_from_the_source_state(arch):
         assert (res.iia[0, j], res.iia_local[0, j]) == pytest.approx(want, abs=1e-12), t
 
 
-def test_transformer_block0_iia_equals_swapping_the_token():
+@pytest.mark.parametrize("site", ["blocks.0.hook_resid_mid", "blocks.1.hook_resid_pre"])
+def test_transformer_iia_equals_a_hand_written_patch(site):
     task = get_task("tomita3")
     model = build_model(ModelConfig("transformer", 2, 2, d_hidden=16, n_heads=2, n_layers=2, n_ctx=16, seed=2)).eval()
-    res = interchange_intervention_accuracy(model, task, LENGTH, n=N, max_positions=LENGTH)
-    assert res.sites == ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre", "blocks.1.hook_resid_post"]
+    res = interchange_intervention_accuracy(model, task, LENGTH, n=N, sites=[site], max_positions=LENGTH)
+    assert res.positions == list(range(1, LENGTH))  # position 0 depends on the first token alone
     base, source = _pairs(task)
+    _, cache = model.run_with_cache(torch.as_tensor(source), names_filter=[site])
     for j, t in enumerate(res.positions):
         def patched(keep, t=t):
-            swapped = base[keep].copy()
-            swapped[:, t] = source[keep, t]
+            donor = cache[site][torch.as_tensor(keep), t]
+
+            def hook(act, hook):
+                act = act.clone()
+                act[:, t] = donor
+                return act
+
             with torch.no_grad():
-                return model(torch.as_tensor(swapped))
+                return model.run_with_hooks(torch.as_tensor(base[keep]), fwd_hooks=[(site, hook)])
 
         assert (res.iia[0, j], res.iia_local[0, j]) == pytest.approx(
             _reference(task, base, source, t, t, patched), abs=1e-12)
+
+
+def test_transformer_sites_are_not_tautologies():
+    """The last block's resid_mid/resid_post determine the output at their position: a swap
+    there returns the source's own output, so they are not sites (a one-block model has none)."""
+    deep = build_model(ModelConfig("transformer", 2, 2, d_hidden=16, n_heads=2, n_layers=3, n_ctx=16))
+    assert list(state_sites(deep)) == ["blocks.0.hook_resid_mid", "blocks.1.hook_resid_pre",
+                                       "blocks.1.hook_resid_mid", "blocks.2.hook_resid_pre"]
+    shallow = build_model(ModelConfig("transformer", 2, 2, d_hidden=16, n_heads=2, n_layers=1, n_ctx=16))
+    assert state_sites(shallow) == {}
+    with pytest.raises(InputError, match="tautology"):
+        interchange_intervention_accuracy(shallow, get_task("parity"), 6)
+
+
+def test_final_only_tasks_score_only_valid_sequence_ends():
+    """modular_arithmetic trains on odd lengths' final labels only: operator positions are never
+    scored, so the compiled (exact) RNN keeps IIA 1 even with its operator outputs broken."""
+    task = get_task("modular_arithmetic:modulus=3")
+    model = compile_rnn(task.automaton)
+    op = task.automaton.labels.index("op")
+    with torch.no_grad():
+        model.unembed.bias[op] -= 1e4  # never predicts "op": wrong where no training label exists
+    res = interchange_intervention_accuracy(model, task, 9, n=64)
+    assert np.nanmin(res.iia) == 1.0
+    everything = interchange_intervention_accuracy(model, task, 9, n=64, final_only=False)
+    assert np.nanmin(everything.iia) < 1.0
 
 
 def test_rmt_memory_iia_equals_a_restart_from_the_source_memory():
@@ -117,5 +150,7 @@ def test_sites_and_errors():
         state_sites(scratch)
     lstm = build_model(ModelConfig("lstm", 2, 2, d_hidden=4))
     assert state_sites(lstm) == {"layers.0": ("layers.0.hook_h", "layers.0.hook_c")}
+    two = build_model(ModelConfig("gru", 2, 2, d_hidden=4, n_layers=2))
+    assert state_sites(two)["layers"] == ("layers.0.hook_h", "layers.1.hook_h")
     with pytest.raises(InputError, match="unknown IIA site"):
         interchange_intervention_accuracy(lstm, get_task("parity"), 5, sites=["layers.3"])

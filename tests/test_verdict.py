@@ -30,3 +30,9 @@ def test_not_learned_is_read_at_the_training_length_only():
 def test_the_training_length_must_be_measured():
     with pytest.raises(InputError, match="training length 40"):
         length_verdict(report(L10=1.0, L100=1.0), 40)
+
+
+def test_nothing_longer_tested_is_not_called_generalising():
+    v = length_verdict(report(L8=1.0, L16=1.0), 16)
+    assert v.status == "untested_beyond" and v.learned and v.breaks_at_length is None
+    assert v.text == "learned up to 16; no longer length tested"
