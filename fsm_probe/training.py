@@ -12,7 +12,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,21 +26,32 @@ from .datasets import IGNORE_INDEX, iterate_batches
 from .errors import CheckpointError, ConfigError
 from .evaluation import evaluate
 from .models import ModelConfig, as_tokens, build_model
+from .recipes import recipe
 from .tasks import Task
 
 LOG = "train_log.jsonl"
+# TrainConfig fields whose default (None) comes from the architecture's recipe.
+# Validation accuracy at the current maximum length that moves a length curriculum on.
+CURRICULUM_PASS = 0.99
+RECIPE_FIELDS = ("lr", "max_steps", "warmup_steps", "curriculum", "final_weight")
 
 
 @dataclass
 class TrainConfig:
-    """Training hyperparameters. `lr=None` picks a per-architecture default."""
+    """Training hyperparameters. Fields left at `None` (`lr`, `max_steps`, `warmup_steps`,
+    `curriculum`, `final_weight`) come from the architecture's recipe (`fsm_probe.recipes`).
+
+    `curriculum=K` (K > 0) starts with training lengths up to K and grows the maximum by half
+    (at least 8) each time validation at the current maximum reaches 0.99 (or the target if lower), up to
+    `train_lengths[1]`. `final_weight` adds that multiple of the final-position loss.
+    """
 
     train_lengths: tuple[int, int] = (1, 40)
     batch_size: int = 64
-    max_steps: int = 3000
+    max_steps: int | None = None
     lr: float | None = None
     weight_decay: float = 0.0
-    warmup_steps: int = 100
+    warmup_steps: int | None = None
     grad_clip: float = 1.0
     eval_every: int = 100
     val_lengths: tuple[int, ...] | None = None
@@ -49,6 +60,8 @@ class TrainConfig:
     patience: int = 2
     final_only: bool | None = None
     seed: int = 0
+    curriculum: int | None = None
+    final_weight: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -63,11 +76,13 @@ class TrainConfig:
             raise ConfigError(f"train lengths must satisfy 1 <= min <= max, got {lo}:{hi}")
         for name in ("batch_size", "max_steps", "eval_every", "val_size", "patience"):
             value = getattr(self, name)
+            if value is None and name in RECIPE_FIELDS:
+                continue
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         if self.lr is not None and not (0 < self.lr < 10):
             raise ConfigError(f"learning rate must be in (0, 10), got {self.lr}")
-        if self.warmup_steps < 0 or self.weight_decay < 0 or self.grad_clip <= 0:
+        if (self.warmup_steps or 0) < 0 or self.weight_decay < 0 or self.grad_clip <= 0:
             raise ConfigError("warmup_steps and weight_decay must be >= 0 and grad_clip > 0")
         if not 0 < self.target_accuracy <= 1:
             raise ConfigError(f"target accuracy must be in (0, 1], got {self.target_accuracy}")
@@ -75,9 +90,19 @@ class TrainConfig:
             raise ConfigError(f"validation lengths must be positive, got {self.val_lengths}")
 
     def lr_for(self, cfg: ModelConfig) -> float:
-        if self.lr is not None:
-            return self.lr
-        return 1e-2 if cfg.is_rnn else 1e-3
+        return self.resolved(cfg.arch).lr
+
+    def resolved(self, arch: str) -> TrainConfig:
+        """A copy with every `None` recipe field filled from `recipe(arch)`."""
+        defaults = recipe(arch).train
+        filled = {k: defaults[k] for k in RECIPE_FIELDS if getattr(self, k) is None}
+        if "warmup_steps" in filled:  # a short run warms up for at most a quarter of its steps
+            steps = filled.get("max_steps", self.max_steps)
+            filled["warmup_steps"] = min(filled["warmup_steps"], max(1, steps // 4))
+        out = replace(self, **filled)
+        if out.curriculum < 0 or out.final_weight < 0:
+            raise ConfigError(f"curriculum and final_weight must be >= 0, got {out.curriculum}, {out.final_weight}")
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,9 +121,40 @@ def lr_schedule(step: int, total: int, warmup: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def _loss(model: nn.Module, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def _loss(model: nn.Module, tokens: torch.Tensor, labels: torch.Tensor, final_weight: float = 0.0) -> torch.Tensor:
     logits = model(tokens)
-    return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
+    loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
+    if final_weight:
+        loss = loss + final_weight * F.cross_entropy(logits[:, -1], labels[:, -1], ignore_index=IGNORE_INDEX)
+    return loss
+
+
+def stop_reason(cfg: TrainConfig, step: int, history: list[dict], stopped_early: bool) -> str:
+    """One line on why training stopped: the target was reached, or the budget was spent."""
+    hi = cfg.train_lengths[1]
+    if stopped_early:
+        return f"reached target {cfg.target_accuracy:g} at step {step}"
+    if not history:
+        return f"budget of {step} steps spent before any validation"
+    last = history[-1]
+    at = ",".join(last["val"])
+    if last["max_length"] < hi:
+        return (f"budget of {step} steps spent in the length curriculum at max length {last['max_length']} of {hi} "
+                f"(validation {last['val_accuracy']:.4f} at length {at}) - did not learn in distribution")
+    if last["val_accuracy"] >= cfg.target_accuracy:
+        return f"budget of {step} steps spent, validation {last['val_accuracy']:.4f} at length {at} (target reached)"
+    return (f"budget of {step} steps spent, validation {last['val_accuracy']:.4f} at length {at} "
+            f"- did not learn in distribution")
+
+
+def curriculum_lengths(start: int, hi: int) -> list[int]:
+    """The maximum training lengths a curriculum starting at `start` goes through, ending at `hi`."""
+    if start <= 0 or start >= hi:
+        return [hi]
+    out = [start]
+    while out[-1] < hi:
+        out.append(min(hi, out[-1] + max(8, out[-1] // 2)))
+    return out
 
 
 def train(
@@ -111,11 +167,13 @@ def train(
 ) -> nn.Module:
     """Train a model on `task`; returns it in eval mode with `fsm_task` and `fsm_training` set.
 
-    With `out_dir`, writes the log to `train_log.jsonl.tmp` during training and moves it to
-    `train_log.jsonl` together with the checkpoint at the end, so a failed or interrupted run
-    leaves a previous run in `out_dir` intact.
+    `fsm_training["stop_reason"]` says why training stopped and `fsm_training["learned"]`
+    whether validation at the longest training length reached the target. With `out_dir`,
+    writes the log to `train_log.jsonl.tmp` during training and moves it to `train_log.jsonl`
+    together with the checkpoint at the end, so a failed or interrupted run leaves a previous
+    run in `out_dir` intact.
     """
-    train_cfg = train_cfg or TrainConfig()
+    train_cfg = (train_cfg or TrainConfig()).resolved(model_cfg.arch)
     if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise CheckpointError(f"{out_dir} exists and is not a directory")
     if model_cfg.d_vocab < task.automaton.n_symbols or model_cfg.d_out != task.automaton.n_labels:
@@ -129,7 +187,8 @@ def train(
     model = model if model is not None else build_model(model_cfg)
     model.fsm_task = task  # models that need the task while training (scratchpad teacher forcing)
     val_lengths = train_cfg.val_lengths or (hi,)
-    lr = train_cfg.lr_for(model_cfg)
+    stages = [m for m in curriculum_lengths(train_cfg.curriculum, hi) if m >= lo]
+    lr = train_cfg.lr
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=train_cfg.weight_decay, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -139,18 +198,24 @@ def train(
     if log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.write_text("")
-    batches = iterate_batches(
-        task, train_cfg.batch_size, (lo, hi), seed=train_cfg.seed, final_only=train_cfg.final_only
-    )
+
+    def batches_for(stage: int):
+        return iterate_batches(
+            task, train_cfg.batch_size, (lo, stages[stage]), seed=train_cfg.seed + 1000 * stage,
+            final_only=train_cfg.final_only,
+        )
+
+    stage = 0
+    batches = batches_for(stage)
     start = time.perf_counter()
-    streak, step, history = 0, 0, []
+    streak, step, history, learned_at = 0, 0, [], None
     bar = tqdm(total=train_cfg.max_steps, disable=not progress, desc=f"{model_cfg.arch} {task.spec}")
     model.train()
     running = None
     for step in range(1, train_cfg.max_steps + 1):
         batch = next(batches)
         tokens = as_tokens(model, batch.tokens)
-        loss = _loss(model, tokens, torch.as_tensor(batch.labels))
+        loss = _loss(model, tokens, torch.as_tensor(batch.labels), train_cfg.final_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, train_cfg.grad_clip)
@@ -160,16 +225,19 @@ def train(
         bar.update(1)
         if step % train_cfg.eval_every and step != train_cfg.max_steps:
             continue
+        top = stages[stage]
+        lengths = val_lengths if top == hi else (top,)
         report = evaluate(
-            model, task, val_lengths, n=train_cfg.val_size, seed=train_cfg.seed + 1,
+            model, task, lengths, n=train_cfg.val_size, seed=train_cfg.seed + 1,
             final_only=train_cfg.final_only,
         )
         model.train()
-        val_acc = min(r["accuracy"] for r in report.values())
+        val_acc = min(min(r["accuracy"], r["final_accuracy"]) for r in report.values())
         entry = {
             "step": step,
             "loss": running,
             "lr": sched.get_last_lr()[0],
+            "max_length": top,
             "val_accuracy": val_acc,
             "val": {str(k): v for k, v in report.items()},
             "seconds": time.perf_counter() - start,
@@ -178,10 +246,24 @@ def train(
         if log_path is not None:
             with open(log_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(entry) + "\n")
-        bar.set_postfix(loss=f"{running:.4f}", val=f"{val_acc:.4f}")
-        streak = streak + 1 if val_acc >= train_cfg.target_accuracy else 0
+        shown = ",".join(map(str, lengths))
+        bar.set_postfix_str(f"loss={running:.4f}, val@{shown}={val_acc:.4f}" + ("" if top == hi else f" (curriculum {top}/{hi})"))
+        passed = val_acc >= train_cfg.target_accuracy
+        if top < hi:
+            if val_acc >= min(CURRICULUM_PASS, train_cfg.target_accuracy):  # on to longer inputs
+                stage += 1
+                batches = batches_for(stage)
+            continue
+        streak = streak + 1 if passed else 0
+        if passed and learned_at is None:
+            learned_at = step
         if streak >= train_cfg.patience:
             break
+    stopped_early = streak >= train_cfg.patience
+    final_val = history[-1]["val_accuracy"] if history else None
+    reason = stop_reason(train_cfg, step, history, stopped_early)
+    if progress:
+        bar.set_description_str(f"{model_cfg.arch} {task.spec}: {reason}")
     bar.close()
     model.eval()
     model.fsm_task = task
@@ -190,8 +272,10 @@ def train(
         "lr": lr,
         "steps": step,
         "seconds": round(time.perf_counter() - start, 3),
-        "final_val_accuracy": history[-1]["val_accuracy"] if history else None,
-        "stopped_early": streak >= train_cfg.patience,
+        "final_val_accuracy": final_val,
+        "stopped_early": stopped_early,
+        "learned": bool(history) and history[-1]["max_length"] == hi and final_val >= train_cfg.target_accuracy,
+        "stop_reason": reason,
     }
     if log_path is not None:
         save(model, out_dir, extra_files={LOG: lambda tmp: shutil.copyfile(log_path, tmp)})
