@@ -164,7 +164,7 @@ def train_cmd(
     from .training import TrainConfig, train
 
     the_task = _resolve_task(task, task_file)
-    model_cfg = recipe(arch).model_config(
+    model_cfg = recipe(arch, the_task).model_config(
         the_task, n_layers=layers, d_hidden=hidden, n_heads=heads, d_mlp=d_mlp, positional=positional,
         n_ctx=n_ctx, seed=seed, segment_length=segment_length, n_memory=memory, bptt_segments=bptt_segments,
     )

@@ -28,9 +28,15 @@ TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
     "rnn": {"lr": 1e-2, "max_steps": 3000, "warmup_steps": 100, "curriculum": 0, "final_weight": 0.0},
     "gru": {"lr": 1e-2, "max_steps": 3000, "warmup_steps": 100, "curriculum": 0, "final_weight": 0.0},
     "lstm": {"lr": 1e-2, "max_steps": 3000, "warmup_steps": 100, "curriculum": 0, "final_weight": 0.0},
-    "transformer": {"lr": 3e-3, "max_steps": 4000, "warmup_steps": 200, "curriculum": 8, "final_weight": 0.0},
+    "transformer": {"lr": 3e-3, "max_steps": 4000, "warmup_steps": 200, "curriculum": 8, "final_weight": 1.0},
     "rmt": {"lr": 3e-3, "max_steps": 3000, "warmup_steps": 50, "curriculum": 0, "final_weight": 0.0},
     "scratchpad": {"lr": 1e-3, "max_steps": 3000, "warmup_steps": 50, "curriculum": 0, "final_weight": 0.0},
+}
+
+
+# (arch, task name) -> fields that differ from the architecture's recipe, each measured.
+TASK_OVERRIDES: dict[tuple[str, str], dict[str, Any]] = {
+    ("transformer", "flipflop"): {"positional": "rotary"},  # learned: 0.91 final at 40; rotary: 1.00
 }
 
 
@@ -55,7 +61,10 @@ def recipe(arch: str, task: Any | None = None) -> Recipe:
     """The default recipe of `arch`, for `task` when given."""
     if arch not in MODEL_DEFAULTS:
         raise ConfigError(f"unknown architecture {arch!r}; expected one of {', '.join(MODEL_DEFAULTS)}")
-    return Recipe(arch, dict(MODEL_DEFAULTS[arch]), dict(TRAIN_DEFAULTS[arch]))
+    model, train = dict(MODEL_DEFAULTS[arch]), dict(TRAIN_DEFAULTS[arch])
+    for key, value in TASK_OVERRIDES.get((arch, getattr(task, "name", None)), {}).items():
+        (model if key in model else train)[key] = value
+    return Recipe(arch, model, train)
 
 
 def describe(key: str, table: dict[str, dict[str, Any]] | None = None) -> str:

@@ -42,7 +42,8 @@ class TrainConfig:
     `curriculum`, `final_weight`) come from the architecture's recipe (`fsm_probe.recipes`).
 
     `curriculum=K` (K > 0) starts with training lengths up to K and grows the maximum by half
-    (at least 8) each time validation at the current maximum reaches 0.99 (or the target if lower), up to
+    (at least 8) each time validation at the current maximum reaches 0.99 (or the target if
+    lower) or the stage has spent its share (half the budget over all stages) of the steps, up to
     `train_lengths[1]`. `final_weight` adds that multiple of the final-position loss.
     """
 
@@ -92,9 +93,9 @@ class TrainConfig:
     def lr_for(self, cfg: ModelConfig) -> float:
         return self.resolved(cfg.arch).lr
 
-    def resolved(self, arch: str) -> TrainConfig:
-        """A copy with every `None` recipe field filled from `recipe(arch)`."""
-        defaults = recipe(arch).train
+    def resolved(self, arch: str, task: Task | None = None) -> TrainConfig:
+        """A copy with every `None` recipe field filled from `recipe(arch, task)`."""
+        defaults = recipe(arch, task).train
         filled = {k: defaults[k] for k in RECIPE_FIELDS if getattr(self, k) is None}
         if "warmup_steps" in filled:  # a short run warms up for at most a quarter of its steps
             steps = filled.get("max_steps", self.max_steps)
@@ -173,7 +174,7 @@ def train(
     together with the checkpoint at the end, so a failed or interrupted run leaves a previous
     run in `out_dir` intact.
     """
-    train_cfg = (train_cfg or TrainConfig()).resolved(model_cfg.arch)
+    train_cfg = (train_cfg or TrainConfig()).resolved(model_cfg.arch, task)
     if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise CheckpointError(f"{out_dir} exists and is not a directory")
     if model_cfg.d_vocab < task.automaton.n_symbols or model_cfg.d_out != task.automaton.n_labels:
@@ -205,7 +206,8 @@ def train(
             final_only=train_cfg.final_only,
         )
 
-    stage = 0
+    stage, stage_start = 0, 0
+    stage_budget = train_cfg.max_steps // (2 * len(stages))  # at most half the budget below the maximum
     batches = batches_for(stage)
     start = time.perf_counter()
     streak, step, history, learned_at = 0, 0, [], None
@@ -250,8 +252,9 @@ def train(
         bar.set_postfix_str(f"loss={running:.4f}, val@{shown}={val_acc:.4f}" + ("" if top == hi else f" (curriculum {top}/{hi})"))
         passed = val_acc >= train_cfg.target_accuracy
         if top < hi:
-            if val_acc >= min(CURRICULUM_PASS, train_cfg.target_accuracy):  # on to longer inputs
-                stage += 1
+            # on to longer inputs when validation passes or the stage has had its share of steps
+            if val_acc >= min(CURRICULUM_PASS, train_cfg.target_accuracy) or step - stage_start >= stage_budget:
+                stage, stage_start = stage + 1, step
                 batches = batches_for(stage)
             continue
         streak = streak + 1 if passed else 0
