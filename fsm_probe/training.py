@@ -207,10 +207,10 @@ def train(
         )
 
     stage, stage_start = 0, 0
-    stage_budget = train_cfg.max_steps // (2 * len(stages))  # at most half the budget below the maximum
+    stage_budget = max(1, train_cfg.max_steps // (2 * len(stages)))  # at most half the budget below the maximum
     batches = batches_for(stage)
     start = time.perf_counter()
-    streak, step, history, learned_at = 0, 0, [], None
+    streak, step, history = 0, 0, []
     bar = tqdm(total=train_cfg.max_steps, disable=not progress, desc=f"{model_cfg.arch} {task.spec}")
     model.train()
     running = None
@@ -225,6 +225,9 @@ def train(
         sched.step()
         running = loss.item() if running is None else 0.9 * running + 0.1 * loss.item()
         bar.update(1)
+        if stages[stage] < hi and step - stage_start >= stage_budget:  # this stage had its share
+            stage, stage_start = stage + 1, step
+            batches = batches_for(stage)
         if step % train_cfg.eval_every and step != train_cfg.max_steps:
             continue
         top = stages[stage]
@@ -252,14 +255,11 @@ def train(
         bar.set_postfix_str(f"loss={running:.4f}, val@{shown}={val_acc:.4f}" + ("" if top == hi else f" (curriculum {top}/{hi})"))
         passed = val_acc >= train_cfg.target_accuracy
         if top < hi:
-            # on to longer inputs when validation passes or the stage has had its share of steps
-            if val_acc >= min(CURRICULUM_PASS, train_cfg.target_accuracy) or step - stage_start >= stage_budget:
-                stage, stage_start = stage + 1, step
+            if val_acc >= min(CURRICULUM_PASS, train_cfg.target_accuracy):
+                stage, stage_start = stage + 1, step  # validation passed: on to longer inputs
                 batches = batches_for(stage)
             continue
         streak = streak + 1 if passed else 0
-        if passed and learned_at is None:
-            learned_at = step
         if streak >= train_cfg.patience:
             break
     stopped_early = streak >= train_cfg.patience
