@@ -30,9 +30,9 @@ from .recipes import recipe
 from .tasks import Task
 
 LOG = "train_log.jsonl"
-# TrainConfig fields whose default (None) comes from the architecture's recipe.
 # Validation accuracy at the current maximum length that moves a length curriculum on.
 CURRICULUM_PASS = 0.99
+# TrainConfig fields whose default (None) comes from the architecture's recipe.
 RECIPE_FIELDS = ("lr", "max_steps", "warmup_steps", "curriculum", "final_weight")
 
 
