@@ -29,8 +29,8 @@ TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
     "gru": {"lr": 1e-2, "max_steps": 3000, "warmup_steps": 100, "curriculum": 0, "final_weight": 0.0},
     "lstm": {"lr": 1e-2, "max_steps": 3000, "warmup_steps": 100, "curriculum": 0, "final_weight": 0.0},
     "transformer": {"lr": 3e-3, "max_steps": 4000, "warmup_steps": 200, "curriculum": 8, "final_weight": 1.0},
-    "rmt": {"lr": 3e-3, "max_steps": 3000, "warmup_steps": 50, "curriculum": 0, "final_weight": 0.0},
-    "scratchpad": {"lr": 1e-3, "max_steps": 3000, "warmup_steps": 50, "curriculum": 0, "final_weight": 0.0},
+    "rmt": {"lr": 3e-3, "max_steps": 3000, "warmup_steps": 100, "curriculum": 0, "final_weight": 0.0},
+    "scratchpad": {"lr": 1e-3, "max_steps": 3000, "warmup_steps": 100, "curriculum": 0, "final_weight": 0.0},
 }
 
 
