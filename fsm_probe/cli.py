@@ -158,6 +158,12 @@ def tasks_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print JSON."
 ARCHS = "rnn, gru, lstm, transformer, rmt (recurrent memory Transformer), scratchpad (feeds back its own state outputs)"
 
 
+def _recipe_help(text: str, key: str) -> str:
+    from .recipes import describe
+
+    return f"{text} Default per --arch: {describe(key)}."
+
+
 @app.command("train")
 @_user_errors
 def train_cmd(
@@ -165,46 +171,55 @@ def train_cmd(
     arch: Annotated[str, typer.Option("--arch", help=ARCHS)] = "gru",
     task: Annotated[str | None, typer.Option("--task", help="NAME[:k=v,...], see `fsm-probe tasks`.")] = None,
     task_file: Annotated[Path | None, typer.Option("--task-file", help="Automaton JSON file.")] = None,
-    layers: Annotated[int, typer.Option("--layers")] = 1,
-    hidden: Annotated[int | None, typer.Option("--hidden", help="State size / d_model.")] = None,
-    heads: Annotated[int, typer.Option("--heads")] = 4,
-    d_mlp: Annotated[int | None, typer.Option("--d-mlp", help="0 = attention only.")] = None,
-    positional: Annotated[str, typer.Option("--positional", help="learned, rotary, none")] = "learned",
+    layers: Annotated[int | None, typer.Option("--layers", help=_recipe_help("Layers.", "n_layers"), show_default=False)] = None,
+    hidden: Annotated[int | None, typer.Option("--hidden", help=_recipe_help("State size / d_model.", "d_hidden"), show_default=False)] = None,
+    heads: Annotated[int | None, typer.Option("--heads", help="Attention heads. Default: 4.", show_default=False)] = None,
+    d_mlp: Annotated[int | None, typer.Option("--d-mlp", help="0 = attention only. Default: 4 x d_model.", show_default=False)] = None,
+    positional: Annotated[str | None, typer.Option("--positional", help=_recipe_help("learned, rotary, none.", "positional"), show_default=False)] = None,
     n_ctx: Annotated[int, typer.Option("--n-ctx")] = 512,
     train_lengths: Annotated[str, typer.Option("--train-lengths")] = "1:40",
-    max_steps: Annotated[int, typer.Option("--max-steps")] = 3000,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", help=_recipe_help("Step budget (training stops earlier at --target).", "max_steps"), show_default=False)] = None,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 64,
-    lr: Annotated[float | None, typer.Option("--lr")] = None,
-    target: Annotated[float, typer.Option("--target", help="Stop at this validation accuracy.")] = 1.0,
-    final_only: Annotated[bool | None, typer.Option("--final-only/--every-position")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help=_recipe_help("Peak learning rate (warmup, then cosine).", "lr"), show_default=False)] = None,
+    warmup: Annotated[int | None, typer.Option("--warmup", help=_recipe_help("Warmup steps.", "warmup_steps"), show_default=False)] = None,
+    curriculum: Annotated[int | None, typer.Option("--curriculum", help=_recipe_help("Length curriculum: first maximum training length, grown as validation passes 0.99 (0 = off).", "curriculum"), show_default=False)] = None,
+    final_weight: Annotated[float | None, typer.Option("--final-weight", help=_recipe_help("Extra weight of the final-position loss.", "final_weight"), show_default=False)] = None,
+    target: Annotated[float, typer.Option("--target", help="Stop at this validation accuracy (per-position and final-position, at the longest training length).")] = 1.0,
+    final_only: Annotated[bool | None, typer.Option("--final-only/--every-position", help="Supervise the final position only or every position. Default: the task's protocol.", show_default=False)] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
-    segment_length: Annotated[int, typer.Option("--segment-length", help="rmt: tokens per segment.")] = 2,
-    memory: Annotated[int, typer.Option("--memory", help="rmt: number of memory vectors.")] = 1,
+    segment_length: Annotated[int | None, typer.Option("--segment-length", help="rmt: tokens per segment. Default: 2.", show_default=False)] = None,
+    memory: Annotated[int | None, typer.Option("--memory", help="rmt: number of memory vectors. Default: 1.", show_default=False)] = None,
     bptt_segments: Annotated[int, typer.Option("--bptt-segments", help="rmt: back-propagate through this many segments (0 = all).")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
 ) -> None:
-    """Train a model on a task and save the checkpoint to --out."""
-    from .models import ModelConfig
+    """Train a model on a task and save the checkpoint to --out.
+
+    Options left unset take the architecture's recipe (fsm_probe.recipes: the settings measured to learn). The last line says why training stopped and whether the model learned in distribution.
+    """
+    from .recipes import recipe
     from .training import TrainConfig, train
 
     the_task = _resolve_task(task, task_file)
-    a = the_task.automaton
-    model_cfg = ModelConfig(
-        arch=arch, d_vocab=a.n_symbols, d_out=a.n_labels, n_layers=layers,
-        d_hidden=64 if hidden is None else hidden, n_heads=heads, d_mlp=d_mlp, positional=positional,
-        n_ctx=n_ctx, seed=seed, segment_length=segment_length, n_memory=memory,
-        bptt_segments=bptt_segments,
+    model_cfg = recipe(arch, the_task).model_config(
+        the_task, n_layers=layers, d_hidden=hidden, n_heads=heads, d_mlp=d_mlp, positional=positional,
+        n_ctx=n_ctx, seed=seed, segment_length=segment_length, n_memory=memory, bptt_segments=bptt_segments,
     )
     train_cfg = TrainConfig(
         train_lengths=_parse_range(train_lengths, "--train-lengths"), batch_size=batch_size,
-        max_steps=max_steps, lr=lr, target_accuracy=target, final_only=final_only, seed=seed,
+        max_steps=max_steps, lr=lr, warmup_steps=warmup, curriculum=curriculum, final_weight=final_weight,
+        target_accuracy=target, final_only=final_only, seed=seed,
     )
     model = train(the_task, model_cfg, train_cfg, out_dir=out, progress=not quiet)
     t = model.fsm_training
+    val = "none" if t["final_val_accuracy"] is None else f"{t['final_val_accuracy']:.4f}"
     console.print(
         f"trained {arch} on {the_task.spec}: {t['steps']} steps, {t['seconds']:.1f}s, "
-        f"validation accuracy {t['final_val_accuracy']:.4f} -> {out}"
+        f"validation accuracy {val} -> {out}", highlight=False,
     )
+    if t["learned"]:
+        console.print(t["stop_reason"], highlight=False)
+    else:
+        console.print(f"[bold red]{t['stop_reason']}[/]; try more --max-steps, another --lr or --seed", highlight=False)
 
 
 @app.command("eval")

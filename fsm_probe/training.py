@@ -11,7 +11,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,19 +27,31 @@ from .errors import ConfigError
 from .evaluation import evaluate
 from .models import ModelConfig, as_tokens, build_model
 from .models.config import check_memory
+from .recipes import recipe
 from .tasks import Task
 
+# Validation accuracy at the current maximum length that moves a length curriculum on.
+CURRICULUM_PASS = 0.99
+# TrainConfig fields whose default (None) comes from the architecture's recipe.
+RECIPE_FIELDS = ("lr", "max_steps", "warmup_steps", "curriculum", "final_weight")
 
 @dataclass
 class TrainConfig:
-    """Training hyperparameters. `lr=None` picks a per-architecture default."""
+    """Training hyperparameters. Fields left at `None` (`lr`, `max_steps`, `warmup_steps`,
+    `curriculum`, `final_weight`) come from the architecture's recipe (`fsm_probe.recipes`).
+
+    `curriculum=K` (K > 0) starts with training lengths up to K and grows the maximum by half
+    (at least 8) each time validation at the current maximum reaches 0.99 (or the target if
+    lower) or the stage has spent its share (half the budget over all stages) of the steps, up to
+    `train_lengths[1]`. `final_weight` adds that multiple of the final-position loss.
+    """
 
     train_lengths: tuple[int, int] = (1, 40)
     batch_size: int = 64
-    max_steps: int = 3000
+    max_steps: int | None = None
     lr: float | None = None
     weight_decay: float = 0.0
-    warmup_steps: int = 100
+    warmup_steps: int | None = None
     grad_clip: float = 1.0
     eval_every: int = 100
     val_lengths: tuple[int, ...] | None = None
@@ -48,6 +60,8 @@ class TrainConfig:
     patience: int = 2
     final_only: bool | None = None
     seed: int = 0
+    curriculum: int | None = None
+    final_weight: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -63,13 +77,21 @@ class TrainConfig:
         if lo < 1 or hi < lo:
             raise ConfigError(f"train lengths must satisfy 1 <= min <= max, got {lo}:{hi}")
         for name in ("batch_size", "max_steps", "eval_every", "val_size", "patience"):
-            _v.positive_int(getattr(self, name), name)
-        _v.non_negative_int(self.warmup_steps, "warmup_steps")
+            value = getattr(self, name)
+            if value is None and name in RECIPE_FIELDS:
+                continue
+            _v.positive_int(value, name)
+        if self.warmup_steps is not None:
+            _v.non_negative_int(self.warmup_steps, "warmup_steps")
         _v.seed(self.seed, "seed")
         if self.lr is not None and not 0 < _v.finite_float(self.lr, "learning rate") < 10:
             raise ConfigError(f"learning rate must be in (0, 10), got {self.lr}")
         _v.finite_float(self.weight_decay, "weight_decay", 0.0)
         _v.finite_float(self.grad_clip, "grad_clip", 0.0, low_open=True)
+        if self.curriculum is not None:
+            _v.non_negative_int(self.curriculum, "curriculum")
+        if self.final_weight is not None:
+            _v.finite_float(self.final_weight, "final_weight", 0.0)
         if not 0 < _v.finite_float(self.target_accuracy, "target accuracy") <= 1:
             raise ConfigError(f"target accuracy must be in (0, 1], got {self.target_accuracy}")
         if self.val_lengths is not None:
@@ -83,9 +105,19 @@ class TrainConfig:
             raise ConfigError(f"extra must be a dict, got {type(self.extra).__name__}")
 
     def lr_for(self, cfg: ModelConfig) -> float:
-        if self.lr is not None:
-            return self.lr
-        return 1e-2 if cfg.is_rnn else 1e-3
+        return self.resolved(cfg.arch).lr
+
+    def resolved(self, arch: str, task: Task | None = None) -> TrainConfig:
+        """A copy with every `None` recipe field filled from `recipe(arch, task)`."""
+        defaults = recipe(arch, task).train
+        filled = {k: defaults[k] for k in RECIPE_FIELDS if getattr(self, k) is None}
+        if "warmup_steps" in filled:  # a short run warms up for at most a quarter of its steps
+            steps = filled.get("max_steps", self.max_steps)
+            filled["warmup_steps"] = min(filled["warmup_steps"], max(1, steps // 4))
+        out = replace(self, **filled)
+        if out.curriculum < 0 or out.final_weight < 0:
+            raise ConfigError(f"curriculum and final_weight must be >= 0, got {out.curriculum}, {out.final_weight}")
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -114,9 +146,40 @@ def lr_schedule(step: int, total: int, warmup: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def _loss(model: nn.Module, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def _loss(model: nn.Module, tokens: torch.Tensor, labels: torch.Tensor, final_weight: float = 0.0) -> torch.Tensor:
     logits = model(tokens)
-    return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
+    loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
+    if final_weight:
+        loss = loss + final_weight * F.cross_entropy(logits[:, -1], labels[:, -1], ignore_index=IGNORE_INDEX)
+    return loss
+
+
+def stop_reason(cfg: TrainConfig, step: int, history: list[dict], stopped_early: bool) -> str:
+    """One line on why training stopped: the target was reached, or the budget was spent."""
+    hi = cfg.train_lengths[1]
+    if stopped_early:
+        return f"reached target {cfg.target_accuracy:g} at step {step}"
+    if not history:
+        return f"budget of {step} steps spent before any validation"
+    last = history[-1]
+    at = ",".join(last["val"])
+    if last["max_length"] < hi:
+        return (f"budget of {step} steps spent in the length curriculum at max length {last['max_length']} of {hi} "
+                f"(validation {last['val_accuracy']:.4f} at length {at}) - did not learn in distribution")
+    if last["val_accuracy"] >= cfg.target_accuracy:
+        return f"budget of {step} steps spent, validation {last['val_accuracy']:.4f} at length {at} (target reached)"
+    return (f"budget of {step} steps spent, validation {last['val_accuracy']:.4f} at length {at} "
+            f"- did not learn in distribution")
+
+
+def curriculum_lengths(start: int, hi: int) -> list[int]:
+    """The maximum training lengths a curriculum starting at `start` goes through, ending at `hi`."""
+    if start <= 0 or start >= hi:
+        return [hi]
+    out = [start]
+    while out[-1] < hi:
+        out.append(min(hi, out[-1] + max(8, out[-1] // 2)))
+    return out
 
 
 def train(
@@ -129,9 +192,11 @@ def train(
 ) -> nn.Module:
     """Train a model on `task`; returns it in eval mode with `fsm_task` and `fsm_training` set.
 
-    With `out_dir`, locks it for the run, writes the log and then the checkpoint into a staging
-    directory beside it and swaps that in as a whole at the end (`checkpoint_stage`), so a
-    failed or interrupted run leaves a previous run in `out_dir` intact, with its own log.
+    `fsm_training["stop_reason"]` says why training stopped and `fsm_training["learned"]`
+    whether validation at the longest training length reached the target. With `out_dir`,
+    locks it for the run, writes the log and then the checkpoint into a staging directory beside
+    it and swaps that in as a whole at the end (`checkpoint_stage`), so a failed or interrupted
+    run leaves a previous run in `out_dir` intact, with its own log.
     """
     if out_dir is None:
         return _train(task, model_cfg, train_cfg, None, progress, model)
@@ -147,7 +212,7 @@ def _train(
     progress: bool,
     model: nn.Module | None,
 ) -> nn.Module:
-    train_cfg = train_cfg or TrainConfig()
+    train_cfg = (train_cfg or TrainConfig()).resolved(model_cfg.arch, task)
     if model_cfg.d_vocab < task.automaton.n_symbols or model_cfg.d_out != task.automaton.n_labels:
         raise ConfigError(
             f"model vocabulary/outputs ({model_cfg.d_vocab}, {model_cfg.d_out}) do not fit task "
@@ -165,7 +230,8 @@ def _train(
     model = model if model is not None else build_model(model_cfg)
     model.fsm_task = task  # models that need the task while training (scratchpad teacher forcing)
     val_lengths = train_cfg.val_lengths or (hi,)
-    lr = train_cfg.lr_for(model_cfg)
+    stages = [m for m in curriculum_lengths(train_cfg.curriculum, hi) if m >= lo]
+    lr = train_cfg.lr
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=train_cfg.weight_decay, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -174,9 +240,16 @@ def _train(
     log_path = stage / LOG if stage is not None else None
     if log_path is not None:
         log_path.write_text("")
-    batches = iterate_batches(
-        task, train_cfg.batch_size, (lo, hi), seed=train_cfg.seed, final_only=train_cfg.final_only
-    )
+
+    def batches_for(phase: int):
+        return iterate_batches(
+            task, train_cfg.batch_size, (lo, stages[phase]), seed=train_cfg.seed + 1000 * phase,
+            final_only=train_cfg.final_only,
+        )
+
+    phase, phase_start = 0, 0
+    phase_budget = max(1, train_cfg.max_steps // (2 * len(stages)))  # at most half the budget below the maximum
+    batches = batches_for(phase)
     start = time.perf_counter()
     streak, step, history = 0, 0, []
     bar = tqdm(total=train_cfg.max_steps, disable=not progress, desc=f"{model_cfg.arch} {task.spec}")
@@ -185,7 +258,7 @@ def _train(
     for step in range(1, train_cfg.max_steps + 1):
         batch = next(batches)
         tokens = as_tokens(model, batch.tokens)
-        loss = _loss(model, tokens, torch.as_tensor(batch.labels))
+        loss = _loss(model, tokens, torch.as_tensor(batch.labels), train_cfg.final_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, train_cfg.grad_clip)
@@ -193,18 +266,24 @@ def _train(
         sched.step()
         running = loss.item() if running is None else 0.9 * running + 0.1 * loss.item()
         bar.update(1)
+        if stages[phase] < hi and step - phase_start >= phase_budget:  # this curriculum phase had its share
+            phase, phase_start = phase + 1, step
+            batches = batches_for(phase)
         if step % train_cfg.eval_every and step != train_cfg.max_steps:
             continue
+        top = stages[phase]
+        lengths = val_lengths if top == hi else (top,)
         report = evaluate(
-            model, task, val_lengths, n=train_cfg.val_size, seed=train_cfg.seed + 1,
+            model, task, lengths, n=train_cfg.val_size, seed=train_cfg.seed + 1,
             final_only=train_cfg.final_only,
         )
         model.train()
-        val_acc = min(r["accuracy"] for r in report.values())
+        val_acc = min(min(r["accuracy"], r["final_accuracy"]) for r in report.values())
         entry = {
             "step": step,
             "loss": running,
             "lr": sched.get_last_lr()[0],
+            "max_length": top,
             "val_accuracy": val_acc,
             "val": {str(k): v for k, v in report.items()},
             "seconds": time.perf_counter() - start,
@@ -213,10 +292,22 @@ def _train(
         if log_path is not None:
             with open(log_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(entry) + "\n")
-        bar.set_postfix(loss=f"{running:.4f}", val=f"{val_acc:.4f}")
-        streak = streak + 1 if val_acc >= train_cfg.target_accuracy else 0
+        shown = ",".join(map(str, lengths))
+        bar.set_postfix_str(f"loss={running:.4f}, val@{shown}={val_acc:.4f}" + ("" if top == hi else f" (curriculum {top}/{hi})"))
+        passed = val_acc >= train_cfg.target_accuracy
+        if top < hi:
+            if val_acc >= min(CURRICULUM_PASS, train_cfg.target_accuracy):
+                phase, phase_start = phase + 1, step  # validation passed: on to longer inputs
+                batches = batches_for(phase)
+            continue
+        streak = streak + 1 if passed else 0
         if streak >= train_cfg.patience:
             break
+    stopped_early = streak >= train_cfg.patience
+    final_val = history[-1]["val_accuracy"] if history else None
+    reason = stop_reason(train_cfg, step, history, stopped_early)
+    if progress:
+        bar.set_description_str(f"{model_cfg.arch} {task.spec}: {reason}")
     bar.close()
     model.eval()
     model.fsm_task = task
@@ -225,8 +316,10 @@ def _train(
         "lr": lr,
         "steps": step,
         "seconds": round(time.perf_counter() - start, 3),
-        "final_val_accuracy": history[-1]["val_accuracy"] if history else None,
-        "stopped_early": streak >= train_cfg.patience,
+        "final_val_accuracy": final_val,
+        "stopped_early": stopped_early,
+        "learned": bool(history) and history[-1]["max_length"] == hi and final_val >= train_cfg.target_accuracy,
+        "stop_reason": reason,
     }
     if stage is not None:
         write_checkpoint(model, stage)

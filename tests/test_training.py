@@ -145,3 +145,60 @@ def test_failed_retrain_keeps_the_previous_log_and_checkpoint(tmp_path, monkeypa
         train(task, _cfg(task), tc, out_dir=tmp_path, progress=False)
     assert (tmp_path / "train_log.jsonl").read_text() == log
     assert (tmp_path / "config.json").read_text() == config
+
+
+def test_recipe_fills_unset_fields_per_architecture():
+    from fsm_probe.recipes import TRAIN_DEFAULTS, recipe
+
+    task = get_task("parity")
+    for arch in ("gru", "transformer", "rmt", "scratchpad"):
+        tc = TrainConfig().resolved(arch)
+        assert tc.lr == TRAIN_DEFAULTS[arch]["lr"] and tc.max_steps == TRAIN_DEFAULTS[arch]["max_steps"]
+        cfg = recipe(arch).model_config(task, d_hidden=None)
+        assert cfg.d_hidden == recipe(arch).model["d_hidden"]
+    assert TrainConfig(lr=0.5, max_steps=7).resolved("rmt").lr == 0.5
+    assert TrainConfig(max_steps=8).resolved("gru").warmup_steps == 2  # at most a quarter of a short run
+    assert recipe("rmt").model_config(task, segment_length=3).segment_length == 3
+    with pytest.raises(ConfigError, match="unknown architecture"):
+        recipe("mamba")
+    with pytest.raises(ConfigError, match="curriculum"):
+        TrainConfig(curriculum=-1).resolved("gru")
+
+
+def test_curriculum_lengths_grow_to_the_maximum():
+    assert training.curriculum_lengths(8, 40) == [8, 16, 24, 36, 40]
+    assert training.curriculum_lengths(0, 40) == [40]
+    assert training.curriculum_lengths(50, 40) == [40]
+
+
+def test_budget_spent_says_did_not_learn(tmp_path):
+    task = get_task("cyclic:n=5")
+    tc = TrainConfig(train_lengths=(1, 12), max_steps=6, eval_every=3, val_size=16, curriculum=0)
+    model = train(task, _cfg(task), tc, out_dir=tmp_path, progress=False)
+    t = model.fsm_training
+    assert not t["learned"] and not t["stopped_early"] and t["steps"] == 6
+    assert t["stop_reason"].startswith("budget of 6 steps spent, validation")
+    assert "at length 12 - did not learn in distribution" in t["stop_reason"]
+    assert json.loads((tmp_path / "config.json").read_text())  # still saved
+
+
+def test_curriculum_stage_moves_on_after_its_share_of_steps(tmp_path):
+    task = get_task("cyclic:n=5")
+    tc = TrainConfig(train_lengths=(1, 30), max_steps=16, eval_every=2, val_size=16, curriculum=5)
+    train(task, _cfg(task), tc, out_dir=tmp_path, progress=False)
+    log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    # 16 steps, 4 stages: each stage below 30 gets 16 // 8 = 2 steps, validated at its maximum
+    assert [e["max_length"] for e in log] == [13, 21, 30, 30, 30, 30, 30, 30]
+    assert list(log[0]["val"]) == ["13"] and list(log[-1]["val"]) == ["30"]
+
+
+@pytest.mark.slow
+def test_curriculum_moves_on_and_reports_the_target(tmp_path):
+    task = get_task("parity")
+    tc = TrainConfig(train_lengths=(1, 20), max_steps=1500, curriculum=4, eval_every=50, val_size=128)
+    model = train(task, _cfg(task, d_hidden=32), tc, out_dir=tmp_path, progress=False)
+    log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    stages = [e["max_length"] for e in log]
+    assert stages[0] == 4 and stages[-1] == 20 and stages == sorted(stages)
+    assert model.fsm_training["learned"]
+    assert model.fsm_training["stop_reason"] == f"reached target 1 at step {model.fsm_training['steps']}"

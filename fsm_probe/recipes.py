@@ -1,0 +1,78 @@
+"""Training recipes: the defaults `fsm-probe train` and `fsm_probe.train` use per architecture.
+
+`recipe(arch, task)` returns the `ModelConfig` and `TrainConfig` fields that made each
+architecture learn with default flags (measured on the CLI; see DEVELOPERS.md). Every field can
+be overridden; `TrainConfig` fields left at `None` are filled from the recipe by `train()`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+# ModelConfig fields per architecture (the rest keep the ModelConfig defaults).
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "rnn": {"n_layers": 1, "d_hidden": 64},
+    "gru": {"n_layers": 1, "d_hidden": 64},
+    "lstm": {"n_layers": 1, "d_hidden": 64},
+    "transformer": {"n_layers": 2, "d_hidden": 64, "n_heads": 4, "positional": "learned"},
+    "rmt": {"n_layers": 2, "d_hidden": 32, "n_heads": 4, "positional": "learned", "segment_length": 2, "n_memory": 1},
+    "scratchpad": {"n_layers": 1, "d_hidden": 32, "n_heads": 4, "positional": "none"},
+}
+
+# TrainConfig fields per architecture. `curriculum`: first maximum training length of a length
+# curriculum (0 = none; the maximum grows as validation at the current maximum passes).
+TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
+    "rnn": {"lr": 1e-2, "max_steps": 3000, "warmup_steps": 100, "curriculum": 0, "final_weight": 0.0},
+    "gru": {"lr": 1e-2, "max_steps": 3000, "warmup_steps": 100, "curriculum": 0, "final_weight": 0.0},
+    "lstm": {"lr": 1e-2, "max_steps": 3000, "warmup_steps": 100, "curriculum": 0, "final_weight": 0.0},
+    "transformer": {"lr": 3e-3, "max_steps": 4000, "warmup_steps": 200, "curriculum": 8, "final_weight": 1.0},
+    "rmt": {"lr": 3e-3, "max_steps": 3000, "warmup_steps": 100, "curriculum": 0, "final_weight": 0.0},
+    "scratchpad": {"lr": 1e-3, "max_steps": 3000, "warmup_steps": 100, "curriculum": 0, "final_weight": 0.0},
+}
+
+
+# (arch, task name) -> fields that differ from the architecture's recipe, each measured.
+TASK_OVERRIDES: dict[tuple[str, str], dict[str, Any]] = {
+    ("transformer", "flipflop"): {"positional": "rotary"},  # learned: 0.91 final at 40; rotary: 1.00
+}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The default `ModelConfig` fields (`model`) and `TrainConfig` fields (`train`) of one architecture."""
+
+    arch: str
+    model: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+
+    def model_config(self, task: Any, **overrides: Any) -> Any:
+        """A `ModelConfig` for `task` (vocabulary and outputs from its automaton); `None` overrides are ignored."""
+        from .models import ModelConfig
+
+        a = task.automaton
+        fields = {**self.model, **{k: v for k, v in overrides.items() if v is not None}}
+        return ModelConfig(arch=self.arch, d_vocab=a.n_symbols, d_out=a.n_labels, **fields)
+
+
+def recipe(arch: str, task: Any | None = None) -> Recipe:
+    """The default recipe of `arch`, for `task` when given."""
+    if arch not in MODEL_DEFAULTS:
+        raise ConfigError(f"unknown architecture {arch!r}; expected one of {', '.join(MODEL_DEFAULTS)}")
+    model, train = dict(MODEL_DEFAULTS[arch]), dict(TRAIN_DEFAULTS[arch])
+    for key, value in TASK_OVERRIDES.get((arch, getattr(task, "name", None)), {}).items():
+        (model if key in model else train)[key] = value
+    return Recipe(arch, model, train)
+
+
+def describe(key: str, table: dict[str, dict[str, Any]] | None = None) -> str:
+    """'64 (rnn, gru, lstm), 32 (rmt)...' : the per-architecture default of one field, for `--help`."""
+    if table is None:
+        table = MODEL_DEFAULTS if any(key in v for v in MODEL_DEFAULTS.values()) else TRAIN_DEFAULTS
+    groups: dict[str, list[str]] = {}
+    for arch, values in table.items():
+        if key in values:
+            groups.setdefault(f"{values[key]:g}" if isinstance(values[key], float) else str(values[key]), []).append(arch)
+    return ", ".join(f"{v} ({', '.join(a)})" for v, a in groups.items())
