@@ -125,7 +125,7 @@ def run_one(job: dict) -> dict:
         train_lengths=(1, 40), batch_size=64, max_steps=job["steps"], lr=lr, warmup_steps=50,
         eval_every=100, val_lengths=(40,), val_size=256, target_accuracy=1.0,
         patience=job["steps"] // 100 + 1 if job.get("full_budget") else 2,
-        final_only=False, seed=job["seed"],
+        final_only=False, seed=job["seed"], curriculum=0, final_weight=0.0,  # the published protocol
     )
     t0 = time.perf_counter()
     model = train(task, cfg, tcfg, progress=False)

@@ -35,12 +35,13 @@ def demo_runs(n_symbols: int, n_labels: int) -> dict[str, tuple[ModelConfig, Tra
     return {
         "gru": (
             ModelConfig("gru", n_symbols, n_labels, d_hidden=32, seed=0),
-            TrainConfig(train_lengths=lengths, max_steps=1500, seed=0),
+            TrainConfig(train_lengths=lengths, max_steps=1500, warmup_steps=100, seed=0),
         ),
         "transformer": (
             ModelConfig("transformer", n_symbols, n_labels, n_layers=2, d_hidden=32, n_heads=4,
                         positional="learned", n_ctx=512, seed=0),
-            TrainConfig(train_lengths=lengths, max_steps=1000, lr=3e-3, eval_every=100, seed=0),
+            TrainConfig(train_lengths=lengths, max_steps=1000, lr=3e-3, warmup_steps=100,
+                        eval_every=100, curriculum=0, final_weight=0.0, seed=0),
         ),
     }
 
