@@ -22,9 +22,10 @@ app = typer.Typer(
     help="Did the network learn the state machine, or a shortcut?",
 )
 # User strings (task names, symbols, labels, paths) are printed literally: no markup, emoji or
-# highlighting (rich's highlighter also took minutes on a 50 MB task name).
-console = Console(markup=False, emoji=False, highlight=False)
-err_console = Console(stderr=True, markup=False, emoji=False, highlight=False)
+# highlighting (rich's highlighter also took minutes on a 50 MB task name), and long lines are
+# not wrapped (paths stay copyable).
+console = Console(markup=False, emoji=False, highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, markup=False, emoji=False, highlight=False, soft_wrap=True)
 
 
 @app.callback()
@@ -214,12 +215,12 @@ def train_cmd(
     val = "none" if t["final_val_accuracy"] is None else f"{t['final_val_accuracy']:.4f}"
     console.print(
         f"trained {arch} on {the_task.spec}: {t['steps']} steps, {t['seconds']:.1f}s, "
-        f"validation accuracy {val} -> {out}", highlight=False,
+        f"validation accuracy {val} -> {out}"
     )
     if t["learned"]:
-        console.print(t["stop_reason"], highlight=False)
+        console.print(t["stop_reason"])
     else:
-        console.print(f"[bold red]{t['stop_reason']}[/]; try more --max-steps, another --lr or --seed", highlight=False)
+        console.print(f"{t['stop_reason']}; try more --max-steps, another --lr or --seed", style="bold red")
 
 
 @app.command("eval")

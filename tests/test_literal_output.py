@@ -32,6 +32,7 @@ def test_names_symbols_and_labels_print_literally(tmp_path, capsys):
     out = _cli(capsys, "train", "--task-file", str(path / "t.json"), "--arch", "gru", "--hidden", "4",
                "--max-steps", "3", "--quiet", "--out", str(run))
     assert NAME in out and str(run) in " ".join(out.split())
+    assert "did not learn in distribution" in out and "[bold red]" not in out  # styled, not markup text
     out = _cli(capsys, "predict", str(run), ":cat: [b] :cat:")
     lines = out.splitlines()
     assert lines[0] == ":cat: [b] :cat:"
