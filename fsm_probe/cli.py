@@ -183,6 +183,7 @@ def train_cmd(
     batch_size: Annotated[int, typer.Option("--batch-size")] = 64,
     lr: Annotated[float | None, typer.Option("--lr", help=_recipe_help("Peak learning rate (warmup, then cosine).", "lr"), show_default=False)] = None,
     warmup: Annotated[int | None, typer.Option("--warmup", help=_recipe_help("Warmup steps.", "warmup_steps"), show_default=False)] = None,
+    full_length: Annotated[bool | None, typer.Option("--full-length/--sampled-lengths", help=_recipe_help("Draw every batch at the longest training length (every prefix is still a training example when every position is supervised).", "full_length"), show_default=False)] = None,
     curriculum: Annotated[int | None, typer.Option("--curriculum", help=_recipe_help("Length curriculum: first maximum training length, grown as validation passes 0.99 (0 = off).", "curriculum"), show_default=False)] = None,
     final_weight: Annotated[float | None, typer.Option("--final-weight", help=_recipe_help("Extra weight of the final-position loss.", "final_weight"), show_default=False)] = None,
     target: Annotated[float, typer.Option("--target", help="Stop at this validation accuracy (per-position and final-position, at the longest training length).")] = 1.0,
@@ -208,6 +209,7 @@ def train_cmd(
     train_cfg = TrainConfig(
         train_lengths=_parse_range(train_lengths, "--train-lengths"), batch_size=batch_size,
         max_steps=max_steps, lr=lr, warmup_steps=warmup, curriculum=curriculum, final_weight=final_weight,
+        full_length=full_length,
         target_accuracy=target, final_only=final_only, seed=seed,
     )
     model = train(the_task, model_cfg, train_cfg, out_dir=out, progress=not quiet)

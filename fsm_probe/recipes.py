@@ -25,12 +25,13 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
 # TrainConfig fields per architecture. `curriculum`: first maximum training length of a length
 # curriculum (0 = none; the maximum grows as validation at the current maximum passes).
 TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
-    "rnn": {"lr": 1e-2, "max_steps": 3000, "warmup_steps": 100, "curriculum": 0, "final_weight": 0.0},
-    "gru": {"lr": 1e-2, "max_steps": 3000, "warmup_steps": 100, "curriculum": 0, "final_weight": 0.0},
-    "lstm": {"lr": 1e-2, "max_steps": 3000, "warmup_steps": 100, "curriculum": 0, "final_weight": 0.0},
-    "transformer": {"lr": 3e-3, "max_steps": 4000, "warmup_steps": 200, "curriculum": 8, "final_weight": 1.0},
-    "rmt": {"lr": 3e-3, "max_steps": 3000, "warmup_steps": 100, "curriculum": 0, "final_weight": 0.0},
-    "scratchpad": {"lr": 1e-3, "max_steps": 3000, "warmup_steps": 100, "curriculum": 0, "final_weight": 0.0},
+    "rnn": {"lr": 1e-2, "max_steps": 3000, "warmup_steps": 100, "curriculum": 0, "final_weight": 0.0, "full_length": False},
+    "gru": {"lr": 1e-2, "max_steps": 3000, "warmup_steps": 100, "curriculum": 0, "final_weight": 0.0, "full_length": False},
+    "lstm": {"lr": 1e-2, "max_steps": 3000, "warmup_steps": 100, "curriculum": 0, "final_weight": 0.0, "full_length": False},
+    "transformer": {"lr": 3e-3, "max_steps": 4000, "warmup_steps": 200, "curriculum": 0, "final_weight": 0.0,
+                    "full_length": True},
+    "rmt": {"lr": 3e-3, "max_steps": 3000, "warmup_steps": 100, "curriculum": 0, "final_weight": 0.0, "full_length": False},
+    "scratchpad": {"lr": 1e-3, "max_steps": 3000, "warmup_steps": 100, "curriculum": 0, "final_weight": 0.0, "full_length": False},
 }
 
 

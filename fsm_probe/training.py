@@ -29,11 +29,12 @@ from .models import ModelConfig, as_tokens, build_model
 from .models.config import check_memory
 from .recipes import recipe
 from .tasks import Task
+from .verdict import THRESHOLD
 
 # Validation accuracy at the current maximum length that moves a length curriculum on.
 CURRICULUM_PASS = 0.99
 # TrainConfig fields whose default (None) comes from the architecture's recipe.
-RECIPE_FIELDS = ("lr", "max_steps", "warmup_steps", "curriculum", "final_weight")
+RECIPE_FIELDS = ("lr", "max_steps", "warmup_steps", "curriculum", "final_weight", "full_length")
 
 @dataclass
 class TrainConfig:
@@ -44,6 +45,10 @@ class TrainConfig:
     (at least 8) each time validation at the current maximum reaches 0.99 (or the target if
     lower) or the stage has spent its share (half the budget over all stages) of the steps, up to
     `train_lengths[1]`. `final_weight` adds that multiple of the final-position loss.
+    `full_length` draws every batch at the longest training length: with every position
+    supervised that trains each prefix length 1..max equally often (uniform lengths train the
+    last positions least); it is ignored when only the final position is supervised, and it
+    replaces the curriculum.
     """
 
     train_lengths: tuple[int, int] = (1, 40)
@@ -62,6 +67,7 @@ class TrainConfig:
     seed: int = 0
     curriculum: int | None = None
     final_weight: float | None = None
+    full_length: bool | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -99,6 +105,8 @@ class TrainConfig:
                 raise ConfigError("val_lengths must not be empty (None = the longest training length)")
             for v in self.val_lengths:
                 _v.positive_int(v, "each validation length")
+        if self.full_length is not None and not isinstance(self.full_length, bool):
+            raise ConfigError(f"full_length must be True, False or None, got {self.full_length!r}")
         if self.final_only is not None and not isinstance(self.final_only, bool):
             raise ConfigError(f"final_only must be True, False or None, got {self.final_only!r}")
         if not isinstance(self.extra, dict):
@@ -168,6 +176,9 @@ def stop_reason(cfg: TrainConfig, step: int, history: list[dict], stopped_early:
                 f"(validation {last['val_accuracy']:.4f} at length {at}) - did not learn in distribution")
     if last["val_accuracy"] >= cfg.target_accuracy:
         return f"budget of {step} steps spent, validation {last['val_accuracy']:.4f} at length {at} (target reached)"
+    if last["val_accuracy"] >= THRESHOLD:
+        return (f"budget of {step} steps spent, validation {last['val_accuracy']:.4f} at length {at}: "
+                f"learned in distribution (>= {THRESHOLD}), below the target {cfg.target_accuracy:g}")
     return (f"budget of {step} steps spent, validation {last['val_accuracy']:.4f} at length {at} "
             f"- did not learn in distribution")
 
@@ -230,7 +241,9 @@ def _train(
     model = model if model is not None else build_model(model_cfg)
     model.fsm_task = task  # models that need the task while training (scratchpad teacher forcing)
     val_lengths = train_cfg.val_lengths or (hi,)
-    stages = [m for m in curriculum_lengths(train_cfg.curriculum, hi) if m >= lo]
+    final_only = task.final_only if train_cfg.final_only is None else train_cfg.final_only
+    full = bool(train_cfg.full_length) and not final_only
+    stages = [hi] if full else [m for m in curriculum_lengths(train_cfg.curriculum, hi) if m >= lo]
     lr = train_cfg.lr
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=train_cfg.weight_decay, betas=(0.9, 0.98))
@@ -243,7 +256,7 @@ def _train(
 
     def batches_for(phase: int):
         return iterate_batches(
-            task, train_cfg.batch_size, (lo, stages[phase]), seed=train_cfg.seed + 1000 * phase,
+            task, train_cfg.batch_size, (hi if full else lo, stages[phase]), seed=train_cfg.seed + 1000 * phase,
             final_only=train_cfg.final_only,
         )
 
@@ -318,7 +331,8 @@ def _train(
         "seconds": round(time.perf_counter() - start, 3),
         "final_val_accuracy": final_val,
         "stopped_early": stopped_early,
-        "learned": bool(history) and history[-1]["max_length"] == hi and final_val >= train_cfg.target_accuracy,
+        "learned": bool(history) and history[-1]["max_length"] == hi
+        and final_val >= min(train_cfg.target_accuracy, THRESHOLD),
         "stop_reason": reason,
     }
     if stage is not None:

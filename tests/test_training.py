@@ -202,3 +202,24 @@ def test_curriculum_moves_on_and_reports_the_target(tmp_path):
     assert stages[0] == 4 and stages[-1] == 20 and stages == sorted(stages)
     assert model.fsm_training["learned"]
     assert model.fsm_training["stop_reason"] == f"reached target 1 at step {model.fsm_training['steps']}"
+
+
+@pytest.mark.parametrize("task_name, expected", [("parity", (12, 12)), ("parity_check", (1, 12))])
+def test_full_length_draws_batches_at_the_longest_length(monkeypatch, task_name, expected):
+    """Every position supervised: all batches at the longest length (each prefix is an example);
+    final-position tasks keep the sampled lengths (one length would be one training length)."""
+    import fsm_probe.training as training
+
+    seen = []
+    real = training.iterate_batches
+
+    def spy(task, batch_size, lengths, **kw):
+        seen.append(tuple(lengths))
+        return real(task, batch_size, lengths, **kw)
+
+    monkeypatch.setattr(training, "iterate_batches", spy)
+    task = get_task(task_name)
+    training.train(task, ModelConfig("gru", 2, 2, d_hidden=4),
+                   TrainConfig(train_lengths=(1, 12), max_steps=2, eval_every=2, val_size=8, full_length=True),
+                   progress=False)
+    assert seen == [expected]
