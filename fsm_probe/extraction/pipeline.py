@@ -3,7 +3,12 @@ minimize, or L*; `check_extraction` scores the result; `save_extraction` writes 
 
 The number of abstract states is chosen automatically: sizes are tried from small to large, and
 the first whose (refined, minimized) automaton agrees with the network on held-out sequences at
-`fidelity_target` with at most `max_states` states wins. When none does (an imperfect network,
+`fidelity_target` wins. There is no fixed ceiling: past 64 the size grows by a quarter at a time
+for as long as held-out fidelity keeps improving (it stops when k has grown 4-fold since the
+last improvement, or when there are no more distinct states to split). Only `max_states` (None by
+default) or `time_limit` can stop the growth early; then `capped_` says which limit was hit
+(`{"limit": "max_states"|"time_limit", "value": ...}`, else None) and `extraction.json` has
+`"capped": true`. When none reaches the target (an imperfect network,
 whose behaviour usually drifts with length), the extractor collects again with longer words
 (`retry_length`), validates on words twice as long as well, and tries more sizes and k-means
 seeds, plus "capped" versions of automata above `max_states` (the best-supported states kept, the
@@ -19,6 +24,7 @@ compares with the task's `power(L)`.
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from pathlib import Path
@@ -36,7 +42,7 @@ from ..errors import ConfigError, InputError
 from ..io import atomic_write_json, atomic_write_text
 from ..models import model_config
 from ..models.rmt import MEMORY_HOOK
-from .abstraction import Reducer, _nearest, make_abstraction
+from .abstraction import Reducer, _nearest, _unique_rows, make_abstraction
 from .build import (
     build_automaton,
     refine_partition,
@@ -62,6 +68,9 @@ from .lstar import lstar
 METHODS = ("kmeans", "grid", "gmm", "agglomerative", "lstar")
 DEFAULT_METHOD = "kmeans"
 CLUSTER_SIZES = (2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64)
+GROWTH = 1.25
+UNIQUE_MAX = 2000
+PATIENCE = 4
 GRID_SIZES = (2, 3, 4, 5, 6, 8, 10, 12, 16)
 RETRY_SIZES = (28, 36, 44, 56)
 RETRY_FIT_ROWS = 8000
@@ -94,11 +103,11 @@ class FSMExtractor(BaseEstimator):
         self,
         method: str = DEFAULT_METHOD,
         site: str | list[str] | None = None,
-        n_components: int | float | None = 10,
+        n_components: int | float | str | None = "auto",
         sizes: tuple[int, ...] | None = None,
         refine: bool = True,
         squash: bool = True,
-        max_states: int = 20,
+        max_states: int | None = None,
         fidelity_target: float = 0.999,
         tolerance: float = 0.002,
         n_words: int = 256,
@@ -107,7 +116,7 @@ class FSMExtractor(BaseEstimator):
         val_length: int = 40,
         retry_length: int | None = 50,
         lstar_rounds: int = 25,
-        time_limit: float = 10.0,
+        time_limit: float = 20.0,
         empty_output: str = "free",
         seed: int = 0,
     ) -> None:
@@ -135,6 +144,8 @@ class FSMExtractor(BaseEstimator):
             raise ConfigError(f"unknown extraction method {self.method!r}; expected one of {', '.join(METHODS)}")
         for name in ("max_states", "n_words", "length", "n_val", "val_length", "lstar_rounds"):
             v = getattr(self, name)
+            if name == "max_states" and v is None:
+                continue
             if not isinstance(v, int | np.integer) or isinstance(v, bool) or v < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {v!r}")
         if self.retry_length is not None and (
@@ -146,6 +157,8 @@ class FSMExtractor(BaseEstimator):
             raise ConfigError(f"empty_output must be 'free' or 'network', got {self.empty_output!r}")
         if not 0 < self.fidelity_target <= 1:
             raise ConfigError(f"fidelity_target must be in (0, 1], got {self.fidelity_target}")
+        if not isinstance(self.time_limit, int | float) or not self.time_limit > 0:
+            raise ConfigError(f"time_limit must be a positive number of seconds, got {self.time_limit!r}")
         if not 0 <= self.tolerance < 1:
             raise ConfigError(f"tolerance must be in [0, 1), got {self.tolerance}")
         if self.sizes is not None:
@@ -215,11 +228,14 @@ class FSMExtractor(BaseEstimator):
 
     def _fit_clusters(self, model: nn.Module, name: str) -> None:
         deadline = time.perf_counter() + self.time_limit
+        grow = self.sizes is None and self.method != "grid"
         sizes = list(self.sizes or (GRID_SIZES if self.method == "grid" else CLUSTER_SIZES))
         sweep = _Sweep(self, model, name, self.collection_, self.votes_)
         vals = [(self.val_tokens_, self.val_labels_)]
-        cands = sweep.run(sizes, [self.seed], vals, deadline, stop=True)
-        if not any(c.fid >= self.fidelity_target and c.n <= self.max_states for c in cands) and (
+        cands = sweep.run(sizes, [self.seed], vals, deadline, stop=True, grow=grow)
+        self.capped_ = sweep.capped
+        limit = _limit(self.max_states)
+        if not any(c.fid >= self.fidelity_target and c.n <= limit for c in cands) and (
             self.retry_length is not None and time.perf_counter() < deadline
         ):
             # An imperfect network: its behaviour drifts with length, so collect longer words,
@@ -242,7 +258,8 @@ class FSMExtractor(BaseEstimator):
             votes = long_col.flat_predictions().copy()
             if self.empty_output == "free":
                 votes[long_col.initial_rows()] = -1
-            more = sorted({*sizes, *RETRY_SIZES}) if self.sizes is None else sizes
+            tried = max(c.curve["size"] for c in cands)
+            more = sorted({*sizes, *RETRY_SIZES, *itertools.takewhile(lambda s: s <= tried, _sizes())}) if grow else sizes
             seeds = [self.seed] if self.method in ("grid", "agglomerative") else [
                 self.seed + i for i in range(3)
             ]
@@ -250,7 +267,11 @@ class FSMExtractor(BaseEstimator):
                 more, seeds, vals, budget, stop=False, refine=False, max_fit=RETRY_FIT_ROWS
             )
         self.curve_ = [c.curve for c in cands]
-        chosen = _select(cands, self.fidelity_target, self.tolerance, self.max_states)
+        chosen = _select(cands, self.fidelity_target, self.tolerance, limit)
+        if chosen.curve.get("capped") and self.capped_ is None:
+            self.capped_ = {"limit": "max_states", "value": int(self.max_states)}
+        if chosen.fid >= self.fidelity_target and not chosen.curve.get("capped"):
+            self.capped_ = None
         self.collection_, self.votes_ = chosen.col, chosen.votes
         self.reducer_ = chosen.reducer
         self.fidelity_, self.built_, self.row_blocks_ = chosen.fid, chosen.built, chosen.part
@@ -268,9 +289,14 @@ class FSMExtractor(BaseEstimator):
             )
         res = lstar(
             model, self.alphabet_, self.labels_, max_rounds=self.lstar_rounds,
-            max_states=self.max_states, time_limit=self.time_limit, seed=self.seed, name=name,
+            max_states=_limit(self.max_states, 1000), time_limit=self.time_limit, seed=self.seed,
+            name=name,
         )
         self.lstar_ = res
+        self.capped_ = None if res.complete else (
+            {"limit": "time_limit", "value": float(self.time_limit)} if res.seconds >= self.time_limit
+            else {"limit": "max_states", "value": _limit(self.max_states, 1000)}
+        )
         hyp = res.automaton
         col = self.collection_
         blocks = np.concatenate(
@@ -309,6 +335,22 @@ class FSMExtractor(BaseEstimator):
         self._check_fitted()
         labels = word_labels(model, tokens, self.automaton_.n_symbols)[:, 1:]
         return agreement(self.automaton_, tokens, labels)["per_position"]
+
+
+def _limit(max_states: int | None, default: int = 10**9) -> int:
+    return default if max_states is None else int(max_states)
+
+
+def _sizes(start: int = 1):
+    """Cluster counts: `CLUSTER_SIZES`, then growing by `GROWTH`, from the first above `start`."""
+    for s in CLUSTER_SIZES:
+        if s > start:
+            yield s
+    s = CLUSTER_SIZES[-1]
+    while True:
+        s = max(s + 1, int(round(s * GROWTH)))
+        if s > start:
+            yield s
 
 
 def _fidelity(a: Automaton, vals: list[tuple[np.ndarray, np.ndarray]]) -> float:
@@ -387,13 +429,44 @@ class _Sweep:
         return part
 
     def run(
-        self, sizes, seeds, vals, deadline: float, stop: bool, refine: bool = True, max_fit: int | None = None
+        self, sizes, seeds, vals, deadline: float, stop: bool, refine: bool = True,
+        max_fit: int | None = None, grow: bool = False,
     ) -> list[_Candidate]:
+        """Candidates for each seed and size; with `grow`, sizes continue past `sizes` (see
+        `_sizes`) while fidelity improves. Sets `capped` when `max_states` or the deadline
+        stopped a growth that was still improving."""
         est = self.est
+        limit = _limit(est.max_states)
         base = make_abstraction(est.method, **({"seed": est.seed} if est.method != "grid" else {}))
         out: list[_Candidate] = []
+        self.capped = None
+        if grow and est.method == "kmeans":
+            # states that repeat exactly (compiled or saturated networks): each distinct state
+            # its own block, merged by minimization; one candidate, tried first
+            zf = self.z[self.fit_rows]
+            uniq, inverse, _ = _unique_rows(zf, 4)
+            if len(uniq) <= min(UNIQUE_MAX, len(zf) // 4) and len(uniq) <= limit * max(1, len(est.alphabet_)):
+                blocks = np.full(len(self.z), -1, dtype=np.int64)
+                blocks[self.fit_rows] = inverse
+                if self.col.virtual_initial:
+                    blocks[self.init_rows] = len(uniq)
+                info = {"size": len(uniq), "seed": int(est.seed), "abstract_states": len(uniq),
+                        "refined": False, "capped": False, "unique": True}
+                c = self._candidate(blocks, None, vals, info)
+                if c.n <= limit:
+                    out.append(c)
+                    if stop and c.fid >= est.fidelity_target:
+                        return out
         for seed in seeds:
-            for size in sizes:
+            best, best_size = -1.0, 1
+            schedule = iter(sizes) if not grow else _chain_sizes(sizes)
+            for size in schedule:
+                if grow and size > max(sizes):
+                    if size >= PATIENCE * best_size:
+                        break  # no improvement while k grew PATIENCE-fold: fidelity has stopped improving
+                    if size > limit:
+                        self.capped = {"limit": "max_states", "value": int(limit)}
+                        break
                 params = {} if est.method == "grid" else {"seed": seed}
                 zf = self.z[self.fit_rows]
                 blocks = np.full(len(self.z), -1, dtype=np.int64)
@@ -410,22 +483,35 @@ class _Sweep:
                         "refined": False, "capped": False}
                 new = [self._candidate(blocks, abstraction, vals, info)]
                 if est.refine and refine:
+                    cap = max(256, 4 * size) if est.max_states is None else max(128, 4 * est.max_states)
                     refined, converged = refine_partition(
-                        blocks, self.votes, self.edges, self.z, max_states=max(128, 4 * est.max_states),
-                        return_converged=True,
+                        blocks, self.votes, self.edges, self.z, max_states=cap, return_converged=True,
                     )
                     if converged and refined.max() != blocks.max():
                         new.append(self._candidate(refined, abstraction, vals, {**info, "refined": True}))
                 for c in list(new):
-                    if c.n > est.max_states:
+                    if c.n > limit:
                         capped = self._cap(c)
                         new.append(self._candidate(capped, abstraction, vals, {**c.curve, "capped": True}))
                 out += new
-                if stop and any(c.fid >= est.fidelity_target and c.n <= est.max_states for c in new):
+                top = max(c.fid for c in new if c.n <= limit) if any(c.n <= limit for c in new) else -1.0
+                if top > best + 1e-4:
+                    best, best_size = top, size
+                if stop and any(c.fid >= est.fidelity_target and c.n <= limit for c in new):
                     return out
+                if grow and getattr(abstraction, "n_unique_", size + 1) <= size:
+                    break  # every distinct state has its own cluster: nothing left to split
                 if time.perf_counter() > deadline:
+                    if grow and best < est.fidelity_target:
+                        self.capped = {"limit": "time_limit", "value": float(est.time_limit)}
                     return out
         return out
+
+
+def _chain_sizes(sizes):
+    """`sizes`, then `_sizes` continued above their maximum."""
+    yield from sizes
+    yield from _sizes(max(sizes))
 
 
 class _Completer:
