@@ -63,6 +63,7 @@ from .collect import (
     word_labels,
     word_tokens,
 )
+from .counters import fit_counter_machine
 from .lstar import lstar
 
 METHODS = ("kmeans", "grid", "gmm", "agglomerative", "lstar")
@@ -74,6 +75,7 @@ PATIENCE = 4
 GRID_SIZES = (2, 3, 4, 5, 6, 8, 10, 12, 16)
 RETRY_SIZES = (28, 36, 44, 56)
 RETRY_FIT_ROWS = 8000
+COUNTER_TARGET = 0.99
 
 
 def _task_automaton(model: nn.Module, task: Any) -> Automaton | None:
@@ -118,6 +120,7 @@ class FSMExtractor(BaseEstimator):
         lstar_rounds: int = 25,
         time_limit: float = 20.0,
         empty_output: str = "free",
+        counters: str = "auto",
         seed: int = 0,
     ) -> None:
         self.method = method
@@ -137,6 +140,7 @@ class FSMExtractor(BaseEstimator):
         self.lstar_rounds = lstar_rounds
         self.time_limit = time_limit
         self.empty_output = empty_output
+        self.counters = counters
         self.seed = seed
 
     def _validate(self) -> None:
@@ -153,6 +157,8 @@ class FSMExtractor(BaseEstimator):
             or self.retry_length < 1
         ):
             raise ConfigError(f"retry_length must be a positive integer or None, got {self.retry_length!r}")
+        if self.counters not in ("auto", "off"):
+            raise ConfigError(f"counters must be 'auto' or 'off', got {self.counters!r}")
         if self.empty_output not in ("free", "network"):
             raise ConfigError(f"empty_output must be 'free' or 'network', got {self.empty_output!r}")
         if not 0 < self.fidelity_target <= 1:
@@ -215,8 +221,54 @@ class FSMExtractor(BaseEstimator):
             method=self.method, site=",".join(self.site_),
         )
         self.row_states_ = self.built_.state_map[self.row_blocks_]
+        self.finite_state_, self.counter_fit_, self.counter_machine_ = True, None, None
+        self.finite_state_evidence_ = None
+        if self.counters == "auto" and self.segment_length_ is None:
+            self._check_counters(model, task)
         self.seconds_ = time.perf_counter() - t0
         return self
+
+    def _check_counters(self, model: nn.Module, task: Any) -> None:
+        """Is the network finite-state on the sampled lengths? The automaton is validated on
+        words twice `val_length` long (half of them from the task's sampler when it has one);
+        if it falls short of `fidelity_target` there, a counter machine is fitted
+        (`fsm_probe.extraction.counters`) and, when it agrees with the network at
+        `COUNTER_TARGET` on held-out words and has at most half the automaton's errors on the
+        long ones, the network is reported as not finite-state (`finite_state_ = False`,
+        `counter_machine_`)."""
+        cfg = model_config(model)
+        k = len(self.alphabet_)
+        n_ctx = None if cfg.is_rnn else cfg.n_ctx
+        long_len = min(2 * self.val_length, n_ctx or 2 * self.val_length)
+        rng = np.random.default_rng(self.seed + 7)
+        sampler = getattr(task if task is not None else getattr(model, "fsm_task", None), "sampler", None)
+        half = max(1, self.n_val // 2)
+        parts = [rng.integers(0, k, (half, long_len))]
+        fit_parts = [sample_words(k, self.n_words, min(2 * self.length, long_len), seed=self.seed + 8)]
+        if sampler is not None and getattr(sampler, "n_symbols", None) == k:
+            parts.append(sampler.sample(rng, half, long_len))
+            fit_parts.append(sampler.sample(rng, self.n_words, fit_parts[0].shape[1]))
+        long_tok = np.concatenate(parts)
+        long_lab = word_labels(model, long_tok, k)[:, 1:]
+        fsm_long = agreement(self.automaton_, long_tok, long_lab)["per_position"]
+        evidence = {"fsm_fidelity": self.fidelity_, "fsm_fidelity_long": fsm_long, "long_length": long_len}
+        self.finite_state_evidence_ = evidence
+        if min(self.fidelity_, fsm_long) >= self.fidelity_target:
+            return
+        words = np.concatenate(fit_parts)
+        col = self._collect(model, words)
+        votes = col.flat_predictions().copy()
+        votes[col.initial_rows()] = -1
+        vals = [(self.val_tokens_, self.val_labels_), (long_tok, long_lab)]
+        name = "counters" if self.task_automaton_ is None else f"counters:{self.task_automaton_.name}"
+        fit = fit_counter_machine(col.tokens, col.flat(), votes, vals[:1], self.alphabet_, self.labels_, name=name)
+        if fit is None or fit.machine.n_counters < 1:
+            return
+        cm_long = agreement_cm(fit.machine, long_tok, long_lab)
+        evidence.update(counter_fidelity=fit.fidelity, counter_fidelity_long=cm_long)
+        if fit.fidelity >= COUNTER_TARGET and (1 - cm_long) <= 0.5 * (1 - fsm_long):
+            self.finite_state_, self.counter_fit_, self.counter_machine_ = False, fit, fit.machine
+            self.capped_ = None  # the automaton search could not end: the network counts
 
     def _steps(self, length: int) -> int:
         """Word length in extraction symbols for `length` tokens (whole segments on an RMT)."""
@@ -335,6 +387,13 @@ class FSMExtractor(BaseEstimator):
         self._check_fitted()
         labels = word_labels(model, tokens, self.automaton_.n_symbols)[:, 1:]
         return agreement(self.automaton_, tokens, labels)["per_position"]
+
+
+def agreement_cm(machine: Any, tokens: np.ndarray, labels: np.ndarray) -> float:
+    """Per-position agreement of anything with `run_outputs` (a counter machine) with `labels`."""
+    pred = machine.run_outputs(tokens)
+    mask = labels >= 0
+    return float((pred == labels)[mask].mean()) if mask.any() else float("nan")
 
 
 def _limit(max_states: int | None, default: int = 10**9) -> int:
@@ -606,6 +665,8 @@ def check_extraction(
         "conflicts_resolved": int(extractor.n_conflicts_),
         "validation_fidelity": extractor.fidelity_,
         "segment_length": segment,
+        "capped": extractor.capped_ is not None,
+        "cap": extractor.capped_,
     }
     fid, acc, tests = {}, {}, {}
     for length in lengths:
@@ -634,6 +695,21 @@ def check_extraction(
         ic = interchange_accuracy(model, a, tok, list(extractor.site_), n_pairs=n_pairs, seed=seed)
         report["interchange_accuracy"] = ic["accuracy"]
         report["interchange"] = ic
+    report["finite_state"] = bool(getattr(extractor, "finite_state_", True))
+    report["finite_state_evidence"] = getattr(extractor, "finite_state_evidence_", None)
+    fit = getattr(extractor, "counter_fit_", None)
+    if fit is not None:
+        cm = fit.to_dict()
+        cm["validation_fidelity"] = cm.pop("fidelity")
+        by_len, acc_len = {}, {}
+        for length, tok in tests.items():
+            by_len[str(length)] = agreement_cm(fit.machine, tok, word_labels(model, tok, a.n_symbols)[:, 1:])
+            if truth is not None:
+                acc_len[str(length)] = agreement_cm(fit.machine, tok, truth.run_outputs(tok))
+        cm["fidelity_by_length"] = by_len
+        cm["fidelity"] = min(by_len.values())
+        cm["accuracy_by_length"] = acc_len or None
+        report["counter_machine"] = cm
     report["curve"] = extractor.curve_
     if hasattr(extractor, "lstar_"):
         r = extractor.lstar_
@@ -660,6 +736,8 @@ def save_extraction(
         "fsm.graphml": write_graphml(extractor.graph_, out / "fsm.graphml"),
         "fsm.dot": write_dot(extractor.graph_, out / "fsm.dot"),
     }
+    if getattr(extractor, "counter_machine_", None) is not None:
+        paths["counter_machine.json"] = extractor.counter_machine_.save_json(out / "counter_machine.json")
     if figures_html is not None:
         paths["figures.html"] = atomic_write_text(out / "figures.html", figures_html)
     paths["extraction.json"] = atomic_write_json(out / "extraction.json", _jsonable(report))
