@@ -299,6 +299,11 @@ def extract_cmd(
     ic = report["interchange_accuracy"]
     console.print(summary + (f", interchange accuracy {ic:.4f}" if ic is not None else "")
                   + f", {report['seconds']:.2f}s -> {out}")
+    cm = report.get("counter_machine")
+    if cm is not None:
+        console.print(f"not finite-state: the state count grows with length; counter machine with "
+                      f"{cm['n_counters']} counter(s) and {cm['n_control_states']} control states, "
+                      f"fidelity {cm['fidelity']:.4f} -> {out / 'counter_machine.json'}")
     if report.get("capped"):
         cap = report["cap"]
         flag = "--max-states" if cap["limit"] == "max_states" else "the time limit"

@@ -24,7 +24,7 @@ from ..counters import CounterMachine, sign_code
 from .abstraction import KMeansAbstraction, _unique_rows
 from .build import build_automaton, refine_partition
 
-MAX_CONTROL = 32
+MAX_CONTROL = 8  # a counter machine explains a network by few control states; more is a finite automaton
 
 
 @dataclass

@@ -266,7 +266,10 @@ class FSMExtractor(BaseEstimator):
             return
         cm_long = agreement_cm(fit.machine, long_tok, long_lab)
         evidence.update(counter_fidelity=fit.fidelity, counter_fidelity_long=cm_long)
-        if fit.fidelity >= COUNTER_TARGET and (1 - cm_long) <= 0.5 * (1 - fsm_long):
+        if (
+            fit.fidelity >= COUNTER_TARGET and (1 - cm_long) <= 0.5 * (1 - fsm_long)
+            and fit.machine.n_states < self.automaton_.n_states
+        ):
             self.finite_state_, self.counter_fit_, self.counter_machine_ = False, fit, fit.machine
             self.capped_ = None  # the automaton search could not end: the network counts
 
@@ -320,7 +323,10 @@ class FSMExtractor(BaseEstimator):
             )
         self.curve_ = [c.curve for c in cands]
         chosen = _select(cands, self.fidelity_target, self.tolerance, limit)
-        if chosen.curve.get("capped") and self.capped_ is None:
+        if self.capped_ is None and self.max_states is not None and chosen.fid < self.fidelity_target and (
+            chosen.curve.get("capped") or any(c.n > limit for c in cands)
+        ):
+            # a larger automaton was found but not allowed
             self.capped_ = {"limit": "max_states", "value": int(self.max_states)}
         if chosen.fid >= self.fidelity_target and not chosen.curve.get("capped"):
             self.capped_ = None
