@@ -84,7 +84,7 @@ def test_counter_machine_definitions(machine) -> None:
     assert CounterMachine.from_dict(json.loads(json.dumps(m.to_dict()))).to_dict() == m.to_dict()
     # against a direct definition of each language
     words = ["".join(m.alphabet[i] for i in row) for row in tok[:50]]
-    for w, labels in zip(words, m.run_outputs(tok[:50])):
+    for w, labels in zip(words, m.run_outputs(tok[:50]), strict=True):
         for t in range(1, len(w) + 1):
             p = w[:t]
             if m.name == "dyck1":
