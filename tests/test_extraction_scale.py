@@ -146,3 +146,14 @@ def test_finite_state_networks_are_not_counters(name: str) -> None:
     task = get_task(name)
     ex = FSMExtractor().fit(compile_rnn(task.automaton), task)
     assert ex.finite_state_ and ex.counter_machine_ is None
+
+
+def test_gru_recipe_grows_with_size() -> None:
+    from fsm_probe.recipes_size import gru_recipe
+
+    small, large, wide = gru_recipe(4, 2), gru_recipe(60, 4), gru_recipe(19, 19)
+    assert small["d_hidden"] <= large["d_hidden"] <= wide["d_hidden"]
+    assert wide["max_steps"] >= large["max_steps"] and wide["batch_size"] >= large["batch_size"]
+    assert set(small) == {"d_hidden", "lr", "max_steps", "batch_size"}
+    with pytest.raises(ConfigError, match="n_symbols"):
+        gru_recipe(3, 0)
