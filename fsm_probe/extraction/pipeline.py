@@ -544,6 +544,10 @@ class _Sweep:
                     blocks[self.fit_rows] = abstraction.labels_
                 if self.col.virtual_initial:
                     blocks[self.init_rows] = abstraction.n_states_
+                elif est.empty_output == "free":
+                    # the initial state's label is free: its own block, so that `with_free_start`
+                    # can merge it with the state it behaves like (else it may keep a neighbour's label)
+                    blocks[self.init_rows] = blocks.max() + 1
                 info = {"size": int(size), "seed": int(seed), "abstract_states": int(abstraction.n_states_),
                         "refined": False, "capped": False}
                 new = [self._candidate(blocks, abstraction, vals, info)]
