@@ -10,6 +10,7 @@ sampler at lengths 40 / 100:
 | alternating:n=5 (A5) | 60 | 4 | 64 | 3e-3 | 64 | 800 / 6000 | 9.6 | 1.0 / 1.0 |
 | dihedral:n=15 (D15) | 30 | 2 | 64 | 3e-3 | 64 | 2100 / 6000 | 28.8 | 1.0 / 0.9999 |
 | cyclic:n=19,n_actions=19 | 19 | 19 | 64 | 3e-3 | 64 | 6000 / 6000 | 125.5 | 0.9937 / 0.9601 |
+| cyclic:n=19,n_actions=19 | 19 | 19 | 128 | 3e-3 | 128 | 4000 / 4000 | 201.2 | 0.9984 / 0.9939 |
 | dyck1 (counter) | 102* | 2 | 32 | 3e-3 | 64 | 1500 / 1500 | 21.1 | 0.9942 / - |
 
 (* the truncated counter machine.) The issue's failures used `--hidden 64` with the GRU default
