@@ -5,7 +5,7 @@ The number of abstract states is chosen automatically: sizes are tried from smal
 the first whose (refined, minimized) automaton agrees with the network on held-out sequences at
 `fidelity_target` wins. There is no fixed ceiling: past 64 the size grows by a quarter at a time
 for as long as held-out fidelity keeps improving (it stops when k has grown 4-fold since the
-last improvement, or when there are no more distinct states to split). Only `max_states` (None by
+held-out errors last fell by a tenth, or when there are no more distinct states to split). Only `max_states` (None by
 default) or `time_limit` can stop the growth early; then `capped_` says which limit was hit
 (`{"limit": "max_states"|"time_limit", "value": ...}`, else None) and `extraction.json` has
 `"capped": true`. When none reaches the target (an imperfect network,
@@ -72,6 +72,7 @@ CLUSTER_SIZES = (2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64)
 GROWTH = 1.25
 UNIQUE_MAX = 2000
 PATIENCE = 4
+IMPROVEMENT = 0.9
 GRID_SIZES = (2, 3, 4, 5, 6, 8, 10, 12, 16)
 RETRY_SIZES = (28, 36, 44, 56)
 RETRY_FIT_ROWS = 8000
@@ -564,7 +565,7 @@ class _Sweep:
                         new.append(self._candidate(capped, abstraction, vals, {**c.curve, "capped": True}))
                 out += new
                 top = max(c.fid for c in new if c.n <= limit) if any(c.n <= limit for c in new) else -1.0
-                if top > best + 1e-4:
+                if 1 - top < IMPROVEMENT * (1 - best):  # errors fell by a tenth: still improving
                     best, best_size = top, size
                 if stop and any(c.fid >= est.fidelity_target and c.n <= limit for c in new):
                     return out
