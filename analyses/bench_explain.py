@@ -23,10 +23,8 @@ RESULTS = ROOT / "analyses" / "results"
 
 TRAINED = [
     ("gru", "parity"), ("gru", "tomita3"), ("gru", "cyclic:n=5"), ("gru", "flipflop"),
-    ("lstm", "dihedral:n=4"),
     ("transformer", "cyclic:n=5"), ("transformer", "flipflop"), ("transformer", "even_pairs"),
-    ("transformer", "parity"),
-    ("rmt", "parity"), ("scratchpad", "parity"),
+    ("transformer", "tomita4"), ("rmt", "parity"), ("scratchpad", "parity"),
 ]
 QUICK = [("gru", "parity"), ("gru", "cyclic:n=5"), ("transformer", "flipflop")]
 

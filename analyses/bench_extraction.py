@@ -11,6 +11,11 @@ network (few training steps) checks graceful degradation.
 
 writes analyses/results/bench_extraction.md (the README table: one row per network, one
 `states / equivalent? / fidelity / interchange / seconds` cell per method) and .json (every number).
+
+`--large` (default: the zoo's large groups and the counter tasks) adds GRUs trained with
+`fsm_probe.recipes_size.gru_recipe` and the default extraction (plus AALpy's L* when installed):
+states, equivalence, fidelity, seconds, whether the network was found finite-state and the
+counter machine's fidelity; written to OUT_large.md / .json.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ TASKS = (
     "tomita1", "tomita2", "tomita3", "tomita4", "tomita5", "tomita6", "tomita7",
     "parity", "cyclic:n=3", "flipflop", "gridworld:n=4", "quaternion",
 )
+LARGE = ("symmetric:n=4", "dihedral:n=15", "alternating:n=5", "dyck1", "majority")
 ROOT = Path("runs/bench_extraction")
 RESULTS = Path("analyses/results/bench_extraction")
 
@@ -68,6 +74,79 @@ def trained(spec: str, arch: str, steps: int | None = None, seed: int = 0):
         )
         train(task, cfg, tcfg, out_dir=run, progress=False)
     return load(run), tag
+
+
+def trained_recipe(spec: str, seed: int = 0):
+    """A cached GRU trained with `gru_recipe` for the task's size."""
+    from fsm_probe.recipes_size import gru_recipe
+
+    task = get_task(spec)
+    a = task.automaton
+    r = gru_recipe(a.minimize().n_states, a.n_symbols)
+    tag = f"gru{r['d_hidden']}_{spec.replace(':', '_').replace('=', '').replace(',', '_')}_recipe"
+    run = ROOT / tag
+    if not (run / "config.json").is_file():
+        cfg = ModelConfig(arch="gru", d_vocab=a.n_symbols, d_out=a.n_labels, d_hidden=r["d_hidden"], seed=seed)
+        tcfg = TrainConfig(val_lengths=(40,), target_accuracy=0.999, max_steps=r["max_steps"], lr=r["lr"],
+                           batch_size=r["batch_size"], seed=seed)
+        train(task, cfg, tcfg, out_dir=run, progress=False)
+    return load(run), tag, task
+
+
+def large_row(spec: str, aalpy: bool) -> list[dict]:
+    """Default extraction (and AALpy L*) on a recipe-trained GRU; in-distribution accuracy from
+    the task's own sampler at length 40."""
+    model, tag, task = trained_recipe(spec)
+    a = task.automaton
+    tok = task.sampler.sample(np.random.default_rng(7), 500, 40)
+    acc = float((model_labels(model, tok)[:, 1:] == a.run_outputs(tok)).mean())
+    t0 = time.perf_counter()
+    ex = FSMExtractor().fit(model, task)
+    seconds = time.perf_counter() - t0
+    rep = check_extraction(model, ex, task, lengths=(40, 80), n=500)
+    cm = rep.get("counter_machine")
+    row = {"network": tag, "task": spec, "network_accuracy": acc, "task_states": a.minimize().n_states,
+           "method": DEFAULT_METHOD, "states": rep["n_states"], "equivalent": rep["equivalent_to_task"],
+           "fidelity": rep["fidelity"], "seconds": seconds, "finite_state": rep["finite_state"],
+           "capped": rep["capped"], "counter_fidelity": None if cm is None else cm["fidelity"],
+           "counter_fidelity_by_length": None if cm is None else cm["fidelity_by_length"],
+           "n_counters": None if cm is None else cm["n_counters"],
+           "control_states": None if cm is None else cm["n_control_states"]}
+    rows = [row]
+    if aalpy:
+        r = aalpy_lstar(model, a)
+        if r is not None:
+            rows.append({"network": tag, "task": spec, "method": "aalpy L*", **r})
+    return rows
+
+
+def large_markdown(rows: list[dict]) -> str:
+    out = [
+        "# Extraction of large automata and counter tasks",
+        "",
+        "Written by `analyses/bench_extraction.py --large` (1 thread). GRUs trained with "
+        "`gru_recipe(n_states, n_symbols)`; net acc: in distribution (the task's sampler, length 40). "
+        "Fidelity: min over held-out lengths 40 and 80. Counter fidelity: the fitted counter machine "
+        "against the network at lengths 40 / 80.",
+        "",
+        "| network | task states | net acc | method | states | equivalent | fidelity | finite-state | "
+        "counters / control | counter fidelity (40 / 80) | seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r["method"] != DEFAULT_METHOD:
+            out.append(f"| {r['network']} | | | {r['method']} | {fmt(r.get('states'))} | {fmt(r.get('equivalent'))} | "
+                       f"{fmt(r.get('fidelity'))} | | | | {r['seconds']:.2f} |")
+            continue
+        cf = r["counter_fidelity_by_length"]
+        counters = "-" if r["n_counters"] is None else f"{r['n_counters']} / {r['control_states']}"
+        out.append(
+            f"| {r['network']} | {r['task_states']} | {r['network_accuracy']:.4f} | {r['method']} | {r['states']} | "
+            f"{fmt(r['equivalent'])} | {fmt(r['fidelity'])} | {fmt(r['finite_state'])} | "
+            f"{counters} | "
+            f"{'-' if cf is None else ' / '.join(f'{v:.4f}' for v in cf.values())} | {r['seconds']:.2f} |"
+        )
+    return "\n".join(out) + "\n"
 
 
 def network_accuracy(model, a: Automaton, seed: int = 7) -> float:
@@ -269,11 +348,25 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--no-aalpy", action="store_true")
     parser.add_argument("--train-only", action="store_true")
+    parser.add_argument("--large", nargs="?", const=",".join(LARGE), default=None,
+                        help="comma-separated specs for the large/counter table (default list if no value)")
     parser.add_argument("--undertrained", default="tomita5@72,tomita6@150",
                         help="SPEC@STEPS,...: GRUs stopped early (empty for none)")
     parser.add_argument("--out", type=Path, default=RESULTS,
                         help="writes OUT.md (the table) and OUT.json (every number)")
     args = parser.parse_args()
+    if args.large is not None:
+        rows = []
+        for spec in filter(None, args.large.split(",")):
+            rs = large_row(spec, not args.no_aalpy)
+            print(rs, flush=True)
+            rows += rs
+        md = large_markdown(rows)
+        out = args.out.with_name(args.out.name + "_large")
+        atomic_write_text(out.with_suffix(".md"), md)
+        atomic_write_json(out.with_suffix(".json"), {"threads": torch.get_num_threads(), "rows": rows})
+        print(md)
+        return
     nets = [(spec, arch, None) for spec in filter(None, args.tasks.split(","))
             for arch in args.archs.split(",")]
     for item in filter(None, args.undertrained.split(",")):

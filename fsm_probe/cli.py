@@ -332,7 +332,7 @@ def extract_cmd(
     method: Annotated[str, typer.Option("--method", help="kmeans, grid, gmm, agglomerative or lstar.")] = "kmeans",
     site: Annotated[str | None, typer.Option("--site", help="Hook name(s), comma-separated; default: the full recurrent state (rmt: hook_memory, the automaton then reads segments).")] = None,
     components: Annotated[float, typer.Option("--components", help="PCA dimensions (>= 1) or variance fraction (< 1).")] = 10,
-    max_states: Annotated[int, typer.Option("--max-states", help="Largest automaton to return.")] = 20,
+    max_states: Annotated[int | None, typer.Option("--max-states", help="Largest automaton to return (default: no limit; the number of states grows while held-out fidelity improves).")] = None,
     lengths: Annotated[str, typer.Option("--lengths", help="Held-out lengths for the checks.")] = "50,100",
     seed: Annotated[int, typer.Option("--seed")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print extraction.json.")] = False,
@@ -363,6 +363,16 @@ def extract_cmd(
     _warn_not_learned(_in_distribution(model), "the automaton below and its checks")
     console.print(summary + (f", interchange accuracy {ic:.4f}" if ic is not None else "")
                   + f", {report['seconds']:.2f}s -> {out}")
+    cm = report.get("counter_machine")
+    if cm is not None:
+        console.print(f"not finite-state: the state count grows with length; counter machine with "
+                      f"{cm['n_counters']} counter(s) and {cm['n_control_states']} control states, "
+                      f"fidelity {cm['fidelity']:.4f} -> {out / 'counter_machine.json'}")
+    if report.get("capped"):
+        cap = report["cap"]
+        flag = "--max-states" if cap["limit"] == "max_states" else "the time limit"
+        console.print(f"capped: the search for more states stopped at {flag} = {cap['value']} while "
+                      "fidelity was still improving; the automaton may be too small")
     if report.get("counterexample") is not None:
         sep = " " if report.get("segment_length") else ""
         console.print(f"counterexample: {sep.join(report['counterexample']) or '(empty word)'}")

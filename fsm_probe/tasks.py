@@ -192,6 +192,52 @@ class ModularArithmeticSampler(Sampler):
         return np.where(is_digit, digits, ops)
 
 
+@dataclass(frozen=True)
+class DyckSampler(Sampler):
+    """Parenthesis walks: `(` or `)` with equal odds while open, at depth 0 `)` (which makes the
+    word invalid from then on) with probability `p_invalid`; after that, uniform symbols."""
+
+    p_invalid: float = 0.1
+    kind: ClassVar[str] = "dyck"
+
+    @property
+    def n_symbols(self) -> int:
+        return 2
+
+    def sample(self, rng: np.random.Generator, batch: int, length: int) -> np.ndarray:
+        _check_shape(batch, length)
+        out = np.empty((batch, length), dtype=np.int64)
+        depth = np.zeros(batch, dtype=np.int64)
+        u = rng.random((batch, length))
+        for t in range(length):
+            close = np.where(depth == 0, u[:, t] < self.p_invalid, u[:, t] < 0.5)
+            out[:, t] = close
+            depth = np.where(depth < 0, depth, depth + 1 - 2 * close)
+        return out
+
+
+@dataclass(frozen=True)
+class AnbnSampler(Sampler):
+    """a^n b^m with n uniform in 1..length/2 and b's to the end; with probability `p_corrupt`
+    one random position is flipped."""
+
+    p_corrupt: float = 0.3
+    kind: ClassVar[str] = "anbn"
+
+    @property
+    def n_symbols(self) -> int:
+        return 2
+
+    def sample(self, rng: np.random.Generator, batch: int, length: int) -> np.ndarray:
+        _check_shape(batch, length)
+        n = rng.integers(1, max(1, length // 2) + 1, batch)
+        out = (np.arange(length)[None, :] >= n[:, None]).astype(np.int64)
+        flip = rng.random(batch) < self.p_corrupt
+        pos = rng.integers(0, length, batch)
+        out[flip, pos[flip]] ^= 1
+        return out
+
+
 # ----- task -----
 
 
@@ -754,6 +800,47 @@ _register(
     sampler=lambda a, modulus: ModularArithmeticSampler(modulus),
     final_only=True,
     length_rule="odd",
+)
+
+
+
+def _counter_task(name: str) -> Callable[..., Automaton]:
+    from fsm_probe.counters import COUNTER_MACHINES
+
+    machine = COUNTER_MACHINES[name]
+
+    def build(max_count: int = 100) -> Automaton:
+        return machine().truncate(max_count).minimize()
+
+    build.__doc__ = (
+        f"{(machine.__doc__ or '').strip().splitlines()[0]} Not finite-state: the automaton is the "
+        "counter machine truncated at |count| <= max_count, exact on words up to that length "
+        "(fsm_probe.counters)."
+    )
+    return build
+
+
+COUNTERS = (
+    "Counter languages: Suzgun et al. 2019, LSTM networks can perform dynamic counting, arXiv "
+    "1906.03648; Weiss et al. 2018, On the practical computational power of finite precision RNNs, "
+    "arXiv 1805.04908; Merrill 2020, arXiv 2004.06866"
+)
+_register(
+    "dyck1",
+    _counter_task("dyck1"),
+    COUNTERS,
+    {"max_count": Param(100, 2, 1000), "p_invalid": Param(0.1, 0.0, 1.0)},
+    sampler=lambda a, max_count, p_invalid: DyckSampler(p_invalid),
+    automaton_params=("max_count",),
+)
+_register("majority", _counter_task("majority"), COUNTERS, {"max_count": Param(100, 2, 1000)})
+_register(
+    "anbn",
+    _counter_task("anbn"),
+    COUNTERS,
+    {"max_count": Param(100, 2, 1000), "p_corrupt": Param(0.3, 0.0, 1.0)},
+    sampler=lambda a, max_count, p_corrupt: AnbnSampler(p_corrupt),
+    automaton_params=("max_count",),
 )
 
 

@@ -15,7 +15,10 @@ from fsm_probe.tasks import get_task, list_tasks
 
 # modular_arithmetic (51 states) is left out: uniform random words almost never reach most of
 # its states, so passive extraction cannot see them (L* can; see test_lstar_on_compiled).
-ZOO = [info.name for info in list_tasks() if info.name != "modular_arithmetic"]
+# The counter tasks (dyck1, majority, anbn) are truncated counter machines whose deep states random
+# words rarely reach; tests/test_extraction_scale.py checks that extraction calls them counters.
+COUNTER = {"dyck1", "majority", "anbn"}
+ZOO = [info.name for info in list_tasks() if info.name != "modular_arithmetic" and info.name not in COUNTER]
 
 
 @pytest.mark.parametrize("name", [info.name for info in list_tasks()])

@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 from scipy.cluster.hierarchy import fcluster, linkage
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
-from sklearn.cluster import KMeans
+from sklearn.cluster import KMeans, MiniBatchKMeans
 from sklearn.decomposition import PCA
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
@@ -42,9 +42,14 @@ def _positive_int(name: str, value: object) -> int:
     return int(value)
 
 
+AUTO_MAX = 256
+
+
 class Reducer(TransformerMixin, BaseEstimator):
     """PCA to `n_components` dimensions (an int) or to a fraction of explained variance (a float
-    in (0, 1)); `None` keeps every dimension. Fitted on at most `max_fit` rows."""
+    in (0, 1)); `None` keeps every dimension; `"auto"` keeps every principal axis up to 256 (a
+    rotation: distances are kept, so are the rare states of large automata, which a cut to the
+    top-variance axes would merge). Fitted on at most `max_fit` rows."""
 
     def __init__(self, n_components: int | float | None = 10, max_fit: int = 20000, seed: int = 0):
         self.n_components = n_components
@@ -54,7 +59,10 @@ class Reducer(TransformerMixin, BaseEstimator):
     def fit(self, x: np.ndarray, y: object = None) -> Reducer:
         x = _check_x(x)
         nc = self.n_components
-        if nc is not None:
+        if isinstance(nc, str):
+            if nc != "auto":
+                raise ConfigError(f"n_components must be an int, a float, None or 'auto', got {nc!r}")
+        elif nc is not None:
             if isinstance(nc, float) and not isinstance(nc, bool):
                 if not 0 < nc < 1:
                     raise ConfigError(f"a float n_components is a variance fraction in (0, 1), got {nc}")
@@ -69,8 +77,13 @@ class Reducer(TransformerMixin, BaseEstimator):
             self.n_components_ = x.shape[1]
             self.explained_variance_ratio_ = np.ones(1)
             return self
-        self.pca_ = PCA(n_components=min(nc, limit) if isinstance(nc, int) else nc, random_state=self.seed)
-        self.pca_.fit(x)
+        if nc == "auto":
+            # a rotation onto the principal axes keeping up to AUTO_MAX of them: distances (and
+            # so rare states, whose variance is small) are kept, the figures get the top axes
+            self.pca_ = PCA(n_components=min(limit, AUTO_MAX), random_state=self.seed).fit(x)
+        else:
+            self.pca_ = PCA(n_components=min(nc, limit) if isinstance(nc, int) else nc, random_state=self.seed)
+            self.pca_.fit(x)
         self.n_components_ = int(self.pca_.n_components_)
         self.explained_variance_ratio_ = self.pca_.explained_variance_ratio_
         return self
@@ -117,35 +130,66 @@ def _centers(x: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
     return sums / np.maximum(counts, 1)[:, None]
 
 
+_UNIQUE_CACHE: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+
 def _unique_rows(x: np.ndarray, decimals: int = 5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Distinct rows (after rounding), the inverse index and the multiplicities."""
-    _, first, inverse, counts = np.unique(
-        np.round(x, decimals), axis=0, return_index=True, return_inverse=True, return_counts=True
-    )
-    return x[first], inverse.reshape(-1), counts
+    """Distinct rows (after rounding), the inverse index and the multiplicities (cached: the
+    sweep over cluster counts asks again for the same data)."""
+    r = np.ascontiguousarray(np.round(x, decimals) + 0.0)  # + 0.0: -0.0 and 0.0 are one value
+    key = (r.shape, decimals, hashlib.sha1(r.tobytes()).hexdigest())
+    if key not in _UNIQUE_CACHE:
+        rows = r.view(np.dtype((np.void, r.dtype.itemsize * r.shape[1]))).reshape(-1)
+        _, first, inverse, counts = np.unique(rows, return_index=True, return_inverse=True, return_counts=True)
+        if len(_UNIQUE_CACHE) > 8:
+            _UNIQUE_CACHE.clear()
+        _UNIQUE_CACHE[key] = (first, inverse.reshape(-1), counts)
+    first, inverse, counts = _UNIQUE_CACHE[key]
+    return x[first], inverse, counts
 
 
 class KMeansAbstraction(Abstraction):
-    """k-means (Hou & Zhou 2018) with `n_states` clusters (fewer if there are fewer points)."""
+    """k-means (Hou & Zhou 2018) with `n_states` clusters (fewer if there are fewer points).
 
-    def __init__(self, n_states: int = 8, n_init: int = 1, seed: int = 0):
+    Rows are first merged into their distinct values (rounded to `decimals`), weighted by
+    multiplicity: the states of a well-trained or compiled network repeat, so k-means at large
+    k runs on few points. With more than `minibatch_above` distinct rows it is MiniBatchKMeans.
+    """
+
+    def __init__(
+        self, n_states: int = 8, n_init: int = 1, seed: int = 0, decimals: int = 4,
+        minibatch_above: int = 50000,
+    ):
         self.n_states = n_states
         self.n_init = n_init
         self.seed = seed
+        self.decimals = decimals
+        self.minibatch_above = minibatch_above
 
     def fit(self, x: np.ndarray, y: object = None) -> KMeansAbstraction:
         k = _positive_int("n_states", self.n_states)
         x = _check_x(x)
-        k = min(k, len(x))
+        uniq, inverse, counts = _unique_rows(x, self.decimals)
+        k = min(k, len(uniq))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            km = KMeans(k, n_init=self.n_init, random_state=self.seed, max_iter=100).fit(x)
-        present = np.unique(km.labels_)
+            if len(uniq) > self.minibatch_above:
+                km = MiniBatchKMeans(
+                    k, n_init=max(1, self.n_init), random_state=self.seed, batch_size=4096,
+                    max_iter=100,
+                ).fit(uniq, sample_weight=counts)
+            else:
+                km = KMeans(k, n_init=self.n_init, random_state=self.seed, max_iter=100).fit(
+                    uniq, sample_weight=counts
+                )
+        labels = km.labels_[inverse]
+        present = np.unique(labels)
         remap = np.full(k, -1, dtype=np.int64)
         remap[present] = np.arange(len(present))
-        self.labels_ = remap[km.labels_]
+        self.labels_ = remap[labels]
         self.cluster_centers_ = km.cluster_centers_[present]
         self.n_states_ = len(present)
+        self.n_unique_ = len(uniq)
         return self
 
 

@@ -116,8 +116,10 @@ def _split_blocks(
     """Split each block in `hot` by `group` (-1 = undecided: nearest part in `x`, or the
     largest part); None if nothing changes."""
     key = np.full(len(blocks), -1, dtype=np.int64)
+    order = np.argsort(blocks, kind="stable")
+    bounds = np.searchsorted(blocks[order], np.arange(int(blocks.max()) + 2))
     for b in hot:
-        rows = np.flatnonzero(blocks == b)
+        rows = order[bounds[b] : bounds[b + 1]]
         g = group[rows]
         decided = g >= 0
         if not decided.any():

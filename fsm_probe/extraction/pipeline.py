@@ -3,7 +3,12 @@ minimize, or L*; `check_extraction` scores the result; `save_extraction` writes 
 
 The number of abstract states is chosen automatically: sizes are tried from small to large, and
 the first whose (refined, minimized) automaton agrees with the network on held-out sequences at
-`fidelity_target` with at most `max_states` states wins. When none does (an imperfect network,
+`fidelity_target` wins. There is no fixed ceiling: past 64 the size grows by a quarter at a time
+for as long as held-out fidelity keeps improving (it stops when k has grown 4-fold since the
+held-out errors last fell by a tenth, or when there are no more distinct states to split). Only `max_states` (None by
+default) or `time_limit` can stop the growth early; then `capped_` says which limit was hit
+(`{"limit": "max_states"|"time_limit", "value": ...}`, else None) and `extraction.json` has
+`"capped": true`. When none reaches the target (an imperfect network,
 whose behaviour usually drifts with length), the extractor collects again with longer words
 (`retry_length`), validates on words twice as long as well, and tries more sizes and k-means
 seeds, plus "capped" versions of automata above `max_states` (the best-supported states kept, the
@@ -19,6 +24,7 @@ compares with the task's `power(L)`.
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from pathlib import Path
@@ -36,7 +42,7 @@ from ..errors import ConfigError, InputError
 from ..io import atomic_write_json, atomic_write_text, replace_directory
 from ..models import model_config
 from ..models.rmt import MEMORY_HOOK
-from .abstraction import Reducer, _nearest, make_abstraction
+from .abstraction import Reducer, _nearest, _unique_rows, make_abstraction
 from .build import (
     build_automaton,
     refine_partition,
@@ -64,14 +70,20 @@ from .collect import (
     word_labels,
     word_tokens,
 )
+from .counters import fit_counter_machine
 from .lstar import lstar
 
 METHODS = ("kmeans", "grid", "gmm", "agglomerative", "lstar")
 DEFAULT_METHOD = "kmeans"
 CLUSTER_SIZES = (2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64)
+GROWTH = 1.25
+UNIQUE_MAX = 2000
+PATIENCE = 4
+IMPROVEMENT = 0.9
 GRID_SIZES = (2, 3, 4, 5, 6, 8, 10, 12, 16)
 RETRY_SIZES = (28, 36, 44, 56)
 RETRY_FIT_ROWS = 8000
+COUNTER_TARGET = 0.99
 
 
 def _task_automaton(model: nn.Module, task: Any) -> Automaton | None:
@@ -101,11 +113,11 @@ class FSMExtractor(BaseEstimator):
         self,
         method: str = DEFAULT_METHOD,
         site: str | list[str] | None = None,
-        n_components: int | float | None = 10,
+        n_components: int | float | str | None = "auto",
         sizes: tuple[int, ...] | None = None,
         refine: bool = True,
         squash: bool = True,
-        max_states: int = 20,
+        max_states: int | None = None,
         fidelity_target: float = 0.999,
         tolerance: float = 0.002,
         n_words: int = 256,
@@ -114,8 +126,9 @@ class FSMExtractor(BaseEstimator):
         val_length: int = 40,
         retry_length: int | None = 50,
         lstar_rounds: int = 25,
-        time_limit: float = 10.0,
+        time_limit: float = 20.0,
         empty_output: str = "free",
+        counters: str = "auto",
         seed: int = 0,
     ) -> None:
         self.method = method
@@ -135,6 +148,7 @@ class FSMExtractor(BaseEstimator):
         self.lstar_rounds = lstar_rounds
         self.time_limit = time_limit
         self.empty_output = empty_output
+        self.counters = counters
         self.seed = seed
 
     def _validate(self) -> None:
@@ -142,6 +156,8 @@ class FSMExtractor(BaseEstimator):
             raise ConfigError(f"unknown extraction method {self.method!r}; expected one of {', '.join(METHODS)}")
         for name in ("max_states", "n_words", "length", "n_val", "val_length", "lstar_rounds"):
             v = getattr(self, name)
+            if name == "max_states" and v is None:
+                continue
             if not isinstance(v, int | np.integer) or isinstance(v, bool) or v < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {v!r}")
         if self.retry_length is not None and (
@@ -149,10 +165,14 @@ class FSMExtractor(BaseEstimator):
             or self.retry_length < 1
         ):
             raise ConfigError(f"retry_length must be a positive integer or None, got {self.retry_length!r}")
+        if self.counters not in ("auto", "off"):
+            raise ConfigError(f"counters must be 'auto' or 'off', got {self.counters!r}")
         if self.empty_output not in ("free", "network"):
             raise ConfigError(f"empty_output must be 'free' or 'network', got {self.empty_output!r}")
         if not 0 < self.fidelity_target <= 1:
             raise ConfigError(f"fidelity_target must be in (0, 1], got {self.fidelity_target}")
+        if not isinstance(self.time_limit, int | float) or not self.time_limit > 0:
+            raise ConfigError(f"time_limit must be a positive number of seconds, got {self.time_limit!r}")
         if not 0 <= self.tolerance < 1:
             raise ConfigError(f"tolerance must be in [0, 1), got {self.tolerance}")
         if self.sizes is not None:
@@ -212,8 +232,57 @@ class FSMExtractor(BaseEstimator):
             method=self.method, site=",".join(self.site_),
         )
         self.row_states_ = self.built_.state_map[self.row_blocks_]
+        self.finite_state_, self.counter_fit_, self.counter_machine_ = True, None, None
+        self.finite_state_evidence_ = None
+        if self.counters == "auto" and self.segment_length_ is None:
+            self._check_counters(model, task)
         self.seconds_ = time.perf_counter() - t0
         return self
+
+    def _check_counters(self, model: nn.Module, task: Any) -> None:
+        """Is the network finite-state on the sampled lengths? The automaton is validated on
+        words twice `val_length` long (half of them from the task's sampler when it has one);
+        if it falls short of `fidelity_target` there, a counter machine is fitted
+        (`fsm_probe.extraction.counters`) and, when it agrees with the network at
+        `COUNTER_TARGET` on held-out words and has at most half the automaton's errors on the
+        long ones, the network is reported as not finite-state (`finite_state_ = False`,
+        `counter_machine_`)."""
+        cfg = model_config(model)
+        k = len(self.alphabet_)
+        n_ctx = None if cfg.is_rnn else cfg.n_ctx
+        long_len = min(2 * self.val_length, n_ctx or 2 * self.val_length)
+        rng = np.random.default_rng(self.seed + 7)
+        sampler = getattr(task if task is not None else getattr(model, "fsm_task", None), "sampler", None)
+        half = max(1, self.n_val // 2)
+        parts = [rng.integers(0, k, (half, long_len))]
+        fit_parts = [sample_words(k, self.n_words, min(2 * self.length, long_len), seed=self.seed + 8)]
+        if sampler is not None and getattr(sampler, "n_symbols", None) == k:
+            parts.append(sampler.sample(rng, half, long_len))
+            fit_parts.append(sampler.sample(rng, self.n_words, fit_parts[0].shape[1]))
+        long_tok = np.concatenate(parts)
+        long_lab = word_labels(model, long_tok, k)[:, 1:]
+        fsm_long = agreement(self.automaton_, long_tok, long_lab)["per_position"]
+        evidence = {"fsm_fidelity": self.fidelity_, "fsm_fidelity_long": fsm_long, "long_length": long_len}
+        self.finite_state_evidence_ = evidence
+        if min(self.fidelity_, fsm_long) >= self.fidelity_target:
+            return
+        words = np.concatenate(fit_parts)
+        col = self._collect(model, words)
+        votes = col.flat_predictions().copy()
+        votes[col.initial_rows()] = -1
+        vals = [(self.val_tokens_, self.val_labels_), (long_tok, long_lab)]
+        name = "counters" if self.task_automaton_ is None else f"counters:{self.task_automaton_.name}"
+        fit = fit_counter_machine(col.tokens, col.flat(), votes, vals[:1], self.alphabet_, self.labels_, name=name)
+        if fit is None or fit.machine.n_counters < 1:
+            return
+        cm_long = agreement_cm(fit.machine, long_tok, long_lab)
+        evidence.update(counter_fidelity=fit.fidelity, counter_fidelity_long=cm_long)
+        if (
+            fit.fidelity >= COUNTER_TARGET and (1 - cm_long) <= 0.5 * (1 - fsm_long)
+            and fit.machine.n_states < self.automaton_.n_states
+        ):
+            self.finite_state_, self.counter_fit_, self.counter_machine_ = False, fit, fit.machine
+            self.capped_ = None  # the automaton search could not end: the network counts
 
     def _steps(self, length: int) -> int:
         """Word length in extraction symbols for `length` tokens (whole segments on an RMT)."""
@@ -225,11 +294,14 @@ class FSMExtractor(BaseEstimator):
 
     def _fit_clusters(self, model: nn.Module, name: str) -> None:
         deadline = time.perf_counter() + self.time_limit
+        grow = self.sizes is None and self.method != "grid"
         sizes = list(self.sizes or (GRID_SIZES if self.method == "grid" else CLUSTER_SIZES))
         sweep = _Sweep(self, model, name, self.collection_, self.votes_)
         vals = [(self.val_tokens_, self.val_labels_)]
-        cands = sweep.run(sizes, [self.seed], vals, deadline, stop=True)
-        if not any(c.fid >= self.fidelity_target and c.n <= self.max_states for c in cands) and (
+        cands = sweep.run(sizes, [self.seed], vals, deadline, stop=True, grow=grow)
+        self.capped_ = sweep.capped
+        limit = _limit(self.max_states)
+        if not any(c.fid >= self.fidelity_target and c.n <= limit for c in cands) and (
             self.retry_length is not None and time.perf_counter() < deadline
         ):
             # An imperfect network: its behaviour drifts with length, so collect longer words,
@@ -252,7 +324,8 @@ class FSMExtractor(BaseEstimator):
             votes = long_col.flat_predictions().copy()
             if self.empty_output == "free":
                 votes[long_col.initial_rows()] = -1
-            more = sorted({*sizes, *RETRY_SIZES}) if self.sizes is None else sizes
+            tried = max(c.curve["size"] for c in cands)
+            more = sorted({*sizes, *RETRY_SIZES, *itertools.takewhile(lambda s: s <= tried, _sizes())}) if grow else sizes
             seeds = [self.seed] if self.method in ("grid", "agglomerative") else [
                 self.seed + i for i in range(3)
             ]
@@ -260,7 +333,14 @@ class FSMExtractor(BaseEstimator):
                 more, seeds, vals, budget, stop=False, refine=False, max_fit=RETRY_FIT_ROWS
             )
         self.curve_ = [c.curve for c in cands]
-        chosen = _select(cands, self.fidelity_target, self.tolerance, self.max_states)
+        chosen = _select(cands, self.fidelity_target, self.tolerance, limit)
+        if self.capped_ is None and self.max_states is not None and chosen.fid < self.fidelity_target and (
+            chosen.curve.get("capped") or any(c.n > limit for c in cands)
+        ):
+            # a larger automaton was found but not allowed
+            self.capped_ = {"limit": "max_states", "value": int(self.max_states)}
+        if chosen.fid >= self.fidelity_target and not chosen.curve.get("capped"):
+            self.capped_ = None
         self.collection_, self.votes_ = chosen.col, chosen.votes
         self.reducer_ = chosen.reducer
         self.fidelity_, self.built_, self.row_blocks_ = chosen.fid, chosen.built, chosen.part
@@ -278,9 +358,14 @@ class FSMExtractor(BaseEstimator):
             )
         res = lstar(
             model, self.alphabet_, self.labels_, max_rounds=self.lstar_rounds,
-            max_states=self.max_states, time_limit=self.time_limit, seed=self.seed, name=name,
+            max_states=_limit(self.max_states, 1000), time_limit=self.time_limit, seed=self.seed,
+            name=name,
         )
         self.lstar_ = res
+        self.capped_ = None if res.complete else (
+            {"limit": "time_limit", "value": float(self.time_limit)} if res.seconds >= self.time_limit
+            else {"limit": "max_states", "value": _limit(self.max_states, 1000)}
+        )
         hyp = res.automaton
         col = self.collection_
         blocks = np.concatenate(
@@ -319,6 +404,29 @@ class FSMExtractor(BaseEstimator):
         self._check_fitted()
         labels = word_labels(model, tokens, self.automaton_.n_symbols)[:, 1:]
         return agreement(self.automaton_, tokens, labels)["per_position"]
+
+
+def agreement_cm(machine: Any, tokens: np.ndarray, labels: np.ndarray) -> float:
+    """Per-position agreement of anything with `run_outputs` (a counter machine) with `labels`."""
+    pred = machine.run_outputs(tokens)
+    mask = labels >= 0
+    return float((pred == labels)[mask].mean()) if mask.any() else float("nan")
+
+
+def _limit(max_states: int | None, default: int = 10**9) -> int:
+    return default if max_states is None else int(max_states)
+
+
+def _sizes(start: int = 1):
+    """Cluster counts: `CLUSTER_SIZES`, then growing by `GROWTH`, from the first above `start`."""
+    for s in CLUSTER_SIZES:
+        if s > start:
+            yield s
+    s = CLUSTER_SIZES[-1]
+    while True:
+        s = max(s + 1, int(round(s * GROWTH)))
+        if s > start:
+            yield s
 
 
 def _fidelity(a: Automaton, vals: list[tuple[np.ndarray, np.ndarray]]) -> float:
@@ -397,13 +505,44 @@ class _Sweep:
         return part
 
     def run(
-        self, sizes, seeds, vals, deadline: float, stop: bool, refine: bool = True, max_fit: int | None = None
+        self, sizes, seeds, vals, deadline: float, stop: bool, refine: bool = True,
+        max_fit: int | None = None, grow: bool = False,
     ) -> list[_Candidate]:
+        """Candidates for each seed and size; with `grow`, sizes continue past `sizes` (see
+        `_sizes`) while fidelity improves. Sets `capped` when `max_states` or the deadline
+        stopped a growth that was still improving."""
         est = self.est
+        limit = _limit(est.max_states)
         base = make_abstraction(est.method, **({"seed": est.seed} if est.method != "grid" else {}))
         out: list[_Candidate] = []
+        self.capped = None
+        if grow and est.method == "kmeans":
+            # states that repeat exactly (compiled or saturated networks): each distinct state
+            # its own block, merged by minimization; one candidate, tried first
+            zf = self.z[self.fit_rows]
+            uniq, inverse, _ = _unique_rows(zf, 4)
+            if len(uniq) <= min(UNIQUE_MAX, len(zf) // 4) and len(uniq) <= limit * max(1, len(est.alphabet_)):
+                blocks = np.full(len(self.z), -1, dtype=np.int64)
+                blocks[self.fit_rows] = inverse
+                if self.col.virtual_initial:
+                    blocks[self.init_rows] = len(uniq)
+                info = {"size": len(uniq), "seed": int(est.seed), "abstract_states": len(uniq),
+                        "refined": False, "capped": False, "unique": True}
+                c = self._candidate(blocks, None, vals, info)
+                if c.n <= limit:
+                    out.append(c)
+                    if stop and c.fid >= est.fidelity_target:
+                        return out
         for seed in seeds:
-            for size in sizes:
+            best, best_size = -1.0, 1
+            schedule = iter(sizes) if not grow else _chain_sizes(sizes)
+            for size in schedule:
+                if grow and size > max(sizes):
+                    if size >= PATIENCE * best_size:
+                        break  # no improvement while k grew PATIENCE-fold: fidelity has stopped improving
+                    if size > limit:
+                        self.capped = {"limit": "max_states", "value": int(limit)}
+                        break
                 params = {} if est.method == "grid" else {"seed": seed}
                 zf = self.z[self.fit_rows]
                 blocks = np.full(len(self.z), -1, dtype=np.int64)
@@ -416,26 +555,43 @@ class _Sweep:
                     blocks[self.fit_rows] = abstraction.labels_
                 if self.col.virtual_initial:
                     blocks[self.init_rows] = abstraction.n_states_
+                elif est.empty_output == "free":
+                    # the initial state's label is free: its own block, so that `with_free_start`
+                    # can merge it with the state it behaves like (else it may keep a neighbour's label)
+                    blocks[self.init_rows] = blocks.max() + 1
                 info = {"size": int(size), "seed": int(seed), "abstract_states": int(abstraction.n_states_),
                         "refined": False, "capped": False}
                 new = [self._candidate(blocks, abstraction, vals, info)]
                 if est.refine and refine:
+                    cap = max(256, 4 * size) if est.max_states is None else max(128, 4 * est.max_states)
                     refined, converged = refine_partition(
-                        blocks, self.votes, self.edges, self.z, max_states=max(128, 4 * est.max_states),
-                        return_converged=True,
+                        blocks, self.votes, self.edges, self.z, max_states=cap, return_converged=True,
                     )
                     if converged and refined.max() != blocks.max():
                         new.append(self._candidate(refined, abstraction, vals, {**info, "refined": True}))
                 for c in list(new):
-                    if c.n > est.max_states:
+                    if c.n > limit:
                         capped = self._cap(c)
                         new.append(self._candidate(capped, abstraction, vals, {**c.curve, "capped": True}))
                 out += new
-                if stop and any(c.fid >= est.fidelity_target and c.n <= est.max_states for c in new):
+                top = max(c.fid for c in new if c.n <= limit) if any(c.n <= limit for c in new) else -1.0
+                if 1 - top < IMPROVEMENT * (1 - best):  # errors fell by a tenth: still improving
+                    best, best_size = top, size
+                if stop and any(c.fid >= est.fidelity_target and c.n <= limit for c in new):
                     return out
+                if grow and getattr(abstraction, "n_unique_", size + 1) <= size:
+                    break  # every distinct state has its own cluster: nothing left to split
                 if time.perf_counter() > deadline:
+                    if grow and best < est.fidelity_target:
+                        self.capped = {"limit": "time_limit", "value": float(est.time_limit)}
                     return out
         return out
+
+
+def _chain_sizes(sizes):
+    """`sizes`, then `_sizes` continued above their maximum."""
+    yield from sizes
+    yield from _sizes(max(sizes))
 
 
 class _Completer:
@@ -530,6 +686,8 @@ def check_extraction(
         "conflicts_resolved": int(extractor.n_conflicts_),
         "validation_fidelity": extractor.fidelity_,
         "segment_length": segment,
+        "capped": extractor.capped_ is not None,
+        "cap": extractor.capped_,
     }
     fid, acc, tests = {}, {}, {}
     for length in lengths:
@@ -558,6 +716,21 @@ def check_extraction(
         ic = interchange_accuracy(model, a, tok, list(extractor.site_), n_pairs=n_pairs, seed=seed)
         report["interchange_accuracy"] = ic["accuracy"]
         report["interchange"] = ic
+    report["finite_state"] = bool(getattr(extractor, "finite_state_", True))
+    report["finite_state_evidence"] = getattr(extractor, "finite_state_evidence_", None)
+    fit = getattr(extractor, "counter_fit_", None)
+    if fit is not None:
+        cm = fit.to_dict()
+        cm["validation_fidelity"] = cm.pop("fidelity")
+        by_len, acc_len = {}, {}
+        for length, tok in tests.items():
+            by_len[str(length)] = agreement_cm(fit.machine, tok, word_labels(model, tok, a.n_symbols)[:, 1:])
+            if truth is not None:
+                acc_len[str(length)] = agreement_cm(fit.machine, tok, truth.run_outputs(tok))
+        cm["fidelity_by_length"] = by_len
+        cm["fidelity"] = min(by_len.values())
+        cm["accuracy_by_length"] = acc_len or None
+        report["counter_machine"] = cm
     report["curve"] = extractor.curve_
     if hasattr(extractor, "lstar_"):
         r = extractor.lstar_
@@ -584,6 +757,8 @@ def save_extraction(
         extractor.automaton_.save_json(stage / "fsm.json")
         write_graphml(extractor.graph_, stage / "fsm.graphml")
         write_dot(extractor.graph_, stage / "fsm.dot")
+        if getattr(extractor, "counter_machine_", None) is not None:
+            extractor.counter_machine_.save_json(stage / "counter_machine.json")
         if figures_html is not None:
             atomic_write_text(stage / "figures.html", figures_html)
         atomic_write_json(stage / "extraction.json", _jsonable(report))
@@ -591,7 +766,8 @@ def save_extraction(
     return {name: out / name for name in names if name in EXTRACTION_FILES}
 
 
-EXTRACTION_FILES = ("fsm.json", "fsm.graphml", "fsm.dot", "figures.html", "extraction.json")
+EXTRACTION_FILES = ("fsm.json", "fsm.graphml", "fsm.dot", "counter_machine.json", "figures.html",
+                    "extraction.json")
 
 
 def _jsonable(obj: Any) -> Any:

@@ -193,17 +193,27 @@ CAPTIONS = (
     "Agreement with the network on held-out sequences (left axis) and states after "
     "minimization (right axis) against the abstraction size tried; the chosen size is the "
     "smallest whose automaton agrees with the network.",
+    "When the network is not finite-state: the control of the fitted counter machine. Each arrow "
+    "reads a symbol together with the signs of the counters after it (a|c0>0); the title gives "
+    "what each symbol adds to the counters.",
 )
 
 
 def extraction_figures(extractor: Any) -> list[go.Figure]:
     """The three standard figures of a fitted `FSMExtractor` (captions: `CAPTIONS`, same order)."""
     _fitted(extractor)
-    return [
+    figs = [
         automaton_figure(extractor.graph_),
         trajectories_figure(extractor),
         fidelity_curve_figure(extractor.curve_),
     ]
+    cm = getattr(extractor, "counter_machine_", None)
+    if cm is not None:
+        fig = automaton_figure(cm.control_automaton().to_networkx())
+        updates = "; ".join(f"{a}: {cm.updates[i].tolist()}" for i, a in enumerate(cm.alphabet))
+        fig.update_layout(title=f"Counter machine: control, {cm.n_counters} counter(s), updates {updates}")
+        figs.append(fig)
+    return figs
 
 
 def figures_html(figures: Sequence[go.Figure], title: str = "fsm_probe extraction",

@@ -1,0 +1,216 @@
+"""Fit a counter machine (`fsm_probe.counters.CounterMachine`) to a network that is not
+finite-state on the sampled lengths.
+
+Candidate counters are integer combinations of the symbol counts of a prefix, `c = counts . w`
+with `w` in {-1, 0, 1}^k (the integer lattice of Michaud et al. 2024, arXiv 2402.05110). The
+network's evidence for a counter is how well a linear read-out of the hidden state recovers it
+(R^2 of a least-squares fit over the collected rows). The most linearly encoded candidates are
+tried alone, then in pairs; for each, the finite control is learned as a Moore machine over
+(symbol, signs of the counters after it): k-means clusters of the hidden states (split by the
+network's label) vote on transitions, and minimization merges clusters that differ only in their
+counter values. The machine with the fewest counters, then control states,
+whose held-out fidelity (agreement with the network's labels) is best wins.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..counters import CounterMachine, sign_code
+from .abstraction import KMeansAbstraction, _unique_rows
+from .build import build_automaton, refine_partition
+
+MAX_CONTROL = 8  # a counter machine explains a network by few control states; more is a finite automaton
+
+
+@dataclass
+class CounterFit:
+    """A fitted machine with its held-out `fidelity`, the read-out `r2` of each counter and the
+    candidates tried (`tried`: weights, r2, fidelity, control states)."""
+
+    machine: CounterMachine
+    fidelity: float
+    r2: list[float]
+    weights: list[list[int]]
+    tried: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "n_counters": self.machine.n_counters,
+            "n_control_states": self.machine.n_states,
+            "fidelity": self.fidelity,
+            "counter_weights": self.weights,
+            "readout_r2": self.r2,
+            "machine": self.machine.to_dict(),
+            "tried": self.tried,
+        }
+
+
+def candidate_weights(n_symbols: int, max_nonzero: int = 3) -> np.ndarray:
+    """Weight vectors in {-1, 0, 1}^k, not all zero, first non-zero entry +1 (a counter and its
+    negation are one), with at most `max_nonzero` non-zero entries."""
+    out = []
+    for w in itertools.product((-1, 0, 1), repeat=n_symbols):
+        nz = [x for x in w if x]
+        if nz and nz[0] == 1 and len(nz) <= max_nonzero:
+            out.append(w)
+    return np.array(out, dtype=np.int64).reshape(-1, n_symbols)
+
+
+def prefix_counts(tokens: np.ndarray, n_symbols: int) -> np.ndarray:
+    """Symbol counts `[B, T + 1, k]` after every prefix, the empty one first."""
+    onehot = np.eye(n_symbols, dtype=np.int64)[tokens]
+    c = np.cumsum(onehot, axis=1)
+    return np.concatenate([np.zeros((len(tokens), 1, n_symbols), np.int64), c], axis=1)
+
+
+def readout_r2(hidden: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """R^2 of an affine least-squares read-out of each target column from `hidden` rows."""
+    x = np.concatenate([hidden, np.ones((len(hidden), 1))], 1)
+    coef, *_ = np.linalg.lstsq(x, targets.astype(np.float64), rcond=None)
+    resid = ((targets - x @ coef) ** 2).sum(0)
+    total = ((targets - targets.mean(0)) ** 2).sum(0)
+    return np.where(total > 0, 1 - resid / np.maximum(total, 1e-12), 0.0)
+
+
+def fit_control(
+    tokens: np.ndarray,
+    blocks: np.ndarray,
+    votes: np.ndarray,
+    weights: np.ndarray,
+    alphabet: tuple[str, ...],
+    labels: tuple[str, ...],
+    name: str = "counter_machine",
+) -> CounterMachine | None:
+    """The control for counters `weights [m, k]` from words `tokens [B, T]`, a clustering of the
+    network's hidden states `blocks [B * (T + 1)]` and its labels `votes` (row-major over
+    prefixes, -1 = unknown): the clusters (split by label) read (symbol, signs after it); a pair
+    never observed goes where that extended symbol mostly leads; minimization then merges the
+    clusters that differ only in their counter values. None above `MAX_CONTROL` states."""
+    b, t = tokens.shape
+    k, m = len(alphabet), len(weights)
+    updates = weights.T.copy()  # [k, m]
+    counts = prefix_counts(tokens, k) @ weights.T  # [B, T + 1, m]
+    codes = sign_code(counts)  # [B, T + 1]
+    ext = tokens * 3**m + codes[:, 1:]
+    rows = np.arange(b * (t + 1)).reshape(b, t + 1)
+    edges = (rows[:, :-1].reshape(-1), ext.reshape(-1), rows[:, 1:].reshape(-1))
+    split = np.unique(np.stack([blocks, np.maximum(votes, -1)], 1), axis=0, return_inverse=True)[1]
+    split = split.reshape(-1)
+    ext_alphabet = tuple(f"{a}|{g}" for a in alphabet for g in range(3**m))
+    built = build_automaton(
+        split, votes, edges, rows[:, 0], ext_alphabet, labels,
+        complete=lambda blk, sym: _common_target(split, edges, sym, blk), name=name,
+    )
+    a = built.minimal
+    if a.n_states > MAX_CONTROL:
+        return None
+    table = a.transitions.reshape(a.n_states, k, 3**m)
+    return CounterMachine(alphabet, labels, [f"q{i}" for i in range(a.n_states)], a.start,
+                          table, a.outputs, updates, name)
+
+
+def fit_control_refined(
+    tokens: np.ndarray,
+    votes: np.ndarray,
+    weights: np.ndarray,
+    alphabet: tuple[str, ...],
+    labels: tuple[str, ...],
+    name: str = "counter_machine",
+) -> CounterMachine | None:
+    """The control grown from one block by `refine_partition` (split where members disagree on
+    the network's label or on a successor; rows that did not read the splitting symbol join the
+    part with the same counter signs); None if it does not converge within `MAX_CONTROL`."""
+    b, t = tokens.shape
+    k, m = len(alphabet), len(weights)
+    codes = sign_code(prefix_counts(tokens, k) @ weights.T)
+    ext = tokens * 3**m + codes[:, 1:]
+    rows = np.arange(b * (t + 1)).reshape(b, t + 1)
+    edges = (rows[:, :-1].reshape(-1), ext.reshape(-1), rows[:, 1:].reshape(-1))
+    blocks, converged = refine_partition(
+        np.zeros(b * (t + 1), dtype=np.int64), votes, edges, np.eye(3**m)[codes.reshape(-1)],
+        max_states=MAX_CONTROL, return_converged=True,
+    )
+    if not converged:
+        return None
+    ext_alphabet = tuple(f"{a}|{g}" for a in alphabet for g in range(3**m))
+    built = build_automaton(
+        blocks, votes, edges, rows[:, 0], ext_alphabet, labels,
+        complete=lambda blk, sym: _common_target(blocks, edges, sym, blk), name=name,
+    )
+    a = built.minimal
+    table = a.transitions.reshape(a.n_states, k, 3**m)
+    return CounterMachine(alphabet, labels, [f"q{i}" for i in range(a.n_states)], a.start,
+                          table, a.outputs, weights.T.copy(), name)
+
+
+def _common_target(blocks, edges, sym: np.ndarray, blk: np.ndarray) -> np.ndarray:
+    """For an unobserved (state, extended symbol): the block the symbol most often leads to
+    (in counting machines the sign after a step mostly decides the control), else a self-loop."""
+    _, s, dst = edges
+    out = blk.copy()
+    for i, e in enumerate(sym):
+        hit = blocks[dst[s == e]]
+        if len(hit):
+            out[i] = np.bincount(hit).argmax()
+    return out
+
+
+def fit_counter_machine(
+    tokens: np.ndarray,
+    hidden: np.ndarray,
+    votes: np.ndarray,
+    val: list[tuple[np.ndarray, np.ndarray]],
+    alphabet: tuple[str, ...],
+    labels: tuple[str, ...],
+    max_counters: int = 2,
+    n_candidates: int = 6,
+    min_r2: float = 0.0,
+    n_clusters: int = 256,
+    seed: int = 0,
+    name: str = "counter_machine",
+) -> CounterFit | None:
+    """Fit counters and a control to words `tokens [B, T]` with hidden states `hidden [B * (T +
+    1), d]` and network labels `votes`; `val` holds held-out `(tokens, network labels)` pairs
+    (fidelity is the lowest over them). None when no candidate is linearly encoded (R^2 >=
+    `min_r2`) or no control converges."""
+    k = len(alphabet)
+    cands = candidate_weights(k)
+    counts = prefix_counts(tokens, k).reshape(-1, k)
+    r2 = readout_r2(hidden, counts @ cands.T)
+    order = [i for i in np.argsort(-r2) if r2[i] >= min_r2][:n_candidates]
+    tried, best = [], None
+    uniq, blocks, _ = _unique_rows(hidden, 4)
+    if len(uniq) > n_clusters:  # else the states repeat exactly (compiled, saturated): keep them
+        blocks = KMeansAbstraction(n_states=n_clusters, seed=seed).fit(hidden).labels_
+    for m in range(1, max_counters + 1):
+        for combo in itertools.combinations(order, m):
+            w = cands[list(combo)]
+            for how, machine in (
+                ("refined", fit_control_refined(tokens, votes, w, alphabet, labels, name)),
+                ("clusters", fit_control(tokens, blocks, votes, w, alphabet, labels, name)),
+            ):
+                fid = None
+                if machine is not None:
+                    fid = min(_agreement(machine, tok, lab) for tok, lab in val)
+                    key = (round(fid, 4), -machine.n_states)
+                    if best is None or key > best[0]:
+                        best = (key, CounterFit(machine, fid, [float(r2[i]) for i in combo], w.tolist()))
+                tried.append({"weights": w.tolist(), "r2": [float(r2[i]) for i in combo], "control": how,
+                              "fidelity": fid, "n_control_states": None if machine is None else machine.n_states})
+        if best is not None and best[0][0] >= 0.999:
+            break
+    if best is None:
+        return None
+    best[1].tried = tried
+    return best[1]
+
+
+def _agreement(machine: CounterMachine, tokens: np.ndarray, labels: np.ndarray) -> float:
+    pred = machine.run_outputs(tokens)
+    mask = labels >= 0
+    return float((pred == labels)[mask].mean()) if mask.any() else float("nan")
