@@ -200,7 +200,9 @@ CAPTIONS = (
 
 
 def extraction_figures(extractor: Any) -> list[go.Figure]:
-    """The three standard figures of a fitted `FSMExtractor` (captions: `CAPTIONS`, same order)."""
+    """The standard figures of a fitted `FSMExtractor` (captions: `CAPTIONS`, same order): the
+    automaton, the trajectories, the fidelity curve, and the counter machine's control when one
+    was fitted."""
     _fitted(extractor)
     figs = [
         automaton_figure(extractor.graph_),
@@ -220,11 +222,10 @@ def figures_html(figures: Sequence[go.Figure], title: str = "fsm_probe extractio
                  summary: str | None = None, captions: Sequence[str] = CAPTIONS) -> str:
     """One self-contained page in the report's style (plotly.js inlined once, works offline).
 
-    `captions[i]` (HTML) goes under figure i; figures beyond the captions get none."""
+    `captions[i]` (HTML) goes under figure i."""
     parts = [f"<pre>{html.escape(summary)}</pre>"] if summary else []
     parts += [
-        figure_block(fig, captions[i]) if i < len(captions) else figure_block(fig, "")
-        for i, fig in enumerate(figures)
+        figure_block(fig, caption) for fig, caption in zip(figures, captions, strict=False)
     ]
     return page(title, "automaton extraction", [("figures", "Figures", "".join(parts))])
 
