@@ -35,6 +35,11 @@ TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+# Recurrent recipes above are measured on automata up to this size; larger ones (S4, A5, D_n,
+# many symbols) take `recipes_size.gru_recipe` (wider, lr 3e-3, longer).
+RECURRENT = ("rnn", "gru", "lstm")
+SMALL_STATES, SMALL_SYMBOLS = 16, 4
+
 # (arch, task name) -> fields that differ from the architecture's recipe, each measured.
 TASK_OVERRIDES: dict[tuple[str, str], dict[str, Any]] = {
     ("transformer", "flipflop"): {"positional": "rotary"},  # learned: 0.91 final at 40; rotary: 1.00
@@ -65,6 +70,15 @@ def recipe(arch: str, task: Any | None = None) -> Recipe:
     model, train = dict(MODEL_DEFAULTS[arch]), dict(TRAIN_DEFAULTS[arch])
     for key, value in TASK_OVERRIDES.get((arch, getattr(task, "name", None)), {}).items():
         (model if key in model else train)[key] = value
+    if arch in RECURRENT and task is not None:
+        a = task.automaton
+        n_states, n_symbols = a.minimize().n_states, a.n_symbols
+        if n_states > SMALL_STATES or n_symbols > SMALL_SYMBOLS:  # measured in recipes_size
+            from .recipes_size import gru_recipe
+
+            sized = gru_recipe(n_states, n_symbols)
+            model["d_hidden"] = sized["d_hidden"]
+            train.update(lr=sized["lr"], max_steps=sized["max_steps"])
     return Recipe(arch, model, train)
 
 
