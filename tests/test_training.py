@@ -223,3 +223,22 @@ def test_full_length_draws_batches_at_the_longest_length(monkeypatch, task_name,
                    TrainConfig(train_lengths=(1, 12), max_steps=2, eval_every=2, val_size=8, full_length=True),
                    progress=False)
     assert seen == [expected]
+
+
+def test_recurrent_recipe_follows_the_automaton_size():
+    """Small automata keep the measured small recipe; S4 (24 states) and many symbols take the
+    sized one; counter tasks ignore their truncated automaton's size."""
+    from fsm_probe.recipes import recipe
+    from fsm_probe.recipes_size import gru_recipe
+
+    small = recipe("gru", get_task("tomita3"))
+    assert small.model["d_hidden"] == 64 and small.train["lr"] == 1e-2
+    s4 = recipe("gru", get_task("symmetric:n=4"))
+    sized = gru_recipe(24, 3)
+    assert (s4.model["d_hidden"], s4.train["lr"], s4.train["max_steps"]) == (
+        sized["d_hidden"], sized["lr"], sized["max_steps"])
+    many = recipe("lstm", get_task("cyclic:n=19,n_actions=19"))
+    assert many.model["d_hidden"] == 128
+    dyck = recipe("gru", get_task("dyck1"))
+    assert dyck.model["d_hidden"] == 32 and dyck.train["max_steps"] == 1500
+    assert recipe("transformer", get_task("symmetric:n=4")).model["d_hidden"] == 64  # unchanged
