@@ -162,7 +162,9 @@ ARCHS = "rnn, gru, lstm, transformer, rmt (recurrent memory Transformer), scratc
 def _recipe_help(text: str, key: str) -> str:
     from .recipes import describe
 
-    return f"{text} Default per --arch: {describe(key)}."
+    sized = (" Recurrent nets on automata above 16 states or 4 symbols, and on counter tasks, take "
+             "sized defaults (fsm_probe.recipes).") if key in ("d_hidden", "lr", "max_steps") else ""
+    return f"{text} Default per --arch: {describe(key)}.{sized}"
 
 
 @app.command("train")
@@ -331,7 +333,7 @@ def extract_cmd(
     out: Annotated[Path, typer.Option("--out", help="Directory for fsm.json, fsm.graphml, fsm.dot, figures.html, extraction.json.")],
     method: Annotated[str, typer.Option("--method", help="kmeans, grid, gmm, agglomerative or lstar.")] = "kmeans",
     site: Annotated[str | None, typer.Option("--site", help="Hook name(s), comma-separated; default: the full recurrent state (rmt: hook_memory, the automaton then reads segments).")] = None,
-    components: Annotated[float, typer.Option("--components", help="PCA dimensions (>= 1) or variance fraction (< 1).")] = 10,
+    components: Annotated[str, typer.Option("--components", help="PCA: 'auto' (a rotation keeping up to 256 axes, so rare states of large automata survive), dimensions (>= 1) or a variance fraction (< 1).")] = "auto",
     max_states: Annotated[int | None, typer.Option("--max-states", help="Largest automaton to return (default: no limit; the number of states grows while held-out fidelity improves).")] = None,
     lengths: Annotated[str, typer.Option("--lengths", help="Held-out lengths for the checks.")] = "50,100",
     seed: Annotated[int, typer.Option("--seed")] = 0,
@@ -344,7 +346,7 @@ def extract_cmd(
 
     model = load(run_dir)
     sites = [s.strip() for s in site.split(",") if s.strip()] if site else None
-    n_components = int(components) if components >= 1 else float(components)
+    n_components = _parse_components(components)
     ex = FSMExtractor(
         method=method, site=sites, n_components=n_components, max_states=max_states, seed=seed
     ).fit(model)
@@ -393,6 +395,19 @@ def _in_distribution(model: Any):
 def _warn_not_learned(verdict: Any, what: str) -> None:
     if verdict is not None and not verdict.learned:
         console.print(f"note: {verdict.text}; {what} describe a model that does not solve its task.")
+
+
+def _parse_components(text: str) -> int | float | str:
+    """`--components`: "auto", a number of dimensions >= 1, or a variance fraction in (0, 1)."""
+    if text.strip() == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"--components must be 'auto', a dimension count or a fraction, got {text!r}") from None
+    if not (value >= 1 and value == int(value)) and not 0 < value < 1:
+        raise ConfigError(f"--components must be 'auto', an integer >= 1 or a fraction in (0, 1), got {text!r}")
+    return int(value) if value >= 1 else value
 
 
 def _pairs(model: Any, length: int | None, n: int, position: int | None, seed: int):

@@ -86,7 +86,7 @@ def recipe(arch: str, task: Any | None = None) -> Recipe:
         if n_states > SMALL_STATES or n_symbols > SMALL_SYMBOLS:  # measured in recipes_size
             from .recipes_size import gru_recipe
 
-            sized = gru_recipe(n_states, n_symbols)
+            sized = gru_recipe(n_states, n_symbols)  # its batch_size is advice: batches stay 64
             model["d_hidden"] = sized["d_hidden"]
             train.update(lr=sized["lr"], max_steps=sized["max_steps"])
     return Recipe(arch, model, train)

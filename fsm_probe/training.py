@@ -204,7 +204,7 @@ def train(
     """Train a model on `task`; returns it in eval mode with `fsm_task` and `fsm_training` set.
 
     `fsm_training["stop_reason"]` says why training stopped and `fsm_training["learned"]`
-    whether validation at the longest training length reached the target. With `out_dir`,
+    whether validation at the longest training length reached min(target, 0.99). With `out_dir`,
     locks it for the run, writes the log and then the checkpoint into a staging directory beside
     it and swaps that in as a whole at the end (`checkpoint_stage`), so a failed or interrupted
     run leaves a previous run in `out_dir` intact, with its own log.

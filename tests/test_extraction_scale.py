@@ -157,3 +157,20 @@ def test_gru_recipe_grows_with_size() -> None:
     assert set(small) == {"d_hidden", "lr", "max_steps", "batch_size"}
     with pytest.raises(ConfigError, match="n_symbols"):
         gru_recipe(3, 0)
+
+
+@pytest.mark.slow
+def test_cli_extract_finds_the_counter_of_a_compiled_dyck1_rnn(tmp_path, capsys) -> None:
+    """The CLI extracts with the library's defaults (`--components auto`): a counter network gets
+    its counter machine (with 10 PCA axes it passed as a 14-state automaton)."""
+    task = get_task("dyck1")
+    save(compile_rnn(task.automaton), tmp_path / "run", task=task)
+    with pytest.raises(SystemExit) as exc:
+        main(["extract", str(tmp_path / "run"), "--out", str(tmp_path / "x")])
+    assert exc.value.code == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "x" / "extraction.json").read_text())
+    assert report["finite_state"] is False and (tmp_path / "x" / "counter_machine.json").is_file()
+    for bad in ("0", "1.5", "many"):
+        with pytest.raises(SystemExit) as exc:
+            main(["extract", str(tmp_path / "run"), "--out", str(tmp_path / "y"), "--components", bad])
+        assert exc.value.code == 2 and "--components" in capsys.readouterr().err
