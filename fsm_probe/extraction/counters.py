@@ -91,27 +91,9 @@ def fit_control(
     prefixes, -1 = unknown): the clusters (split by label) read (symbol, signs after it); a pair
     never observed goes where that extended symbol mostly leads; minimization then merges the
     clusters that differ only in their counter values. None above `MAX_CONTROL` states."""
-    b, t = tokens.shape
-    k, m = len(alphabet), len(weights)
-    updates = weights.T.copy()  # [k, m]
-    counts = prefix_counts(tokens, k) @ weights.T  # [B, T + 1, m]
-    codes = sign_code(counts)  # [B, T + 1]
-    ext = tokens * 3**m + codes[:, 1:]
-    rows = np.arange(b * (t + 1)).reshape(b, t + 1)
-    edges = (rows[:, :-1].reshape(-1), ext.reshape(-1), rows[:, 1:].reshape(-1))
+    _, rows, edges = _extended_prefixes(tokens, weights, len(alphabet))
     split = np.unique(np.stack([blocks, np.maximum(votes, -1)], 1), axis=0, return_inverse=True)[1]
-    split = split.reshape(-1)
-    ext_alphabet = tuple(f"{a}|{g}" for a in alphabet for g in range(3**m))
-    built = build_automaton(
-        split, votes, edges, rows[:, 0], ext_alphabet, labels,
-        complete=lambda blk, sym: _common_target(split, edges, sym, blk), name=name,
-    )
-    a = built.minimal
-    if a.n_states > MAX_CONTROL:
-        return None
-    table = a.transitions.reshape(a.n_states, k, 3**m)
-    return CounterMachine(alphabet, labels, [f"q{i}" for i in range(a.n_states)], a.start,
-                          table, a.outputs, updates, name)
+    return _control(split.reshape(-1), votes, edges, rows, weights, alphabet, labels, name)
 
 
 def fit_control_refined(
@@ -125,24 +107,39 @@ def fit_control_refined(
     """The control grown from one block by `refine_partition` (split where members disagree on
     the network's label or on a successor; rows that did not read the splitting symbol join the
     part with the same counter signs); None if it does not converge within `MAX_CONTROL`."""
-    b, t = tokens.shape
-    k, m = len(alphabet), len(weights)
-    codes = sign_code(prefix_counts(tokens, k) @ weights.T)
-    ext = tokens * 3**m + codes[:, 1:]
-    rows = np.arange(b * (t + 1)).reshape(b, t + 1)
-    edges = (rows[:, :-1].reshape(-1), ext.reshape(-1), rows[:, 1:].reshape(-1))
+    codes, rows, edges = _extended_prefixes(tokens, weights, len(alphabet))
     blocks, converged = refine_partition(
-        np.zeros(b * (t + 1), dtype=np.int64), votes, edges, np.eye(3**m)[codes.reshape(-1)],
+        np.zeros(rows.size, dtype=np.int64), votes, edges, np.eye(3 ** len(weights))[codes.reshape(-1)],
         max_states=MAX_CONTROL, return_converged=True,
     )
     if not converged:
         return None
+    return _control(blocks, votes, edges, rows, weights, alphabet, labels, name)
+
+
+def _extended_prefixes(tokens: np.ndarray, weights: np.ndarray, k: int):
+    """Counter sign codes `[B, T + 1]` of every prefix, the prefix row ids `[B, T + 1]`, and the
+    edges (row, extended symbol = symbol * 3^m + signs after it, next row)."""
+    b, t = tokens.shape
+    m = len(weights)
+    codes = sign_code(prefix_counts(tokens, k) @ weights.T)
+    ext = tokens * 3**m + codes[:, 1:]
+    rows = np.arange(b * (t + 1)).reshape(b, t + 1)
+    return codes, rows, (rows[:, :-1].reshape(-1), ext.reshape(-1), rows[:, 1:].reshape(-1))
+
+
+def _control(blocks, votes, edges, rows, weights, alphabet, labels, name) -> CounterMachine | None:
+    """The counter machine whose control is the minimized automaton of `blocks` over extended
+    symbols; None above `MAX_CONTROL` states."""
+    k, m = len(alphabet), len(weights)
     ext_alphabet = tuple(f"{a}|{g}" for a in alphabet for g in range(3**m))
     built = build_automaton(
         blocks, votes, edges, rows[:, 0], ext_alphabet, labels,
         complete=lambda blk, sym: _common_target(blocks, edges, sym, blk), name=name,
     )
     a = built.minimal
+    if a.n_states > MAX_CONTROL:
+        return None
     table = a.transitions.reshape(a.n_states, k, 3**m)
     return CounterMachine(alphabet, labels, [f"q{i}" for i in range(a.n_states)], a.start,
                           table, a.outputs, weights.T.copy(), name)
