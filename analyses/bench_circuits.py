@@ -3,7 +3,7 @@
 Part 1. Every compiled model (`compile_transformer`, n_ctx 32: scan and shortcut constructions of
 parity, C_3, C_5, flip-flop, S_3, Tomita 3, Tomita 1, Tomita 6): accuracy at every length 1..32
 (all prefixes of 256 words of length 32, random and ending in long runs), then each discovery
-method of `fsm_probe.circuit_discovery` (exact patching, plain attribution patching, attribution +
+method of `fsm_probe.circuits.discovery` (exact patching, plain attribution patching, attribution +
 exact verification of its top 10 cells, ACDC-style node pruning) on 32 mixed-position
 symmetric-corruption pairs of length 32: ROC-AUC of its ranking against the model's ground truth
 (`fsm_circuit.components`) and its wall time.
@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from fsm_probe import TrainConfig, get_task, load, train  # noqa: E402
-from fsm_probe.circuit_discovery import (  # noqa: E402
+from fsm_probe.circuits.discovery import (  # noqa: E402
     METHODS,
     attribution_mlp_exact,
     discover_circuit,
@@ -38,10 +38,10 @@ from fsm_probe.circuit_discovery import (  # noqa: E402
     roc_auc,
     verify_cells,
 )
+from fsm_probe.circuits.patching import activation_patching, attribution_patching, logit_diff  # noqa: E402
 from fsm_probe.errors import CheckpointError  # noqa: E402
 from fsm_probe.io import atomic_write_text  # noqa: E402
 from fsm_probe.models import ModelConfig, compile_transformer, predict_logits  # noqa: E402
-from fsm_probe.patching import activation_patching, attribution_patching, logit_diff  # noqa: E402
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ writes analyses/results/bench_extraction.md (the README table: one row per netwo
 `states / equivalent? / fidelity / interchange / seconds` cell per method) and .json (every number).
 
 `--large` (default: the zoo's large groups and the counter tasks) adds GRUs trained with
-`fsm_probe.recipes_size.gru_recipe` and the default extraction (plus AALpy's L* when installed):
+`fsm_probe.training.recipes_size.gru_recipe` and the default extraction (plus AALpy's L* when installed):
 states, equivalence, fidelity, seconds, whether the network was found finite-state and the
 counter machine's fidelity; written to OUT_large.md / .json.
 """
@@ -34,7 +34,6 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from fsm_probe.automata import Automaton  # noqa: E402
-from fsm_probe.checkpoint import load  # noqa: E402
 from fsm_probe.extraction import (  # noqa: E402
     DEFAULT_METHOD,
     METHODS,
@@ -48,6 +47,7 @@ from fsm_probe.io import atomic_write_json, atomic_write_text  # noqa: E402
 from fsm_probe.models import ModelConfig  # noqa: E402
 from fsm_probe.tasks import get_task  # noqa: E402
 from fsm_probe.training import TrainConfig, train  # noqa: E402
+from fsm_probe.training.checkpoint import load  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -78,7 +78,7 @@ def trained(spec: str, arch: str, steps: int | None = None, seed: int = 0):
 
 def trained_recipe(spec: str, seed: int = 0):
     """A cached GRU trained with `gru_recipe` for the task's size."""
-    from fsm_probe.recipes_size import gru_recipe
+    from fsm_probe.training.recipes_size import gru_recipe
 
     task = get_task(spec)
     a = task.automaton

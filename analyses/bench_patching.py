@@ -22,16 +22,16 @@ import torch  # noqa: E402
 from transformer_lens import patching as tlp  # noqa: E402
 
 from fsm_probe import TrainConfig, evaluate, get_task, load, train  # noqa: E402
-from fsm_probe.errors import CheckpointError  # noqa: E402
-from fsm_probe.io import atomic_write_text  # noqa: E402
-from fsm_probe.models import ModelConfig, build_transformer  # noqa: E402
-from fsm_probe.patching import (  # noqa: E402
+from fsm_probe.circuits.patching import (  # noqa: E402
     activation_patching,
     attribution_patching,
     compare,
     logit_diff,
     symmetric_corruption,
 )
+from fsm_probe.errors import CheckpointError  # noqa: E402
+from fsm_probe.io import atomic_write_text  # noqa: E402
+from fsm_probe.models import ModelConfig, build_transformer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "runs" / "bench_patching"

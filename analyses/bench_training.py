@@ -21,12 +21,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from fsm_probe.evaluation import evaluate  # noqa: E402
 from fsm_probe.io import atomic_write_text  # noqa: E402
 from fsm_probe.models.config import ModelConfig  # noqa: E402
 from fsm_probe.models.rnn import HookedRNN  # noqa: E402
 from fsm_probe.tasks import get_task  # noqa: E402
 from fsm_probe.training import TrainConfig, train  # noqa: E402
+from fsm_probe.training.evaluation import evaluate  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "bench_training.md"
 D_VOCAB, D_OUT = 2, 2

@@ -104,11 +104,11 @@ def _dilution(model, task, length: int, tokens: np.ndarray, failing: np.ndarray)
 def run_one(job: dict) -> dict:
     """Train one (task, model, seed) and evaluate it at every test length."""
     torch.set_num_threads(1)
-    from fsm_probe.datasets import eval_set
-    from fsm_probe.evaluation import accuracy_report
     from fsm_probe.models import ModelConfig, predict_logits
     from fsm_probe.tasks import get_task
+    from fsm_probe.tasks.datasets import eval_set
     from fsm_probe.training import TrainConfig, train
+    from fsm_probe.training.evaluation import accuracy_report
 
     task = get_task(job["task"])
     a = task.automaton

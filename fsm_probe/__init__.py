@@ -10,9 +10,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from . import _interrupt
+from . import _interrupt, _moved
 
 _interrupt.install_early()  # first of all: Ctrl-C while `fsm-probe` starts is one line
+_moved.install()
 
 __version__ = "0.1.0"
 
@@ -24,14 +25,14 @@ _EXPORTS = {
     "FsmProbeError": "errors",
     "InputError": "errors",
     "TaskError": "errors",
-    "evaluate": "evaluation",
+    "evaluate": "training",
     "HookedRNN": "models",
     "ModelConfig": "models",
     "build_model": "models",
     "build_transformer": "models",
     "predict_logits": "models",
-    "load": "checkpoint",
-    "save": "checkpoint",
+    "load": "training",
+    "save": "training",
     "Task": "tasks",
     "get_task": "tasks",
     "list_tasks": "tasks",
@@ -79,8 +80,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from .automata import Automaton
-    from .checkpoint import load, save
+    from .automata.machine import Automaton
     from .errors import (
         AutomatonError,
         CheckpointError,
@@ -89,7 +89,8 @@ if TYPE_CHECKING:
         InputError,
         TaskError,
     )
-    from .evaluation import evaluate
     from .models import HookedRNN, ModelConfig, build_model, build_transformer, predict_logits
-    from .tasks import Task, get_task, list_tasks, task_from_file
-    from .training import TrainConfig, train
+    from .tasks.zoo import Task, get_task, list_tasks, task_from_file
+    from .training.checkpoint import load, save
+    from .training.evaluation import evaluate
+    from .training.trainer import TrainConfig, train

@@ -116,7 +116,7 @@ def _parse_lengths(text: str) -> list[int]:
 
 
 def _resolve_task(task: str | None, task_file: Path | None):
-    from .tasks import get_task, task_from_file
+    from .tasks.zoo import get_task, task_from_file
 
     if (task is None) == (task_file is None):
         raise ConfigError("give exactly one of --task NAME[:PARAMS] or --task-file FILE.json")
@@ -127,7 +127,7 @@ def _resolve_task(task: str | None, task_file: Path | None):
 @_user_errors
 def tasks_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """List the task zoo with parameters and sources."""
-    from .tasks import get_task, list_tasks
+    from .tasks.zoo import get_task, list_tasks
 
     infos = list_tasks()
     rows = []
@@ -160,10 +160,10 @@ ARCHS = "rnn, gru, lstm, transformer, rmt (recurrent memory Transformer), scratc
 
 
 def _recipe_help(text: str, key: str) -> str:
-    from .recipes import describe
+    from .training.recipes import describe
 
     sized = (" Recurrent nets on automata above 16 states or 4 symbols, and on counter tasks, take "
-             "sized defaults (fsm_probe.recipes).") if key in ("d_hidden", "lr", "max_steps") else ""
+             "sized defaults (fsm_probe.training.recipes).") if key in ("d_hidden", "lr", "max_steps") else ""
     return f"{text} Default per --arch: {describe(key)}.{sized}"
 
 
@@ -198,10 +198,10 @@ def train_cmd(
 ) -> None:
     """Train a model on a task and save the checkpoint to --out.
 
-    Options left unset take the architecture's recipe (fsm_probe.recipes: the settings measured to learn). The last line says why training stopped and whether the model learned in distribution.
+    Options left unset take the architecture's recipe (fsm_probe.training.recipes: the settings measured to learn). The last line says why training stopped and whether the model learned in distribution.
     """
-    from .recipes import recipe
-    from .training import TrainConfig, train
+    from .training.recipes import recipe
+    from .training.trainer import TrainConfig, train
 
     the_task = _resolve_task(task, task_file)
     model_cfg = recipe(arch, the_task).model_config(
@@ -237,9 +237,9 @@ def eval_cmd(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Evaluate a checkpoint per length (per-position and final-position accuracy)."""
-    from .checkpoint import load
-    from .evaluation import evaluate
-    from .verdict import length_verdict, trained_length
+    from .training.checkpoint import load
+    from .training.evaluation import evaluate
+    from .training.verdict import length_verdict, trained_length
 
     if n < 1:
         raise ConfigError(f"--n must be positive, got {n}")
@@ -276,8 +276,8 @@ def predict_cmd(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Print the model's label after every prefix of each input word, next to the true one."""
-    from .checkpoint import load
     from .models import predict_logits
+    from .training.checkpoint import load
 
     model = load(run_dir)
     a = model.fsm_task.automaton
@@ -340,9 +340,9 @@ def extract_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print extraction.json.")] = False,
 ) -> None:
     """Recover the automaton a trained model implements, check it, and write it to --out."""
-    from .checkpoint import load
     from .extraction import FSMExtractor, check_extraction, save_extraction
     from .figures.extraction import extraction_figures, figures_html
+    from .training.checkpoint import load
 
     model = load(run_dir)
     sites = [s.strip() for s in site.split(",") if s.strip()] if site else None
@@ -383,8 +383,8 @@ def extract_cmd(
 def _in_distribution(model: Any):
     """The length verdict at the longest training length (None without a training record), so
     that commands showing a model's internals can say when it did not learn its task."""
-    from .evaluation import evaluate
-    from .verdict import length_verdict, trained_length
+    from .training.evaluation import evaluate
+    from .training.verdict import length_verdict, trained_length
 
     trained = trained_length(model)
     if trained is None:
@@ -412,8 +412,8 @@ def _parse_components(text: str) -> int | float | str:
 
 def _pairs(model: Any, length: int | None, n: int, position: int | None, seed: int):
     """Clean/corrupted pairs from the run's task at the report's default length."""
-    from .patching import corruption_pairs
-    from .report import analysis_length
+    from .circuits.patching import corruption_pairs
+    from .report.document import analysis_length
 
     if n < 1:
         raise ConfigError(f"--n must be positive, got {n}")
@@ -492,8 +492,8 @@ def patch_cmd(
     run's task; lists the cells with the largest effect (normalised: 0 = corrupted, 1 = clean)."""
     import numpy as np
 
-    from . import patching
-    from .checkpoint import load
+    from .circuits import patching
+    from .training.checkpoint import load
 
     if method not in ("exact", "attribution"):
         raise ConfigError(f"--method must be exact or attribution, got {method!r}")
@@ -574,8 +574,8 @@ def trace_cmd(
     list the states whose restoration brings back the most of p(clean prediction)."""
     import torch
 
-    from .checkpoint import load
-    from .tracing import causal_tracing
+    from .circuits.tracing import causal_tracing
+    from .training.checkpoint import load
 
     if noise != "symmetric":
         try:
@@ -632,8 +632,8 @@ def explain_cmd(
     """Does the model implement the automaton? The verdict (implements, shortcut, not_learned,
     unverified) with its evidence: accuracy per length, the state's site and IIA, the failure's
     mechanism, the extracted automaton."""
-    from .checkpoint import load
     from .explain import explain
+    from .training.checkpoint import load
 
     for name, value in (("--n", n), ("--iia-n", iia_n)):
         if value < 2:
@@ -662,7 +662,7 @@ def report_cmd(
 ) -> None:
     """Write one self-contained HTML report: verdict, lens, probes, attention, patching, tracing,
     circuit and the extracted automaton."""
-    from .report import ReportSettings, write_report
+    from .report.document import ReportSettings, write_report
 
     if length is not None and length < 2:
         raise ConfigError(f"--length must be at least 2, got {length}")
@@ -696,9 +696,9 @@ def compile_cmd(
 ) -> None:
     """Compile an automaton into Transformer weights: a checkpoint that evaluates, patches and
     loads in plain TransformerLens like a trained one, plus its ground-truth circuit.json."""
-    from .checkpoint import save
-    from .evaluation import evaluate
     from .models.compiled_transformer import compile_transformer
+    from .training.checkpoint import save
+    from .training.evaluation import evaluate
 
     if arch != "transformer":
         raise ConfigError(f"--arch must be transformer (compiled RNNs come from compile_rnn), got {arch!r}")
@@ -740,8 +740,8 @@ def circuit_cmd(
 ) -> None:
     """Rank every head and MLP (RNN: every state) by its causal importance for the final label
     and print the circuit; with RUN_DIR/circuit.json (a compiled model), score it (ROC-AUC)."""
-    from .checkpoint import load
-    from .circuit_discovery import discover_circuit, roc_auc
+    from .circuits.discovery import discover_circuit, roc_auc
+    from .training.checkpoint import load
 
     if n < 1:
         raise ConfigError(f"--n must be positive, got {n}")

@@ -16,12 +16,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from .evaluation import evaluate
 from .explain import explain
 from .io import atomic_write_json
 from .models import ModelConfig
-from .tasks import get_task
-from .training import TrainConfig, train
+from .tasks.zoo import get_task
+from .training.evaluation import evaluate
+from .training.trainer import TrainConfig, train
 
 TASK = "flipflop"
 TRAIN_LENGTH = 40

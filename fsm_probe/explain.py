@@ -30,12 +30,12 @@ from typing import Any
 
 from torch import nn
 
-from .causal_abstraction import interchange_intervention_accuracy, state_sites
+from .circuits.causal_abstraction import interchange_intervention_accuracy, state_sites
 from .errors import FsmProbeError
-from .evaluation import evaluate, position_accuracy
 from .models import model_config
-from .tasks import Task
-from .verdict import THRESHOLD, length_verdict, trained_length
+from .tasks.zoo import Task
+from .training.evaluation import evaluate, position_accuracy
+from .training.verdict import THRESHOLD, length_verdict, trained_length
 
 VERDICTS = ("implements", "shortcut", "not_learned", "unverified")
 UNIFORM_HEAD = 0.3  # distance from uniform averaging below which dilution is reported
@@ -175,7 +175,7 @@ def explain(
             f" and {state['length_beyond']}" if state["length_beyond"] else "")
 
     if circuit and cfg.arch == "transformer":
-        from .circuit_discovery import discover_circuit
+        from .circuits.discovery import discover_circuit
 
         found = discover_circuit(model, task, method="exact", seed=seed)
         out.components = found.circuit()
@@ -219,7 +219,7 @@ def _mechanisms(model: nn.Module, task: Task, train_max: int, breaks: int, n: in
                          f"0-{train_max - 1} and {outside:.3f} beyond: learned positional embeddings "
                          f"past {train_max} were never trained"),
             })
-    from .attention import attention_dilution, head_stats
+    from .circuits.attention import attention_dilution, head_stats
 
     lengths = sorted({x for x in (max(2, train_max // 4), train_max, breaks, min(cfg.n_ctx, 4 * breaks)) if x >= 2})
     stats = head_stats(model, length=train_max, n=min(n, 64), seed=seed)

@@ -4,14 +4,14 @@ import torch
 from scipy.stats import entropy
 
 from fsm_probe import ConfigError, InputError, ModelConfig, build_model, get_task
-from fsm_probe.attention import (
+from fsm_probe.circuits.attention import (
     attention_dilution,
     attention_patterns,
     head_stats,
     head_stats_from_patterns,
     token_labels,
 )
-from fsm_probe.datasets import eval_set
+from fsm_probe.tasks.datasets import eval_set
 
 PARITY = get_task("parity")
 

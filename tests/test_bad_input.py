@@ -13,7 +13,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
-from fsm_probe.checkpoint import check_training_record, load, save
 from fsm_probe.cli import main
 from fsm_probe.errors import (
     AutomatonError,
@@ -27,6 +26,7 @@ from fsm_probe.models import ModelConfig, build_model, predict_logits
 from fsm_probe.models.config import estimate_bytes
 from fsm_probe.tasks import get_task, task_from_file
 from fsm_probe.training import TrainConfig
+from fsm_probe.training.checkpoint import check_training_record, load, save
 
 TASK = get_task("parity")
 TRAINING = {**TrainConfig(train_lengths=(1, 6)).to_dict(), "lr": 0.01, "steps": 1, "seconds": 0.1,

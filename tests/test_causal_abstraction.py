@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from fsm_probe.causal_abstraction import interchange_intervention_accuracy, state_sites
-from fsm_probe.datasets import eval_set
+from fsm_probe.circuits.causal_abstraction import interchange_intervention_accuracy, state_sites
 from fsm_probe.errors import InputError
 from fsm_probe.models import ModelConfig, build_model
 from fsm_probe.models.compiled import compile_rnn
 from fsm_probe.tasks import get_task
+from fsm_probe.tasks.datasets import eval_set
 
 LENGTH, N = 9, 24
 

@@ -5,11 +5,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import fsm_probe.checkpoint as ckpt
-from fsm_probe.checkpoint import load, save
+import fsm_probe.training.checkpoint as ckpt
 from fsm_probe.errors import CheckpointError, OutputError
 from fsm_probe.models import ModelConfig, build_model, predict_logits
 from fsm_probe.tasks import get_task
+from fsm_probe.training.checkpoint import load, save
 
 
 def _model(arch: str, **kw):

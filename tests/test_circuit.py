@@ -4,10 +4,10 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from fsm_probe.circuit import circuit_graph, rank_components
+from fsm_probe.circuits.graph import circuit_graph, rank_components
+from fsm_probe.circuits.patching import PatchingResult
 from fsm_probe.errors import InputError
 from fsm_probe.figures import circuits as figs
-from fsm_probe.patching import PatchingResult
 
 
 def _result(values, site, axes=("layer", "pos"), direction="denoise", clean=2.0, corrupted=-2.0):

@@ -120,9 +120,9 @@ def test_malformed_task_file_is_exit_2_and_one_line(capsys, tmp_path, content, n
 
 
 def test_truncated_checkpoint_is_exit_2(capsys, tmp_path):
-    from fsm_probe.checkpoint import save
     from fsm_probe.models import ModelConfig, build_model
     from fsm_probe.tasks import get_task
+    from fsm_probe.training.checkpoint import save
 
     task = get_task("parity")
     save(build_model(ModelConfig("gru", 2, 2, d_hidden=8)), tmp_path, task=task)
@@ -133,9 +133,9 @@ def test_truncated_checkpoint_is_exit_2(capsys, tmp_path):
 
 
 def test_sequence_longer_than_the_context_is_exit_2(capsys, tmp_path):
-    from fsm_probe.checkpoint import save
     from fsm_probe.models import ModelConfig, build_model
     from fsm_probe.tasks import get_task
+    from fsm_probe.training.checkpoint import save
 
     save(build_model(ModelConfig("transformer", 2, 2, d_hidden=8, n_heads=2, n_ctx=16)), tmp_path, task=get_task("parity"))
     code, _, err = run(capsys, "eval", tmp_path, "--lengths", "10,40")
@@ -145,9 +145,9 @@ def test_sequence_longer_than_the_context_is_exit_2(capsys, tmp_path):
 
 
 def _saved(run_dir, arch, **kw):
-    from fsm_probe.checkpoint import save
     from fsm_probe.models import ModelConfig, build_model
     from fsm_probe.tasks import get_task
+    from fsm_probe.training.checkpoint import save
 
     save(build_model(ModelConfig(arch, 2, 2, d_hidden=16, seed=0, **kw)), run_dir, task=get_task("parity"))
     return run_dir
@@ -156,14 +156,14 @@ def _saved(run_dir, arch, **kw):
 def test_patch_command_matches_the_library(capsys, tmp_path):
     import numpy as np
 
-    from fsm_probe.checkpoint import load
-    from fsm_probe.patching import (
+    from fsm_probe.circuits.patching import (
         activation_patching,
         attribution_patching,
         corruption_pairs,
         logit_diff,
     )
     from fsm_probe.tasks import get_task
+    from fsm_probe.training.checkpoint import load
 
     run_dir = _saved(tmp_path / "t", "transformer", n_heads=2, n_ctx=32)
     out = tmp_path / "patch.json"
@@ -192,10 +192,10 @@ def test_patch_command_matches_the_library(capsys, tmp_path):
 def test_trace_command_matches_the_library(capsys, tmp_path):
     import numpy as np
 
-    from fsm_probe.checkpoint import load
-    from fsm_probe.patching import corruption_pairs
+    from fsm_probe.circuits.patching import corruption_pairs
+    from fsm_probe.circuits.tracing import causal_tracing
     from fsm_probe.tasks import get_task
-    from fsm_probe.tracing import causal_tracing
+    from fsm_probe.training.checkpoint import load
 
     run_dir = _saved(tmp_path, "gru", n_layers=2)
     code, stdout, err = run(capsys, "trace", run_dir, "--n", 4, "--length", 8, "--samples", 2, "--top", 4)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fsm_probe.checkpoint import load, save
 from fsm_probe.errors import AutomatonError
 from fsm_probe.extraction import FSMExtractor, interchange_accuracy
 from fsm_probe.extraction.collect import model_labels
 from fsm_probe.models.compiled import compile_rnn
 from fsm_probe.models.rnn import HookedRNN
 from fsm_probe.tasks import get_task, list_tasks
+from fsm_probe.training.checkpoint import load, save
 
 # modular_arithmetic (51 states) is left out: uniform random words almost never reach most of
 # its states, so passive extraction cannot see them (L* can; see test_lstar_on_compiled).

@@ -12,14 +12,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fsm_probe.automata import Automaton
-from fsm_probe.checkpoint import load, save
-from fsm_probe.circuit_discovery import METHODS, discover_circuit, mixed_corruption_pairs, roc_auc
+from fsm_probe.circuits.discovery import METHODS, discover_circuit, mixed_corruption_pairs, roc_auc
+from fsm_probe.circuits.patching import activation_patching, logit_diff
 from fsm_probe.cli import main
 from fsm_probe.errors import AutomatonError, ConfigError
 from fsm_probe.models import compile_transformer, predict_logits
 from fsm_probe.models.compiled_transformer import shortcut_kind, transformation_monoid
-from fsm_probe.patching import activation_patching, logit_diff
 from fsm_probe.tasks import get_task
+from fsm_probe.training.checkpoint import load, save
 
 SCAN_TASKS = ["parity", "cyclic:n=3", "cyclic:n=5", "flipflop", "symmetric", "tomita3", "tomita5",
               "tomita7", "dihedral", "abab", "adder", "even_pairs"]
@@ -287,7 +287,7 @@ def test_cli_compile_errors(capsys, tmp_path) -> None:
 
 
 def test_verified_cells_equal_the_full_sweep() -> None:
-    from fsm_probe.circuit_discovery import verify_cells
+    from fsm_probe.circuits.discovery import verify_cells
 
     task = get_task("symmetric")
     model = compile_transformer(task.automaton, "scan", n_ctx=16)

@@ -5,9 +5,9 @@ import itertools
 import numpy as np
 import pytest
 
-from fsm_probe.datasets import IGNORE_INDEX, Batch, eval_set, iterate_batches, sample_batch
 from fsm_probe.errors import ConfigError
 from fsm_probe.tasks import get_task
+from fsm_probe.tasks.datasets import IGNORE_INDEX, Batch, eval_set, iterate_batches, sample_batch
 
 
 def test_sample_batch_labels_and_states():

@@ -8,8 +8,8 @@ import pytest
 
 from fsm_probe import ModelConfig, TrainConfig, get_task, save, train
 from fsm_probe.cli import main
-from fsm_probe.evaluation import evaluate
 from fsm_probe.models.compiled import compile_rnn
+from fsm_probe.training.evaluation import evaluate
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from fsm_probe.automata import Automaton
-from fsm_probe.checkpoint import save
 from fsm_probe.cli import main
 from fsm_probe.errors import ConfigError, InputError
 from fsm_probe.extraction import (
@@ -39,6 +38,7 @@ from fsm_probe.figures.extraction import extraction_figures, figures_html
 from fsm_probe.models import ModelConfig, build_model
 from fsm_probe.models.compiled import compile_rnn
 from fsm_probe.tasks import get_task
+from fsm_probe.training.checkpoint import save
 
 
 @pytest.fixture(scope="module")

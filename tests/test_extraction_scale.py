@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 
 from fsm_probe.automata import Automaton
-from fsm_probe.checkpoint import save
+from fsm_probe.automata.counter import CounterMachine, anbn, dyck1, majority
 from fsm_probe.cli import main
-from fsm_probe.counters import CounterMachine, anbn, dyck1, majority
 from fsm_probe.errors import AutomatonError, ConfigError
 from fsm_probe.extraction import FSMExtractor, check_extraction, pipeline
 from fsm_probe.extraction.counters import fit_control_refined
 from fsm_probe.models.compiled import compile_rnn
 from fsm_probe.tasks import get_task
+from fsm_probe.training.checkpoint import save
 
 
 def random_automaton(n: int, k: int, n_labels: int, seed: int) -> Automaton:
@@ -149,7 +149,7 @@ def test_finite_state_networks_are_not_counters(name: str) -> None:
 
 
 def test_gru_recipe_grows_with_size() -> None:
-    from fsm_probe.recipes_size import gru_recipe
+    from fsm_probe.training.recipes_size import gru_recipe
 
     small, large, wide = gru_recipe(4, 2), gru_recipe(60, 4), gru_recipe(19, 19)
     assert small["d_hidden"] <= large["d_hidden"] <= wide["d_hidden"]

@@ -20,15 +20,15 @@ from contextlib import contextmanager
 
 import pytest
 
-import fsm_probe.checkpoint as ckpt
+import fsm_probe.training.checkpoint as ckpt
 from fsm_probe import _interrupt
 from fsm_probe import io as fio
-from fsm_probe.checkpoint import load
 from fsm_probe.cli import main
 from fsm_probe.errors import CheckpointError, LockedError, OutputError
 from fsm_probe.models import ModelConfig
 from fsm_probe.tasks import get_task
 from fsm_probe.training import TrainConfig, train
+from fsm_probe.training.checkpoint import load
 
 TASK = get_task("parity")
 OLD_STEPS, NEW_STEPS = 2, 3
@@ -232,7 +232,7 @@ def test_sigterm_during_training_keeps_the_old_checkpoint(tmp_path, template):
     out = _fresh(template, tmp_path)
 
     def child():
-        import fsm_probe.training as training
+        import fsm_probe.training.trainer as training
 
         real = training._loss
 
@@ -365,7 +365,7 @@ def test_two_train_runs_on_one_out(tmp_path, template, capsys):
     ready_r, ready_w = os.pipe()
 
     def first():
-        import fsm_probe.training as training
+        import fsm_probe.training.trainer as training
 
         real = training._loss
         paused = []

@@ -2,17 +2,17 @@
 
 The reference below uses only TransformerLens hooks (`run_with_cache`, `run_with_hooks` with hooks
 that overwrite or shift one activation) and autograd; it shares no code with
-`fsm_probe.patched_runs`, `fsm_probe.patching` or `fsm_probe.tracing`. Every architecture those
+`fsm_probe.circuits.engine`, `fsm_probe.circuits.patching` or `fsm_probe.circuits.tracing`. Every architecture those
 accept is checked (the scratchpad must be refused), with both noise kinds of causal tracing.
 """
 
 import pytest
 import torch
 
+from fsm_probe.circuits.patching import activation_patching, attribution_patching
+from fsm_probe.circuits.tracing import causal_tracing
 from fsm_probe.errors import InputError
 from fsm_probe.models import ModelConfig, build_model
-from fsm_probe.patching import activation_patching, attribution_patching
-from fsm_probe.tracing import causal_tracing
 
 B, T, SWAP = 3, 7, 3
 CONFIGS = {
@@ -360,7 +360,7 @@ def test_sublayer_tracing_on_a_recurrent_model_is_a_clear_error(name):
 def test_symmetric_tracing_on_trained_parity_models(arch):
     """Restoring a clean state before the swapped symbol cannot help (~0); from it on, the clean
     state carries the clean parity (~1), except an RMT's last memory, which no logit reads."""
-    from fsm_probe.patching import corruption_pairs
+    from fsm_probe.circuits.patching import corruption_pairs
     from fsm_probe.tasks import get_task
     from fsm_probe.training import TrainConfig, train
 

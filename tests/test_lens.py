@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from fsm_probe import InputError, ModelConfig, build_model, get_task, predict_logits
-from fsm_probe.datasets import IGNORE_INDEX, eval_set, label_batch
-from fsm_probe.lens import decode, fit_tuned_lens, logit_lens, stream_sites
+from fsm_probe.circuits.lens import decode, fit_tuned_lens, logit_lens, stream_sites
+from fsm_probe.tasks.datasets import IGNORE_INDEX, eval_set, label_batch
 
 TASK = get_task("parity")
 

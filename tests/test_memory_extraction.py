@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 from test_automata import automata
 
 from fsm_probe.automata import Automaton, segment_alphabet, segment_tokens, segment_words
-from fsm_probe.checkpoint import save
 from fsm_probe.cli import main
 from fsm_probe.errors import AutomatonError, ConfigError, InputError
 from fsm_probe.extraction import (
@@ -26,6 +25,7 @@ from fsm_probe.extraction import (
 from fsm_probe.models import ModelConfig, build_model
 from fsm_probe.tasks import get_task
 from fsm_probe.training import TrainConfig, train
+from fsm_probe.training.checkpoint import save
 
 # ---------------------------------------------------------------- segment (power) automata
 

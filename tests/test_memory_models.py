@@ -8,14 +8,14 @@ import pytest
 import torch
 from test_notebooks import run_notebook
 
-from fsm_probe.checkpoint import load, save
 from fsm_probe.cli import main
-from fsm_probe.datasets import IGNORE_INDEX, eval_set
 from fsm_probe.errors import ConfigError, InputError
-from fsm_probe.evaluation import evaluate
 from fsm_probe.models import HookedRMT, HookedScratchpad, ModelConfig, build_model, predict_logits
 from fsm_probe.tasks import get_task
+from fsm_probe.tasks.datasets import IGNORE_INDEX, eval_set
 from fsm_probe.training import TrainConfig, train
+from fsm_probe.training.checkpoint import load, save
+from fsm_probe.training.evaluation import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -247,9 +247,9 @@ def test_notebook_03_executes(tmp_path):
 
 
 def test_scratchpad_has_no_state_to_extract_patch_or_trace():
+    from fsm_probe.circuits.patching import activation_patching, probability
+    from fsm_probe.circuits.tracing import causal_tracing
     from fsm_probe.extraction.collect import collect, resolve_site
-    from fsm_probe.patching import activation_patching, probability
-    from fsm_probe.tracing import causal_tracing
 
     m = scratch().eval()
     tokens = np.zeros((2, 8), dtype=np.int64)
@@ -265,9 +265,9 @@ def test_scratchpad_has_no_state_to_extract_patch_or_trace():
 
 
 def test_rmt_tools_read_only_its_memory():
+    from fsm_probe.circuits.patching import activation_patching, probability
+    from fsm_probe.circuits.tracing import causal_tracing
     from fsm_probe.extraction.collect import resolve_site
-    from fsm_probe.patching import activation_patching, probability
-    from fsm_probe.tracing import causal_tracing
 
     m = rmt().eval()
     tokens = np.zeros((2, 8), dtype=np.int64)

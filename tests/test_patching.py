@@ -6,9 +6,7 @@ import torch
 from transformer_lens import patching as tlp
 
 from fsm_probe.automata import Automaton
-from fsm_probe.errors import InputError
-from fsm_probe.models import ModelConfig, build_model, build_transformer
-from fsm_probe.patching import (
+from fsm_probe.circuits.patching import (
     activation_patching,
     attribution_patching,
     compare,
@@ -19,6 +17,8 @@ from fsm_probe.patching import (
     probability,
     symmetric_corruption,
 )
+from fsm_probe.errors import InputError
+from fsm_probe.models import ModelConfig, build_model, build_transformer
 
 B, T, FLIP = 4, 10, 3
 
@@ -224,7 +224,7 @@ def test_result_helpers_and_errors(model, tokens):
 
 @pytest.mark.parametrize("kw", [{}, {"positional": "rotary", "normalization": "RMS"}, {"attention_dir": "bidirectional"}])
 def test_attribution_skipping_positions_changes_nothing(tokens, kw):
-    from fsm_probe.patched_runs import TransformerEngine
+    from fsm_probe.circuits.engine import TransformerEngine
 
     model = _transformer(**kw)
     clean, corrupted = tokens

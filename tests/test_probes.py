@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from fsm_probe import Automaton, ConfigError, ModelConfig, build_model, get_task
-from fsm_probe.datasets import eval_set
-from fsm_probe.probes import fit_probe, probe_model, probe_targets, split_groups
+from fsm_probe.circuits.probes import fit_probe, probe_model, probe_targets, split_groups
 from fsm_probe.tasks import task_from_automaton
+from fsm_probe.tasks.datasets import eval_set
 
 PARITY = get_task("parity")
 

@@ -4,7 +4,7 @@ import pytest
 
 from fsm_probe import ModelConfig, TrainConfig, get_task, train
 from fsm_probe.cli import main
-from fsm_probe.report import SECTIONS
+from fsm_probe.report.document import SECTIONS
 
 pytestmark = pytest.mark.slow
 

@@ -6,11 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from fsm_probe.attention import attention_dilution, attention_patterns, head_stats, segment_patterns
-from fsm_probe.circuit import circuit_graph, rank_components
-from fsm_probe.errors import InputError
-from fsm_probe.figures.circuits import head_stats_figure, patching_figure, tracing_figure
-from fsm_probe.lens import (
+from fsm_probe.circuits.attention import (
+    attention_dilution,
+    attention_patterns,
+    head_stats,
+    segment_patterns,
+)
+from fsm_probe.circuits.graph import circuit_graph, rank_components
+from fsm_probe.circuits.lens import (
     analysis_batch,
     cache_sites,
     decode,
@@ -19,17 +22,19 @@ from fsm_probe.lens import (
     site_positions,
     stream_sites,
 )
-from fsm_probe.models import ModelConfig, build_model
-from fsm_probe.patching import (
+from fsm_probe.circuits.patching import (
     activation_patching,
     attribution_patching,
     compare,
     default_sites,
     logit_diff,
 )
-from fsm_probe.probes import probe_model
+from fsm_probe.circuits.probes import probe_model
+from fsm_probe.circuits.tracing import causal_tracing
+from fsm_probe.errors import InputError
+from fsm_probe.figures.circuits import head_stats_figure, patching_figure, tracing_figure
+from fsm_probe.models import ModelConfig, build_model
 from fsm_probe.tasks import get_task
-from fsm_probe.tracing import causal_tracing
 from fsm_probe.training import TrainConfig, train
 
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from fsm_probe.automata import Automaton
+from fsm_probe.circuits.tracing import causal_tracing
 from fsm_probe.errors import InputError
 from fsm_probe.models import ModelConfig, build_model, build_transformer
-from fsm_probe.tracing import causal_tracing
 
 TOKENS = torch.randint(0, 2, (5, 8), generator=torch.Generator().manual_seed(3))
 
@@ -92,9 +92,9 @@ def test_window_restores_neighbouring_layers_together():
 
 @pytest.fixture(scope="module")
 def compiled_parity_run(tmp_path_factory):
-    from fsm_probe.checkpoint import save
     from fsm_probe.models.compiled import compile_rnn
     from fsm_probe.tasks import get_task
+    from fsm_probe.training.checkpoint import save
 
     task = get_task("parity")
     out = tmp_path_factory.mktemp("trace") / "run"

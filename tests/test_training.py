@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-import fsm_probe.training as training
-from fsm_probe.checkpoint import load
+import fsm_probe.training.trainer as training
 from fsm_probe.errors import CheckpointError, ConfigError
-from fsm_probe.evaluation import evaluate
 from fsm_probe.models import ModelConfig
 from fsm_probe.tasks import get_task
-from fsm_probe.training import TrainConfig, lr_schedule, train
+from fsm_probe.training.trainer import TrainConfig, lr_schedule, train
+from fsm_probe.training.checkpoint import load
+from fsm_probe.training.evaluation import evaluate
 
 
 def _cfg(task, arch="gru", **kw):
@@ -104,8 +104,8 @@ def test_model_must_fit_the_task():
 def test_evaluation_matches_a_direct_computation():
     task = get_task("parity")
     model = train(task, _cfg(task), TrainConfig(max_steps=5, eval_every=5), progress=False)
-    from fsm_probe.datasets import eval_set
     from fsm_probe.models import predict_logits
+    from fsm_probe.tasks.datasets import eval_set
 
     batch = eval_set(task, 30, n=64, seed=7)
     pred = predict_logits(model, batch.tokens).argmax(-1).numpy()
@@ -148,7 +148,7 @@ def test_failed_retrain_keeps_the_previous_log_and_checkpoint(tmp_path, monkeypa
 
 
 def test_recipe_fills_unset_fields_per_architecture():
-    from fsm_probe.recipes import TRAIN_DEFAULTS, recipe
+    from fsm_probe.training.recipes import TRAIN_DEFAULTS, recipe
 
     task = get_task("parity")
     for arch in ("gru", "transformer", "rmt", "scratchpad"):
@@ -208,7 +208,7 @@ def test_curriculum_moves_on_and_reports_the_target(tmp_path):
 def test_full_length_draws_batches_at_the_longest_length(monkeypatch, task_name, expected):
     """Every position supervised: all batches at the longest length (each prefix is an example);
     final-position tasks keep the sampled lengths (one length would be one training length)."""
-    import fsm_probe.training as training
+    import fsm_probe.training.trainer as training
 
     seen = []
     real = training.iterate_batches
@@ -228,8 +228,8 @@ def test_full_length_draws_batches_at_the_longest_length(monkeypatch, task_name,
 def test_recurrent_recipe_follows_the_automaton_size():
     """Small automata keep the measured small recipe; S4 (24 states) and many symbols take the
     sized one; counter tasks ignore their truncated automaton's size."""
-    from fsm_probe.recipes import recipe
-    from fsm_probe.recipes_size import gru_recipe
+    from fsm_probe.training.recipes import recipe
+    from fsm_probe.training.recipes_size import gru_recipe
 
     small = recipe("gru", get_task("tomita3"))
     assert small.model["d_hidden"] == 64 and small.train["lr"] == 1e-2

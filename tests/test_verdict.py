@@ -1,7 +1,7 @@
 import pytest
 
 from fsm_probe.errors import InputError
-from fsm_probe.verdict import length_verdict
+from fsm_probe.training.verdict import length_verdict
 
 
 def report(**acc):

@@ -18,7 +18,7 @@ from pathlib import Path
 import networkx as nx
 import numpy as np
 
-from ..automata import Automaton
+from ..automata.machine import Automaton
 from ..errors import InputError
 from ..io import atomic_write, atomic_write_text
 

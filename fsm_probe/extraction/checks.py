@@ -17,7 +17,7 @@ import torch
 from sklearn.metrics import normalized_mutual_info_score
 from torch import nn
 
-from ..automata import Automaton
+from ..automata.machine import Automaton
 from ..errors import ConfigError, InputError
 from ..models import as_tokens
 from .collect import is_rnn, memory_segment_length, resolve_site, word_labels, word_tokens

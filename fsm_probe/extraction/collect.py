@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..automata import segment_tokens, segment_words
+from ..automata.machine import segment_tokens, segment_words
 from ..errors import ConfigError, InputError
 from ..models import as_tokens, model_config, predict_logits
 from ..models.rmt import MEMORY_HOOK

@@ -1,4 +1,4 @@
-"""Fit a counter machine (`fsm_probe.counters.CounterMachine`) to a network that is not
+"""Fit a counter machine (`fsm_probe.automata.counter.CounterMachine`) to a network that is not
 finite-state on the sampled lengths.
 
 Candidate counters are integer combinations of the symbol counts of a prefix, `c = counts . w`
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..counters import CounterMachine, sign_code
+from ..automata.counter import CounterMachine, sign_code
 from .abstraction import KMeansAbstraction, _unique_rows
 from .build import build_automaton, refine_partition
 

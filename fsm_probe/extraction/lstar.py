@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from torch import nn
 
-from ..automata import Automaton
+from ..automata.machine import Automaton
 from ..errors import ConfigError
 from .collect import model_labels
 

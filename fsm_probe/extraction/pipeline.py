@@ -37,7 +37,7 @@ from sklearn.base import BaseEstimator
 from threadpoolctl import threadpool_limits
 from torch import nn
 
-from ..automata import Automaton, segment_alphabet, segment_words
+from ..automata.machine import Automaton, segment_alphabet, segment_words
 from ..errors import ConfigError, InputError
 from ..io import atomic_write_json, atomic_write_text, replace_directory
 from ..models import model_config

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..automata import Automaton
+from ..automata.machine import Automaton
 from ..errors import AutomatonError
 from .config import ModelConfig
 from .rnn import HookedRNN

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
-from ..automata import Automaton
+from ..automata.machine import Automaton
 from ..errors import AutomatonError, ConfigError
 from .config import ModelConfig
 from .transformer import build_transformer

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .errors import InputError
+from ..errors import InputError
 
 
 def trained_length(model: Any) -> int | None:

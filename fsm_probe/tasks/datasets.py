@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fsm_probe.errors import ConfigError
-from fsm_probe.tasks import Task
+from ..errors import ConfigError
+from .zoo import Task
 
 IGNORE_INDEX = -100
 

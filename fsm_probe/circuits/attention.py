@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .datasets import eval_set
-from .errors import ConfigError, InputError
-from .models import as_tokens, model_config
+from ..errors import ConfigError, InputError
+from ..models import as_tokens, model_config
+from ..tasks.datasets import eval_set
 
 
 def _require_transformer(model: nn.Module, rmt: bool = False) -> None:

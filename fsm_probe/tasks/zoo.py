@@ -23,8 +23,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from fsm_probe.automata import Automaton
-from fsm_probe.errors import AutomatonError, ConfigError, TaskError
+from ..automata.machine import Automaton
+from ..errors import AutomatonError, ConfigError, TaskError
 
 LIU = "Liu et al. 2023, Transformers Learn Shortcuts to Automata, arXiv 2210.10749 (synthseq/automata)"
 TOMITA = "Tomita 1982, Dynamic construction of finite automata from examples using hill-climbing"
@@ -805,7 +805,7 @@ _register(
 
 
 def _counter_task(name: str) -> Callable[..., Automaton]:
-    from fsm_probe.counters import COUNTER_MACHINES
+    from ..automata.counter import COUNTER_MACHINES
 
     machine = COUNTER_MACHINES[name]
 
@@ -815,7 +815,7 @@ def _counter_task(name: str) -> Callable[..., Automaton]:
     build.__doc__ = (
         f"{(machine.__doc__ or '').strip().splitlines()[0]} Not finite-state: the automaton is the "
         "counter machine truncated at |count| <= max_count, exact on words up to that length "
-        "(fsm_probe.counters)."
+        "(fsm_probe.automata.counter)."
     )
     return build
 

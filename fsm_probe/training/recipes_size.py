@@ -22,7 +22,7 @@ The rule past the measured points (100 states, 30 symbols) is an extrapolation.
 
 from __future__ import annotations
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 def gru_recipe(n_states: int, n_symbols: int) -> dict[str, int | float]:

@@ -37,11 +37,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .datasets import eval_set
-from .errors import InputError
-from .models import as_tokens, model_config
-from .models.rmt import MEMORY_HOOK
-from .tasks import Task
+from ..errors import InputError
+from ..models import as_tokens, model_config
+from ..models.rmt import MEMORY_HOOK
+from ..tasks.datasets import eval_set
+from ..tasks.zoo import Task
 
 
 @dataclass

@@ -20,7 +20,7 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 _STAGE = {"resid": 0, "state": 0, "head": 1, "attn": 1, "resid_mid": 2, "mlp": 3, "resid_post": 4, "cell": 0,
           "memory": 0}
@@ -111,7 +111,7 @@ def rank_components(
 ) -> list[Component]:
     """Every component of the patching `results`, largest |effect| first.
 
-    `results` are `fsm_probe.patching.PatchingResult`s (a mapping or a list). With `normalize`, an
+    `results` are `fsm_probe.circuits.patching.PatchingResult`s (a mapping or a list). With `normalize`, an
     effect is the share of the clean-vs-corrupted metric gap that the patch moves (denoising: how
     much it restores; noising: how much it destroys), so sites and directions compare.
     """

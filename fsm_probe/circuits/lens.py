@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .datasets import IGNORE_INDEX, Batch, eval_set, label_batch
-from .errors import ConfigError, InputError
-from .models import as_tokens, model_config
-from .models.rmt import MEMORY_HOOK
+from ..errors import ConfigError, InputError
+from ..models import as_tokens, model_config
+from ..models.rmt import MEMORY_HOOK
+from ..tasks.datasets import IGNORE_INDEX, Batch, eval_set, label_batch
 
 
 @dataclass(frozen=True)

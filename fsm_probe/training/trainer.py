@@ -20,15 +20,15 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import _validate as _v
+from .. import _validate as _v
+from ..errors import ConfigError
+from ..models import ModelConfig, as_tokens, build_model
+from ..models.config import check_memory
+from ..tasks.datasets import IGNORE_INDEX, iterate_batches
+from ..tasks.zoo import Task
 from .checkpoint import LOG, checkpoint_stage, write_checkpoint
-from .datasets import IGNORE_INDEX, iterate_batches
-from .errors import ConfigError
 from .evaluation import evaluate
-from .models import ModelConfig, as_tokens, build_model
-from .models.config import check_memory
 from .recipes import recipe
-from .tasks import Task
 from .verdict import THRESHOLD
 
 # Validation accuracy at the current maximum length that moves a length curriculum on.
@@ -39,7 +39,7 @@ RECIPE_FIELDS = ("lr", "max_steps", "warmup_steps", "curriculum", "final_weight"
 @dataclass
 class TrainConfig:
     """Training hyperparameters. Fields left at `None` (`lr`, `max_steps`, `warmup_steps`,
-    `curriculum`, `final_weight`) come from the architecture's recipe (`fsm_probe.recipes`).
+    `curriculum`, `final_weight`) come from the architecture's recipe (`fsm_probe.training.recipes`).
 
     `curriculum=K` (K > 0) starts with training lengths up to K and grows the maximum by half
     (at least 8) each time validation at the current maximum reaches 0.99 (or the target if

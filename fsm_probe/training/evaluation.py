@@ -7,9 +7,9 @@ from collections.abc import Iterable
 import numpy as np
 from torch import nn
 
-from .datasets import IGNORE_INDEX, eval_set
-from .models import predict_logits
-from .tasks import Task
+from ..models import predict_logits
+from ..tasks.datasets import IGNORE_INDEX, eval_set
+from ..tasks.zoo import Task
 
 
 def accuracy_report(pred: np.ndarray, labels: np.ndarray) -> dict[str, float]:

@@ -18,8 +18,8 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
-from fsm_probe.errors import AutomatonError, InputError
-from fsm_probe.io import atomic_write_json
+from ..errors import AutomatonError, InputError
+from ..io import atomic_write_json
 
 _DICT_KEYS = {"name", "alphabet", "states", "start", "transitions", "outputs", "labels"}
 _REQUIRED_KEYS = ("alphabet", "states", "start", "transitions")

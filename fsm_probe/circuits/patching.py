@@ -2,7 +2,7 @@
 
 `activation_patching` gives the same numbers as TransformerLens's `get_act_patch_*` loops but
 puts many patches into one forward and recomputes only what a patch can change (see
-`fsm_probe.patched_runs`). A metric that declares the logit positions it reads (`metric.positions`,
+`fsm_probe.circuits.engine`). A metric that declares the logit positions it reads (`metric.positions`,
 set by `logit_diff`/`probability`) also lets the last layer skip every other query. An RMT
 (`arch="rmt"`) has two sites: `"memory"`, the memory written by each segment (`hook_memory`,
 all M vectors at once), and `"memory_slot"`, one of those vectors at a time.
@@ -18,12 +18,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .datasets import eval_set
-from .errors import InputError
-from .models import as_tokens, model_config
-from .models.config import MEMORY_ARCHS
-from .models.rmt import MEMORY_HOOK
-from .patched_runs import (
+from ..errors import InputError
+from ..models import as_tokens, model_config
+from ..models.config import MEMORY_ARCHS
+from ..models.rmt import MEMORY_HOOK
+from ..tasks.datasets import eval_set
+from .engine import (
     EvalMode,
     Metric,
     Patch,

@@ -24,10 +24,10 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 from torch import nn
 
-from .datasets import Batch
-from .errors import ConfigError, InputError
+from ..errors import ConfigError, InputError
+from ..tasks.datasets import Batch
+from ..tasks.zoo import Task
 from .lens import analysis_batch, cache_sites, site_positions, stream_sites
-from .tasks import Task
 
 PROBE_KINDS = ("logistic", "ridge")
 

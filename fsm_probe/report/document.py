@@ -24,25 +24,25 @@ import numpy as np
 import plotly.graph_objects as go
 from torch import nn
 
-from .attention import (
+from ..circuits.attention import (
     attention_dilution,
     attention_patterns,
     head_stats,
     segment_patterns,
     token_labels,
 )
-from .checkpoint import load
-from .circuit import circuit_graph, rank_components
-from .datasets import eval_set
-from .errors import ConfigError, FsmProbeError, InputError
-from .evaluation import evaluate
-from .explain import explain, train_max_length
-from .figures import circuits as figs
-from .figures.html import figure_block, page
-from .io import atomic_write_text, output_lock
-from .lens import fit_tuned_lens, logit_lens
-from .models import model_config
-from .probes import probe_model
+from ..circuits.graph import circuit_graph, rank_components
+from ..circuits.lens import fit_tuned_lens, logit_lens
+from ..circuits.probes import probe_model
+from ..errors import ConfigError, FsmProbeError, InputError
+from ..explain import explain, train_max_length
+from ..figures import circuits as figs
+from ..figures.html import figure_block, page
+from ..io import atomic_write_text, output_lock
+from ..models import model_config
+from ..tasks.datasets import eval_set
+from ..training.checkpoint import load
+from ..training.evaluation import evaluate
 
 SECTIONS = (
     ("verdict", "Verdict"),
@@ -157,8 +157,8 @@ def report_html(
     """The full report for `model` (with `fsm_task`, as `load` or `train` returns it).
 
     `progress`, when given, is called with the name of each section as it starts."""
-    from . import patching
-    from .tracing import causal_tracing
+    from ..circuits import patching
+    from ..circuits.tracing import causal_tracing
 
     s = settings or ReportSettings()
     cfg = model_config(model)
@@ -487,7 +487,7 @@ def report_html(
             doc.note("Extraction was switched off for this report.")
             return
         try:
-            from .extraction import check_extraction, extract
+            from ..extraction import check_extraction, extract
         except ImportError:
             doc.note("fsm_probe.extraction is not available in this installation.")
             return
@@ -505,7 +505,7 @@ def report_html(
             ["extraction", "value"],
         )
         try:
-            from .figures.extraction import automaton_figure, fidelity_curve_figure
+            from ..figures.extraction import automaton_figure, fidelity_curve_figure
         except ImportError:
             return
         if not cfg.is_rnn and cfg.arch != "rmt":

@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from .automata import Automaton
-from .errors import AutomatonError
-from .io import atomic_write_json
+from ..errors import AutomatonError
+from ..io import atomic_write_json
+from .machine import Automaton
 
 SIGNS = ("-", "0", "+")
 

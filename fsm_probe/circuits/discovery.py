@@ -37,11 +37,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import InputError
+from ..models import as_tokens, model_config
+from ..tasks.datasets import eval_set
 from . import patching
-from .datasets import eval_set
-from .errors import InputError
-from .models import as_tokens, model_config
-from .patched_runs import EvalMode, Patch, Runner, Sweep, metric_value, needed_positions
+from .engine import EvalMode, Patch, Runner, Sweep, metric_value, needed_positions
 
 METHODS = ("exact", "attribution", "attribution_mlp", "verified", "acdc")
 
@@ -361,7 +361,7 @@ def attribution_mlp_exact(
     of AtP*'s fix for saturated attention (recompute the saturated nonlinearity, linearise only
     after it) applied to the MLP that reads a head: plain attribution, linearised through a
     saturated MLP (e.g. a staircase), gives the head feeding it zero."""
-    from .patched_runs import TransformerEngine
+    from .engine import TransformerEngine
 
     cfg = model_config(model)
     if cfg.is_rnn or cfg.arch != "transformer":

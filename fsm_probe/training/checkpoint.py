@@ -29,12 +29,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformer_lens.model_bridge import TransformerBridge
 
-from . import _validate as _v
-from .errors import CheckpointError, ConfigError, FsmProbeError
-from .io import check_out_path, readable_directory, replace_directory
-from .models import ModelConfig, build_model, model_config, tl_config_dict
-from .models.config import check_memory
-from .tasks import Task
+from .. import _validate as _v
+from ..errors import CheckpointError, ConfigError, FsmProbeError
+from ..io import check_out_path, readable_directory, replace_directory
+from ..models import ModelConfig, build_model, model_config, tl_config_dict
+from ..models.config import check_memory
+from ..tasks.zoo import Task
 
 FORMAT_VERSION = 1
 CONFIG = "config.json"

@@ -3,7 +3,7 @@
 Corrupt some input positions (Gaussian noise on the token embedding, or a symmetric symbol swap),
 then restore one clean state at a time and measure how much of the probability of the target
 label at the last position comes back. Restorations are batched exactly as in
-`fsm_probe.patching` (both run on `fsm_probe.patched_runs`). On an RMT the restored state is the
+`fsm_probe.circuits.patching` (both run on `fsm_probe.circuits.engine`). On an RMT the restored state is the
 memory each segment writes.
 """
 
@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .errors import InputError
-from .models import as_tokens, model_config
-from .patched_runs import EvalMode, Patch, Runner, Sweep
+from ..errors import InputError
+from ..models import as_tokens, model_config
+from .engine import EvalMode, Patch, Runner, Sweep
 from .patching import check_site, probability, symmetric_corruption
 
 KINDS = ("resid", "mlp", "attn")

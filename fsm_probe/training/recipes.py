@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 # ModelConfig fields per architecture (the rest keep the ModelConfig defaults).
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -61,7 +61,7 @@ class Recipe:
 
     def model_config(self, task: Any, **overrides: Any) -> Any:
         """A `ModelConfig` for `task` (vocabulary and outputs from its automaton); `None` overrides are ignored."""
-        from .models import ModelConfig
+        from ..models import ModelConfig
 
         a = task.automaton
         fields = {**self.model, **{k: v for k, v in overrides.items() if v is not None}}

@@ -1,4 +1,4 @@
-"""Patched runs: the forward passes behind `fsm_probe.patching` and `fsm_probe.tracing`.
+"""Patched runs: the forward passes behind `fsm_probe.circuits.patching` and `fsm_probe.circuits.tracing`.
 
 A `Runner` caches a model's base and source runs and evaluates a metric on batches of patched runs,
 each a copy of the base run with one cell (`Patch`: layers, position, head) taken from the source.
@@ -8,7 +8,7 @@ position (cached keys/values stand in for the prefix). Transformers built by fsm
 `TransformerEngine`, which runs the native model's layers from any stage; other Transformers go
 through the bridge's hook points. RNN sweeps restart the recurrence from the cached state before the
 patched step, RMT sweeps from the cached memory. Internal to fsm_probe: the public API is in
-`fsm_probe.patching`.
+`fsm_probe.circuits.patching`.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.utilities.activation_functions import apply_softcap
 
-from .errors import InputError
-from .models import model_config
-from .models.rmt import MEMORY_HOOK
+from ..errors import InputError
+from ..models import model_config
+from ..models.rmt import MEMORY_HOOK
 
 Metric = Callable[[Tensor], Tensor]
 STAGES = ("resid_pre", "head_out", "attn_out", "resid_mid", "mlp_out", "resid_post")
