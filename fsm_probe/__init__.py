@@ -37,6 +37,7 @@ _EXPORTS = {
     "get_task": "tasks",
     "list_tasks": "tasks",
     "task_from_file": "tasks",
+    "Run": "training",
     "TrainConfig": "training",
     "train": "training",
 }
@@ -51,6 +52,7 @@ __all__ = [
     "InputError",
     "ModelConfig",
     "Task",
+    "Run",
     "TaskError",
     "TrainConfig",
     "build_model",
@@ -93,4 +95,4 @@ if TYPE_CHECKING:
     from .tasks.zoo import Task, get_task, list_tasks, task_from_file
     from .training.checkpoint import load, save
     from .training.evaluation import evaluate
-    from .training.trainer import TrainConfig, train
+    from .training import Run, TrainConfig, train

@@ -214,8 +214,7 @@ def train_cmd(
         full_length=full_length,
         target_accuracy=target, final_only=final_only, seed=seed,
     )
-    model = train(the_task, model_cfg, train_cfg, out_dir=out, progress=not quiet)
-    t = model.fsm_training
+    t = train(the_task, model_cfg, train_cfg, out_dir=out, progress=not quiet).log
     val = "none" if t["final_val_accuracy"] is None else f"{t['final_val_accuracy']:.4f}"
     console.print(
         f"trained {arch} on {the_task.spec}: {t['steps']} steps, {t['seconds']:.1f}s, "
@@ -239,25 +238,25 @@ def eval_cmd(
     """Evaluate a checkpoint per length (per-position and final-position accuracy)."""
     from .training.checkpoint import load
     from .training.evaluation import evaluate
-    from .training.verdict import length_verdict, trained_length
+    from .training.verdict import length_verdict
 
     if n < 1:
         raise ConfigError(f"--n must be positive, got {n}")
     from .models.config import check_eval_memory
 
     wanted = _parse_lengths(lengths)
-    model = load(run_dir)
-    trained = trained_length(model)
+    run = load(run_dir)
+    trained = run.trained_length
     lengths_run = sorted({*wanted, *([trained] if trained else [])})
-    check_eval_memory(model.fsm_config, n, max(lengths_run))
+    check_eval_memory(run.model_config, n, max(lengths_run))
     # in distribution first: the longest training length is always measured
-    report = evaluate(model, model.fsm_task, lengths_run, n=n, seed=seed)
+    report = evaluate(run.model, run.task, lengths_run, n=n, seed=seed)
     verdict = length_verdict(report, trained) if trained else None
     if as_json:
         print(json.dumps({"lengths": {str(k): v for k, v in report.items()},
                           "verdict": verdict.to_dict() if verdict else None}))
         return
-    table = Table(title=f"{run_dir}: {model.fsm_config.arch} on {model.fsm_task.spec}")
+    table = Table(title=f"{run_dir}: {run.model_config.arch} on {run.task.spec}")
     for col in ("length", "accuracy", "final accuracy", "sequence accuracy"):
         table.add_column(col, justify="right")
     for length, r in report.items():
@@ -279,14 +278,14 @@ def predict_cmd(
     from .models import predict_logits
     from .training.checkpoint import load
 
-    model = load(run_dir)
-    a = model.fsm_task.automaton
+    run = load(run_dir)
+    a = run.task.automaton
     rows = []
     for text in sequences:
         tokens = a.encode(text.split() if " " in text.strip() else text)
         if len(tokens) == 0:
             raise ConfigError(f"input word {text!r} is empty; give at least one symbol")
-        pred = predict_logits(model, tokens[None]).argmax(-1)[0].tolist()
+        pred = predict_logits(run.model, tokens[None]).argmax(-1)[0].tolist()
         true = a.run_outputs(tokens[None])[0].tolist()
         rows.append(
             {
@@ -344,15 +343,15 @@ def extract_cmd(
     from .figures.extraction import extraction_figures, figures_html
     from .training.checkpoint import load
 
-    model = load(run_dir)
+    run = load(run_dir)
     sites = [s.strip() for s in site.split(",") if s.strip()] if site else None
     n_components = _parse_components(components)
     ex = FSMExtractor(
         method=method, site=sites, n_components=n_components, max_states=max_states, seed=seed
-    ).fit(model)
-    report = check_extraction(model, ex, lengths=tuple(_parse_lengths(lengths)))
+    ).fit(run.model, run.task)
+    report = check_extraction(run.model, ex, lengths=tuple(_parse_lengths(lengths)))
     summary = (
-        f"{run_dir}: {model.fsm_config.arch} on {model.fsm_task.spec}, method {method}\n"
+        f"{run_dir}: {run.model_config.arch} on {run.task.spec}, method {method}\n"
         f"states {report['n_states']} (raw {report['n_states_raw']}), fidelity {report['fidelity']:.4f}, "
         f"equivalent to task: {report['equivalent_to_task']}"
     )
@@ -362,7 +361,7 @@ def extract_cmd(
         print(json.dumps(json.loads((out / "extraction.json").read_text(encoding="utf-8"))))
         return
     ic = report["interchange_accuracy"]
-    _warn_not_learned(_in_distribution(model), "the automaton below and its checks")
+    _warn_not_learned(_in_distribution(run), "the automaton below and its checks")
     console.print(summary + (f", interchange accuracy {ic:.4f}" if ic is not None else "")
                   + f", {report['seconds']:.2f}s -> {out}")
     cm = report.get("counter_machine")
@@ -380,16 +379,16 @@ def extract_cmd(
         console.print(f"counterexample: {sep.join(report['counterexample']) or '(empty word)'}")
 
 
-def _in_distribution(model: Any):
+def _in_distribution(run: Any):
     """The length verdict at the longest training length (None without a training record), so
     that commands showing a model's internals can say when it did not learn its task."""
     from .training.evaluation import evaluate
-    from .training.verdict import length_verdict, trained_length
+    from .training.verdict import length_verdict
 
-    trained = trained_length(model)
+    trained = run.trained_length
     if trained is None:
         return None
-    return length_verdict(evaluate(model, model.fsm_task, [trained], n=256), trained)
+    return length_verdict(evaluate(run.model, run.task, [trained], n=256), trained)
 
 
 def _warn_not_learned(verdict: Any, what: str) -> None:
@@ -640,8 +639,7 @@ def explain_cmd(
             raise ConfigError(f"{name} must be at least 2, got {value}")
     if seed < 0:
         raise ConfigError(f"--seed must be non-negative, got {seed}")
-    model = load(run_dir)
-    result = explain(model, model.fsm_task, n=n, iia_n=iia_n, extraction=extraction, seed=seed)
+    result = explain(load(run_dir), n=n, iia_n=iia_n, extraction=extraction, seed=seed)
     if as_json:
         print(json.dumps(result.to_dict()))
         return

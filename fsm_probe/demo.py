@@ -56,14 +56,14 @@ def run_demo(out: Path, console: Console | None = None, progress: bool = True) -
     for name, (model_cfg, train_cfg) in runs.items():
         console.print(f"training {name} on {task.spec}, every prefix of length {TRAIN_LENGTH} "
                       f"(lengths 1-{TRAIN_LENGTH})", style="bold")
-        model = train(task, model_cfg, train_cfg, out_dir=Path(out) / name, progress=progress)
-        t = model.fsm_training
+        run = train(task, model_cfg, train_cfg, out_dir=Path(out) / name, progress=progress)
+        t = run.log
         why = ("validation reached the target" if t["stopped_early"]
                else "the step budget was spent")
         console.print(f"{name}: stopped at step {t['steps']} of {train_cfg.max_steps} ({why}), "
                       f"{t['seconds']:.1f} s")
-        results[name] = evaluate(model, task, DEMO_LENGTHS, n=256)
-        models[name] = model
+        results[name] = evaluate(run.model, task, DEMO_LENGTHS, n=256)
+        models[name] = run
 
     table = Table(title=f"Final-position accuracy on {task.spec} (per-position in brackets); "
                         f"trained up to length {TRAIN_LENGTH}")
@@ -76,8 +76,8 @@ def run_demo(out: Path, console: Console | None = None, progress: bool = True) -
                              f"({results[n][length]['accuracy']:.3f})" for n in runs))
     console.print(table)
     explanations = {}
-    for name, model in models.items():
-        explanations[name] = explain(model, task, n=256, lengths=DEMO_LENGTHS)
+    for name, run in models.items():
+        explanations[name] = explain(run, n=256, lengths=DEMO_LENGTHS)
         console.print(explanations[name].text())
     summary = {
         "task": task.spec,

@@ -35,7 +35,8 @@ from .errors import FsmProbeError
 from .models import model_config
 from .tasks.zoo import Task
 from .training.evaluation import evaluate, position_accuracy
-from .training.verdict import THRESHOLD, length_verdict, trained_length
+from .training.run import Run, as_run
+from .training.verdict import THRESHOLD, length_verdict
 
 VERDICTS = ("implements", "shortcut", "not_learned", "unverified")
 UNIFORM_HEAD = 0.3  # distance from uniform averaging below which dilution is reported
@@ -90,12 +91,12 @@ class Explanation:
         return "\n".join(lines)
 
 
-def train_max_length(model: nn.Module) -> int:
+def train_max_length(run: Run) -> int:
     """The longest training length; without a training record (compiled models), 40 or the context."""
-    trained = trained_length(model)
+    trained = run.trained_length
     if trained is not None:
         return trained
-    cfg = model_config(model)
+    cfg = run.model_config
     return 40 if cfg.is_rnn or cfg.arch == "rmt" else min(40, cfg.n_ctx)
 
 
@@ -109,7 +110,7 @@ def test_lengths(model: nn.Module, train_max: int) -> list[int]:
 
 
 def explain(
-    model: nn.Module,
+    model: nn.Module | Run,
     task: Task | None = None,
     *,
     n: int = 128,
@@ -119,18 +120,16 @@ def explain(
     lengths: Sequence[int] | None = None,
     seed: int = 0,
 ) -> Explanation:
-    """Verdict and evidence for `model` on `task` (default: the task it was trained on).
+    """Verdict and evidence for `model` (a `Run`, or a model with its `task`).
 
     `extraction` (RNNs, RMTs) and `circuit` (Transformers: exact patching of every head and MLP,
     `circuit_discovery`) add that evidence for a model that learned.
 
     `lengths` (default `test_lengths`) must include the longest training length."""
     started = time.perf_counter()
-    task = task if task is not None else getattr(model, "fsm_task", None)
-    if task is None:
-        raise FsmProbeError("no task given and the model carries none; pass task=")
-    cfg = model_config(model)
-    train_max = train_max_length(model)
+    run = as_run(model, task)
+    model, task, cfg = run.model, run.task, run.model_config
+    train_max = train_max_length(run)
     lengths = sorted({int(x) for x in lengths}) if lengths is not None else test_lengths(model, train_max)
     report = evaluate(model, task, lengths, n=n, seed=12345 + seed)
     lv = length_verdict(report, train_max)
@@ -138,7 +137,7 @@ def explain(
     out = Explanation(
         verdict="not_learned", task=task.spec, arch=cfg.arch, train_max=train_max,
         accuracy=accuracy, length=lv.to_dict(), breaks_at_length=lv.breaks_at_length,
-        state_site=None, trained=trained_length(model) is not None,
+        state_site=None, trained=run.trained_length is not None,
         sampled=f"{n} sequences per length {lengths} for accuracy",
     )
     if not lv.learned:
@@ -151,8 +150,7 @@ def explain(
     except FsmProbeError:
         has_sites = False
     if has_sites:
-        record = getattr(model, "fsm_training", None)
-        final_only = record.get("final_only") if isinstance(record, dict) else None
+        final_only = run.record.get("final_only")
         final_only = task.final_only if final_only is None else bool(final_only)
         # an RMT needs two whole segments: the memory one writes and the next one reads
         iia_in_length = max(train_max, 2 * cfg.segment_length) if cfg.arch == "rmt" else train_max

@@ -237,7 +237,7 @@ def test_long_task_name_is_printed_literally(tmp_path, capsys):
     out, _ = capsys.readouterr()
     assert exc.value.code == 0
     assert f"file:{name}" in "".join(out.split())
-    assert load(tmp_path / "r").fsm_task.automaton.name == name
+    assert load(tmp_path / "r").task.automaton.name == name
 
 
 # ----- the Python API raises project errors -----
@@ -266,7 +266,7 @@ def test_encode_and_predict_raise_input_errors(tf):
         with pytest.raises(InputError):
             a.encode(bad)
     with pytest.raises(InputError, match="pos >= 1"):
-        predict_logits(load(tf), np.zeros((1, 0), dtype=np.int64))
+        predict_logits(load(tf).model, np.zeros((1, 0), dtype=np.int64))
 
 
 @pytest.mark.parametrize("text,needle", [
@@ -341,4 +341,4 @@ def test_any_edited_config_loads_or_is_a_project_error(gru, tmp_path_factory, ke
         model = load(out)
     except FsmProbeError:
         return
-    assert model.fsm_config.arch == "gru"
+    assert model.model_config.arch == "gru"

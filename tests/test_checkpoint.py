@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 
 import fsm_probe.training.checkpoint as ckpt
 from fsm_probe.errors import CheckpointError, OutputError
-from fsm_probe.models import ModelConfig, build_model, predict_logits
+from fsm_probe.models import ModelConfig, build_model, model_config, predict_logits
 from fsm_probe.tasks import get_task
 from fsm_probe.training.checkpoint import load, save
 
@@ -27,9 +27,10 @@ def test_round_trip_gives_equal_logits(tmp_path, arch):
     task, model = _model(arch)
     save(model, tmp_path / "run", task=task, training={"note": "x"})
     loaded = load(tmp_path / "run")
-    assert loaded.fsm_config == model.fsm_config
-    assert loaded.fsm_task.spec == task.spec
-    assert loaded.fsm_training == {"note": "x"}
+    assert loaded.model_config == model_config(model)
+    assert loaded.task.spec == task.spec
+    assert loaded.log == {"note": "x"} and loaded.train_config is None
+    assert not any(name.startswith("fsm_") for name in vars(loaded.model))  # nothing rides on the model
     torch.testing.assert_close(predict_logits(loaded, TOKENS), predict_logits(model, TOKENS), rtol=0, atol=0)
 
 
@@ -117,7 +118,7 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
         save(other, tmp_path, task=task)
     after = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     assert after == before
-    torch.testing.assert_close(predict_logits(load(tmp_path), TOKENS), predict_logits(model, TOKENS))
+    torch.testing.assert_close(predict_logits(load(tmp_path).model, TOKENS), predict_logits(model, TOKENS))
 
 
 def test_failed_config_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):

@@ -174,8 +174,8 @@ def test_patch_command_matches_the_library(capsys, tmp_path):
     payload = json.loads(out.read_text())
     clean, corrupted, pos = corruption_pairs(get_task("parity"), 8, 4, 0)
     assert payload["position"] == pos == 4 and payload["n_pairs"] == 4 and set(payload["results"]) == {"resid_pre", "head_out"}
-    model = load(run_dir)
-    a = model.fsm_task.automaton
+    run = load(run_dir)
+    model, a = run.model, run.task.automaton
     metric = logit_diff(a.run_outputs(clean)[:, -1], a.run_outputs(corrupted)[:, -1])
     ref = activation_patching(model, clean, corrupted, metric, site="head_out")
     got = payload["results"]["head_out"]
@@ -203,7 +203,7 @@ def test_trace_command_matches_the_library(capsys, tmp_path):
     code, stdout, _ = run(capsys, "trace", run_dir, "--n", 4, "--length", 8, "--samples", 2, "--json")
     data = json.loads(stdout)
     clean, _, pos = corruption_pairs(get_task("parity"), 8, 4, 0)
-    ref = causal_tracing(load(run_dir), clean, corrupt_positions=pos, noise=3.0, n_samples=2, seed=0)
+    ref = causal_tracing(load(run_dir).model, clean, corrupt_positions=pos, noise=3.0, n_samples=2, seed=0)
     assert data["corrupt_positions"] == [pos] and np.array(data["scores"]).shape == (2, 8)
     assert np.allclose(data["scores"], ref.scores.numpy(), atol=1e-6)
 

@@ -38,7 +38,7 @@ def test_transformer_on_flipflop_is_a_shortcut(tmp_path, capsys):
     task = get_task("flipflop")
     model = train(task, ModelConfig("transformer", 3, 3, n_layers=2, d_hidden=32, n_ctx=64),
                   TrainConfig(train_lengths=(8, 8), max_steps=400, lr=3e-3, eval_every=50, val_size=128),
-                  out_dir=tmp_path / "tf", progress=False)
+                  out_dir=tmp_path / "tf", progress=False).model
     e = _explain(capsys, tmp_path / "tf")
     acc = evaluate(model, task, [8, 16, 32], n=64, seed=12345)
     assert e["accuracy"] == {str(k): v["final_accuracy"] for k, v in acc.items()}

@@ -61,8 +61,7 @@ def _fresh(template, tmp_path, name="run"):
 
 def which(out) -> str:
     """'old' or 'new', after checking that the checkpoint loads and its log is its own."""
-    model = load(out)
-    steps = model.fsm_training["steps"]
+    steps = load(out).log["steps"]
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert log and log[-1]["step"] == steps, (steps, log)
     return {OLD_STEPS: "old", NEW_STEPS: "new"}[steps]
@@ -417,8 +416,9 @@ def test_empty_out_and_unrelated_config_are_refused(tmp_path, capsys, monkeypatc
 def test_extract_outputs_are_replaced_as_a_unit(tmp_path, template):
     from fsm_probe.extraction import FSMExtractor, check_extraction, save_extraction
 
-    model = load(template)
-    ex = FSMExtractor(method="kmeans", max_states=4, seed=0).fit(model)
+    run = load(template)
+    model = run.model
+    ex = FSMExtractor(method="kmeans", max_states=4, seed=0).fit(model, run.task)
     report = check_extraction(model, ex, lengths=(5,))
     out = tmp_path / "x"
     save_extraction(out, ex, report, "<html>old</html>")

@@ -28,9 +28,9 @@ def test_lr_schedule_warms_up_then_decays():
 def test_same_seed_same_run_different_seed_different_run():
     task = get_task("parity")
     tc = TrainConfig(train_lengths=(1, 10), max_steps=15, eval_every=5, seed=1)
-    m1 = train(task, _cfg(task), tc, progress=False)
-    m2 = train(task, _cfg(task), tc, progress=False)
-    m3 = train(task, _cfg(task), TrainConfig(train_lengths=(1, 10), max_steps=15, eval_every=5, seed=2), progress=False)
+    m1 = train(task, _cfg(task), tc, progress=False).model
+    m2 = train(task, _cfg(task), tc, progress=False).model
+    m3 = train(task, _cfg(task), TrainConfig(train_lengths=(1, 10), max_steps=15, eval_every=5, seed=2), progress=False).model
     for (k, a), b in zip(m1.state_dict().items(), m2.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
     assert any(not torch.equal(a, c) for a, c in zip(m1.state_dict().values(), m3.state_dict().values(), strict=True))
@@ -39,21 +39,24 @@ def test_same_seed_same_run_different_seed_different_run():
 @pytest.mark.slow
 def test_gru_learns_parity_and_generalizes_in_length(tmp_path):
     task = get_task("parity")
-    model = train(task, _cfg(task, d_hidden=32), TrainConfig(max_steps=1500), out_dir=tmp_path, progress=False)
+    run = train(task, _cfg(task, d_hidden=32), TrainConfig(max_steps=1500), out_dir=tmp_path, progress=False)
+    model = run.model
+    assert run.task is task and run.directory == tmp_path and run.train_config.max_steps == 1500
     report = evaluate(model, task, [40, 200], n=128)
     assert report[40]["accuracy"] >= 0.999 and report[200]["accuracy"] >= 0.999
     log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert log and {"step", "loss", "val_accuracy", "seconds"} <= set(log[-1])
-    assert model.fsm_training["stopped_early"]
+    assert run.log["stopped_early"] and run.learned
     reloaded = load(tmp_path)
-    assert evaluate(reloaded, task, [200], n=128) == evaluate(model, task, [200], n=128)
+    assert reloaded.record == run.record and reloaded.task.spec == task.spec
+    assert evaluate(reloaded.model, task, [200], n=128) == evaluate(model, task, [200], n=128)
 
 
 @pytest.mark.slow
 def test_final_only_training_on_a_deletang_task():
     task = get_task("parity_check")
     assert task.final_only
-    model = train(task, _cfg(task, d_hidden=32), TrainConfig(max_steps=1200, train_lengths=(1, 20)), progress=False)
+    model = train(task, _cfg(task, d_hidden=32), TrainConfig(max_steps=1200, train_lengths=(1, 20)), progress=False).model
     assert evaluate(model, task, [20, 60], n=128)[60]["final_accuracy"] >= 0.99
 
 
@@ -61,7 +64,7 @@ def test_final_only_training_on_a_deletang_task():
 def test_transformer_trains_in_distribution():
     task = get_task("parity")
     cfg = _cfg(task, arch="transformer", d_hidden=32, n_heads=4, n_layers=2, n_ctx=64)
-    model = train(task, cfg, TrainConfig(max_steps=400, train_lengths=(1, 8), val_lengths=(8,), lr=3e-3, target_accuracy=0.98), progress=False)
+    model = train(task, cfg, TrainConfig(max_steps=400, train_lengths=(1, 8), val_lengths=(8,), lr=3e-3, target_accuracy=0.98), progress=False).model
     assert evaluate(model, task, [8], n=256)[8]["accuracy"] >= 0.95
 
 
@@ -103,7 +106,7 @@ def test_model_must_fit_the_task():
 
 def test_evaluation_matches_a_direct_computation():
     task = get_task("parity")
-    model = train(task, _cfg(task), TrainConfig(max_steps=5, eval_every=5), progress=False)
+    model = train(task, _cfg(task), TrainConfig(max_steps=5, eval_every=5), progress=False).model
     from fsm_probe.models import predict_logits
     from fsm_probe.tasks.datasets import eval_set
 
@@ -174,8 +177,7 @@ def test_curriculum_lengths_grow_to_the_maximum():
 def test_budget_spent_says_did_not_learn(tmp_path):
     task = get_task("cyclic:n=5")
     tc = TrainConfig(train_lengths=(1, 12), max_steps=6, eval_every=3, val_size=16, curriculum=0)
-    model = train(task, _cfg(task), tc, out_dir=tmp_path, progress=False)
-    t = model.fsm_training
+    t = train(task, _cfg(task), tc, out_dir=tmp_path, progress=False).log
     assert not t["learned"] and not t["stopped_early"] and t["steps"] == 6
     assert t["stop_reason"].startswith("budget of 6 steps spent, validation")
     assert "at length 12 - did not learn in distribution" in t["stop_reason"]
@@ -196,12 +198,12 @@ def test_curriculum_stage_moves_on_after_its_share_of_steps(tmp_path):
 def test_curriculum_moves_on_and_reports_the_target(tmp_path):
     task = get_task("parity")
     tc = TrainConfig(train_lengths=(1, 20), max_steps=1500, curriculum=4, eval_every=50, val_size=128)
-    model = train(task, _cfg(task, d_hidden=32), tc, out_dir=tmp_path, progress=False)
+    run = train(task, _cfg(task, d_hidden=32), tc, out_dir=tmp_path, progress=False)
     log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     stages = [e["max_length"] for e in log]
     assert stages[0] == 4 and stages[-1] == 20 and stages == sorted(stages)
-    assert model.fsm_training["learned"]
-    assert model.fsm_training["stop_reason"] == f"reached target 1 at step {model.fsm_training['steps']}"
+    assert run.learned
+    assert run.log["stop_reason"] == f"reached target 1 at step {run.log['steps']}"
 
 
 @pytest.mark.parametrize("task_name, expected", [("parity", (12, 12)), ("parity_check", (1, 12))])

@@ -1,7 +1,9 @@
-"""Stage 4: fit a model to a task, measure it, persist it."""
+"""Stage 4: fit a model to a task, measure it, persist it; a `Run` is the model with its task."""
 
 from .checkpoint import load, save
+from .config import TrainConfig
 from .evaluation import evaluate
-from .trainer import TrainConfig, train
+from .run import Run, as_run
+from .trainer import train
 
-__all__ = ["TrainConfig", "evaluate", "load", "save", "train"]
+__all__ = ["Run", "TrainConfig", "as_run", "evaluate", "load", "save", "train"]

@@ -32,9 +32,10 @@ from transformer_lens.model_bridge import TransformerBridge
 from .. import _validate as _v
 from ..errors import CheckpointError, ConfigError, FsmProbeError
 from ..io import check_out_path, readable_directory, replace_directory
-from ..models import ModelConfig, build_model, model_config, tl_config_dict
+from ..models import ModelConfig, build_model, tl_config_dict
 from ..models.config import check_memory
 from ..tasks.zoo import Task
+from .run import Run, as_run
 
 FORMAT_VERSION = 1
 CONFIG = "config.json"
@@ -91,43 +92,47 @@ def _foreign_config(target: Path) -> str | None:
 
 
 def save(
-    model: nn.Module,
+    run: Run | nn.Module,
     directory: str | os.PathLike,
     task: Task | None = None,
     training: dict[str, Any] | None = None,
     extra_files: dict[str, Callable[[Path], None]] | None = None,
 ) -> Path:
-    """Write `model` (with its task and training settings) to `directory`; returns the path.
+    """Write `run` (a `Run`, or a bare model with its `task`) to `directory`; returns the path.
 
-    `task` and `training` default to the model's `fsm_task` / `fsm_training` attributes, which
-    `train` and `load` set. `extra_files` maps further file names in `directory` to writers
-    `write(path)`; they are replaced together with the checkpoint (e.g. the training log).
+    `training` replaces the run's training record. `extra_files` maps further file names in
+    `directory` to writers `write(path)`; they are replaced together with the checkpoint (e.g.
+    the training log).
     """
+    run = _as_saved(run, task, training)
     with checkpoint_stage(directory) as stage:
-        write_checkpoint(model, stage, task, training, extra_files)
+        write_checkpoint(run, stage, extra_files=extra_files)
     return Path(directory)
 
 
+def _as_saved(run: Run | nn.Module, task: Task | None, training: dict[str, Any] | None) -> Run:
+    if not isinstance(run, Run) and task is None:
+        raise CheckpointError("save needs the model's task: pass a Run (as train and load return) or task=...")
+    run = as_run(run, task)
+    if training is not None:
+        run = Run.from_record(run.model, run.task, training, directory=run.directory, circuit=run.circuit)
+    return run
+
+
 def write_checkpoint(
-    model: nn.Module,
+    run: Run,
     stage: str | os.PathLike,
-    task: Task | None = None,
-    training: dict[str, Any] | None = None,
     extra_files: dict[str, Callable[[Path], None]] | None = None,
 ) -> Path:
-    """Write the checkpoint files into the (staging) directory `stage`, with the umask's modes."""
-    cfg = model_config(model)
-    task = task if task is not None else getattr(model, "fsm_task", None)
-    if task is None:
-        raise CheckpointError("save needs the model's task: pass task=... (a fsm_probe Task)")
-    training = training if training is not None else getattr(model, "fsm_training", {})
+    """Write the checkpoint files of `run` into the (staging) directory `stage`, with the umask's modes."""
+    cfg = run.model_config
     stage = Path(stage)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in run.model.state_dict().items()}
     config: dict[str, Any] = {
         "format": FORMAT_VERSION,
-        "task": task.to_dict(),
+        "task": run.task.to_dict(),
         "model": cfg.to_dict(),
-        "training": training,
+        "training": run.record,
         "versions": _versions(),
     }
     if cfg.arch == "transformer":
@@ -146,8 +151,6 @@ def write_checkpoint(
     for path in stage.iterdir():
         if path.is_file():
             os.chmod(path, mode)  # safetensors writes 0600 whatever the umask
-    model.fsm_task = task
-    model.fsm_training = training
     return stage
 
 
@@ -296,10 +299,10 @@ _SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat1
                        torch.float64: "F64", torch.int64: "I64", torch.int32: "I32", torch.bool: "BOOL"}
 
 
-def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
-    """Load a checkpoint written by `save`; the model comes back in eval mode.
+def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> Run:
+    """Load a checkpoint written by `save` as a `Run`; the model comes back in eval mode.
 
-    The model carries `fsm_config`, `fsm_task` and `fsm_training`. Every field of `config.json`
+    Every field of `config.json`
     and every tensor's shape and dtype are checked, and the memory the architecture needs is
     estimated, before anything large is allocated.
     """
@@ -354,9 +357,8 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> nn
         model.load_state_dict(state)
     except RuntimeError as e:
         raise CheckpointError(f"{weights} does not fit the architecture in {CONFIG}: {_first_line(e)}") from None
-    model.fsm_task = task
-    model.fsm_training = config.get("training", {})
     # The bridge prints "Moving model to device" unless told not to, which would corrupt the
     # CLI's --json output.
     quiet = {"print_details": False} if isinstance(model, TransformerBridge) else {}
-    return model.to(device, **quiet).eval()
+    model = model.to(device, **quiet).eval()
+    return Run.from_record(model, task, config.get("training", {}), directory=given)

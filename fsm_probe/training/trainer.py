@@ -11,139 +11,26 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .. import _validate as _v
 from ..errors import ConfigError
 from ..models import ModelConfig, as_tokens, build_model
 from ..models.config import check_memory
 from ..tasks.datasets import IGNORE_INDEX, iterate_batches
 from ..tasks.zoo import Task
 from .checkpoint import LOG, checkpoint_stage, write_checkpoint
+from .config import TrainConfig
 from .evaluation import evaluate
-from .recipes import recipe
+from .run import Run
 from .verdict import THRESHOLD
 
 # Validation accuracy at the current maximum length that moves a length curriculum on.
 CURRICULUM_PASS = 0.99
-# TrainConfig fields whose default (None) comes from the architecture's recipe.
-RECIPE_FIELDS = ("lr", "max_steps", "warmup_steps", "curriculum", "final_weight", "full_length")
-
-@dataclass
-class TrainConfig:
-    """Training hyperparameters. Fields left at `None` (`lr`, `max_steps`, `warmup_steps`,
-    `curriculum`, `final_weight`) come from the architecture's recipe (`fsm_probe.training.recipes`).
-
-    `curriculum=K` (K > 0) starts with training lengths up to K and grows the maximum by half
-    (at least 8) each time validation at the current maximum reaches 0.99 (or the target if
-    lower) or the stage has spent its share (half the budget over all stages) of the steps, up to
-    `train_lengths[1]`. `final_weight` adds that multiple of the final-position loss.
-    `full_length` draws every batch at the longest training length: with every position
-    supervised that trains each prefix length 1..max equally often (uniform lengths train the
-    last positions least); it is ignored when only the final position is supervised, and it
-    replaces the curriculum.
-    """
-
-    train_lengths: tuple[int, int] = (1, 40)
-    batch_size: int = 64
-    max_steps: int | None = None
-    lr: float | None = None
-    weight_decay: float = 0.0
-    warmup_steps: int | None = None
-    grad_clip: float = 1.0
-    eval_every: int = 100
-    val_lengths: tuple[int, ...] | None = None
-    val_size: int = 512
-    target_accuracy: float = 1.0
-    patience: int = 2
-    final_only: bool | None = None
-    seed: int = 0
-    curriculum: int | None = None
-    final_weight: float | None = None
-    full_length: bool | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.train_lengths = _length_pair(self.train_lengths)
-        if self.val_lengths is not None:
-            if isinstance(self.val_lengths, str | bytes) or not hasattr(self.val_lengths, "__iter__"):
-                raise ConfigError(f"val_lengths must be a sequence of positive integers, got {self.val_lengths!r}")
-            self.val_lengths = tuple(self.val_lengths)
-        self.validate()
-
-    def validate(self) -> None:
-        lo, hi = self.train_lengths
-        if lo < 1 or hi < lo:
-            raise ConfigError(f"train lengths must satisfy 1 <= min <= max, got {lo}:{hi}")
-        for name in ("batch_size", "max_steps", "eval_every", "val_size", "patience"):
-            value = getattr(self, name)
-            if value is None and name in RECIPE_FIELDS:
-                continue
-            _v.positive_int(value, name)
-        if self.warmup_steps is not None:
-            _v.non_negative_int(self.warmup_steps, "warmup_steps")
-        _v.seed(self.seed, "seed")
-        if self.lr is not None and not 0 < _v.finite_float(self.lr, "learning rate") < 10:
-            raise ConfigError(f"learning rate must be in (0, 10), got {self.lr}")
-        _v.finite_float(self.weight_decay, "weight_decay", 0.0)
-        _v.finite_float(self.grad_clip, "grad_clip", 0.0, low_open=True)
-        if self.curriculum is not None:
-            _v.non_negative_int(self.curriculum, "curriculum")
-        if self.final_weight is not None:
-            _v.finite_float(self.final_weight, "final_weight", 0.0)
-        if not 0 < _v.finite_float(self.target_accuracy, "target accuracy") <= 1:
-            raise ConfigError(f"target accuracy must be in (0, 1], got {self.target_accuracy}")
-        if self.val_lengths is not None:
-            if not self.val_lengths:
-                raise ConfigError("val_lengths must not be empty (None = the longest training length)")
-            for v in self.val_lengths:
-                _v.positive_int(v, "each validation length")
-        if self.full_length is not None and not isinstance(self.full_length, bool):
-            raise ConfigError(f"full_length must be True, False or None, got {self.full_length!r}")
-        if self.final_only is not None and not isinstance(self.final_only, bool):
-            raise ConfigError(f"final_only must be True, False or None, got {self.final_only!r}")
-        if not isinstance(self.extra, dict):
-            raise ConfigError(f"extra must be a dict, got {type(self.extra).__name__}")
-
-    def lr_for(self, cfg: ModelConfig) -> float:
-        return self.resolved(cfg.arch).lr
-
-    def resolved(self, arch: str, task: Task | None = None) -> TrainConfig:
-        """A copy with every `None` recipe field filled from `recipe(arch, task)`."""
-        defaults = recipe(arch, task).train
-        filled = {k: defaults[k] for k in RECIPE_FIELDS if getattr(self, k) is None}
-        if "warmup_steps" in filled:  # a short run warms up for at most a quarter of its steps
-            steps = filled.get("max_steps", self.max_steps)
-            filled["warmup_steps"] = min(filled["warmup_steps"], max(1, steps // 4))
-        out = replace(self, **filled)
-        if out.curriculum < 0 or out.final_weight < 0:
-            raise ConfigError(f"curriculum and final_weight must be >= 0, got {out.curriculum}, {out.final_weight}")
-        return out
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-
-def _length_pair(value: Any) -> tuple[int, int]:
-    """`(min, max)` from a pair of integers; anything else is a `ConfigError`."""
-    if isinstance(value, str | bytes) or not isinstance(value, list | tuple) or len(value) != 2:
-        raise ConfigError(f"train_lengths must be a pair (min, max) of integers, got {value!r}")
-    for x in value:
-        if not _v.is_int(x):
-            raise ConfigError(f"train_lengths must be a pair (min, max) of integers, got {value!r}")
-    return int(value[0]), int(value[1])
 
 
 def lr_schedule(step: int, total: int, warmup: int) -> float:
@@ -200,11 +87,11 @@ def train(
     out_dir: str | os.PathLike | None = None,
     progress: bool = True,
     model: nn.Module | None = None,
-) -> nn.Module:
-    """Train a model on `task`; returns it in eval mode with `fsm_task` and `fsm_training` set.
+) -> Run:
+    """Train a model on `task`; returns the `Run`, its model in eval mode.
 
-    `fsm_training["stop_reason"]` says why training stopped and `fsm_training["learned"]`
-    whether validation at the longest training length reached min(target, 0.99). With `out_dir`,
+    `run.log["stop_reason"]` says why training stopped and `run.learned` whether validation at
+    the longest training length reached min(target, 0.99). With `out_dir`,
     locks it for the run, writes the log and then the checkpoint into a staging directory beside
     it and swaps that in as a whole at the end (`checkpoint_stage`), so a failed or interrupted
     run leaves a previous run in `out_dir` intact, with its own log.
@@ -212,7 +99,9 @@ def train(
     if out_dir is None:
         return _train(task, model_cfg, train_cfg, None, progress, model)
     with checkpoint_stage(out_dir) as stage:
-        return _train(task, model_cfg, train_cfg, stage, progress, model)
+        run = _train(task, model_cfg, train_cfg, stage, progress, model)
+    run.directory = Path(out_dir)
+    return run
 
 
 def _train(
@@ -222,7 +111,7 @@ def _train(
     stage: Path | None,
     progress: bool,
     model: nn.Module | None,
-) -> nn.Module:
+) -> Run:
     train_cfg = (train_cfg or TrainConfig()).resolved(model_cfg.arch, task)
     if model_cfg.d_vocab < task.automaton.n_symbols or model_cfg.d_out != task.automaton.n_labels:
         raise ConfigError(
@@ -323,10 +212,7 @@ def _train(
         bar.set_description_str(f"{model_cfg.arch} {task.spec}: {reason}")
     bar.close()
     model.eval()
-    model.fsm_task = task
-    model.fsm_training = {
-        **train_cfg.to_dict(),
-        "lr": lr,
+    run = Run(model, task, model_cfg, train_cfg, {
         "steps": step,
         "seconds": round(time.perf_counter() - start, 3),
         "final_val_accuracy": final_val,
@@ -334,7 +220,7 @@ def _train(
         "learned": bool(history) and history[-1]["max_length"] == hi
         and final_val >= min(train_cfg.target_accuracy, THRESHOLD),
         "stop_reason": reason,
-    }
+    })
     if stage is not None:
-        write_checkpoint(model, stage)
-    return model
+        write_checkpoint(run, stage)
+    return run

@@ -12,16 +12,6 @@ from typing import Any
 
 from ..errors import InputError
 
-
-def trained_length(model: Any) -> int | None:
-    """The longest training length in the model's training record, or None without one."""
-    record = getattr(model, "fsm_training", None)
-    lengths = record.get("train_lengths") if isinstance(record, Mapping) else None
-    try:
-        return int(lengths[1]) if lengths else None
-    except (TypeError, ValueError, IndexError):
-        return None
-
 THRESHOLD = 0.99
 
 

@@ -1,0 +1,99 @@
+"""`Run`: a model with what the analyses need beside it (its task, configs and training record).
+
+`train`, `load` and the compilers return a `Run`; analyses take `(model, task)` or a `Run`, and
+`as_run` is the one place that turns either into a `Run`. Nothing is attached to the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..errors import InputError
+from ..models import ModelConfig, model_config
+from ..tasks.zoo import Task
+from .config import TrainConfig
+
+
+@dataclass
+class Run:
+    """`model` trained (or compiled) on `task`.
+
+    `log` is the training outcome as stored in `config.json` beside the training settings:
+    `steps`, `seconds`, `final_val_accuracy`, `stopped_early`, `learned`, `stop_reason` (a
+    compiled model has `{"compiled": True, ...}` and no `train_config`). `circuit` is the ground
+    truth of a compiled Transformer (`CompiledCircuit`), else None.
+    """
+
+    model: nn.Module
+    task: Task
+    model_config: ModelConfig
+    train_config: TrainConfig | None = None
+    log: dict[str, Any] = field(default_factory=dict)
+    directory: Path | None = None
+    circuit: Any = None
+
+    @property
+    def record(self) -> dict[str, Any]:
+        """The training record as `config.json` stores it: the settings and the outcome."""
+        settings = self.train_config.to_dict() if self.train_config is not None else {}
+        return {**settings, **self.log}
+
+    @property
+    def learned(self) -> bool | None:
+        """Whether training reached its target at the longest training length (None: unknown)."""
+        value = self.log.get("learned")
+        return None if value is None else bool(value)
+
+    @property
+    def trained_length(self) -> int | None:
+        """The longest training length, or None for a model that was not trained (compiled)."""
+        return record_trained_length(self.record)
+
+    @classmethod
+    def from_record(cls, model: nn.Module, task: Task, record: Mapping[str, Any] | None, **kw: Any) -> Run:
+        """A run whose `train_config` and `log` come from a stored training record."""
+        record = dict(record or {})
+        names = {f.name for f in fields(TrainConfig)}
+        settings = {k: record.pop(k) for k in list(record) if k in names}
+        train_config = TrainConfig.from_dict(settings) if "train_lengths" in settings else None
+        if train_config is None:
+            record.update(settings)
+        return cls(model, task, model_config(model), train_config, record, **kw)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "task": self.task.spec,
+            "model": self.model_config.to_dict(),
+            "training": self.record,
+            "directory": None if self.directory is None else str(self.directory),
+        }
+
+
+def record_trained_length(record: Mapping[str, Any] | None) -> int | None:
+    """The longest training length in a training record, or None without one."""
+    lengths = record.get("train_lengths") if isinstance(record, Mapping) else None
+    try:
+        return int(lengths[1]) if lengths else None
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def as_run(model: nn.Module | Run, task: Task | None = None) -> Run:
+    """`model` as a `Run`: a `Run` is returned as it is (with `task` replacing its task when
+    given); a bare model needs its `task`, and has no training record."""
+    if isinstance(model, Run):
+        if task is None or task is model.task:
+            return model
+        return Run(model.model, task, model.model_config, model.train_config, model.log, model.directory, model.circuit)
+    if not isinstance(model, nn.Module):
+        raise InputError(f"expected a model or a fsm_probe Run, got {type(model).__name__}")
+    if task is None:
+        raise InputError("a bare model needs its task: pass task=... or a Run (as train and load return)")
+    if not isinstance(task, Task):
+        raise InputError(f"task must be a fsm_probe Task, got {type(task).__name__}")
+    return Run(model, task, model_config(model))
