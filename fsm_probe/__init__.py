@@ -93,6 +93,6 @@ if TYPE_CHECKING:
     )
     from .models import HookedRNN, ModelConfig, build_model, build_transformer, predict_logits
     from .tasks.zoo import Task, get_task, list_tasks, task_from_file
+    from .training import Run, TrainConfig, train
     from .training.checkpoint import load, save
     from .training.evaluation import evaluate
-    from .training import Run, TrainConfig, train

@@ -174,8 +174,8 @@ def test_patch_command_matches_the_library(capsys, tmp_path):
     payload = json.loads(out.read_text())
     clean, corrupted, pos = corruption_pairs(get_task("parity"), 8, 4, 0)
     assert payload["position"] == pos == 4 and payload["n_pairs"] == 4 and set(payload["results"]) == {"resid_pre", "head_out"}
-    run = load(run_dir)
-    model, a = run.model, run.task.automaton
+    loaded = load(run_dir)
+    model, a = loaded.model, loaded.task.automaton
     metric = logit_diff(a.run_outputs(clean)[:, -1], a.run_outputs(corrupted)[:, -1])
     ref = activation_patching(model, clean, corrupted, metric, site="head_out")
     got = payload["results"]["head_out"]

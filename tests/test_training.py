@@ -8,9 +8,9 @@ import fsm_probe.training.trainer as training
 from fsm_probe.errors import CheckpointError, ConfigError
 from fsm_probe.models import ModelConfig
 from fsm_probe.tasks import get_task
-from fsm_probe.training.trainer import TrainConfig, lr_schedule, train
 from fsm_probe.training.checkpoint import load
 from fsm_probe.training.evaluation import evaluate
+from fsm_probe.training.trainer import TrainConfig, lr_schedule, train
 
 
 def _cfg(task, arch="gru", **kw):
