@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import AutomatonError
 from ..io import atomic_write_json
-from .machine import Automaton
+from .machine import Automaton, _Sizes
 
 SIGNS = ("-", "0", "+")
 
@@ -49,7 +49,7 @@ def sign_names(n_counters: int) -> list[str]:
 
 
 @dataclass
-class CounterMachine:
+class CounterMachine(_Sizes):
     """Finite control (`states`, `start`, `transitions [n_states, n_symbols, 3**n_counters]`,
     `outputs`) and integer counters updated by `updates [n_symbols, n_counters]`."""
 
@@ -81,18 +81,6 @@ class CounterMachine:
     @property
     def n_counters(self) -> int:
         return int(self.updates.shape[1])
-
-    @property
-    def n_states(self) -> int:
-        return len(self.states)
-
-    @property
-    def n_symbols(self) -> int:
-        return len(self.alphabet)
-
-    @property
-    def n_labels(self) -> int:
-        return len(self.labels)
 
     def check_tokens(self, tokens: Any) -> np.ndarray:
         arr = np.asarray(tokens)
