@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ConfigError
-from .zoo import Task
+from .task import Task
 
 IGNORE_INDEX = -100
 
