@@ -12,9 +12,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..errors import AutomatonError
+from .._validate import positive_int
+from ..errors import AutomatonError, InputError
 from .convert import to_networkx
-from .machine import MAX_SEGMENT_SYMBOLS, Automaton, _segment_length, segment_alphabet
+from .machine import MAX_SEGMENT_SYMBOLS, Automaton, segment_alphabet
 
 
 def reachable(automaton: Automaton) -> np.ndarray:
@@ -62,7 +63,7 @@ def power(automaton: Automaton, length: int) -> Automaton:
     it is what a model that updates its state once per segment (an RMT's memory) can show.
     """
     a = automaton
-    length = _segment_length(length)
+    length = positive_int(length, "segment length", error=InputError, numpy=True)
     if a.n_symbols**length > MAX_SEGMENT_SYMBOLS:
         raise AutomatonError(
             f"{a.n_symbols}^{length} segment symbols is more than {MAX_SEGMENT_SYMBOLS}"

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from .._validate import positive_int
 from ..errors import AutomatonError
 from ..io import atomic_write_json
 from .machine import Automaton, _Sizes
@@ -113,8 +114,7 @@ class CounterMachine(_Sizes):
     def truncate(self, max_count: int, name: str | None = None) -> Automaton:
         """The finite automaton of the configurations reachable with |counters| <= `max_count`
         (clamped beyond): equal to the machine on words of at most `max_count` symbols."""
-        if not isinstance(max_count, int | np.integer) or max_count < 1:
-            raise AutomatonError(f"max_count must be a positive integer, got {max_count!r}")
+        max_count = positive_int(max_count, "max_count", error=AutomatonError, numpy=True)
         start = (self.start, (0,) * self.n_counters)
         index, order, table = {start: 0}, [start], []
         queue = deque([start])

@@ -16,6 +16,7 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
+from .._validate import positive_int
 from ..errors import AutomatonError, InputError
 
 
@@ -55,19 +56,13 @@ def segment_alphabet(alphabet: Sequence[str], length: int) -> tuple[str, ...]:
     return tuple(sep.join(w) for w in product(alphabet, repeat=length))
 
 
-def _segment_length(length: Any) -> int:
-    if not isinstance(length, int | np.integer) or isinstance(length, bool) or length < 1:
-        raise InputError(f"segment length must be a positive integer, got {length!r}")
-    return int(length)
-
-
 def segment_tokens(tokens: Any, n_symbols: int, length: int) -> np.ndarray:
     """Token ids `[..., T]` (T a multiple of `length`) to segment ids `[..., T // length]`.
 
     A segment `(x_1, ..., x_L)` is the base-`n_symbols` number with `x_1` most significant, the
     order of `itertools.product` and of `segment_alphabet`.
     """
-    length = _segment_length(length)
+    length = positive_int(length, "segment length", error=InputError, numpy=True)
     arr = np.asarray(tokens, dtype=np.int64)
     if arr.ndim == 0 or arr.shape[-1] % length:
         raise InputError(
@@ -82,7 +77,7 @@ def segment_tokens(tokens: Any, n_symbols: int, length: int) -> np.ndarray:
 
 def segment_words(segments: Any, n_symbols: int, length: int) -> np.ndarray:
     """Inverse of `segment_tokens`: segment ids `[..., S]` to token ids `[..., S * length]`."""
-    length = _segment_length(length)
+    length = positive_int(length, "segment length", error=InputError, numpy=True)
     arr = np.asarray(segments, dtype=np.int64)
     if arr.size and (arr.min() < 0 or arr.max() >= n_symbols**length):
         raise InputError(f"segment ids must be in [0, {n_symbols ** length})")

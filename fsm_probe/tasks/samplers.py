@@ -12,13 +12,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..errors import ConfigError, TaskError
+from .._validate import positive_int
+from ..errors import TaskError
 
 
 def _check_shape(batch: int, length: int) -> None:
-    for what, v in (("batch", batch), ("length", length)):
-        if not isinstance(v, int | np.integer) or isinstance(v, bool) or v < 1:
-            raise ConfigError(f"{what} must be a positive integer, got {v!r}")
+    positive_int(batch, "batch", numpy=True)
+    positive_int(length, "length", numpy=True)
 
 
 class Sampler:
