@@ -322,9 +322,6 @@ class Automaton(_Sizes):
         """Reachable state indices in BFS order from start (symbols in alphabet order)."""
         return _algorithms.reachable(self)
 
-    def _subset(self, keep: np.ndarray, names: Sequence[str] | None = None) -> Automaton:
-        return _algorithms.subset(self, keep, names)
-
     def trim(self) -> Automaton:
         """Copy without unreachable states (the rest keep their names and order)."""
         return _algorithms.trim(self)
