@@ -11,20 +11,34 @@ from .errors import ConfigError, ResourceError
 MAX_SEED = 2**63 - 1  # torch.manual_seed and numpy both take every seed in [0, 2**63)
 
 
-def is_int(value: Any) -> bool:
+def is_int(value: Any, *, numpy: bool = False) -> bool:
+    """True for an int that is not a bool (or, with `numpy`, also a numpy integer)."""
+    if numpy:
+        import numpy as np
+
+        return isinstance(value, int | np.integer) and not isinstance(value, bool)
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def positive_int(value: Any, name: str) -> int:
-    if not is_int(value) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-    return value
+def positive_int(
+    value: Any, name: str, *, error: type[Exception] = ConfigError, numpy: bool = False
+) -> int:
+    """`value` if it is an integer >= 1, else `error` naming `name` and `value`.
+
+    With `numpy` a numpy integer is accepted too and returned as a Python int.
+    """
+    if not is_int(value, numpy=numpy) or value < 1:
+        raise error(f"{name} must be a positive integer, got {value!r}")
+    return int(value) if numpy else value
 
 
-def non_negative_int(value: Any, name: str) -> int:
-    if not is_int(value) or value < 0:
-        raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
-    return value
+def non_negative_int(
+    value: Any, name: str, *, error: type[Exception] = ConfigError, numpy: bool = False
+) -> int:
+    """`value` if it is an integer >= 0, else `error` naming `name` and `value` (see `positive_int`)."""
+    if not is_int(value, numpy=numpy) or value < 0:
+        raise error(f"{name} must be a non-negative integer, got {value!r}")
+    return int(value) if numpy else value
 
 
 def seed(value: Any, name: str = "seed") -> int:

@@ -27,9 +27,10 @@ from typing import Any
 
 import numpy as np
 
+from .._validate import positive_int
 from ..errors import AutomatonError
 from ..io import atomic_write_json
-from .machine import Automaton
+from .machine import Automaton, _Sizes
 
 SIGNS = ("-", "0", "+")
 
@@ -49,7 +50,7 @@ def sign_names(n_counters: int) -> list[str]:
 
 
 @dataclass
-class CounterMachine:
+class CounterMachine(_Sizes):
     """Finite control (`states`, `start`, `transitions [n_states, n_symbols, 3**n_counters]`,
     `outputs`) and integer counters updated by `updates [n_symbols, n_counters]`."""
 
@@ -82,18 +83,6 @@ class CounterMachine:
     def n_counters(self) -> int:
         return int(self.updates.shape[1])
 
-    @property
-    def n_states(self) -> int:
-        return len(self.states)
-
-    @property
-    def n_symbols(self) -> int:
-        return len(self.alphabet)
-
-    @property
-    def n_labels(self) -> int:
-        return len(self.labels)
-
     def check_tokens(self, tokens: Any) -> np.ndarray:
         arr = np.asarray(tokens)
         if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer):
@@ -125,8 +114,7 @@ class CounterMachine:
     def truncate(self, max_count: int, name: str | None = None) -> Automaton:
         """The finite automaton of the configurations reachable with |counters| <= `max_count`
         (clamped beyond): equal to the machine on words of at most `max_count` symbols."""
-        if not isinstance(max_count, int | np.integer) or max_count < 1:
-            raise AutomatonError(f"max_count must be a positive integer, got {max_count!r}")
+        max_count = positive_int(max_count, "max_count", error=AutomatonError, numpy=True)
         start = (self.start, (0,) * self.n_counters)
         index, order, table = {start: 0}, [start], []
         queue = deque([start])

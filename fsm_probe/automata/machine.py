@@ -7,9 +7,7 @@ probes look for inside it.
 
 from __future__ import annotations
 
-import json
 import os
-from collections import deque
 from collections.abc import Mapping, Sequence
 from itertools import product
 from pathlib import Path
@@ -18,12 +16,8 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
+from .._validate import positive_int
 from ..errors import AutomatonError, InputError
-from ..io import atomic_write_json
-
-_DICT_KEYS = {"name", "alphabet", "states", "start", "transitions", "outputs", "labels"}
-_REQUIRED_KEYS = ("alphabet", "states", "start", "transitions")
-_IGNORED_KEYS = {"input_distribution"}
 
 
 def _names(values: Any, what: str) -> tuple[str, ...]:
@@ -62,19 +56,13 @@ def segment_alphabet(alphabet: Sequence[str], length: int) -> tuple[str, ...]:
     return tuple(sep.join(w) for w in product(alphabet, repeat=length))
 
 
-def _segment_length(length: Any) -> int:
-    if not isinstance(length, int | np.integer) or isinstance(length, bool) or length < 1:
-        raise InputError(f"segment length must be a positive integer, got {length!r}")
-    return int(length)
-
-
 def segment_tokens(tokens: Any, n_symbols: int, length: int) -> np.ndarray:
     """Token ids `[..., T]` (T a multiple of `length`) to segment ids `[..., T // length]`.
 
     A segment `(x_1, ..., x_L)` is the base-`n_symbols` number with `x_1` most significant, the
     order of `itertools.product` and of `segment_alphabet`.
     """
-    length = _segment_length(length)
+    length = positive_int(length, "segment length", error=InputError, numpy=True)
     arr = np.asarray(tokens, dtype=np.int64)
     if arr.ndim == 0 or arr.shape[-1] % length:
         raise InputError(
@@ -89,7 +77,7 @@ def segment_tokens(tokens: Any, n_symbols: int, length: int) -> np.ndarray:
 
 def segment_words(segments: Any, n_symbols: int, length: int) -> np.ndarray:
     """Inverse of `segment_tokens`: segment ids `[..., S]` to token ids `[..., S * length]`."""
-    length = _segment_length(length)
+    length = positive_int(length, "segment length", error=InputError, numpy=True)
     arr = np.asarray(segments, dtype=np.int64)
     if arr.size and (arr.min() < 0 or arr.max() >= n_symbols**length):
         raise InputError(f"segment ids must be in [0, {n_symbols ** length})")
@@ -97,7 +85,28 @@ def segment_words(segments: Any, n_symbols: int, length: int) -> np.ndarray:
     return digits.reshape(*arr.shape[:-1], arr.shape[-1] * length) if arr.ndim else digits
 
 
-class Automaton:
+class _Sizes:
+    """`n_states`, `n_symbols`, `n_labels` of a machine with `states`, `alphabet` and `labels`
+    (shared by `Automaton` and `CounterMachine`)."""
+
+    states: tuple[str, ...]
+    alphabet: tuple[str, ...]
+    labels: tuple[str, ...]
+
+    @property
+    def n_states(self) -> int:
+        return len(self.states)
+
+    @property
+    def n_symbols(self) -> int:
+        return len(self.alphabet)
+
+    @property
+    def n_labels(self) -> int:
+        return len(self.labels)
+
+
+class Automaton(_Sizes):
     """A deterministic, complete Moore machine over a finite alphabet."""
 
     def __init__(
@@ -220,17 +229,6 @@ class Automaton:
             return arr, lab
         raise AutomatonError("outputs must be all label names (str) or all label indices (int)")
 
-    @property
-    def n_states(self) -> int:
-        return len(self.states)
-
-    @property
-    def n_symbols(self) -> int:
-        return len(self.alphabet)
-
-    @property
-    def n_labels(self) -> int:
-        return len(self.labels)
 
     # ----- input handling -----
 
@@ -318,99 +316,37 @@ class Automaton:
         """Label index after the whole (possibly empty) word."""
         return int(self.outputs[self.state_after(word)])
 
-    # ----- structure -----
+    # ----- algorithms (fsm_probe.automata.algorithms) -----
 
     def reachable(self) -> np.ndarray:
         """Reachable state indices in BFS order from start (symbols in alphabet order)."""
-        seen = np.zeros(self.n_states, dtype=bool)
-        seen[self.start] = True
-        order = [self.start]
-        queue = deque(order)
-        while queue:
-            s = queue.popleft()
-            for t in self.transitions[s]:
-                if not seen[t]:
-                    seen[t] = True
-                    order.append(int(t))
-                    queue.append(int(t))
-        return np.array(order, dtype=np.int64)
-
-    def _subset(self, keep: np.ndarray, names: Sequence[str] | None = None) -> Automaton:
-        remap = np.full(self.n_states, -1, dtype=np.int64)
-        remap[keep] = np.arange(len(keep))
-        return Automaton(
-            self.alphabet,
-            [self.states[i] for i in keep] if names is None else names,
-            int(remap[self.start]),
-            remap[self.transitions[keep]],
-            self.outputs[keep],
-            self.labels,
-            self.name,
-        )
+        return _algorithms.reachable(self)
 
     def trim(self) -> Automaton:
         """Copy without unreachable states (the rest keep their names and order)."""
-        return self._subset(np.sort(self.reachable()))
+        return _algorithms.trim(self)
 
     def power(self, length: int) -> Automaton:
-        """The machine reading words of `length` symbols at a time: on segment `w` it moves to
-        `delta*(q, w)`, with the same outputs and start, trimmed to reachable states.
-
-        Its alphabet is `segment_alphabet(alphabet, length)` (symbol ids as in `segment_tokens`);
-        it is what a model that updates its state once per segment (an RMT's memory) can show.
-        """
-        length = _segment_length(length)
-        if self.n_symbols**length > MAX_SEGMENT_SYMBOLS:
-            raise AutomatonError(
-                f"{self.n_symbols}^{length} segment symbols is more than {MAX_SEGMENT_SYMBOLS}"
-            )
-        table = np.arange(self.n_states, dtype=np.int64)[:, None]
-        for _ in range(length):
-            table = self.transitions[table].reshape(self.n_states, -1)
-        return Automaton(
-            segment_alphabet(self.alphabet, length),
-            self.states,
-            self.start,
-            table,
-            self.outputs,
-            self.labels,
-            f"{self.name}^{length}",
-        ).trim()
-
-    def _partition(self) -> np.ndarray:
-        """Block id per state of the coarsest output-respecting congruence (Moore refinement)."""
-        block = np.unique(self.outputs, return_inverse=True)[1].reshape(-1)
-        n_blocks = int(block.max()) + 1
-        while True:
-            sig = np.concatenate([block[:, None], block[self.transitions]], axis=1)
-            new = np.unique(sig, axis=0, return_inverse=True)[1].reshape(-1)
-            n_new = int(new.max()) + 1
-            block = new
-            if n_new == n_blocks:
-                return block
-            n_blocks = n_new
+        """The machine reading words of `length` symbols at a time, over the alphabet
+        `segment_alphabet(alphabet, length)`, trimmed (what an RMT's memory can show)."""
+        return _algorithms.power(self, length)
 
     def minimize(self) -> Automaton:
         """Minimal equivalent automaton, states named q0, q1, ... in BFS order from start."""
-        trimmed = self.trim()
-        block = trimmed._partition()
-        n_blocks = int(block.max()) + 1
-        rep = np.unique(block, return_index=True)[1]
-        quotient = Automaton(
-            trimmed.alphabet,
-            [f"b{i}" for i in range(n_blocks)],
-            int(block[trimmed.start]),
-            block[trimmed.transitions[rep]],
-            trimmed.outputs[rep],
-            trimmed.labels,
-            trimmed.name,
-        )
-        order = quotient.reachable()
-        return quotient._subset(order, [f"q{i}" for i in range(len(order))])
+        return _algorithms.minimize(self)
 
     def is_minimal(self) -> bool:
         """True when every state is reachable and no two states are equivalent."""
-        return self.minimize().n_states == self.n_states
+        return _algorithms.is_minimal(self)
+
+    def equivalent(self, other: Automaton) -> list[str] | None:
+        """None if both map every input word to the same label sequence, else a shortest word that
+        separates them (labels compared by name)."""
+        return _algorithms.equivalent(self, other)
+
+    def isomorphism(self, other: Automaton) -> dict[str, str] | None:
+        """A state bijection preserving start, transitions and output labels, or None."""
+        return _algorithms.isomorphism(self, other)
 
     def _label_names(self) -> np.ndarray:
         return np.array(self.labels, dtype=object)[self.outputs]
@@ -422,77 +358,6 @@ class Automaton:
             )
         return np.array([other._symbol_index[a] for a in self.alphabet], dtype=np.int64)
 
-    def equivalent(self, other: Automaton) -> list[str] | None:
-        """None if both map every input word to the same label sequence, else a shortest word that
-        separates them (labels compared by name)."""
-        sym = self._symbol_map(other)
-        la, lb = self._label_names(), other._label_names()
-        first = (self.start, other.start)
-        parent: dict[tuple[int, int], tuple[tuple[int, int], int] | None] = {first: None}
-        queue = deque([first])
-        while queue:
-            pair = queue.popleft()
-            if la[pair[0]] != lb[pair[1]]:
-                word: list[str] = []
-                node = pair
-                while parent[node] is not None:
-                    node, j = parent[node]
-                    word.append(self.alphabet[j])
-                return word[::-1]
-            for j in range(self.n_symbols):
-                nxt = (int(self.transitions[pair[0], j]), int(other.transitions[pair[1], sym[j]]))
-                if nxt not in parent:
-                    parent[nxt] = (pair, j)
-                    queue.append(nxt)
-        return None
-
-    def isomorphism(self, other: Automaton) -> dict[str, str] | None:
-        """A state bijection preserving start, transitions and output labels, or None."""
-        if set(self.alphabet) != set(other.alphabet) or self.n_states != other.n_states:
-            return None
-        sym = self._symbol_map(other)
-        la, lb = self._label_names(), other._label_names()
-        mapping = {self.start: other.start}
-        queue = deque([self.start])
-        while queue:
-            s = queue.popleft()
-            t = mapping[s]
-            if la[s] != lb[t]:
-                return None
-            for j in range(self.n_symbols):
-                s2, t2 = int(self.transitions[s, j]), int(other.transitions[t, sym[j]])
-                if s2 in mapping:
-                    if mapping[s2] != t2:
-                        return None
-                else:
-                    mapping[s2] = t2
-                    queue.append(s2)
-        if len(set(mapping.values())) != len(mapping):
-            return None
-        if len(mapping) == self.n_states:
-            if len(set(mapping.values())) != other.n_states:
-                return None
-            return {self.states[s]: other.states[t] for s, t in mapping.items()}
-        return self._isomorphism_nx(other)
-
-    def _isomorphism_nx(self, other: Automaton) -> dict[str, str] | None:
-        """General case with unreachable states: graph isomorphism on the labelled multigraphs."""
-        from networkx.algorithms.isomorphism import MultiDiGraphMatcher
-
-        def node_match(a: dict, b: dict) -> bool:
-            return a["output"] == b["output"] and a["start"] == b["start"]
-
-        def edge_match(a: dict, b: dict) -> bool:
-            return sorted(d["symbol"] for d in a.values()) == sorted(
-                d["symbol"] for d in b.values()
-            )
-
-        gm = MultiDiGraphMatcher(
-            self.to_networkx(), other.to_networkx(), node_match=node_match, edge_match=edge_match
-        )
-        for m in gm.isomorphisms_iter():
-            return dict(m)
-        return None
 
     def relabel_states(self, names: Sequence[str] | Mapping[str, str]) -> Automaton:
         """Same machine with new state names (a list in state order, or old -> new)."""
@@ -508,172 +373,41 @@ class Automaton:
             self.alphabet, names, self.start, self.transitions, self.outputs, self.labels, self.name
         )
 
-    # ----- conversion -----
+
+    # ----- conversion (fsm_probe.automata.convert) -----
 
     def to_networkx(self) -> nx.MultiDiGraph:
         """States as nodes (attributes `output`, `start`), one edge per (state, symbol)."""
-        g = nx.MultiDiGraph(
-            name=self.name,
-            alphabet=list(self.alphabet),
-            start=self.states[self.start],
-            labels=list(self.labels),
-        )
-        for i, s in enumerate(self.states):
-            g.add_node(s, output=self.labels[self.outputs[i]], start=i == self.start)
-        for i, s in enumerate(self.states):
-            for j, a in enumerate(self.alphabet):
-                g.add_edge(s, self.states[self.transitions[i, j]], key=a, symbol=a)
-        return g
+        return _convert.to_networkx(self)
 
     @classmethod
     def from_networkx(cls, g: nx.MultiDiGraph) -> Automaton:
         """Inverse of `to_networkx`; start and alphabet may come from graph or node/edge data."""
-        if not isinstance(g, nx.MultiDiGraph):
-            raise AutomatonError(f"expected a networkx MultiDiGraph, got {type(g).__name__}")
-        states = [str(n) if not isinstance(n, str) else n for n in g.nodes]
-        if len(set(states)) != len(states):
-            raise AutomatonError("node names collide when converted to strings")
-        name_of = dict(zip(g.nodes, states, strict=True))
-        edges = [
-            (name_of[u], name_of[v], d.get("symbol", k))
-            for u, v, k, d in g.edges(keys=True, data=True)
-        ]
-        alphabet = g.graph.get("alphabet")
-        if alphabet is None:
-            alphabet = list(dict.fromkeys(str(a) for _, _, a in edges))
-        start = g.graph.get("start")
-        if start is None:
-            starts = [name_of[n] for n, d in g.nodes(data=True) if d.get("start")]
-            if len(starts) != 1:
-                raise AutomatonError(f"graph must mark exactly one start node, found {starts}")
-            start = starts[0]
-        elif start in name_of:
-            start = name_of[start]
-        table: dict[str, dict[str, str]] = {s: {} for s in states}
-        for u, v, a in edges:
-            if not isinstance(a, str):
-                a = str(a)
-            if a in table[u] and table[u][a] != v:
-                raise AutomatonError(f"nondeterministic: state {u!r} has several edges on {a!r}")
-            table[u][a] = v
-        outs = [d.get("output") for _, d in g.nodes(data=True)]
-        if all(o is None for o in outs):
-            outputs = None
-            labels = None
-        elif any(o is None for o in outs):
-            missing = [name_of[n] for n, d in g.nodes(data=True) if d.get("output") is None]
-            raise AutomatonError(f"node(s) {missing} have no output attribute")
-        else:
-            outputs = [str(o) for o in outs]
-            labels = g.graph.get("labels")
-        return cls(
-            alphabet, states, start, table, outputs, labels, str(g.graph.get("name", "automaton"))
-        )
+        return _convert.from_networkx(g)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able description (states, symbols and labels by name)."""
-        return {
-            "name": self.name,
-            "alphabet": list(self.alphabet),
-            "states": list(self.states),
-            "start": self.states[self.start],
-            "transitions": {
-                s: {a: self.states[self.transitions[i, j]] for j, a in enumerate(self.alphabet)}
-                for i, s in enumerate(self.states)
-            },
-            "outputs": {s: self.labels[self.outputs[i]] for i, s in enumerate(self.states)},
-            "labels": list(self.labels),
-        }
+        return _convert.to_dict(self)
 
     @classmethod
     def from_dict(cls, d: Any) -> Automaton:
         """Inverse of `to_dict`; `outputs`, `labels` and `name` are optional."""
-        if not isinstance(d, Mapping):
-            raise AutomatonError(
-                f"automaton description must be a JSON object, got {type(d).__name__}"
-            )
-        unknown = set(d) - _DICT_KEYS - _IGNORED_KEYS
-        if unknown:
-            raise AutomatonError(
-                f"unknown key(s) {sorted(unknown)}; allowed: {sorted(_DICT_KEYS | _IGNORED_KEYS)}"
-            )
-        missing = [k for k in _REQUIRED_KEYS if k not in d]
-        if missing:
-            raise AutomatonError(f"automaton description lacks key(s) {missing}")
-        if not isinstance(d["start"], str):
-            raise AutomatonError(f"'start' must be a state name, got {d['start']!r}")
-        if not isinstance(d["transitions"], Mapping):
-            raise AutomatonError("'transitions' must be an object state -> {symbol: state}")
-        for s, row in d["transitions"].items():
-            if isinstance(row, Mapping):
-                for a, t in row.items():
-                    if not isinstance(t, str):
-                        raise AutomatonError(
-                            f"target of ({s!r}, {a!r}) must be a state name, got {t!r}"
-                        )
-        outputs = d.get("outputs")
-        if outputs is not None:
-            if not isinstance(outputs, Mapping):
-                raise AutomatonError("'outputs' must be an object state -> label")
-            for s, o in outputs.items():
-                if not isinstance(o, str | int) or isinstance(o, bool):
-                    raise AutomatonError(f"output of state {s!r} must be a label name, got {o!r}")
-            outputs = {s: str(o) for s, o in outputs.items()}
-        labels = d.get("labels")
-        if labels is not None and outputs is None:
-            raise AutomatonError("'labels' given without 'outputs'")
-        return cls(
-            d["alphabet"],
-            d["states"],
-            d["start"],
-            d["transitions"],
-            outputs,
-            labels,
-            d.get("name", "automaton"),
-        )
+        return _convert.from_dict(d)
 
     def save_json(self, path: str | os.PathLike) -> Path:
         """Write `to_dict()` atomically."""
-        return atomic_write_json(path, self.to_dict())
+        return _convert.save_json(self, path)
 
     @classmethod
     def load_json(cls, path: str | os.PathLike) -> Automaton:
         """Read an automaton file, raising AutomatonError (naming the file) if it is unusable."""
-        return cls.read_json(path)[0]
+        return _convert.load_json(path)
 
     @classmethod
     def read_json(cls, path: str | os.PathLike) -> tuple[Automaton, Any]:
         """`load_json` that also returns the parsed JSON document (for extra keys in the file)."""
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as e:
-            raise AutomatonError(
-                f"cannot read automaton file {str(path)!r}: {e.strerror or e}"
-            ) from None
-        except UnicodeDecodeError as e:
-            raise AutomatonError(f"automaton file {str(path)!r} is not UTF-8 text: {e}") from None
-        try:
-            d = json.loads(text, object_pairs_hook=_unique_keys)
-        except json.JSONDecodeError as e:
-            raise AutomatonError(f"automaton file {str(path)!r} is not valid JSON: {e}") from None
-        except RecursionError:
-            raise AutomatonError(f"automaton file {str(path)!r} is nested too deeply to be an automaton") from None
-        except ValueError as e:  # a duplicate key, or an integer beyond Python's digit limit
-            raise AutomatonError(f"automaton file {str(path)!r}: {str(e).splitlines()[0][:200]}") from None
-        try:
-            automaton = cls.from_dict(d)
-        except AutomatonError as e:
-            raise AutomatonError(f"{str(path)!r}: {e}") from None
-        except RecursionError:
-            raise AutomatonError(f"automaton file {str(path)!r} is nested too deeply to be an automaton") from None
-        for a in automaton.alphabet:
-            if a != a.strip() or not a or any(c.isspace() for c in a):
-                raise AutomatonError(
-                    f"{str(path)!r}: symbol {a!r} is empty or contains whitespace, so it could not be "
-                    "typed to `fsm-probe predict` (symbols are separated by spaces)"
-                )
-        return automaton, d
+        return _convert.read_json(path)
+
 
     # ----- dunder -----
 
@@ -699,11 +433,7 @@ class Automaton:
         )
 
 
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """`object_pairs_hook` refusing duplicate keys (json's default keeps the last silently)."""
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"duplicate key {k!r} in one JSON object")
-        out[k] = v
-    return out
+
+# last: both modules build Automaton objects
+from . import algorithms as _algorithms  # noqa: E402
+from . import convert as _convert  # noqa: E402

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._validate import positive_int
 from ..errors import InputError
 from ..models import as_tokens, model_config
 from ..tasks.datasets import eval_set
@@ -423,8 +424,7 @@ def discover_circuit(
         raise InputError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if not threshold >= 0:
         raise InputError(f"threshold must be >= 0, got {threshold}")
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise InputError(f"top_k must be a positive integer, got {top_k!r}")
+    positive_int(top_k, "top_k", error=InputError)
     task = task if task is not None else getattr(model, "fsm_task", None)
     if task is None:
         raise InputError("discover_circuit needs the model's task (pass task=...)")

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .._validate import positive_int
 from ..errors import InputError
 from ..models import as_tokens, model_config
 from ..models.config import MEMORY_ARCHS
@@ -352,8 +353,7 @@ def _step_gradients(
 
 
 def _alphas(steps: int) -> list[float]:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise InputError(f"steps must be a positive integer, got {steps!r}")
+    positive_int(steps, "steps", error=InputError)
     return [k / steps for k in range(steps)]
 
 

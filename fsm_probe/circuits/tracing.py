@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .._validate import positive_int
 from ..errors import InputError
 from ..models import as_tokens, model_config
 from .engine import EvalMode, Patch, Runner, Sweep
@@ -120,10 +121,8 @@ def causal_tracing(
             f"kind={kind!r} needs a Transformer: a {cfg.arch} has no {kind} sublayer; "
             f"kind='resid' restores its {what}"
         )
-    if not isinstance(window, int) or window < 1:
-        raise InputError(f"window must be a positive integer, got {window!r}")
-    if not isinstance(n_samples, int) or n_samples < 1:
-        raise InputError(f"n_samples must be a positive integer, got {n_samples!r}")
+    positive_int(window, "window", error=InputError)
+    positive_int(n_samples, "n_samples", error=InputError)
     clean = as_tokens(model, tokens)
     batch, n_pos = clean.shape
     positions = (corrupt_positions,) if isinstance(corrupt_positions, int) else tuple(corrupt_positions)

@@ -17,6 +17,7 @@ from sklearn.decomposition import PCA
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 
+from .._validate import positive_int
 from ..errors import ConfigError, InputError
 
 
@@ -34,12 +35,6 @@ def _check_x(x: np.ndarray, dim: int | None = None) -> np.ndarray:
 def _check_fitted(est: BaseEstimator, attr: str) -> None:
     if not hasattr(est, attr):
         raise InputError(f"{type(est).__name__} is not fitted yet; call fit first")
-
-
-def _positive_int(name: str, value: object) -> int:
-    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 AUTO_MAX = 256
@@ -67,7 +62,7 @@ class Reducer(TransformerMixin, BaseEstimator):
                 if not 0 < nc < 1:
                     raise ConfigError(f"a float n_components is a variance fraction in (0, 1), got {nc}")
             else:
-                nc = _positive_int("n_components", nc)
+                nc = positive_int(nc, "n_components", numpy=True)
         if len(x) > self.max_fit:
             x = x[np.random.default_rng(self.seed).choice(len(x), self.max_fit, replace=False)]
         self.n_features_in_ = x.shape[1]
@@ -167,7 +162,7 @@ class KMeansAbstraction(Abstraction):
         self.minibatch_above = minibatch_above
 
     def fit(self, x: np.ndarray, y: object = None) -> KMeansAbstraction:
-        k = _positive_int("n_states", self.n_states)
+        k = positive_int(self.n_states, "n_states", numpy=True)
         x = _check_x(x)
         uniq, inverse, counts = _unique_rows(x, self.decimals)
         k = min(k, len(uniq))
@@ -202,7 +197,7 @@ class GMMAbstraction(Abstraction):
         self.seed = seed
 
     def fit(self, x: np.ndarray, y: object = None) -> GMMAbstraction:
-        k = _positive_int("n_states", self.n_states)
+        k = positive_int(self.n_states, "n_states", numpy=True)
         if self.covariance_type not in ("full", "tied", "diag", "spherical"):
             raise ConfigError(f"unknown covariance_type {self.covariance_type!r}")
         x = _check_x(x)
@@ -251,7 +246,7 @@ class AgglomerativeAbstraction(Abstraction):
         key = (x.shape, hashlib.sha1(np.ascontiguousarray(x).tobytes()).hexdigest(),
                self.linkage, self.max_points, self.seed)
         if key not in self._trees:
-            m = min(_positive_int("max_points", self.max_points), len(_unique_rows(x)[0]))
+            m = min(positive_int(self.max_points, "max_points", numpy=True), len(_unique_rows(x)[0]))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 km = KMeans(m, n_init=1, random_state=self.seed, max_iter=50).fit(x)
@@ -264,7 +259,7 @@ class AgglomerativeAbstraction(Abstraction):
         return self._trees[key]
 
     def fit(self, x: np.ndarray, y: object = None) -> AgglomerativeAbstraction:
-        k = _positive_int("n_states", self.n_states)
+        k = positive_int(self.n_states, "n_states", numpy=True)
         if self.linkage not in ("ward", "average", "complete", "single"):
             raise ConfigError(f"unknown linkage {self.linkage!r}")
         x = _check_x(x)
@@ -294,8 +289,8 @@ class GridAbstraction(Abstraction):
         return np.clip(np.floor(z * self.n_bins), 0, self.n_bins - 1).astype(np.int64)
 
     def fit(self, x: np.ndarray, y: object = None) -> GridAbstraction:
-        _positive_int("n_bins", self.n_bins)
-        _positive_int("n_dims", self.n_dims)
+        positive_int(self.n_bins, "n_bins", numpy=True)
+        positive_int(self.n_dims, "n_dims", numpy=True)
         x = _check_x(x)
         self.dims_ = min(self.n_dims, x.shape[1])
         self.n_features_in_ = x.shape[1]

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any
 
+from .. import _validate as _v
 from ..errors import ConfigError
 
 RNN_ARCHS = ("rnn", "gru", "lstm")
@@ -52,11 +53,8 @@ class ModelConfig:
             raise ConfigError(f"unknown architecture {self.arch!r}; expected one of {', '.join(known)}")
         positive = ("d_vocab", "d_out", "n_layers", "d_hidden", "n_heads", "n_ctx", "segment_length", "n_memory")
         for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**63:
-            raise ConfigError(f"seed must be an integer in [0, 2**63 - 1], got {self.seed!r}"[:200])
+            _v.positive_int(getattr(self, name), name)
+        _v.seed(self.seed, "seed")
         for name in ("positional", "attention_dir"):
             if not isinstance(getattr(self, name), str):
                 raise ConfigError(f"{name} must be a string, got {getattr(self, name)!r}")

@@ -1,11 +1,8 @@
 """Stage 2: what a network is trained on: tasks (automaton + input distribution), the zoo, batches."""
 
 from .datasets import IGNORE_INDEX, Batch, eval_set, iterate_batches, label_batch, sample_batch
-from .zoo import (
-    COUNTERS,
-    DELETANG,
-    LIU,
-    TOMITA,
+from .registry import Param, TaskInfo, get_task, list_tasks
+from .samplers import (
     AbabSampler,
     AdderSampler,
     AnbnSampler,
@@ -13,11 +10,15 @@ from .zoo import (
     DyckSampler,
     FlipFlopSampler,
     ModularArithmeticSampler,
-    Param,
     Sampler,
-    Task,
-    TaskInfo,
     UniformSampler,
+)
+from .task import Task, task_from_automaton, task_from_file
+from .zoo import (
+    COUNTERS,
+    DELETANG,
+    LIU,
+    TOMITA,
     abab,
     adder,
     alternating,
@@ -26,16 +27,12 @@ from .zoo import (
     dihedral,
     even_pairs,
     flipflop,
-    get_task,
     gridworld,
-    list_tasks,
     modular_arithmetic,
     parity,
     parity_check,
     quaternion,
     symmetric,
-    task_from_automaton,
-    task_from_file,
     tomita1,
     tomita2,
     tomita3,

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._validate import non_negative_int, positive_int
 from ..errors import ConfigError
-from .zoo import Task
+from .task import Task
 
 IGNORE_INDEX = -100
 
@@ -32,12 +33,6 @@ class Batch:
     @property
     def length(self) -> int:
         return int(self.tokens.shape[1])
-
-
-def _positive_int(what: str, v: object) -> int:
-    if not isinstance(v, int | np.integer) or isinstance(v, bool) or v < 1:
-        raise ConfigError(f"{what} must be a positive integer, got {v!r}")
-    return int(v)
 
 
 def label_batch(task: Task, tokens: np.ndarray, final_only: bool | None = None) -> Batch:
@@ -60,8 +55,8 @@ def sample_batch(
     final_only: bool | None = None,
 ) -> Batch:
     """One batch of `batch_size` sequences of `task.effective_length(length)` tokens."""
-    batch_size = _positive_int("batch_size", batch_size)
-    length = task.effective_length(_positive_int("length", length))
+    batch_size = positive_int(batch_size, "batch_size", numpy=True)
+    length = task.effective_length(positive_int(length, "length", numpy=True))
     return label_batch(task, task.sampler.sample(rng, batch_size, length), final_only)
 
 
@@ -79,10 +74,10 @@ def iterate_batches(
         lo, hi = lengths
     except (TypeError, ValueError):
         raise ConfigError(f"lengths must be (min, max), got {lengths!r}") from None
-    lo, hi = _positive_int("minimum length", lo), _positive_int("maximum length", hi)
+    lo, hi = positive_int(lo, "minimum length", numpy=True), positive_int(hi, "maximum length", numpy=True)
     if lo > hi:
         raise ConfigError(f"minimum length {lo} exceeds maximum length {hi}")
-    _positive_int("batch_size", batch_size)
+    positive_int(batch_size, "batch_size", numpy=True)
     return _batches(task, batch_size, lo, hi, np.random.default_rng(seed), final_only)
 
 
@@ -102,8 +97,7 @@ def eval_set(
     final_only: bool | None = None,
 ) -> Batch:
     """Fixed evaluation set: the same (task, length, n, seed) always gives the same data."""
-    length = _positive_int("length", length)
-    n = _positive_int("n", n)
-    if not isinstance(seed, int | np.integer) or seed < 0:
-        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+    length = positive_int(length, "length", numpy=True)
+    n = positive_int(n, "n", numpy=True)
+    non_negative_int(seed, "seed", numpy=True)
     return sample_batch(task, n, length, np.random.default_rng([int(seed), length]), final_only)
