@@ -92,7 +92,7 @@ if TYPE_CHECKING:
         TaskError,
     )
     from .models import HookedRNN, ModelConfig, build_model, build_transformer, predict_logits
-    from .tasks.zoo import Task, get_task, list_tasks, task_from_file
+    from .tasks import Task, get_task, list_tasks, task_from_file
     from .training import Run, TrainConfig, train
     from .training.checkpoint import load, save
     from .training.evaluation import evaluate

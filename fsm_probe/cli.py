@@ -116,7 +116,7 @@ def _parse_lengths(text: str) -> list[int]:
 
 
 def _resolve_task(task: str | None, task_file: Path | None):
-    from .tasks.zoo import get_task, task_from_file
+    from .tasks import get_task, task_from_file
 
     if (task is None) == (task_file is None):
         raise ConfigError("give exactly one of --task NAME[:PARAMS] or --task-file FILE.json")
@@ -127,7 +127,7 @@ def _resolve_task(task: str | None, task_file: Path | None):
 @_user_errors
 def tasks_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """List the task zoo with parameters and sources."""
-    from .tasks.zoo import get_task, list_tasks
+    from .tasks import get_task, list_tasks
 
     infos = list_tasks()
     rows = []

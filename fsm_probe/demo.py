@@ -19,7 +19,7 @@ from rich.table import Table
 from .explain import explain
 from .io import atomic_write_json
 from .models import ModelConfig
-from .tasks.zoo import get_task
+from .tasks import get_task
 from .training.evaluation import evaluate
 from .training.trainer import TrainConfig, train
 

@@ -33,7 +33,7 @@ from torch import nn
 from .circuits.causal_abstraction import interchange_intervention_accuracy, state_sites
 from .errors import FsmProbeError
 from .models import model_config
-from .tasks.zoo import Task
+from .tasks import Task
 from .training.evaluation import evaluate, position_accuracy
 from .training.run import Run, as_run
 from .training.verdict import THRESHOLD, length_verdict

@@ -34,7 +34,7 @@ from ..errors import CheckpointError, ConfigError, FsmProbeError
 from ..io import check_out_path, readable_directory, replace_directory
 from ..models import ModelConfig, build_model, tl_config_dict
 from ..models.config import check_memory
-from ..tasks.zoo import Task
+from ..tasks import Task
 from .run import Run, as_run
 
 FORMAT_VERSION = 1

@@ -8,7 +8,7 @@ from typing import Any
 from .. import _validate as _v
 from ..errors import ConfigError
 from ..models import ModelConfig
-from ..tasks.zoo import Task
+from ..tasks import Task
 from .recipes import recipe
 
 # TrainConfig fields whose default (None) comes from the architecture's recipe.

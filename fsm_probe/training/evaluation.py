@@ -8,8 +8,8 @@ import numpy as np
 from torch import nn
 
 from ..models import predict_logits
+from ..tasks import Task
 from ..tasks.datasets import IGNORE_INDEX, eval_set
-from ..tasks.zoo import Task
 
 
 def accuracy_report(pred: np.ndarray, labels: np.ndarray) -> dict[str, float]:

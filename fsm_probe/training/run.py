@@ -15,7 +15,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..models import ModelConfig, model_config
-from ..tasks.zoo import Task
+from ..tasks import Task
 from .config import TrainConfig
 
 

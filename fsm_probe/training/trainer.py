@@ -21,8 +21,8 @@ from tqdm.auto import tqdm
 from ..errors import ConfigError
 from ..models import ModelConfig, as_tokens, build_model
 from ..models.config import check_memory
+from ..tasks import Task
 from ..tasks.datasets import IGNORE_INDEX, iterate_batches
-from ..tasks.zoo import Task
 from .checkpoint import LOG, checkpoint_stage, write_checkpoint
 from .config import TrainConfig
 from .evaluation import evaluate
