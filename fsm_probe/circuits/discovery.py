@@ -275,7 +275,7 @@ def verify_cells(
                 values = [metric_value(metric, logits[k * batch : (k + 1) * batch]) for k in range(len(idxs))]
             else:
                 sweep = Sweep(site, patches, [(k,) for k in range(len(idxs))], (len(idxs),))
-                values = runner.evaluate(corr_t, corr_run, clean_run, sweep, metric, None)
+                values = runner.evaluate(corr_run, clean_run, sweep, metric, None)
             for k, i in enumerate(idxs):
                 out[(site, i)] = float(values[k])
     return out
