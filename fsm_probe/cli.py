@@ -458,10 +458,6 @@ def _write_json(out: Path | None, payload: dict[str, Any], as_json: bool) -> Non
         print(text)
 
 
-def _cell(axes: tuple[str, ...], idx: tuple[int, ...]) -> str:
-    return " ".join(f"{a}={i}" for a, i in zip(axes, idx, strict=True))
-
-
 # Options `patch` and `trace` share.
 _RunDir = Annotated[Path, typer.Argument(help="Checkpoint directory.")]
 _Length = Annotated[int | None, typer.Option("--length", help="Sequence length (default: min(training max, 16)).")]
@@ -489,9 +485,7 @@ def patch_cmd(
 ) -> None:
     """Activation patching (or its attribution estimate) on symmetric-corruption pairs of the
     run's task; lists the cells with the largest effect (normalised: 0 = corrupted, 1 = clean)."""
-    import numpy as np
-
-    from .circuits import patching
+    from .circuits import patching, sites
     from .training.checkpoint import load
 
     if method not in ("exact", "attribution"):
@@ -500,22 +494,22 @@ def patch_cmd(
         raise ConfigError(f"--top must be positive, got {top}")
     model = load(run_dir)
     cfg = model.fsm_config
-    sites = patching.default_sites(cfg) if site is None else [x.strip() for x in site.split(",") if x.strip()]
-    if not sites:
+    names = sites.patch_sites(cfg) if site is None else [x.strip() for x in site.split(",") if x.strip()]
+    if not names:
         raise ConfigError(f"--site names no site: {site!r}")
-    for name in sites:
-        patching.check_site(cfg, name)
+    for name in names:
+        sites.check_site(cfg, name)
     clean, corrupted, pos = _pairs(model, length, n, position, seed)
     a = model.fsm_task.automaton
     metric = patching.logit_diff(a.run_outputs(clean)[:, -1], a.run_outputs(corrupted)[:, -1])
     if method == "exact":
         results = {
             s: patching.activation_patching(model, clean, corrupted, metric, site=s, direction=direction)
-            for s in sites
+            for s in names
         }
     else:
         results = patching.attribution_patching(
-            model, clean, corrupted, metric, sites=sites, direction=direction, steps=steps
+            model, clean, corrupted, metric, sites=names, direction=direction, steps=steps
         )
     first = next(iter(results.values()))
     learned = _in_distribution(model)
@@ -539,17 +533,13 @@ def patch_cmd(
     if abs(gap) < 1e-2:
         console.print(f"note: the clean and corrupted runs differ by only {gap:+.2g} in logit difference "
                       "(the model barely tells them apart); normalised effects are not meaningful.")
-    cells = [
-        (abs(float(r.effect()[idx])), s, r, idx)
-        for s, r in results.items() for idx in np.ndindex(*r.values.shape)
-    ]
-    table = Table(title=f"top {min(top, len(cells))} cells by |effect|")
+    cells = patching.top_cells(results, top)
+    table = Table(title=f"top {len(cells)} cells by |effect|")
     for col in ("site", "cell", "metric", "effect", "normalised"):
         table.add_column(col, justify="right" if col not in ("site", "cell") else "left")
-    for _, s, r, idx in sorted(cells, key=lambda c: -c[0])[:top]:
-        value = float(r.values[idx])
-        norm = f"{(value - first.corrupted_value) / gap:.3f}" if gap else "n/a"
-        table.add_row(s, _cell(r.axes, idx), f"{value:.3f}", f"{value - r.baseline:+.3f}", norm)
+    for c in cells:
+        norm = "n/a" if c.normalized is None else f"{c.normalized:.3f}"
+        table.add_row(c.site, c.label(), f"{c.value:.3f}", f"{c.effect:+.3f}", norm)
     console.print(table)
 
 
@@ -557,9 +547,9 @@ def patch_cmd(
 @_user_errors
 def trace_cmd(
     run_dir: _RunDir,
-    kind: Annotated[str, typer.Option("--kind", help="resid (hidden state / memory), mlp or attn (mlp, attn: Transformers only).")] = "resid",
+    site: Annotated[str | None, typer.Option("--site", help="State restored: the model's state (resid_pre, RNN hidden, RMT memory; the default), or a Transformer sublayer's output, attn_out or mlp_out.", show_default=False)] = None,
     noise: Annotated[str, typer.Option("--noise", help="Multiple of the embedding std, or 'symmetric' (swap the symbol).")] = "3.0",
-    window: Annotated[int, typer.Option("--window", help="Layers restored together (mlp/attn).")] = 1,
+    window: Annotated[int, typer.Option("--window", help="Layers restored together (attn_out/mlp_out).")] = 1,
     samples: Annotated[int, typer.Option("--samples", help="Noise draws per sequence.")] = 10,
     length: _Length = None,
     n: Annotated[int, typer.Option("--n", help="Sequences.")] = 16,
@@ -568,14 +558,18 @@ def trace_cmd(
     seed: _Seed = 0,
     out: _JsonOut = None,
     as_json: _PrintJson = False,
+    kind: Annotated[str | None, typer.Option("--kind", hidden=True, help="Renamed --site.")] = None,
 ) -> None:
     """ROME-style causal tracing: corrupt one input position, restore one state at a time and
     list the states whose restoration brings back the most of p(clean prediction)."""
-    import torch
-
+    from .circuits import sites
     from .circuits.tracing import causal_tracing
     from .training.checkpoint import load
 
+    if kind is not None:
+        new = {"resid": "resid_pre (RNN: hidden, RMT: memory)", "mlp": "mlp_out", "attn": "attn_out"}
+        hint = new.get(kind, "resid_pre (RNN: hidden, RMT: memory), mlp_out or attn_out")
+        raise ConfigError(f"trace --kind is now --site, as in patch: use --site {hint} instead of --kind {kind!r}")
     if noise != "symmetric":
         try:
             level: float | str = float(noise)
@@ -588,9 +582,10 @@ def trace_cmd(
     if top < 1:
         raise ConfigError(f"--top must be positive, got {top}")
     model = load(run_dir)
+    trace_kind = "resid" if site is None else sites.trace_kind(model.fsm_config, site)
     clean, _, pos = _pairs(model, length, n, position, seed)
     result = causal_tracing(
-        model, clean, corrupt_positions=pos, noise=level, kind=kind, window=window, n_samples=samples,
+        model, clean, corrupt_positions=pos, noise=level, kind=trace_kind, window=window, n_samples=samples,
         seed=seed, automaton=model.fsm_task.automaton,
     )
     learned = _in_distribution(model)
@@ -606,15 +601,14 @@ def trace_cmd(
         f"p(clean prediction): clean {result.high_score:.3f}, corrupted {result.low_score:.3f}"
     )
     _warn_not_learned(learned, "the indirect effects below")
-    effect = result.indirect_effect()
     by_segment = result.segment_length is not None
-    table = Table(title=f"top {min(top, effect.numel())} restored {kind} states by indirect effect")
+    states = result.top_cells(top)
+    table = Table(title=f"top {len(states)} restored {trace_kind} states by indirect effect")
     for col in (*(["segment"] if by_segment else ["layer", "position"]), "p(restored)", "indirect effect"):
         table.add_column(col, justify="right")
-    for flat in torch.argsort(-effect.flatten())[:top].tolist():
-        li, p = divmod(flat, effect.shape[1])
-        cells = [str(p)] if by_segment else [str(li), str(p)]
-        table.add_row(*cells, f"{float(result.scores[li, p]):.3f}", f"{float(effect[li, p]):+.3f}")
+    for state in states:
+        cells = [str(state.position)] if by_segment else [str(state.layer), str(state.position)]
+        table.add_row(*cells, f"{state.score:.3f}", f"{state.effect:+.3f}")
     console.print(table)
 
 

@@ -77,8 +77,8 @@ def test_fast_engine_matches_hook_engine(tokens, kw, site):
     clean, corrupted = tokens
     for metric in _metrics().values():
         for direction in ("denoise", "noise"):
-            fast = activation_patching(model, clean, corrupted, metric, site, direction, batch_patches=7, engine="fast")
-            ref = activation_patching(model, clean, corrupted, metric, site, direction, engine="hooks")
+            fast = activation_patching(model, clean, corrupted, metric, site=site, direction=direction, batch_patches=7, engine="fast")
+            ref = activation_patching(model, clean, corrupted, metric, site=site, direction=direction, engine="hooks")
             assert torch.allclose(fast.values, ref.values, atol=1e-5)
 
 
@@ -104,14 +104,14 @@ def test_resid_mid_patches_the_residual_stream(model, tokens):
 def test_denoise_and_noise_sanity(model, tokens):
     clean, corrupted = tokens
     metric = _metrics()["logit_diff"]
-    den = activation_patching(model, clean, corrupted, metric, "resid_pre", "denoise")
-    noi = activation_patching(model, clean, corrupted, metric, "resid_pre", "noise")
+    den = activation_patching(model, clean, corrupted, metric, site="resid_pre", direction="denoise")
+    noi = activation_patching(model, clean, corrupted, metric, site="resid_pre", direction="noise")
     assert abs(den.values[0, FLIP] - den.clean_value) < 1e-5
     assert abs(noi.values[0, FLIP] - noi.corrupted_value) < 1e-5
     others = [p for p in range(T) if p != FLIP]
     assert torch.allclose(den.values[0, others], torch.tensor(den.corrupted_value), atol=1e-5)
     assert torch.allclose(den.normalized()[0, FLIP], torch.tensor(1.0), atol=1e-4)
-    post = activation_patching(model, clean, corrupted, metric, "resid_post", "denoise")
+    post = activation_patching(model, clean, corrupted, metric, site="resid_post", direction="denoise")
     assert abs(post.values[-1, -1] - post.clean_value) < 1e-5
     assert den.clean_value == noi.clean_value and den.corrupted_value == noi.corrupted_value
 

@@ -81,7 +81,7 @@ def test_memory_patching_matches_hook_patching_and_restarting(direction):
     metrics = [logit_diff(torch.tensor([0, 1, 0, 1]), torch.tensor([1, 0, 1, 0])),
                lambda logits: (logits[..., 0] - logits[..., 1]).pow(2).mean()]
     for metric in metrics:
-        res = activation_patching(m, clean, corrupted, metric, "memory", direction, batch_patches=2)
+        res = activation_patching(m, clean, corrupted, metric, site="memory", direction=direction, batch_patches=2)
         assert res.axes == ("segment",) and res.values.shape == (4,)
         for s in range(4):
             def hook(act, hook, s=s):
@@ -108,7 +108,7 @@ def test_memory_slot_patching_matches_hook_patching(direction):
         _, cache = m.run_with_cache(src, names_filter="hook_memory")
     src_mem = cache["hook_memory"]
     metric = lambda logits: (logits[..., 0] - logits[..., 1]).pow(2).mean()  # noqa: E731
-    res = activation_patching(m, clean, corrupted, metric, "memory_slot", direction, batch_patches=5)
+    res = activation_patching(m, clean, corrupted, metric, site="memory_slot", direction=direction, batch_patches=5)
     assert res.axes == ("segment", "slot") and res.values.shape == (4, 3)
     for s in range(4):
         for j in range(3):
@@ -124,8 +124,8 @@ def test_memory_slot_patching_matches_hook_patching(direction):
             assert abs(float(metric(hooked)) - float(res.values[s, j])) < 1e-5
     assert torch.unique(res.values[1:3]).numel() > 3  # the vectors of one memory differ in effect
     one = rmt(n_memory=1)
-    whole = activation_patching(one, clean, corrupted, metric, "memory", direction)
-    slots = activation_patching(one, clean, corrupted, metric, "memory_slot", direction)
+    whole = activation_patching(one, clean, corrupted, metric, site="memory", direction=direction)
+    slots = activation_patching(one, clean, corrupted, metric, site="memory_slot", direction=direction)
     assert torch.allclose(slots.values[:, 0], whole.values, atol=1e-6)
 
 

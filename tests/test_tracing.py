@@ -124,9 +124,25 @@ def test_cli_symmetric_trace_on_an_exact_parity_rnn(capsys, compiled_parity_run)
     np.testing.assert_allclose(scores[0, 4:], res["high_score"], atol=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["mlp", "attn"])
-def test_cli_sublayer_trace_on_an_rnn_is_a_one_line_error(capsys, compiled_parity_run, kind):
+@pytest.mark.parametrize("site", ["mlp_out", "attn_out", "resid_pre"])
+def test_cli_sublayer_trace_on_an_rnn_is_a_one_line_error(capsys, compiled_parity_run, site):
+    code, _, err = _cli(capsys, "trace", compiled_parity_run, "--site", site)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert f"site {site!r} cannot be traced" in lines[0] and "tracing sites are hidden" in lines[0]
+
+
+@pytest.mark.parametrize(("kind", "new"), [("mlp", "--site mlp_out"), ("attn", "--site attn_out"),
+                                           ("resid", "--site resid_pre (RNN: hidden, RMT: memory)")])
+def test_cli_old_kind_option_names_the_new_site(capsys, compiled_parity_run, kind, new):
     code, _, err = _cli(capsys, "trace", compiled_parity_run, "--kind", kind)
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
-    assert f"kind={kind!r} needs a Transformer" in lines[0] and "kind='resid'" in lines[0]
+    assert "--kind is now --site" in lines[0] and new in lines[0] and repr(kind) in lines[0]
+
+
+def test_cli_trace_site_hidden_is_the_default(capsys, compiled_parity_run):
+    args = ("--noise", "symmetric", "--samples", "1", "--length", "10", "--position", "4", "--json")
+    default = _cli(capsys, "trace", compiled_parity_run, *args)
+    explicit = _cli(capsys, "trace", compiled_parity_run, "--site", "hidden", *args)
+    assert default[0] == explicit[0] == 0 and json.loads(default[1]) == json.loads(explicit[1])

@@ -25,20 +25,24 @@ from torch import nn
 from ..errors import ConfigError, InputError
 from ..models import as_tokens, model_config
 from ..tasks.datasets import eval_set
+from .sites import RMT, TRANSFORMER, family, layer_hooks
 
 
-def _require_transformer(model: nn.Module, rmt: bool = False) -> None:
+def _require_attention(model: nn.Module, rmt: bool = False) -> str:
+    """The model's family: a Transformer, or with `rmt` an RMT (which attends within segments)."""
     cfg = model_config(model)
-    if cfg.arch == "rmt" and not rmt:
+    fam = family(cfg)
+    if fam == RMT and not rmt:
         raise InputError("an RMT attends within segments: use segment_patterns and head_stats")
-    if cfg.arch not in ("transformer", "rmt"):
+    if fam not in (TRANSFORMER, RMT):
         raise InputError(f"attention analysis needs a Transformer; a {cfg.arch} has no attention")
+    return fam
 
 
 def _cached_patterns(model: nn.Module, tokens: Any, batch_size: int, layer_dim: int) -> np.ndarray:
     """Every layer's `attn.hook_pattern` on `tokens`, stacked along `layer_dim`."""
     t = as_tokens(model, tokens)
-    names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(model_config(model).n_layers)]
+    names = layer_hooks(model_config(model), "pattern")
     wanted = set(names)
     out = []
     with torch.no_grad():
@@ -57,14 +61,14 @@ def segment_patterns(model: nn.Module, tokens: Any, batch_size: int = 256) -> np
     segment is padded (see `fsm_probe.models.rmt`).
     """
     cfg = model_config(model)
-    if cfg.arch != "rmt":
+    if family(cfg) != RMT:
         raise InputError(f"segment_patterns needs an rmt, got {cfg.arch!r}")
     return _cached_patterns(model, tokens, batch_size, layer_dim=2)
 
 
 def attention_patterns(model: nn.Module, tokens: Any, batch_size: int = 256) -> np.ndarray:
     """Attention weights `[batch, layer, head, query, key]` on `tokens`."""
-    _require_transformer(model)
+    _require_attention(model)
     return _cached_patterns(model, tokens, batch_size, layer_dim=1)
 
 
@@ -179,12 +183,12 @@ def head_stats(
 
     RMT: over the token queries of every complete segment, with the memory weights added.
     """
-    _require_transformer(model, rmt=True)
+    fam = _require_attention(model, rmt=True)
     if tokens is None:
         tokens = _task_tokens(model, length, n, seed)
     cfg = model_config(model)
     causal = cfg.attention_dir == "causal"
-    if cfg.arch != "rmt":
+    if fam != RMT:
         return head_stats_from_patterns(attention_patterns(model, tokens), causal)
     S, M = cfg.segment_length, cfg.n_memory
     p = segment_patterns(model, tokens)
@@ -240,13 +244,13 @@ def attention_dilution(
     model: nn.Module, lengths: Iterable[int], *, n: int = 64, seed: int = 0
 ) -> DilutionResult:
     """Attention statistics at the last position for each length (each at most the context)."""
-    if model_config(model).arch == "rmt":
+    cfg = model_config(model)
+    if family(cfg) == RMT:
         raise InputError(
             "an RMT's attention cannot dilute with length: every segment has the same "
             "segment_length + 2 * n_memory keys"
         )
-    _require_transformer(model)
-    cfg = model_config(model)
+    _require_attention(model)
     lengths = sorted({int(x) for x in lengths})
     if len(lengths) < 2 or lengths[0] < 2:
         raise ConfigError(f"dilution needs at least two lengths >= 2, got {lengths}")

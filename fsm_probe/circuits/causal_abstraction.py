@@ -39,9 +39,10 @@ from torch import nn
 
 from ..errors import InputError
 from ..models import as_tokens, model_config
-from ..models.rmt import MEMORY_HOOK
 from ..tasks.datasets import eval_set
 from ..tasks.zoo import Task
+from . import sites as S
+from .sites import state_sites
 
 
 @dataclass
@@ -80,26 +81,6 @@ class IIAResult:
 
 def _nanmean(x: np.ndarray) -> float:
     return float(np.nanmean(x)) if np.isfinite(x).any() else float("nan")
-
-
-def state_sites(model: nn.Module) -> dict[str, tuple[str, ...]]:
-    """The candidate sites of `model`: site name -> the hook names swapped together."""
-    cfg = model_config(model)
-    if cfg.is_rnn:
-        sites = {f"layers.{i}": tuple(n for n in model.state_names if n.startswith(f"layers.{i}."))
-                 for i in range(cfg.n_layers)}
-        if cfg.n_layers > 1:
-            sites["layers"] = tuple(model.state_names)
-        return sites
-    if cfg.arch == "rmt":
-        return {MEMORY_HOOK: (MEMORY_HOOK,)}
-    if cfg.arch == "transformer":
-        names = []
-        for i in range(cfg.n_layers - 1):
-            names += [f"blocks.{i}.hook_resid_mid", f"blocks.{i + 1}.hook_resid_pre"]
-        return {n: (n,) for n in names}
-    raise InputError(f"no state sites on a {cfg.arch}: it carries no state between steps "
-                     "(its memory is its own label outputs)")
 
 
 def _positions(length: int, max_positions: int) -> list[int]:
@@ -142,7 +123,8 @@ def interchange_intervention_accuracy(
     # positions whose label training supervised: all, or on final-only tasks those ending a valid sequence
     final_only = task.final_only if final_only is None else final_only
     scored = np.array([not final_only or task.effective_length(p + 1) == p + 1 for p in range(length)])
-    segment = cfg.segment_length if cfg.arch == "rmt" else None
+    fam = S.family(cfg)
+    segment = cfg.segment_length if fam == S.RMT else None
     if segment is not None:
         n_units = length // segment  # whole segments whose memory a later segment reads
         if n_units < 2:
@@ -150,7 +132,7 @@ def interchange_intervention_accuracy(
         units = _positions(n_units - 1, max_positions)
         ends = [(u + 1) * segment - 1 for u in units]  # last token of the intervened segment
     else:
-        first_unit = 0 if cfg.is_rnn else 1
+        first_unit = 0 if fam == S.RNN else 1
         candidates = [t for t in range(first_unit, length) if scored[t]]
         units = [candidates[i] for i in _positions(len(candidates), max_positions)] if candidates else []
         ends = units
@@ -173,7 +155,7 @@ def interchange_intervention_accuracy(
                 cf = _counterfactual(a, source_states[keep, end], base[keep, end + 1 :])
                 first = end + 1 if segment is not None else end
                 for i, site in enumerate(chosen):
-                    hooks = [(h, _swap(cache[h][torch.as_tensor(keep)], unit, segment is not None or cfg.is_rnn))
+                    hooks = [(h, _swap(cache[h][torch.as_tensor(keep)], unit, fam != S.TRANSFORMER))
                              for h in available[site]]
                     logits = model.run_with_hooks(base_t[torch.as_tensor(keep)], fwd_hooks=hooks)
                     right = logits.argmax(-1).cpu().numpy()[:, first:] == cf[:, first - end :]

@@ -42,6 +42,7 @@ from ..errors import InputError
 from ..models import as_tokens, model_config
 from ..tasks.datasets import eval_set
 from . import patching
+from . import sites as S
 from .engine import EvalMode, Patch, Runner, Sweep, metric_value, needed_positions
 
 METHODS = ("exact", "attribution", "attribution_mlp", "verified", "acdc")
@@ -180,14 +181,6 @@ def mixed_corruption_pairs(
 # ----- components and cells -----
 
 
-def _sites(cfg: Any) -> list[str]:
-    if cfg.is_rnn:
-        return ["hidden"] + (["cell"] if cfg.arch == "lstm" else [])
-    if cfg.arch != "transformer":
-        raise InputError(f"circuit discovery supports rnn, gru, lstm and transformer, not {cfg.arch!r}")
-    return ["head_out"] + (["mlp_out"] if cfg.d_mlp != 0 else [])
-
-
 def _cell_component(site: str, idx: tuple[int, ...]) -> tuple[str, str, int, int | None, int]:
     """(name, kind, layer, head, position) of one patching cell."""
     if site == "head_out":
@@ -206,13 +199,13 @@ def all_components(model: nn.Module, length: int) -> list[tuple[str, str, int, i
     cfg = model_config(model)
     out = []
     for li in range(cfg.n_layers):
-        if cfg.is_rnn:
-            for site in _sites(cfg):
+        for site in S.component_sites(cfg):
+            if site == "head_out":
+                out += [(f"L{li}H{h}", "head", li, h) for h in range(cfg.n_heads)]
+            elif site == "mlp_out":
+                out.append((f"L{li}.mlp", "mlp", li, None))
+            else:
                 out += [(_cell_component(site, (li, p))[0], "state", li, None) for p in range(length)]
-            continue
-        out += [(f"L{li}H{h}", "head", li, h) for h in range(cfg.n_heads)]
-        if cfg.d_mlp != 0:
-            out.append((f"L{li}.mlp", "mlp", li, None))
     return out
 
 
@@ -245,10 +238,9 @@ def _sorted(items: Any) -> list[ComponentScore]:
 
 
 def _normalise(result: patching.PatchingResult) -> np.ndarray:
-    scale = result.clean_value - result.corrupted_value
-    if scale == 0:
+    if result.clean_value == result.corrupted_value:
         raise InputError("clean and corrupted runs give the same metric; nothing to rank")
-    return ((result.values - result.corrupted_value) / scale).double().numpy()
+    return result.normalized().double().numpy()
 
 
 def exact_cells(model, clean, corrupted, metric, sites) -> dict[str, patching.PatchingResult]:
@@ -273,7 +265,7 @@ def verify_cells(
         runner.checked = runner.engine is not None
         clean_run, corr_run = runner.run(clean_t), runner.run(corr_t)
         for site, idxs in by_site.items():
-            patching.check_site(cfg, site)
+            S.check_site(cfg, site)
             patches = [Patch((i[0],), i[1], i[2] if len(i) > 2 else None) for i in idxs]
             if runner.engine is not None:
                 # A shortlist is small: all its patches in one stacked forward, from the
@@ -284,7 +276,7 @@ def verify_cells(
                 values = [metric_value(metric, logits[k * batch : (k + 1) * batch]) for k in range(len(idxs))]
             else:
                 sweep = Sweep(site, patches, [(k,) for k in range(len(idxs))], (len(idxs),))
-                values = runner.evaluate(corr_t, corr_run, clean_run, sweep, metric, None)
+                values = runner.evaluate(corr_run, clean_run, sweep, metric, None)
             for k, i in enumerate(idxs):
                 out[(site, i)] = float(values[k])
     return out
@@ -304,7 +296,7 @@ def acdc_prune(
     """Greedy node pruning from the output backwards (see the module docstring); returns the
     scored components and the number of forwards run."""
     cfg = model_config(model)
-    if cfg.is_rnn or cfg.arch != "transformer":
+    if S.family(cfg) != S.TRANSFORMER:
         raise InputError("acdc pruning is implemented for Transformers; use method='exact' for RNNs")
     clean_t, corr_t = as_tokens(model, clean), as_tokens(model, corrupted)
     comps = all_components(model, clean_t.shape[1])
@@ -365,7 +357,7 @@ def attribution_mlp_exact(
     from .engine import TransformerEngine
 
     cfg = model_config(model)
-    if cfg.is_rnn or cfg.arch != "transformer":
+    if S.family(cfg) != S.TRANSFORMER:
         raise InputError("attribution_mlp_exact needs a Transformer")
     clean_t, corr_t = as_tokens(model, clean), as_tokens(model, corrupted)
     with EvalMode(model):
@@ -406,6 +398,7 @@ def attribution_mlp_exact(
 def discover_circuit(
     model: nn.Module,
     task: Any = None,
+    *,
     method: str = "exact",
     length: int | None = None,
     n: int = 32,
@@ -429,11 +422,12 @@ def discover_circuit(
     if task is None:
         raise InputError("discover_circuit needs the model's task (pass task=...)")
     cfg = model_config(model)
-    sites = _sites(cfg)
+    sites = S.component_sites(cfg)
+    limit = S.max_length(cfg)
     if length is None:
         compiled = bool(getattr(model, "fsm_training", {}).get("compiled")) or hasattr(model, "fsm_circuit")
-        length = cfg.n_ctx if compiled else (16 if cfg.is_rnn else min(16, cfg.n_ctx))
-    if length < 2 or (not cfg.is_rnn and length > cfg.n_ctx):
+        length = cfg.n_ctx if compiled else (16 if limit is None else min(16, limit))
+    if length < 2 or (limit is not None and length > limit):
         raise InputError(f"length must be in [2, n_ctx={cfg.n_ctx}], got {length}")
     clean, corrupted, where = mixed_corruption_pairs(task, length, n, seed)
     a = task.automaton
@@ -445,7 +439,7 @@ def discover_circuit(
         comps = _score_cells(model, clean.shape[1], {s: _normalise(r) for s, r in results.items()})
         first = next(iter(results.values()))
     elif method in ("attribution", "attribution_mlp", "verified"):
-        if method == "attribution" or cfg.is_rnn:
+        if method == "attribution" or S.family(cfg) == S.RNN:
             results = patching.attribution_patching(model, clean, corrupted, metric, sites=sites)
         else:
             results = attribution_mlp_exact(model, clean, corrupted, metric, sites=sites)
@@ -456,10 +450,9 @@ def discover_circuit(
             cells = sorted(((abs(v[i]), s, i) for s, v in approx.items() for i in np.ndindex(*v.shape)),
                            key=lambda c: -c[0])[:top_k]
             exact = verify_cells(model, clean, corrupted, metric, [(s, i) for _, s, i in cells])
-            scale = first.clean_value - first.corrupted_value
             measured: dict[str, np.ndarray] = {s: np.full(v.shape, np.nan) for s, v in approx.items()}
             for (s, i), value in exact.items():
-                measured[s][i] = (value - first.corrupted_value) / scale
+                measured[s][i] = patching.normalized_effect(value, first.clean_value, first.corrupted_value)
             verified = {c.name: c for c in _score_cells(model, clean.shape[1], measured)}
             seen = {_cell_component(s, i)[0] for _, s, i in cells}
             comps = [replace(verified[c.name], verified=True) if c.name in seen else c for c in comps]

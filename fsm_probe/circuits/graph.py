@@ -21,22 +21,12 @@ import networkx as nx
 import numpy as np
 
 from ..errors import InputError
+from .inputs import normalized_effect
+from .sites import COMPONENT_KIND, stage
 
-_STAGE = {"resid": 0, "state": 0, "head": 1, "attn": 1, "resid_mid": 2, "mlp": 3, "resid_post": 4, "cell": 0,
-          "memory": 0}
+_SITE_KIND = COMPONENT_KIND
+_STAGE = {kind: stage(site) for site, kind in COMPONENT_KIND.items()}
 _STREAMS = ("resid", "resid_mid", "resid_post", "state", "cell")  # one component per position
-_SITE_KIND = {
-    "resid_pre": "resid",
-    "resid_mid": "resid_mid",
-    "resid_post": "resid_post",
-    "head_out": "head",
-    "attn_out": "attn",
-    "mlp_out": "mlp",
-    "hidden": "state",
-    "cell": "cell",
-    "memory": "memory",
-    "memory_slot": "memory",
-}
 
 
 @dataclass
@@ -62,9 +52,8 @@ class Component:
 def _effects(result: Any, normalize: bool) -> np.ndarray:
     """Denoising: how much a patch restores; noising: how much it destroys (same sign)."""
     values = np.asarray(result.values, dtype=np.float64)
-    scale = result.clean_value - result.corrupted_value
-    if normalize and scale != 0:
-        share = (values - result.corrupted_value) / scale
+    if normalize and result.clean_value != result.corrupted_value:
+        share = normalized_effect(values, result.clean_value, result.corrupted_value)
         return share if result.direction == "denoise" else 1.0 - share
     return (values - result.baseline) * (1 if result.direction == "denoise" else -1)
 

@@ -27,46 +27,17 @@ from ..errors import ConfigError, InputError
 from ..models import as_tokens, model_config
 from ..models.rmt import MEMORY_HOOK
 from ..tasks.datasets import IGNORE_INDEX, Batch, eval_set, label_batch
+from . import sites as S
+from .sites import StreamPoint, stream_points
 
-
-@dataclass(frozen=True)
-class Site:
-    """A point of the residual stream (or an RNN layer's state): display label and hook name."""
-
-    label: str
-    hook: str
-    layer: int
+Site = StreamPoint  # the old name of a stream point
 
 
 def stream_sites(
     model: nn.Module, incl_mid: bool = True, incl_cell: bool = False, incl_memory: bool = False
-) -> list[Site]:
-    """The residual-stream points of `model`, input to output.
-
-    Transformer and RMT (inner hook names): `embed` (= `blocks.0.hook_resid_pre`), then `L{l}.mid`
-    (after attention, when the block has an MLP) and `L{l}.post`; with `incl_memory`, an RMT's
-    `memory` (`hook_memory`) last. RNN: `embed`, then `L{l}.h` (and `L{l}.c` for an LSTM with
-    `incl_cell`). `layer` is -1 for the embedding.
-    """
-    cfg = model_config(model)
-    if not cfg.is_rnn and cfg.arch not in ("transformer", "rmt"):
-        raise InputError(f"the lens and probes support rnn, gru, lstm, transformer and rmt, not {cfg.arch!r}")
-    sites = []
-    if cfg.is_rnn:
-        sites.append(Site("embed", "hook_embed", -1))
-        for layer in range(cfg.n_layers):
-            sites.append(Site(f"L{layer}.h", f"layers.{layer}.hook_h", layer))
-            if incl_cell and cfg.arch == "lstm":
-                sites.append(Site(f"L{layer}.c", f"layers.{layer}.hook_c", layer))
-        return sites
-    sites.append(Site("embed", "blocks.0.hook_resid_pre", -1))
-    for layer in range(cfg.n_layers):
-        if incl_mid and cfg.d_mlp != 0:
-            sites.append(Site(f"L{layer}.mid", f"blocks.{layer}.hook_resid_mid", layer))
-        sites.append(Site(f"L{layer}.post", f"blocks.{layer}.hook_resid_post", layer))
-    if incl_memory and cfg.arch == "rmt":
-        sites.append(Site("memory", MEMORY_HOOK, cfg.n_layers))
-    return sites
+) -> list[StreamPoint]:
+    """The residual-stream points of `model`, input to output (`sites.stream_points`)."""
+    return stream_points(model_config(model), incl_mid=incl_mid, incl_cell=incl_cell, incl_memory=incl_memory)
 
 
 def site_positions(model: nn.Module, hook: str, length: int) -> np.ndarray:
@@ -116,7 +87,7 @@ def cache_sites(
             for h in hooks:
                 parts[h].append(cache[h].detach())
     out = {h: torch.cat(v) for h, v in parts.items()}
-    if model_config(model).arch == "rmt":
+    if S.family(model_config(model)) == S.RMT:
         out = {h: _rmt_rows(model, h, v, tokens.shape[1]) for h, v in out.items()}
     return out
 
@@ -136,10 +107,10 @@ def _rmt_rows(model: nn.Module, hook: str, value: Tensor, length: int) -> Tensor
 def decode(model: nn.Module, resid: Tensor) -> Tensor:
     """Logits from any residual-stream vector: final norm + unembedding (RNN: the readout; RMT:
     the inner Transformer's)."""
-    cfg = model_config(model)
-    if cfg.is_rnn:
+    fam = S.family(model_config(model))
+    if fam == S.RNN:
         return model.unembed(resid)
-    if cfg.arch == "rmt":
+    if fam == S.RMT:
         model = model.transformer
     return model.unembed(model.ln_final(resid))
 
@@ -150,7 +121,7 @@ class TunedLens(nn.Module):
     The last site is the model's own output and keeps the identity.
     """
 
-    def __init__(self, sites: list[Site], d_model: int) -> None:
+    def __init__(self, sites: list[StreamPoint], d_model: int) -> None:
         super().__init__()
         self.sites = list(sites)
         self.translators = nn.ModuleDict()

@@ -4,13 +4,14 @@
 puts many patches into one forward and recomputes only what a patch can change (see
 `fsm_probe.circuits.engine`). A metric that declares the logit positions it reads (`metric.positions`,
 set by `logit_diff`/`probability`) also lets the last layer skip every other query. An RMT
-(`arch="rmt"`) has two sites: `"memory"`, the memory written by each segment (`hook_memory`,
-all M vectors at once), and `"memory_slot"`, one of those vectors at a time.
+has two sites: `"memory"`, the memory written by each segment (`hook_memory`, all M vectors at
+once), and `"memory_slot"`, one of those vectors at a time. Sites are those of
+`fsm_probe.circuits.sites`; metrics and corruptions live in `fsm_probe.circuits.inputs`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,9 +22,7 @@ from torch import Tensor, nn
 from .._validate import positive_int
 from ..errors import InputError
 from ..models import as_tokens, model_config
-from ..models.config import MEMORY_ARCHS
-from ..models.rmt import MEMORY_HOOK
-from ..tasks.datasets import eval_set
+from . import sites as S
 from .engine import (
     EvalMode,
     Metric,
@@ -34,156 +33,45 @@ from .engine import (
     metric_value,
     needed_positions,
 )
+from .inputs import (  # noqa: F401  (the names patching has always exported)
+    corruption_pairs,
+    logit_diff,
+    normalized,
+    normalized_effect,
+    pair,
+    probability,
+    symmetric_corruption,
+)
+from .sites import RMT_SITES, RNN_SITES, TRANSFORMER_SITES, check_site  # noqa: F401
 
-TRANSFORMER_SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "head_out")
-RNN_SITES = ("hidden", "cell")
-RMT_SITES = ("memory", "memory_slot")
 DIRECTIONS = ("denoise", "noise")
-_AXES = {"head_out": ("layer", "pos", "head"), "memory": ("segment",), "memory_slot": ("segment", "slot")}
-
-
-def default_sites(cfg: Any) -> list[str]:
-    """The sites the report and `fsm-probe patch` sweep for a model of config `cfg`."""
-    if cfg.arch == "rmt":
-        return ["memory"] + (["memory_slot"] if cfg.n_memory > 1 else [])
-    if cfg.is_rnn:
-        return ["hidden"] + (["cell"] if cfg.arch == "lstm" else [])
-    return ["resid_pre", "attn_out"] + (["mlp_out"] if cfg.d_mlp != 0 else []) + ["head_out"]
-
-
-# ----- metrics -----
-
-
-def _label_tensor(labels: Any) -> Tensor:
-    return torch.as_tensor(np.asarray(labels) if not isinstance(labels, Tensor) else labels).long()
-
-
-def _pick(at: Tensor, labels: Tensor) -> Tensor:
-    idx = labels.to(at.device).expand(at.shape[0]) if labels.ndim == 0 else labels.to(at.device)
-    return at.gather(1, idx[:, None])[:, 0]
-
-
-def logit_diff(labels: Any, wrong_labels: Any, pos: int = -1) -> Metric:
-    """Mean over the batch of `logit[label] - logit[wrong_label]` at `pos` (labels: int or [B])."""
-    right, wrong = _label_tensor(labels), _label_tensor(wrong_labels)
-
-    def metric(logits: Tensor) -> Tensor:
-        return (_pick(logits[:, pos], right) - _pick(logits[:, pos], wrong)).mean()
-
-    metric.positions = (pos,)
-    return metric
-
-
-def probability(labels: Any, pos: int = -1) -> Metric:
-    """Mean over the batch of the softmax probability of `labels` at `pos`."""
-    right = _label_tensor(labels)
-
-    def metric(logits: Tensor) -> Tensor:
-        return _pick(logits[:, pos].softmax(-1), right).mean()
-
-    metric.positions = (pos,)
-    return metric
-
-
-def normalized(metric: Metric, clean_value: float, corrupted_value: float) -> Metric:
-    """`(metric - corrupted) / (clean - corrupted)`: 0 = corrupted run, 1 = clean run."""
-    scale = float(clean_value) - float(corrupted_value)
-    if scale == 0:
-        raise InputError("normalized metric needs clean_value != corrupted_value")
-
-    def wrapped(logits: Tensor) -> Tensor:
-        return (metric(logits) - float(corrupted_value)) / scale
-
-    if hasattr(metric, "positions"):
-        wrapped.positions = metric.positions
-    return wrapped
-
-
-# ----- corruptions -----
-
-
-def pair(clean: Any, corrupted: Any) -> tuple[Tensor, Tensor]:
-    """A user-chosen (clean, corrupted) pair as int64 `[batch, pos]` tensors of the same shape."""
-    c, x = torch.as_tensor(np.asarray(clean)).long(), torch.as_tensor(np.asarray(corrupted)).long()
-    c, x = (c[None] if c.ndim == 1 else c), (x[None] if x.ndim == 1 else x)
-    if c.shape != x.shape or c.ndim != 2:
-        raise InputError(
-            f"clean and corrupted tokens must both be [batch, pos] of one shape, got "
-            f"{tuple(c.shape)} and {tuple(x.shape)}"
-        )
-    return c, x
-
-
-def symmetric_corruption(
-    task_automaton: Any, tokens: Any, position: int, rng: np.random.Generator | int | None = None
-) -> np.ndarray:
-    """Replace the symbol at `position` of each sequence by one that changes the final label.
-
-    The replacement is drawn uniformly among the symbols that change the automaton's label at the
-    last position; an `InputError` names the first sequence for which no symbol does.
-    """
-    arr = np.array(tokens.cpu().numpy() if isinstance(tokens, Tensor) else tokens, dtype=np.int64)
-    arr = arr[None] if arr.ndim == 1 else arr
-    if arr.ndim != 2 or arr.shape[1] == 0:
-        raise InputError(f"tokens must be [batch, pos] with pos >= 1, got shape {arr.shape}")
-    n_pos = arr.shape[1]
-    if not -n_pos <= position < n_pos:
-        raise InputError(f"position {position} is outside a sequence of length {n_pos}")
-    gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-    target = task_automaton.run_outputs(arr)[:, -1]
-    out = arr.copy()
-    options = []
-    for sym in range(task_automaton.n_symbols):
-        trial = arr.copy()
-        trial[:, position] = sym
-        options.append(task_automaton.run_outputs(trial)[:, -1] != target)
-    changes = np.stack(options, axis=1)
-    for b in range(arr.shape[0]):
-        good = np.flatnonzero(changes[b])
-        if good.size == 0:
-            raise InputError(
-                f"no symbol at position {position} changes the final label of sequence {b}"
-            )
-        out[b, position] = gen.choice(good)
-    return out
-
-
-def corruption_pairs(
-    task: Any, length: int, n: int = 16, seed: int = 0, position: int | None = None
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Up to `n` clean sequences of `task` (seeded), their `symmetric_corruption` at one position,
-    and that position.
-
-    `position` defaults to the middle one when possible, else the nearest position at which at
-    least half of `n` sequences have a symbol that changes the final label. Sequences whose label
-    no single symbol at the position can change are left out.
-    """
-    if seed < 0:
-        raise InputError(f"seed must be non-negative, got {seed}")
-    a = task.automaton
-    pool = eval_set(task, length, n=8 * n, seed=seed + 1, final_only=False).tokens
-    length = pool.shape[1]  # the task's length rule may shorten the requested length
-    if position is not None:
-        if not -length <= position < length:
-            raise InputError(f"position {position} is outside sequences of length {length}")
-        position %= length
-    rng = np.random.default_rng(seed)
-    final = a.run_outputs(pool)[:, -1]
-    candidates = [position] if position is not None else sorted(range(length), key=lambda q: (abs(q - length // 2), q))
-    for p in candidates:
-        ok = np.zeros(len(pool), dtype=bool)
-        for sym in range(a.n_symbols):
-            trial = pool.copy()
-            trial[:, p] = sym
-            ok |= a.run_outputs(trial)[:, -1] != final
-        if ok.sum() >= (1 if position is not None else max(1, n // 2)):
-            clean = pool[ok][:n]
-            return clean, symmetric_corruption(a, clean, p, rng), p
-    where = f"at position {position}" if position is not None else "at any position"
-    raise InputError(f"no single-symbol change {where} alters this task's final label; nothing to patch")
+default_sites = S.patch_sites
 
 
 # ----- results -----
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One patched cell: where (`site`, `index` along `axes`), the patched metric `value`, its
+    change from the run patched into (`effect`) and `normalized` (0 corrupted, 1 clean; None
+    when the clean and corrupted runs give the same metric)."""
+
+    site: str
+    index: tuple[int, ...]
+    axes: tuple[str, ...]
+    value: float
+    effect: float
+    normalized: float | None
+
+    def label(self) -> str:
+        """`layer=0 pos=3 head=1`."""
+        return " ".join(f"{a}={i}" for a, i in zip(self.axes, self.index, strict=True))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able summary."""
+        return {"site": self.site, "index": list(self.index), "axes": list(self.axes), "value": self.value,
+                "effect": self.effect, "normalized": self.normalized}
 
 
 @dataclass
@@ -213,10 +101,24 @@ class PatchingResult:
 
     def normalized(self) -> Tensor:
         """`(value - corrupted) / (clean - corrupted)` (Heimersheim & Nanda): 0 corrupted, 1 clean."""
-        scale = self.clean_value - self.corrupted_value
-        if scale == 0:
-            raise InputError("clean and corrupted metric values coincide; nothing to normalize")
-        return (self.values - self.corrupted_value) / scale
+        return normalized_effect(self.values, self.clean_value, self.corrupted_value)
+
+    def top_cells(self, k: int | None = None) -> list[Cell]:
+        """The `k` cells (all by default) with the largest |effect|, ties in index order."""
+        return [cell for _, cell in self._ranked()[:k]]
+
+    def _ranked(self) -> list[tuple[float, Cell]]:
+        """(|effect| in the dtype of `values`, cell) for every cell, largest first."""
+        size = self.effect().abs().detach().cpu().numpy()
+        values = self.values.detach().cpu().numpy()
+        gap = self.clean_value != self.corrupted_value
+        out = []
+        for idx in np.ndindex(*values.shape):
+            value = float(values[idx])
+            norm = float(normalized_effect(value, self.clean_value, self.corrupted_value)) if gap else None
+            cell = Cell(self.site, tuple(int(i) for i in idx), tuple(self.axes), value, value - self.baseline, norm)
+            out.append((float(size[idx]), cell))
+        return sorted(out, key=lambda c: -c[0])
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able summary."""
@@ -232,7 +134,15 @@ class PatchingResult:
         }
 
 
-# ----- sites -----
+def top_cells(results: Mapping[str, PatchingResult] | Sequence[PatchingResult], k: int | None = None) -> list[Cell]:
+    """The `k` cells with the largest |effect| over several sites' results (ties: site order,
+    then index order)."""
+    items = list(results.values()) if isinstance(results, Mapping) else list(results)
+    ranked = sorted((c for r in items for c in r._ranked()), key=lambda c: -c[0])
+    return [cell for _, cell in ranked[:k]]
+
+
+# ----- sweeps -----
 
 
 def _check_direction(direction: str) -> None:
@@ -240,35 +150,10 @@ def _check_direction(direction: str) -> None:
         raise InputError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
 
 
-def check_site(cfg: Any, site: str) -> None:
-    """Raise `InputError` unless `site` can be patched in a model of config `cfg`."""
-    if cfg.arch == "rmt":
-        if site not in RMT_SITES:
-            raise InputError(
-                "RMT patching sites are 'memory' (the memory each segment writes, hook_memory) and "
-                f"'memory_slot' (one of its n_memory vectors at a time), got {site!r}"
-            )
-        return
-    if cfg.arch in MEMORY_ARCHS:
-        raise InputError(
-            f"patching and tracing support rnn, gru, lstm, transformer and rmt, not {cfg.arch!r}: its "
-            "working memory is generated tokens, with no hook_memory to patch"
-        )
-    if cfg.is_rnn:
-        if site not in RNN_SITES:
-            raise InputError(f"RNN patching sites are {', '.join(RNN_SITES)}, got {site!r}")
-        if site == "cell" and cfg.arch != "lstm":
-            raise InputError(f"site 'cell' needs an LSTM, this model is {cfg.arch!r}")
-    elif site not in TRANSFORMER_SITES:
-        raise InputError(f"Transformer patching sites are {', '.join(TRANSFORMER_SITES)}, got {site!r}")
-    elif site in ("resid_mid", "mlp_out") and cfg.d_mlp == 0:
-        raise InputError(f"site {site!r} does not exist in an attention-only Transformer")
-
-
 def _sweep_for(cfg: Any, site: str, n_pos: int) -> Sweep:
     check_site(cfg, site)
-    axes = _AXES.get(site, ("layer", "pos"))
-    if cfg.arch == "rmt":
+    axes = S.axes(site)
+    if site in RMT_SITES:
         n_seg = cfg.n_segments(n_pos)
         slots = range(cfg.n_memory) if site == "memory_slot" else [None]
         cells = [(seg, j) for seg in range(n_seg) for j in slots]
@@ -290,6 +175,7 @@ def activation_patching(
     clean_tokens: Any,
     corrupted_tokens: Any,
     metric: Metric,
+    *,
     site: str = "resid_pre",
     direction: str = "denoise",
     batch_patches: int | None = None,
@@ -303,8 +189,9 @@ def activation_patching(
     `resid_post`, `attn_out`, `mlp_out` ([layer, pos]), `head_out` ([layer, pos, head], the
     per-head `z`); RNN `hidden`, `cell` ([layer, pos]); RMT `memory` ([segment]: all M memory
     vectors written by segment s at once, the state the next segment reads; the last segment's
-    cell has no effect) and `memory_slot` ([segment, slot]: one of those vectors at a time). `batch_patches` bounds the patches per forward; `engine="hooks"` uses the
-    bridge's hook points (slower reference path).
+    cell has no effect) and `memory_slot` ([segment, slot]: one of those vectors at a time).
+    `batch_patches` bounds the patches per forward; `engine="hooks"` uses the bridge's hook
+    points (slower reference path).
     """
     _check_direction(direction)
     clean, corrupted = pair(clean_tokens, corrupted_tokens)
@@ -323,12 +210,13 @@ def activation_patching(
 
 
 def _step_gradients(
-    model: nn.Module, tokens: Tensor, metric: Metric, names: list[str], embed: Tensor | None = None
+    model: nn.Module, tokens: Tensor, metric: Metric, names: list[str], per_segment: bool,
+    embed: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, tuple[Tensor, Tensor]]]:
-    """Metric and, per hook name, the activations and gradients stacked over steps (RNN steps or
-    RMT segments); `embed` replaces `hook_embed` (RMT: per segment, `[batch, n_segments, S, d]`)."""
+    """Metric and, per hook name, the activations and gradients stacked over steps (RNN steps or,
+    `per_segment`, RMT segments); `embed` replaces `hook_embed` (RMT: per segment,
+    `[batch, n_segments, S, d]`)."""
     acts: dict[str, list[Tensor]] = {name: [] for name in names}
-    rmt = model_config(model).arch == "rmt"
 
     def keep(act: Tensor, hook: Any) -> Tensor:
         act = act if act.requires_grad else act.detach().requires_grad_(True)
@@ -336,12 +224,12 @@ def _step_gradients(
         return act
 
     def replace_embed(act: Tensor, hook: Any) -> Tensor:
-        return embed[:, hook.segment] if rmt else embed
+        return embed[:, hook.segment] if per_segment else embed
 
-    hooks = [] if embed is None else [("hook_embed", replace_embed)]
+    hooks = [] if embed is None else [(S.hook_name("embed"), replace_embed)]
     hooks += [(name, keep) for name in names]
     with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
-        value = metric(model(tokens) if rmt else model(tokens, stepwise=True))
+        value = metric(model(tokens) if per_segment else model(tokens, stepwise=True))
         flat = [a for name in names for a in acts[name]]
         grads = iter(torch.autograd.grad(value, flat, allow_unused=True))
     out = {}
@@ -357,33 +245,84 @@ def _alphas(steps: int) -> list[float]:
     return [k / steps for k in range(steps)]
 
 
-def _rnn_embed(model: nn.Module, tokens: Tensor) -> Tensor:
+def _embed(model: nn.Module, tokens: Tensor) -> Tensor:
     with torch.no_grad():
-        _, cache = model.run_with_cache(tokens, names_filter="hook_embed")
-    return cache["hook_embed"]
+        _, cache = model.run_with_cache(tokens, names_filter=S.hook_name("embed"))
+    return cache[S.hook_name("embed")]
 
 
-def _step_attribution(
-    model: nn.Module, base_tokens: Tensor, src_tokens: Tensor, metric: Metric, names: list[str],
+def _state_attribution(
+    model: nn.Module, cfg: Any, sites: list[str], base_tokens: Tensor, src_tokens: Tensor, metric: Metric,
     alphas: list[float],
 ) -> tuple[Tensor, float, dict[str, Tensor]]:
-    """Base metric, source metric and, per hook name, the estimate per step (RNN step or RMT
+    """Base metric, source metric and, per site, the estimate per step (RNN step or RMT
     segment) of patching that state: (source - base) . mean gradient over `alphas`, summed over
-    the batch and the model dimension (an RMT memory keeps its M slots: `[segment, M]`)."""
-    stepwise = {} if model_config(model).arch == "rmt" else {"stepwise": True}
+    the batch and the model dimension (`memory_slot` keeps the RMT's M vectors: `[segment, M]`)."""
+    per_segment = sites[0] in RMT_SITES
+    layer_hooks = {site: S.layer_hooks(cfg, site) for site in sites}
+    names = sorted({h for hooks in layer_hooks.values() for h in hooks})
+    stepwise = {} if per_segment else {"stepwise": True}
     with torch.no_grad():
         src_logits, src_cache = model.run_with_cache(src_tokens, names_filter=names, **stepwise)
     other = metric_value(metric, src_logits)
-    value, grads = _step_gradients(model, base_tokens, metric, names)
+    value, grads = _step_gradients(model, base_tokens, metric, names, per_segment)
     if len(alphas) > 1:
-        e0, e1 = _rnn_embed(model, base_tokens), _rnn_embed(model, src_tokens)
+        e0, e1 = _embed(model, base_tokens), _embed(model, src_tokens)
         for a in alphas[1:]:
-            _, more = _step_gradients(model, base_tokens, metric, names, e0 + a * (e1 - e0))
+            _, more = _step_gradients(model, base_tokens, metric, names, per_segment, e0 + a * (e1 - e0))
             grads = {n: (grads[n][0], grads[n][1] + more[n][1]) for n in names}
-    deltas = {
+    per_hook = {
         n: ((src_cache[n] - act) * grad / len(alphas)).sum(-1).sum(0)
         for n, (act, grad) in grads.items()
     }
+    deltas = {}
+    for site, hooks in layer_hooks.items():
+        if site in RMT_SITES:
+            deltas[site] = per_hook[hooks[0]] if site == "memory_slot" else per_hook[hooks[0]].sum(-1)
+        else:
+            deltas[site] = torch.stack([per_hook[h] for h in hooks])
+    return value, other, deltas
+
+
+def _transformer_attribution(
+    model: nn.Module, cfg: Any, sites: list[str], base_tokens: Tensor, src_tokens: Tensor, metric: Metric,
+    alphas: list[float],
+) -> tuple[Tensor, float, dict[str, Tensor]]:
+    """`_state_attribution` for a Transformer, on the fast engine: the source runs without a
+    graph (a backward through its rows would cost as much as the base's); the base and the
+    integrated-gradient points run as one stacked batch."""
+    steps = len(alphas)
+    engine = TransformerEngine(model, fused_norm=True)
+    needed = needed_positions(metric, base_tokens.shape[1])
+    batch = base_tokens.shape[0]
+    with torch.no_grad():
+        resid0 = TransformerEngine.resid0(model, torch.cat([src_tokens, base_tokens]))
+        src_resid0, base_resid0 = resid0[:batch], resid0[batch:]
+        src = engine.full(src_resid0, needed)
+        paths = [base_resid0 + a * (src_resid0 - base_resid0) for a in alphas[1:]]
+    with torch.enable_grad():
+        run = engine.full(torch.cat([base_resid0, *paths]), needed, grad=True)
+        parts = [metric(run["logits"][k * batch : (k + 1) * batch]) for k in range(steps)]
+        value, total = parts[0], torch.stack(parts).sum()
+        flat = [run[site][li] for site in sites for li in range(cfg.n_layers)]
+        grads = iter(torch.autograd.grad(total, flat, allow_unused=True))
+    other = metric_value(metric, src["logits"])
+    value = value.detach()
+    n_pos = base_tokens.shape[1]
+    deltas = {}
+    with torch.no_grad():
+        for site in sites:
+            rows = []
+            for li in range(cfg.n_layers):
+                act, grad = run[site][li][:batch].detach(), next(grads)
+                if grad is not None and steps > 1:
+                    grad = grad.view(steps, *act.shape).mean(0)
+                cell = act.new_zeros((n_pos, *act.shape[2:-1]))
+                if grad is not None:
+                    d = ((src[site][li] - act) * grad).sum(-1).sum(0)
+                    cell = d if act.shape[1] == n_pos else cell.index_copy(0, run["cols"], d)
+                rows.append(cell)
+            deltas[site] = torch.stack(rows)
     return value, other, deltas
 
 
@@ -392,6 +331,7 @@ def attribution_patching(
     clean_tokens: Any,
     corrupted_tokens: Any,
     metric: Metric,
+    *,
     sites: Sequence[str] | None = None,
     direction: str = "denoise",
     steps: int = 1,
@@ -402,8 +342,8 @@ def attribution_patching(
     Estimate = metric(base) + (source act - base act) . d metric / d act at the base run, summed
     over the model dimension (per head over `d_head` for `head_out`; over all M vectors for the
     RMT's `memory`, per vector for `memory_slot`). `sites` defaults to the model's
-    `default_sites` (Transformer resid_pre, attn_out, mlp_out if it has MLPs, head_out; RNN
-    hidden, and cell on an LSTM; RMT memory, and memory_slot when n_memory > 1). Transformers
+    `default_sites` (`sites.patch_sites`: (Transformer resid_pre, attn_out, mlp_out if it has MLPs, head_out; RNN
+    hidden, and cell on an LSTM; RMT memory, and memory_slot when n_memory > 1)). Transformers
     need a natively built model without hooks attached (the engine of the fast patching path).
 
     `steps > 1` is the integrated-gradients variant of EAP-IG (Hanna et al. 2024): the gradient
@@ -428,60 +368,14 @@ def attribution_patching(
     for site in sites:
         check_site(cfg, site)
     base_tokens, src_tokens = (corrupted, clean) if direction == "denoise" else (clean, corrupted)
-    deltas: dict[str, Tensor] = {}
+    attribute = _transformer_attribution if S.family(cfg) == S.TRANSFORMER else _state_attribution
     with EvalMode(model):
-        if cfg.arch == "rmt":
-            value, other, per_hook = _step_attribution(model, base_tokens, src_tokens, metric, [MEMORY_HOOK], alphas)
-            for site in sites:
-                deltas[site] = per_hook[MEMORY_HOOK] if site == "memory_slot" else per_hook[MEMORY_HOOK].sum(-1)
-        elif cfg.is_rnn:
-            def hook(site: str, li: int) -> str:
-                return f"layers.{li}.hook_{'h' if site == 'hidden' else 'c'}"
-
-            names = sorted({hook(site, li) for site in sites for li in range(cfg.n_layers)})
-            value, other, per_hook = _step_attribution(model, base_tokens, src_tokens, metric, names, alphas)
-            for site in sites:
-                deltas[site] = torch.stack([per_hook[hook(site, li)] for li in range(cfg.n_layers)])
-        else:
-            engine = TransformerEngine(model, fused_norm=True)
-            needed = needed_positions(metric, base_tokens.shape[1])
-            batch = base_tokens.shape[0]
-            with torch.no_grad():
-                resid0 = TransformerEngine.resid0(model, torch.cat([src_tokens, base_tokens]))
-                src_resid0, base_resid0 = resid0[:batch], resid0[batch:]
-                src = engine.full(src_resid0, needed)
-                paths = [base_resid0 + a * (src_resid0 - base_resid0) for a in alphas[1:]]
-            # The source runs without a graph (a backward through its rows would cost as much as
-            # the base's); the base and the integrated-gradient points run as one stacked batch.
-            with torch.enable_grad():
-                run = engine.full(torch.cat([base_resid0, *paths]), needed, grad=True)
-                parts = [metric(run["logits"][k * batch : (k + 1) * batch]) for k in range(steps)]
-                value, total = parts[0], torch.stack(parts).sum()
-                flat = [run[site][li] for site in sites for li in range(cfg.n_layers)]
-                grads = iter(torch.autograd.grad(total, flat, allow_unused=True))
-            other = metric_value(metric, src["logits"])
-            value = value.detach()
-            n_pos = base_tokens.shape[1]
-            with torch.no_grad():
-                for site in sites:
-                    rows = []
-                    for li in range(cfg.n_layers):
-                        act, grad = run[site][li][:batch].detach(), next(grads)
-                        if grad is not None and steps > 1:
-                            grad = grad.view(steps, *act.shape).mean(0)
-                        cell = act.new_zeros((n_pos, *act.shape[2:-1]))
-                        if grad is not None:
-                            d = ((src[site][li] - act) * grad).sum(-1).sum(0)
-                            cell = d if act.shape[1] == n_pos else cell.index_copy(0, run["cols"], d)
-                        rows.append(cell)
-                    deltas[site] = torch.stack(rows)
+        value, other, deltas = attribute(model, cfg, sites, base_tokens, src_tokens, metric, alphas)
     base_value = float(value)
     clean_value, corr_value = (other, base_value) if direction == "denoise" else (base_value, other)
     return {
         site: PatchingResult(
-            delta.detach() + base_value,
-            _AXES.get(site, ("layer", "pos")),
-            site, direction, clean_value, corr_value, "attribution",
+            delta.detach() + base_value, S.axes(site), site, direction, clean_value, corr_value, "attribution"
         )
         for site, delta in deltas.items()
     }

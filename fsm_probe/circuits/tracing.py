@@ -20,10 +20,26 @@ from torch import Tensor, nn
 from .._validate import positive_int
 from ..errors import InputError
 from ..models import as_tokens, model_config
+from . import sites as S
 from .engine import EvalMode, Patch, Runner, Sweep
-from .patching import check_site, probability, symmetric_corruption
+from .inputs import probability, symmetric_corruption
+from .sites import TRACE_KINDS as KINDS  # noqa: F401  (tracing's old name)
+from .sites import check_site
 
-KINDS = ("resid", "mlp", "attn")
+
+@dataclass(frozen=True)
+class TracedState:
+    """One restored state: `layer` and `position` (an RMT: layer 0 and the segment), the mean
+    p(target) after restoring it (`score`) and its indirect effect (`score - low_score`)."""
+
+    layer: int
+    position: int
+    score: float
+    effect: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able summary."""
+        return {"layer": self.layer, "position": self.position, "score": self.score, "effect": self.effect}
 
 
 @dataclass
@@ -58,6 +74,15 @@ class TracingResult:
         """p(clean) - p(corrupted)."""
         return self.high_score - self.low_score
 
+    def top_cells(self, k: int | None = None) -> list[TracedState]:
+        """The `k` states (all by default) whose restoration brings back the most p(target)."""
+        effect = self.indirect_effect()
+        out = []
+        for flat in torch.argsort(-effect.flatten())[:k].tolist():
+            li, p = divmod(flat, effect.shape[1])
+            out.append(TracedState(li, p, float(self.scores[li, p]), float(effect[li, p])))
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-able summary."""
         return {
@@ -83,6 +108,7 @@ def causal_tracing(
     model: nn.Module,
     tokens: Any,
     target_labels: Any = None,
+    *,
     corrupt_positions: Sequence[int] | int = (0,),
     noise: float | str = 3.0,
     kind: str = "resid",
@@ -112,15 +138,7 @@ def causal_tracing(
     Transformer through its hook points instead of the fast engine (as in `activation_patching`).
     """
     cfg = model_config(model)
-    if kind not in KINDS:
-        raise InputError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
-    rmt = cfg.arch == "rmt"
-    if kind != "resid" and (cfg.is_rnn or rmt):
-        what = "memory" if rmt else "hidden state"
-        raise InputError(
-            f"kind={kind!r} needs a Transformer: a {cfg.arch} has no {kind} sublayer; "
-            f"kind='resid' restores its {what}"
-        )
+    site = S.trace_site(cfg, kind)
     positive_int(window, "window", error=InputError)
     positive_int(n_samples, "n_samples", error=InputError)
     clean = as_tokens(model, tokens)
@@ -128,12 +146,9 @@ def causal_tracing(
     positions = (corrupt_positions,) if isinstance(corrupt_positions, int) else tuple(corrupt_positions)
     if not positions or any(not -n_pos <= p < n_pos for p in positions):
         raise InputError(f"corrupt_positions {positions} must be non-empty positions in [0, {n_pos})")
-    resid = "memory" if rmt else "hidden" if cfg.is_rnn else "resid_pre"
-    site = {"resid": resid, "mlp": "mlp_out", "attn": "attn_out"}[kind]
-    if site == "mlp_out" and cfg.d_mlp == 0:
-        raise InputError("kind='mlp' needs a Transformer with MLPs; this one is attention-only")
     check_site(cfg, site)  # also refuses the scratchpad
-    if cfg.is_rnn:
+    by_segment = site in S.RMT_SITES
+    if site in S.RNN_SITES:
         site = "state"  # hook_h, and hook_c with it on an LSTM: the whole recurrent state
 
     with EvalMode(model), torch.no_grad():
@@ -151,7 +166,7 @@ def causal_tracing(
         metric = probability(target.repeat(n_samples))
         high = float(metric(src["logits"]))
         low = float(metric(base["logits"]))
-        if rmt:
+        if by_segment:
             n_seg = cfg.n_segments(n_pos)
             patches = [Patch((0,), seg) for seg in range(n_seg)]
             sweep = Sweep(site, patches, [(0, seg) for seg in range(n_seg)], (1, n_seg))
@@ -165,7 +180,7 @@ def causal_tracing(
         scores = runner.evaluate(base, src, sweep, metric, batch_patches)
     return TracingResult(
         scores, low, high, kind, window, noise, tuple(p % n_pos for p in positions), batch, n_samples,
-        cfg.segment_length if rmt else None,
+        cfg.segment_length if by_segment else None,
     )
 
 
@@ -184,10 +199,12 @@ def _corrupted_run(
     if isinstance(noise, str) or not np.isfinite(noise):
         raise InputError(f"noise must be a number or 'symmetric', got {noise!r}")
     cfg = model_config(model)
-    names = ["hook_embed"] if cfg.is_rnn or cfg.arch == "rmt" else ["hook_embed", "blocks.0.hook_resid_pre"]
-    _, cache = model.run_with_cache(rows, names_filter=names)
-    embed = cache["hook_embed"]
-    if cfg.arch == "rmt":  # [rows, segment, S, d] -> [rows, padded pos, d]
+    noised = S.input_hook(cfg)
+    embed_hook = S.hook_name("embed")
+    _, cache = model.run_with_cache(rows, names_filter=sorted({embed_hook, noised}))
+    embed = cache[embed_hook]
+    per_segment = S.family(cfg) == S.RMT  # [rows, segment, S, d] -> [rows, padded pos, d]
+    if per_segment:
         embed = embed.reshape(embed.shape[0], -1, embed.shape[-1])
     std = float(embed[:, : rows.shape[1]].std())
     gen = torch.Generator().manual_seed(seed)
@@ -195,8 +212,8 @@ def _corrupted_run(
     mask[[p % rows.shape[1] for p in positions]] = True
     eps = torch.randn(embed.shape, generator=gen).to(embed.device)
     delta = float(noise) * std * eps * mask[None, :, None].to(eps.device)
-    if cfg.arch == "rmt":
-        return runner.run(rows, embed=(embed + delta).view(cache["hook_embed"].shape))
-    if cfg.is_rnn:
-        return runner.run(rows, embed=cache["hook_embed"] + delta)
-    return runner.run(rows, resid0=cache["blocks.0.hook_resid_pre"] + delta)
+    if per_segment:
+        return runner.run(rows, embed=(embed + delta).view(cache[embed_hook].shape))
+    if noised == embed_hook:
+        return runner.run(rows, embed=cache[embed_hook] + delta)
+    return runner.run(rows, resid0=cache[noised] + delta)
