@@ -409,7 +409,7 @@ def _parse_components(text: str) -> int | float | str:
     return int(value) if value >= 1 else value
 
 
-def _pairs(model: Any, length: int | None, n: int, position: int | None, seed: int):
+def _pairs(run: Any, length: int | None, n: int, position: int | None, seed: int):
     """Clean/corrupted pairs from the run's task at the report's default length."""
     from .circuits.patching import corruption_pairs
     from .report.document import analysis_length
@@ -418,23 +418,22 @@ def _pairs(model: Any, length: int | None, n: int, position: int | None, seed: i
         raise ConfigError(f"--n must be positive, got {n}")
     if length is not None and length < 2:
         raise ConfigError(f"--length must be at least 2, got {length}")
-    n_ctx = None if model.fsm_config.is_rnn else model.fsm_config.n_ctx
+    n_ctx = None if run.model_config.is_rnn else run.model_config.n_ctx
     if length is not None and n_ctx is not None and length > n_ctx:
         raise ConfigError(f"--length {length} exceeds the model's context n_ctx={n_ctx}")
     if length is not None:
-        _check_patch_work(model, length, n)
-    return corruption_pairs(model.fsm_task, analysis_length(model, length), n, seed, position)
+        _check_patch_work(run.model_config, length, n)
+    return corruption_pairs(run.task, analysis_length(run.model, length), n, seed, position)
 
 
 PATCH_WORK_LIMIT = 2e9  # position-steps of patched runs: about a minute of a small network
 
 
-def _check_patch_work(model: Any, length: int, n: int) -> None:
+def _check_patch_work(cfg: Any, length: int, n: int) -> None:
     """Refuse a patch/trace whose cost (one patched run of `length` per position and layer, for
     `n` sequences; quadratic in `length`) or memory cannot finish in reasonable time."""
     from .models.config import check_memory
 
-    cfg = model.fsm_config
     work = float(n) * cfg.n_layers * length * length
     if work > PATCH_WORK_LIMIT:
         raise ConfigError(
@@ -492,15 +491,16 @@ def patch_cmd(
         raise ConfigError(f"--method must be exact or attribution, got {method!r}")
     if top < 1:
         raise ConfigError(f"--top must be positive, got {top}")
-    model = load(run_dir)
-    cfg = model.fsm_config
+    run = load(run_dir)
+    model = run.model
+    cfg = run.model_config
     names = sites.patch_sites(cfg) if site is None else [x.strip() for x in site.split(",") if x.strip()]
     if not names:
         raise ConfigError(f"--site names no site: {site!r}")
     for name in names:
         sites.check_site(cfg, name)
-    clean, corrupted, pos = _pairs(model, length, n, position, seed)
-    a = model.fsm_task.automaton
+    clean, corrupted, pos = _pairs(run, length, n, position, seed)
+    a = run.task.automaton
     metric = patching.logit_diff(a.run_outputs(clean)[:, -1], a.run_outputs(corrupted)[:, -1])
     if method == "exact":
         results = {
@@ -512,9 +512,9 @@ def patch_cmd(
             model, clean, corrupted, metric, sites=names, direction=direction, steps=steps
         )
     first = next(iter(results.values()))
-    learned = _in_distribution(model)
+    learned = _in_distribution(run)
     payload = {
-        "run": str(run_dir), "task": model.fsm_task.spec, "arch": cfg.arch, "method": method,
+        "run": str(run_dir), "task": run.task.spec, "arch": cfg.arch, "method": method,
         "in_distribution": learned.to_dict() if learned else None,
         "steps": steps if method == "attribution" else None, "length": int(clean.shape[1]),
         "position": pos, "n_pairs": len(clean), "metric": "logit difference, clean - corrupted final label",
@@ -524,7 +524,7 @@ def patch_cmd(
     if as_json:
         return
     console.print(
-        f"{cfg.arch} on {model.fsm_task.spec}: {len(clean)} pairs of length {clean.shape[1]}, symbol at "
+        f"{cfg.arch} on {run.task.spec}: {len(clean)} pairs of length {clean.shape[1]}, symbol at "
         f"position {pos} replaced; logit difference clean {first.clean_value:.3f}, corrupted "
         f"{first.corrupted_value:.3f} ({direction}, {method})"
     )
@@ -581,22 +581,23 @@ def trace_cmd(
         level = noise
     if top < 1:
         raise ConfigError(f"--top must be positive, got {top}")
-    model = load(run_dir)
-    trace_kind = "resid" if site is None else sites.trace_kind(model.fsm_config, site)
-    clean, _, pos = _pairs(model, length, n, position, seed)
+    run = load(run_dir)
+    model = run.model
+    trace_kind = "resid" if site is None else sites.trace_kind(run.model_config, site)
+    clean, _, pos = _pairs(run, length, n, position, seed)
     result = causal_tracing(
         model, clean, corrupt_positions=pos, noise=level, kind=trace_kind, window=window, n_samples=samples,
-        seed=seed, automaton=model.fsm_task.automaton,
+        seed=seed, automaton=run.task.automaton,
     )
-    learned = _in_distribution(model)
-    payload = {"run": str(run_dir), "task": model.fsm_task.spec, "arch": model.fsm_config.arch,
+    learned = _in_distribution(run)
+    payload = {"run": str(run_dir), "task": run.task.spec, "arch": run.model_config.arch,
                "length": int(clean.shape[1]), "in_distribution": learned.to_dict() if learned else None,
                **result.to_dict()}
     _write_json(out, payload, as_json)
     if as_json:
         return
     console.print(
-        f"{model.fsm_config.arch} on {model.fsm_task.spec}: {len(clean)} sequences of length "
+        f"{run.model_config.arch} on {run.task.spec}: {len(clean)} sequences of length "
         f"{clean.shape[1]}, position {pos} corrupted ({'symbol swap' if level == 'symmetric' else f'noise {level} x std'}); "
         f"p(clean prediction): clean {result.high_score:.3f}, corrupted {result.low_score:.3f}"
     )
@@ -707,7 +708,7 @@ def compile_cmd(
     if as_json:
         print(json.dumps({"circuit": circuit, "accuracy": training["accuracy"]}))
         return
-    cfg = model.fsm_config
+    cfg = run.model_config
     acc = ", ".join(f"{k}: {v['accuracy']:.4f}" for k, v in report.items())
     console.print(
         f"compiled {the_task.spec} ({construction}: {circuit['kind']}) into a Transformer: "
@@ -737,9 +738,9 @@ def circuit_cmd(
 
     if n < 1:
         raise ConfigError(f"--n must be positive, got {n}")
-    model = load(run_dir)
-    found = discover_circuit(model, method=method, length=length, n=n, seed=seed, threshold=threshold, top_k=top_k)
-    payload = {"run": str(run_dir), "task": model.fsm_task.spec, "arch": model.fsm_config.arch, **found.to_dict()}
+    run = load(run_dir)
+    found = discover_circuit(run, method=method, length=length, n=n, seed=seed, threshold=threshold, top_k=top_k)
+    payload = {"run": str(run_dir), "task": run.task.spec, "arch": run.model_config.arch, **found.to_dict()}
     truth_file = Path(run_dir) / "circuit.json"
     if truth_file.is_file():
         try:
@@ -752,7 +753,7 @@ def circuit_cmd(
     if as_json:
         return
     console.print(
-        f"{model.fsm_config.arch} on {model.fsm_task.spec}: {found.n_pairs} pairs of length {found.length}, "
+        f"{run.model_config.arch} on {run.task.spec}: {found.n_pairs} pairs of length {found.length}, "
         f"one symbol changed per pair at positions {found.settings['corrupted_positions'][:8]}"
         f"{'...' if len(found.settings['corrupted_positions']) > 8 else ''}; method {method}, {found.seconds:.2f}s"
     )

@@ -24,7 +24,9 @@ from torch import nn
 
 from ..errors import ConfigError, InputError
 from ..models import as_tokens, model_config
+from ..tasks import Task
 from ..tasks.datasets import eval_set
+from ..training.run import Run, as_run, unwrap
 from .sites import RMT, TRANSFORMER, family, layer_hooks
 
 
@@ -177,15 +179,25 @@ def head_stats_from_patterns(patterns: np.ndarray, causal: bool = True) -> HeadS
 
 
 def head_stats(
-    model: nn.Module, tokens: Any = None, *, length: int = 20, n: int = 128, seed: int = 0
+    model: nn.Module | Run,
+    task: Task | None = None,
+    tokens: Any = None,
+    *,
+    length: int = 20,
+    n: int = 128,
+    seed: int = 0,
 ) -> HeadStats:
-    """Per-head statistics on `tokens` (default: `n` sequences of `length` from the model's task).
+    """Per-head statistics on `tokens` (default: `n` sequences of `length` from the task of the
+    `Run` or the `task` given; with `tokens`, no task is needed).
 
     RMT: over the token queries of every complete segment, with the memory weights added.
     """
-    fam = _require_attention(model, rmt=True)
     if tokens is None:
-        tokens = _task_tokens(model, length, n, seed)
+        run = as_run(model, task)
+        model = run.model
+        tokens = _task_tokens(run.task, length, n, seed)
+    model = unwrap(model)
+    fam = _require_attention(model, rmt=True)
     cfg = model_config(model)
     causal = cfg.attention_dir == "causal"
     if fam != RMT:
@@ -205,10 +217,7 @@ def head_stats(
     )
 
 
-def _task_tokens(model: nn.Module, length: int, n: int, seed: int) -> np.ndarray:
-    task = getattr(model, "fsm_task", None)
-    if task is None:
-        raise InputError("the model has no task (fsm_task): pass tokens")
+def _task_tokens(task: Task, length: int, n: int, seed: int) -> np.ndarray:
     return eval_set(task, length, n=n, seed=seed, final_only=False).tokens
 
 
@@ -241,9 +250,17 @@ class DilutionResult:
 
 
 def attention_dilution(
-    model: nn.Module, lengths: Iterable[int], *, n: int = 64, seed: int = 0
+    model: nn.Module | Run,
+    task: Task | None = None,
+    lengths: Iterable[int] = (8, 16, 32, 64),
+    *,
+    n: int = 64,
+    seed: int = 0,
 ) -> DilutionResult:
-    """Attention statistics at the last position for each length (each at most the context)."""
+    """Attention statistics at the last position for each length (each at most the context), on
+    sequences of the task of the `Run` or of `task`."""
+    run = as_run(model, task)
+    model = run.model
     cfg = model_config(model)
     if family(cfg) == RMT:
         raise InputError(
@@ -259,7 +276,7 @@ def attention_dilution(
     causal = cfg.attention_dir == "causal"
     maxw, tv, ent, actual = [], [], [], []
     for length in lengths:
-        p = attention_patterns(model, _task_tokens(model, length, n, seed))
+        p = attention_patterns(model, _task_tokens(run.task, length, n, seed))
         t = p.shape[-1]  # the task's length rule may shorten the requested length
         if t in actual:
             continue

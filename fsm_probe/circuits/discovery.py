@@ -40,7 +40,9 @@ from torch import nn
 from .._validate import positive_int
 from ..errors import InputError
 from ..models import as_tokens, model_config
+from ..tasks import Task
 from ..tasks.datasets import eval_set
+from ..training.run import Run, as_run
 from . import patching
 from . import sites as S
 from .engine import EvalMode, Patch, Runner, Sweep, metric_value, needed_positions
@@ -396,8 +398,8 @@ def attribution_mlp_exact(
 
 
 def discover_circuit(
-    model: nn.Module,
-    task: Any = None,
+    model: nn.Module | Run,
+    task: Task | None = None,
     *,
     method: str = "exact",
     length: int | None = None,
@@ -408,7 +410,8 @@ def discover_circuit(
 ) -> Discovery:
     """Rank every component of `model` by its causal importance for the task's final label.
 
-    `task` defaults to `model.fsm_task`; `length` to min(16, n_ctx) (compiled models: n_ctx,
+    `model` is a `Run`, or a model with its `task`; `length` defaults to min(16, n_ctx) (compiled
+    models: n_ctx,
     so that every layer of a scan is reached); `threshold` is the
     normalised score a component needs to be in the circuit (and acdc's pruning threshold);
     `top_k` is the shortlist the `verified` method checks exactly.
@@ -418,14 +421,13 @@ def discover_circuit(
     if not threshold >= 0:
         raise InputError(f"threshold must be >= 0, got {threshold}")
     positive_int(top_k, "top_k", error=InputError)
-    task = task if task is not None else getattr(model, "fsm_task", None)
-    if task is None:
-        raise InputError("discover_circuit needs the model's task (pass task=...)")
+    run = as_run(model, task)
+    model, task = run.model, run.task
     cfg = model_config(model)
     sites = S.component_sites(cfg)
     limit = S.max_length(cfg)
     if length is None:
-        compiled = bool(getattr(model, "fsm_training", {}).get("compiled")) or hasattr(model, "fsm_circuit")
+        compiled = bool(run.log.get("compiled")) or run.circuit is not None
         length = cfg.n_ctx if compiled else (16 if limit is None else min(16, limit))
     if length < 2 or (limit is not None and length > limit):
         raise InputError(f"length must be in [2, n_ctx={cfg.n_ctx}], got {length}")

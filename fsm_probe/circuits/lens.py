@@ -26,7 +26,9 @@ from torch import Tensor, nn
 from ..errors import ConfigError, InputError
 from ..models import as_tokens, model_config
 from ..models.rmt import MEMORY_HOOK
+from ..tasks import Task
 from ..tasks.datasets import IGNORE_INDEX, Batch, eval_set, label_batch
+from ..training.run import Run, as_run, unwrap
 from . import sites as S
 from .sites import StreamPoint, stream_points
 
@@ -51,18 +53,15 @@ def site_positions(model: nn.Module, hook: str, length: int) -> np.ndarray:
 
 def analysis_batch(
     model: nn.Module,
+    task: Task,
     tokens: Any = None,
+    *,
     length: int = 20,
     n: int = 256,
     seed: int = 0,
 ) -> Batch:
-    """Tokens with their true labels and states: `tokens` if given, else a fixed evaluation set.
-
-    Labels come from the model's task (`model.fsm_task`), at every position.
-    """
-    task = getattr(model, "fsm_task", None)
-    if task is None:
-        raise InputError("the model has no task (fsm_task); load it with fsm_probe.load or train it")
+    """Tokens with `task`'s labels and states at every position: `tokens` if given, else a
+    fixed evaluation set of `n` sequences of `length`."""
     if tokens is None:
         return eval_set(task, length, n=n, seed=seed, final_only=False)
     t = as_tokens(model, tokens).cpu().numpy()
@@ -143,7 +142,8 @@ def _key(hook: str) -> str:
 
 
 def fit_tuned_lens(
-    model: nn.Module,
+    model: nn.Module | Run,
+    task: Task | None = None,
     tokens: Any = None,
     *,
     steps: int = 300,
@@ -154,14 +154,17 @@ def fit_tuned_lens(
     n: int = 512,
     seed: int = 0,
 ) -> TunedLens:
-    """Train a `TunedLens` for `model`: per site, minimise KL(model output || lens output).
+    """Train a `TunedLens` for `model` (a `Run`, or a model with its `task`): per site,
+    minimise KL(model output || lens output).
 
     Trained full-batch with Adam on the cached activations of `tokens` (or a fixed evaluation
     set); the model's weights are not changed.
     """
     if steps < 1:
         raise ConfigError(f"steps must be positive, got {steps}")
-    batch = analysis_batch(model, tokens, length=length, n=n, seed=seed)
+    run = as_run(model, task)
+    model = run.model
+    batch = analysis_batch(model, run.task, tokens, length=length, n=n, seed=seed)
     sites = stream_sites(model, incl_mid=incl_mid)
     t = torch.as_tensor(batch.tokens)
     acts = cache_sites(model, t, [s.hook for s in sites])
@@ -233,7 +236,8 @@ class LensResult:
 
 
 def logit_lens(
-    model: nn.Module,
+    model: nn.Module | Run,
+    task: Task | None = None,
     tokens: Any = None,
     labels: Any = None,
     *,
@@ -243,17 +247,22 @@ def logit_lens(
     n: int = 256,
     seed: int = 0,
 ) -> LensResult:
-    """Decode every site of `model` on `tokens` (default: a fixed evaluation set of the task).
+    """Decode every site of `model` (a `Run`, or a model with its `task`) on `tokens` (default: a
+    fixed evaluation set of the task).
 
-    `labels` (`[batch, pos]` label indices) default to the task's true labels. With `lens`, each
+    `labels` (`[batch, pos]` label indices) default to the task's true labels (with `labels`
+    given, `task` may be omitted for a bare model). With `lens`, each
     site goes through its tuned-lens translator first.
     """
     if tokens is None and labels is not None:
         raise InputError("labels were given without the tokens they label")
     if labels is None:
-        batch = analysis_batch(model, tokens, length=length, n=n, seed=seed)
+        run = as_run(model, task)
+        model = run.model
+        batch = analysis_batch(model, run.task, tokens, length=length, n=n, seed=seed)
         t, y = torch.as_tensor(batch.tokens), batch.labels
     else:
+        model = unwrap(model)
         t = as_tokens(model, tokens)
         y = labels
     y = torch.as_tensor(np.asarray(y), dtype=torch.long)

@@ -25,8 +25,9 @@ from threadpoolctl import threadpool_limits
 from torch import nn
 
 from ..errors import ConfigError, InputError
+from ..tasks import Task
 from ..tasks.datasets import Batch
-from ..tasks.zoo import Task
+from ..training.run import Run, as_run
 from .lens import analysis_batch, cache_sites, site_positions, stream_sites
 
 PROBE_KINDS = ("logistic", "ridge")
@@ -162,7 +163,8 @@ class ProbeResult:
 
 
 def probe_model(
-    model: nn.Module,
+    model: nn.Module | Run,
+    task: Task | None = None,
     tokens: Any = None,
     *,
     targets: Mapping[str, Any] | None = None,
@@ -175,7 +177,8 @@ def probe_model(
     n: int = 256,
     seed: int = 0,
 ) -> ProbeResult:
-    """Probe every site of `model` for every target, on `tokens` (default: an evaluation set).
+    """Probe every site of `model` (a `Run`, or a model with its `task`) for every target, on
+    `tokens` (default: an evaluation set).
 
     `targets` maps names to `[batch, pos]` integer arrays; the default is `probe_targets`. At most
     `max_samples` (sequence, position) rows are used, drawn at random (an RMT's `memory` site has
@@ -184,9 +187,11 @@ def probe_model(
     """
     if kind not in PROBE_KINDS:
         raise ConfigError(f"unknown probe kind {kind!r}; expected one of {', '.join(PROBE_KINDS)}")
-    batch = analysis_batch(model, tokens, length=length, n=n, seed=seed)
+    run = as_run(model, task)
+    model = run.model
+    batch = analysis_batch(model, run.task, tokens, length=length, n=n, seed=seed)
     if targets is None:
-        targets = probe_targets(model.fsm_task, batch, moduli)
+        targets = probe_targets(run.task, batch, moduli)
     ys = {name: np.asarray(v) for name, v in targets.items()}
     for name, v in ys.items():
         if v.shape != batch.tokens.shape:

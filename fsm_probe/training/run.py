@@ -97,3 +97,8 @@ def as_run(model: nn.Module | Run, task: Task | None = None) -> Run:
     if not isinstance(task, Task):
         raise InputError(f"task must be a fsm_probe Task, got {type(task).__name__}")
     return Run(model, task, model_config(model))
+
+
+def unwrap(model: nn.Module | Run) -> nn.Module:
+    """The model of a `Run`, or `model` itself: for analyses that need only the network."""
+    return model.model if isinstance(model, Run) else model
