@@ -689,6 +689,7 @@ def compile_cmd(
 ) -> None:
     """Compile an automaton into Transformer weights: a checkpoint that evaluates, patches and
     loads in plain TransformerLens like a trained one, plus its ground-truth circuit.json."""
+    from .models import model_config
     from .models.compiled_transformer import compile_transformer
     from .training.checkpoint import save
     from .training.evaluation import evaluate
@@ -708,7 +709,7 @@ def compile_cmd(
     if as_json:
         print(json.dumps({"circuit": circuit, "accuracy": training["accuracy"]}))
         return
-    cfg = run.model_config
+    cfg = model_config(model)
     acc = ", ".join(f"{k}: {v['accuracy']:.4f}" for k, v in report.items())
     console.print(
         f"compiled {the_task.spec} ({construction}: {circuit['kind']}) into a Transformer: "
