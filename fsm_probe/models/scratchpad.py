@@ -62,6 +62,7 @@ class HookedScratchpad(InnerBridgeMixin):
     """Autoregressive-state Transformer; see the module docstring."""
 
     stacked_cache = False
+    feeds_back_outputs = True  # its activations follow the labels it emitted
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
