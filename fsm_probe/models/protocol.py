@@ -94,7 +94,7 @@ def pop_deprecated(owner: str, legacy: dict[str, Any], old: str, new: str) -> tu
         return False, None
     warnings.warn(
         f"{owner}({old}=...) is deprecated and will be removed in the next release; use {new}",
-        DeprecationWarning, stacklevel=3,
+        DeprecationWarning, stacklevel=5,
     )
     return True, legacy.pop(old)
 

@@ -41,6 +41,7 @@ from transformer_lens.utilities import Slice
 
 from ..errors import ConfigError, InputError
 from .config import ModelConfig
+from .native import run_blocks
 from .protocol import State, check_no_legacy, pop_deprecated
 from .rnn import names_filter_fn
 from .tokens import check_tokens
@@ -243,10 +244,7 @@ class HookedRMT(InnerBridgeMixin):
         if n_real < S and self.cfg.attention_dir == "bidirectional":
             mask = torch.ones(batch, S + 2 * M, device=x.device)
             mask[:, M + n_real : M + S] = 0
-        for block in tr.blocks:
-            out = block(x, attention_mask=mask, position_ids=pos)
-            x = out[0] if isinstance(out, tuple) else out
-        h = tr.ln_final(x)
+        h = run_blocks(tr, x, attention_mask=mask, position_ids=pos)
         logits = tr.unembed(h[:, M : M + S])[:, :n_real]
         self.hook_memory.pos = index
         return logits, self.hook_memory(h[:, M + S :])
