@@ -15,7 +15,7 @@ is the state the next step reads, so a state is transplanted either by `state=` 
 A new stateful model declares, as class attributes or properties: `state_sites` (the hook names),
 `initial_state(batch)`, `state_segment_length` (tokens per state update when the state advances
 once per segment, None when it advances every token) and, when the readout of its initial state is
-a label for the empty prefix, `initial_readout = True`. A model that feeds its own outputs back
+a label for the empty prefix, `initial_logits()`. A model that feeds its own outputs back
 (the scratchpad) declares `feeds_back_outputs = True`.
 """
 
@@ -69,7 +69,7 @@ def steps_per_token(model: nn.Module) -> bool:
 
 def has_initial_readout(model: nn.Module) -> bool:
     """Whether the initial state has a readout: the model's label for the empty prefix."""
-    return bool(getattr(model, "initial_readout", False))
+    return callable(getattr(model, "initial_logits", None))
 
 
 def feeds_back_outputs(model: nn.Module) -> bool:

@@ -195,7 +195,6 @@ class HookedRNN(HookedRootModule):
         return self.embed.weight.device
 
     state_segment_length = None  # the state advances with every token
-    initial_readout = True  # the readout of the initial state labels the empty prefix
 
     @property
     def state_sites(self) -> tuple[str, ...]:
@@ -220,6 +219,11 @@ class HookedRNN(HookedRootModule):
         """The state before any input (zeros), keyed by hook name, each `[batch, d_hidden]`."""
         zeros = torch.zeros(batch_size, self.cfg.d_hidden, device=self.device)
         return {name: zeros.clone() for name in self.state_names}
+
+    def initial_logits(self) -> Tensor:
+        """The readout of the initial state `[d_out]`: the model's label for the empty prefix."""
+        last = f"layers.{self.cfg.n_layers - 1}.hook_h"
+        return self.unembed(self.initial_state(1)[last])[0]
 
     def validate_tokens(self, tokens: Tensor | np.ndarray | Sequence) -> Tensor:
         """`tokens` as int64 `[batch, pos]` on the model's device, or `InputError`."""
