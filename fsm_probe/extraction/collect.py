@@ -192,7 +192,7 @@ def collect(
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     if memory_segment_length(model) is not None:
-        return _collect_memory(model, t, automaton, batch_size)
+        return _collect_memory(model, t, names, automaton, batch_size)
     vecs, preds = [], []
     for logits, cache in _cached_chunks(model, t, list(names), batch_size):
         vecs.append(torch.cat([cache[n] for n in names], dim=-1).float().cpu().numpy())
@@ -226,9 +226,10 @@ def collect(
 
 @torch.no_grad()
 def _collect_memory(
-    model: nn.Module, t: torch.Tensor, automaton, batch_size: int
+    model: nn.Module, t: torch.Tensor, names: tuple[str, ...], automaton, batch_size: int
 ) -> Collection:
-    """`collect` on an RMT's memory: one row per segment boundary, the initial memory first."""
+    """`collect` on a state advanced once per segment (an RMT's memory): one row per segment
+    boundary, the initial state first."""
     L = memory_segment_length(model)
     base = model_config(model).d_vocab
     tok = t.cpu().numpy()
@@ -240,13 +241,14 @@ def _collect_memory(
             f"{tok.shape[1]} is not a multiple of segment_length={L}"
         )
     vecs, preds = [], []
-    for logits, cache in _cached_chunks(model, t, [MEMORY_HOOK], batch_size):
-        mem = cache[MEMORY_HOOK]
-        vecs.append(mem.reshape(*mem.shape[:2], -1).float().cpu().numpy())
+    for logits, cache in _cached_chunks(model, t, list(names), batch_size):
+        mem = torch.cat([cache[n].reshape(*cache[n].shape[:2], -1) for n in names], dim=-1)
+        vecs.append(mem.float().cpu().numpy())
         preds.append(logits[:, L - 1 :: L].argmax(-1).cpu().numpy())
     body = np.concatenate(vecs)
     body_preds = np.concatenate(preds).astype(np.int64)
-    init = initial_state(model, 1)[MEMORY_HOOK].reshape(1, 1, -1).detach().float().cpu().numpy()
+    start = initial_state(model, 1)
+    init = torch.cat([start[n].reshape(1, 1, -1) for n in names], -1).detach().float().cpu().numpy()
     vectors = np.concatenate([np.broadcast_to(init, (body.shape[0], 1, body.shape[-1])), body], axis=1)
     if automaton is not None:
         first = int(automaton.outputs[automaton.start])
@@ -263,7 +265,7 @@ def _collect_memory(
         )
     return Collection(
         segment_tokens(tok, base, L), vectors.astype(np.float32), predictions, true_states,
-        (MEMORY_HOOK,), False, L, base,
+        names, False, L, base,
     )
 
 

@@ -27,16 +27,8 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..errors import InputError
-from .config import ModelConfig
 
 State = dict[str, Tensor]
-
-
-def _config(model: nn.Module) -> ModelConfig:
-    cfg = getattr(model, "fsm_config", None)
-    if not isinstance(cfg, ModelConfig):
-        raise InputError("model was not built by fsm_probe (it has no fsm_config)")
-    return cfg
 
 
 def state_sites(model: nn.Module) -> tuple[str, ...]:
@@ -84,7 +76,9 @@ def has_attention(model: nn.Module) -> bool:
 
 def context_limit(model: nn.Module) -> int | None:
     """The longest input the model accepts (`n_ctx`), None when any length runs through it."""
-    return None if steps_per_token(model) else _config(model).n_ctx
+    from . import model_config  # the package imports this module
+
+    return None if steps_per_token(model) else model_config(model).n_ctx
 
 
 def pop_deprecated(owner: str, legacy: dict[str, Any], old: str, new: str) -> tuple[bool, Any]:
