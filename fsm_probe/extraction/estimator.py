@@ -37,10 +37,7 @@ from torch import nn
 from ..automata.machine import Automaton, segment_alphabet
 from ..errors import ConfigError, InputError
 from ..models import model_config
-from ..models.protocol import (
-    context_limit,
-    has_initial_readout,
-)
+from ..models.protocol import context_limit, has_initial_readout
 from .build import build_automaton, state_map, to_graph, with_free_start
 from .checks import agreement, agreement_cm, name_like_task, task_automaton
 from .collect import (

@@ -17,10 +17,7 @@ import torch
 from torch import nn
 
 from ..automata.machine import Automaton, segment_words
-from ..models.protocol import (
-    initial_state,
-    state_sites,
-)
+from ..models.protocol import initial_state, state_sites
 from .abstraction import Reducer, _nearest, _unique_rows, make_abstraction
 from .build import build_automaton, refine_partition
 from .checks import agreement

@@ -11,6 +11,10 @@ A state is a `State`: a dict from the hook names that hold it (`state_sites(mode
 `[batch, ...]` (or one unbatched tensor, broadcast over the batch). Names left out start from
 `initial_state(model, batch)`. `final` has every name. What a hook at one of these sites returns
 is the state the next step reads, so a state is transplanted either by `state=` or by a hook.
+The sites: `layers.{i}.hook_h` (and `layers.{i}.hook_c` on an LSTM) for an RNN, `hook_memory`
+(`[batch, M, d]`, written once per segment) for an RMT. The old spellings, `initial_state=` on
+the RNN and `memory=` / `return_memory=` on the RMT, work for one release with a
+`DeprecationWarning`.
 
 A new stateful model declares, as class attributes or properties: `state_sites` (the hook names),
 `initial_state(batch)`, `state_segment_length` (tokens per state update when the state advances
