@@ -1,5 +1,5 @@
 """Extraction from an RMT's memory: segment automata, collection at segment boundaries, the
-pipeline on a trained RMT (fsm_probe/extraction/collect.py, pipeline.py, automata.py)."""
+pipeline on a trained RMT (fsm_probe/extraction/collect.py, estimator.py, search.py, automata.py)."""
 
 import json
 
