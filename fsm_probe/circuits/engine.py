@@ -115,8 +115,8 @@ class TransformerEngine(NativeTransformer):
     It calls the torch layers directly, so it refuses a model with hooks, which it would skip.
     """
 
-    def __init__(self, model: nn.Module, fused_norm: bool = False) -> None:
-        super().__init__(model, fused_norm)
+    def __init__(self, model: nn.Module, *, fused_norm: bool = False) -> None:
+        super().__init__(model, fused_norm=fused_norm)
         if has_hooks(model):
             raise InputError(
                 "the model has hooks attached, which the fast Transformer engine would skip; "

@@ -10,7 +10,8 @@ Sizes are tried from `CLUSTER_SIZES` and then grow by `GROWTH` while held-out fi
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -40,7 +41,7 @@ def state_limit(max_states: int | None, default: int = 10**9) -> int:
     return default if max_states is None else int(max_states)
 
 
-def growing_sizes(start: int = 1):
+def growing_sizes(start: int = 1) -> Iterator[int]:
     """Cluster counts: `CLUSTER_SIZES`, then growing by `GROWTH`, from the first above `start`."""
     for s in CLUSTER_SIZES:
         if s > start:
@@ -76,7 +77,10 @@ def select(cands: list[Candidate], target: float, tolerance: float, max_states: 
 class Candidate:
     """One abstraction's automaton: its fidelity, size and what it was built from."""
 
-    def __init__(self, fid, built, part, abstraction, col, votes, reducer, curve) -> None:
+    def __init__(
+        self, fid: float, built: Any, part: np.ndarray, abstraction: Any, col: Collection,
+        votes: np.ndarray, reducer: Reducer, curve: dict[str, Any],
+    ) -> None:
         self.fid, self.built, self.part, self.abstraction = fid, built, part, abstraction
         self.col, self.votes, self.reducer, self.curve = col, votes, reducer, curve
 
@@ -90,7 +94,7 @@ class SizeSweep:
     refinement, and for an automaton above `max_states` a capped version (the states with the
     most rows kept, the others' rows moved to the nearest kept state)."""
 
-    def __init__(self, est: FSMExtractor, model: nn.Module, name: str, col: Collection, votes: np.ndarray):
+    def __init__(self, est: FSMExtractor, model: nn.Module, name: str, col: Collection, votes: np.ndarray) -> None:
         self.est, self.model, self.name, self.col, self.votes = est, model, name, col, votes
         x = np.tanh(col.flat()) if est.squash else col.flat()
         self.reducer = Reducer(est.n_components, seed=est.seed).fit(x)
@@ -102,7 +106,9 @@ class SizeSweep:
             np.setdiff1d(np.arange(len(self.z)), self.init_rows) if col.virtual_initial else slice(None)
         )
 
-    def _candidate(self, part, abstraction, vals, info) -> Candidate:
+    def _candidate(
+        self, part: np.ndarray, abstraction: Any, vals: list[tuple[np.ndarray, np.ndarray]], info: dict[str, Any]
+    ) -> Candidate:
         est = self.est
         built = build_automaton(
             part, self.votes, self.edges, self.init_rows, est.alphabet_, est.labels_,
@@ -128,7 +134,8 @@ class SizeSweep:
         return part
 
     def run(
-        self, sizes, seeds, vals, deadline: float, stop: bool, refine: bool = True,
+        self, sizes: Sequence[int], seeds: Sequence[int], vals: list[tuple[np.ndarray, np.ndarray]],
+        deadline: float, stop: bool, refine: bool = True,
         max_fit: int | None = None, grow: bool = False,
     ) -> list[Candidate]:
         """Candidates for each seed and size; with `grow`, sizes continue past `sizes` (see
@@ -211,7 +218,7 @@ class SizeSweep:
         return out
 
 
-def chain_sizes(sizes):
+def chain_sizes(sizes: Sequence[int]) -> Iterator[int]:
     """`sizes`, then `growing_sizes` continued above their maximum."""
     yield from sizes
     yield from growing_sizes(max(sizes))
@@ -256,7 +263,7 @@ class Completer:
             out[sel] = collect(self.model, words.astype(np.int64), self.col.site).vectors[:, -1]
         return out
 
-    def bind(self, blocks: np.ndarray):
+    def bind(self, blocks: np.ndarray) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
         def complete(block_ids: np.ndarray, symbols: np.ndarray) -> np.ndarray:
             member = np.zeros(int(blocks.max()) + 1, dtype=np.int64)
             member[blocks[::-1]] = np.arange(len(blocks))[::-1]

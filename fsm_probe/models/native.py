@@ -35,7 +35,7 @@ def plain(module: nn.Module) -> nn.Module:
     return inner if isinstance(inner, (nn.Linear, nn.Embedding)) else module
 
 
-def norm_function(module: nn.Module, fused: bool = False) -> Callable[[Tensor], Tensor]:
+def norm_function(module: nn.Module, *, fused: bool = False) -> Callable[[Tensor], Tensor]:
     """The bridge's LayerNorm/RMSNorm without its hook dispatch. By default in the bridge's own
     operations: `F.layer_norm`'s rounding depends on the batch shape, and with these a patch that
     changes nothing reproduces the unpatched run bit for bit. `fused` takes the torch module's
@@ -117,7 +117,7 @@ class NativeTransformer:
     q/k/v weights when built: build one per call, not across training steps. No hook fires.
     """
 
-    def __init__(self, model: nn.Module, fused_norm: bool = False) -> None:
+    def __init__(self, model: nn.Module, *, fused_norm: bool = False) -> None:
         net = getattr(model, "original_model", None)
         if net is None or not hasattr(net, "layers") or not hasattr(net, "ln_out"):
             raise InputError("fast patching needs a Transformer built by fsm_probe (boot_native)")
@@ -127,12 +127,12 @@ class NativeTransformer:
         self.n_layers = len(self.layers)
         self.attn_only = not hasattr(self.layers[0], "mlp")
         self.causal = all(blk.attn.causal for blk in self.layers)
-        self.ln1 = [norm_function(blk.ln1, fused_norm) for blk in self.layers]
-        self.ln2 = [norm_function(blk.ln2, fused_norm) for blk in self.layers] if not self.attn_only else []
+        self.ln1 = [norm_function(blk.ln1, fused=fused_norm) for blk in self.layers]
+        self.ln2 = [norm_function(blk.ln2, fused=fused_norm) for blk in self.layers] if not self.attn_only else []
         self.mlp = [plain_mlp(blk.mlp) for blk in self.layers] if not self.attn_only else []
         self.qkv_weights = [fused_qkv(blk.attn) for blk in self.layers]
         self.o = [plain(blk.attn.o) for blk in self.layers]
-        self.ln_out, self.head = norm_function(net.ln_out, fused_norm), plain(net.head)
+        self.ln_out, self.head = norm_function(net.ln_out, fused=fused_norm), plain(net.head)
         self.step_norms = [
             (hook_free_norm(blk.ln1), None if self.attn_only else hook_free_norm(blk.ln2))
             for blk in self.layers
