@@ -12,7 +12,7 @@ from fsm_probe.automata import Automaton
 from fsm_probe.automata.counter import CounterMachine, anbn, dyck1, majority
 from fsm_probe.cli import main
 from fsm_probe.errors import AutomatonError, ConfigError
-from fsm_probe.extraction import FSMExtractor, check_extraction, pipeline
+from fsm_probe.extraction import FSMExtractor, check_extraction, save_extraction, search
 from fsm_probe.extraction.counters import fit_control_refined
 from fsm_probe.models.compiled import compile_rnn
 from fsm_probe.tasks import get_task
@@ -41,7 +41,7 @@ def test_no_cap_on_large_random_automata(n: int, k: int) -> None:
 def test_kmeans_growth_past_64(monkeypatch) -> None:
     # without the exact-repeat shortcut and refinement, k-means alone needs a cluster per
     # (state, last symbol) unit of the compiled RNN: the sweep must grow past its table's 64
-    monkeypatch.setattr(pipeline, "UNIQUE_MAX", 0)
+    monkeypatch.setattr(search, "UNIQUE_MAX", 0)
     a = random_automaton(45, 3, 3, seed=3)
     ex = FSMExtractor(empty_output="network", retry_length=None, refine=False, time_limit=60).fit(
         compile_rnn(a), a
@@ -136,7 +136,7 @@ def test_counter_network_is_reported_as_counter_machine(name: str, tmp_path) -> 
     report = check_extraction(model, ex, task, lengths=(50,))
     assert report["finite_state"] is False
     assert report["counter_machine"]["fidelity"] >= 0.99 and report["counter_machine"]["n_counters"] == 1
-    paths = pipeline.save_extraction(tmp_path, ex, report)
+    paths = save_extraction(tmp_path, ex, report)
     again = CounterMachine.from_dict(json.loads(paths["counter_machine.json"].read_text()))
     np.testing.assert_array_equal(again.run_outputs(tok), cm.run_outputs(tok))
 

@@ -1,5 +1,5 @@
 """Extraction from an RMT's memory: segment automata, collection at segment boundaries, the
-pipeline on a trained RMT (fsm_probe/extraction/collect.py, pipeline.py, automata.py)."""
+pipeline on a trained RMT (fsm_probe/extraction/collect.py, estimator.py, search.py, automata.py)."""
 
 import json
 
@@ -137,14 +137,14 @@ def test_untrained_rmt_extraction_retries_and_is_not_parity():
 
 
 def test_completion_steps_the_memory_by_one_segment():
-    from fsm_probe.extraction.pipeline import _Completer
+    from fsm_probe.extraction.search import Completer
 
     m = rmt(segment_length=3)
     x = np.random.default_rng(1).integers(0, 2, (4, 9))
     col = collect(m, x)
     rows = np.array([0, 1 * 4 + 2, 3 * 4 + 3])  # positions 0, 2 and 3 of sequences 0, 1, 3
     symbols = np.array([5, 0, 7])
-    got = _Completer(m, col, None, None, False)._step_memory(rows, symbols)
+    got = Completer(m, col, None, None, False).step(rows, symbols)
     for r, a, g in zip(rows, symbols, got, strict=True):
         seq, pos = divmod(r, 4)
         words = np.concatenate([col.tokens[seq, :pos], [a]])[None]

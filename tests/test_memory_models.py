@@ -110,11 +110,21 @@ def test_rmt_memory_hook_fires_per_segment_and_feeds_the_next():
     assert seen == [0, 1, 2]
     assert torch.allclose(patched[:, :4], clean[:, :4])  # segment 0 reads the initial memory
     assert not torch.allclose(patched[:, 4:8], clean[:, 4:8])
-    # memory= replaces the initial memory; forward_from is the same call
+    # state= replaces the initial memory; forward_from is the same call
     mem = torch.randn(2, 16)
-    assert torch.allclose(m(tokens, memory=mem), m.forward_from(mem, tokens))
+    assert torch.allclose(m(tokens, state={"hook_memory": mem}), m.forward_from(mem, tokens))
     with pytest.raises(InputError):
-        m(tokens, memory=torch.zeros(3, 16))
+        m(tokens, state={"hook_memory": torch.zeros(3, 16)})
+    with pytest.raises(InputError, match="unknown state"):
+        m(tokens, state={"layers.0.hook_h": mem})
+    logits, final = m(tokens, state={"hook_memory": mem}, return_state=True)
+    assert set(final) == {"hook_memory"} and final["hook_memory"].shape == (2, 2, 16)
+    # the deprecated spelling still works, with a warning, and returns the bare memory
+    with pytest.warns(DeprecationWarning, match="memory="):
+        old_logits, old_mem = m(tokens, memory=mem, return_memory=True)
+    assert torch.equal(old_logits, logits) and torch.equal(old_mem, final["hook_memory"])
+    with pytest.raises(TypeError, match="bogus"):
+        m(tokens, bogus=1)
 
 
 def test_rmt_bptt_truncation_cuts_gradients():

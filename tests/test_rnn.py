@@ -191,7 +191,13 @@ def test_initial_state_and_forward_from(arch: str) -> None:
         rest, _ = model.forward_from(middle, x[:, 4:], stepwise=stepwise, return_state=True)
         torch.testing.assert_close(rest, full[:, 4:], atol=1e-5, rtol=0)
     with pytest.raises(InputError, match="hook_q"):
-        model(x, initial_state={"layers.0.hook_q": torch.zeros(5, D)})
+        model(x, state={"layers.0.hook_q": torch.zeros(5, D)})
+    assert model.state_sites == tuple(model.state_names)
+    rest, _ = model(x[:, 4:], state=middle, return_state=True)
+    torch.testing.assert_close(rest, full[:, 4:], atol=1e-5, rtol=0)
+    with pytest.warns(DeprecationWarning, match="initial_state"):
+        old = model(x[:, 4:], initial_state=middle)
+    assert torch.equal(old, rest)
 
 
 def test_seeded_construction() -> None:

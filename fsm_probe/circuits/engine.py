@@ -7,7 +7,7 @@ recomputed: nothing before the patched layer and, under causal attention, nothin
 position (cached keys/values stand in for the prefix). Transformers built by fsm_probe use
 `TransformerEngine`, which runs the native model's layers from any stage; other Transformers go
 through the bridge's hook points. RNN sweeps restart the recurrence from the cached state before the
-patched step, RMT sweeps from the cached memory. Internal to fsm_probe: the public API is in
+patched step, RMT sweeps from the cached memory (`fsm_probe.models.protocol`). Internal to fsm_probe: the public API is in
 `fsm_probe.circuits.patching`.
 """
 
@@ -23,14 +23,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
-from transformer_lens.utilities.activation_functions import apply_softcap
 
 from ..errors import InputError
 from ..models import model_config
-from ..models.rmt import MEMORY_HOOK
+from ..models.native import STAGES, NativeTransformer
+from ..models.protocol import (
+    has_attention,
+    is_stateful,
+    state_segment_length,
+    state_sites,
+    steps_per_token,
+)
 
 Metric = Callable[[Tensor], Tensor]
-STAGES = ("resid_pre", "head_out", "attn_out", "resid_mid", "mlp_out", "resid_post")
 _HOOK_NAMES = {
     "resid_pre": "hook_resid_pre",
     "resid_post": "hook_resid_post",
@@ -104,184 +109,19 @@ def _chunks(patches: list[Patch], span: int, limit: int, by_layer: bool) -> Iter
 # ----- Transformer engine -----
 
 
-def _plain(module: nn.Module) -> nn.Module:
-    """The plain torch layer (Linear, Embedding) a bridge component wraps, else the component."""
-    inner = getattr(module, "original_component", None)
-    return inner if isinstance(inner, (nn.Linear, nn.Embedding)) else module
+class TransformerEngine(NativeTransformer):
+    """Patched forward passes of a natively built TransformerBridge (`fsm_probe.models.native`).
 
-
-def _norm(module: nn.Module, fused: bool = False) -> Callable[[Tensor], Tensor]:
-    """The bridge's LayerNorm/RMSNorm without its hook dispatch. By default in the bridge's own
-    operations: `F.layer_norm`'s rounding depends on the batch shape, and with these a patch that
-    changes nothing reproduces the unpatched run bit for bit. `fused` takes the torch module's
-    fused kernel (faster, equal to about 1e-7)."""
-    inner = getattr(module, "original_component", None)
-    cfg = getattr(module, "config", None)
-    if fused and isinstance(inner, (nn.LayerNorm, nn.RMSNorm)):
-        return inner
-    if (
-        not isinstance(getattr(inner, "weight", None), Tensor)
-        or getattr(module, "use_native_layernorm_autograd", True)
-        or getattr(cfg, "layer_norm_folding", False)
-        or module.uses_weight_offset
-    ):
-        return module
-    rms, eps = module.uses_rms_norm, getattr(cfg, "eps", 1e-5)
-    weight, bias = inner.weight, None if rms else getattr(inner, "bias", None)
-
-    def norm(x: Tensor) -> Tensor:
-        if x.dtype not in (torch.float32, torch.float64):
-            return module(x)
-        if not rms:
-            x = x - x.mean(-1, keepdim=True)
-        x = x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt() * weight
-        return x if bias is None else x + bias
-
-    return norm
-
-
-def _plain_mlp(mlp: nn.Module) -> Callable[[Tensor], Tensor]:
-    inner = getattr(mlp, "original_component", None)
-    if type(inner).__name__ != "NativeMLP" or getattr(inner, "ln", None) is not None:
-        return mlp
-    fc_in, fc_out, act = _plain(inner.fc_in), _plain(inner.fc_out), inner.act
-    return lambda x: fc_out(act(fc_in(x)))
-
-
-def _fused_qkv(attn: nn.Module) -> tuple[Tensor, Tensor | None]:
-    """q, k and v projections stacked into one weight (and bias), detached from the model."""
-    layers = [_plain(getattr(attn, name)) for name in "qkv"]
-    with torch.no_grad():
-        weight = torch.cat([layer.weight for layer in layers])
-        biases = [layer.bias for layer in layers]
-        if all(b is None for b in biases):
-            return weight, None
-        bias = torch.cat([torch.zeros(layer.out_features, device=weight.device, dtype=weight.dtype)
-                          if b is None else b for layer, b in zip(layers, biases, strict=True)])
-    return weight, bias
-
-
-class TransformerEngine:
-    """Forward passes of a natively built TransformerBridge that start anywhere inside it.
-
-    It reads the q/k/v weights when built (build one per call, not across training steps) and
-    calls the torch layers directly, so it refuses a model with hooks, which it would skip.
+    It calls the torch layers directly, so it refuses a model with hooks, which it would skip.
     """
 
-    def __init__(self, model: nn.Module, fused_norm: bool = False) -> None:
-        net = getattr(model, "original_model", None)
-        if net is None or not hasattr(net, "layers") or not hasattr(net, "ln_out"):
-            raise InputError("fast patching needs a Transformer built by fsm_probe (boot_native)")
+    def __init__(self, model: nn.Module, *, fused_norm: bool = False) -> None:
+        super().__init__(model, fused_norm=fused_norm)
         if has_hooks(model):
             raise InputError(
                 "the model has hooks attached, which the fast Transformer engine would skip; "
                 "remove them first (model.reset_hooks())"
             )
-        self.model = model
-        self.net = net
-        self.layers = list(net.layers)
-        self.n_layers = len(self.layers)
-        self.attn_only = not hasattr(self.layers[0], "mlp")
-        self.causal = all(blk.attn.causal for blk in self.layers)
-        # The torch modules inside the bridge's wrappers compute the same functions without the
-        # per-call hook dispatch, which dominates at these sizes; q, k and v become one matmul.
-        self.ln1 = [_norm(blk.ln1, fused_norm) for blk in self.layers]
-        self.ln2 = [_norm(blk.ln2, fused_norm) for blk in self.layers] if not self.attn_only else []
-        self.mlp = [_plain_mlp(blk.mlp) for blk in self.layers] if not self.attn_only else []
-        self.qkv = [_fused_qkv(blk.attn) for blk in self.layers]
-        self.o = [_plain(blk.attn.o) for blk in self.layers]
-        self.ln_out, self.head = _norm(net.ln_out, fused_norm), _plain(net.head)
-
-    @staticmethod
-    def resid0(model: nn.Module, tokens: Tensor) -> Tensor:
-        """`blocks.0.hook_resid_pre`: token (+ learned position) embedding, as the native model
-        computes it, without running the blocks."""
-        net = getattr(model, "original_model", None)
-        if net is None or not hasattr(net, "tok_embed"):
-            _, cache = model.run_with_cache(tokens, names_filter="blocks.0.hook_resid_pre")
-            return cache["blocks.0.hook_resid_pre"]
-        if tokens.shape[1] > net.cfg.n_ctx:
-            raise InputError(f"input length {tokens.shape[1]} exceeds n_ctx={net.cfg.n_ctx}")
-        x = _plain(net.tok_embed)(tokens)
-        pos = None if net.pos is None else _plain(net.pos)
-        if isinstance(pos, nn.Embedding):
-            x = x + pos.weight[: tokens.shape[1]]
-        elif pos is not None:
-            x = x + pos(torch.arange(tokens.shape[1], device=tokens.device)[None].expand(tokens.shape[0], -1))
-        return x
-
-    def _qkv(self, li: int, h: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        attn = self.layers[li].attn
-        n, s, _ = h.shape
-        weight, bias = self.qkv[li]
-        d_q, d_kv = attn.n_heads * attn.d_head, attn.n_kv_heads * attn.d_head
-        q, k, v = F.linear(h, weight, bias).split((d_q, d_kv, d_kv), dim=-1)
-        q = q.view(n, s, attn.n_heads, attn.d_head).transpose(1, 2)
-        k = k.view(n, s, attn.n_kv_heads, attn.d_head).transpose(1, 2)
-        v = v.view(n, s, attn.n_kv_heads, attn.d_head).transpose(1, 2)
-        if attn.rotary is not None:
-            q, k = attn.rotary.apply_rope(q, k, position_ids=positions[None].expand(n, -1))
-        return q, k, v
-
-    def _attend(self, li: int, q: Tensor, k: Tensor, v: Tensor, qpos: Tensor) -> Tensor:
-        attn = self.layers[li].attn
-        if attn.kv_repeats > 1:
-            k = k.repeat_interleave(attn.kv_repeats, dim=1)
-            v = v.repeat_interleave(attn.kv_repeats, dim=1)
-        scores = apply_softcap(torch.matmul(q, k.transpose(-2, -1)) / attn.scale, attn.attn_scores_soft_cap)
-        if attn.causal:
-            mask = torch.arange(k.shape[2], device=q.device)[None, :] > qpos[:, None]
-            pattern = F.softmax(scores.masked_fill(mask, float("-inf")), dim=-1)
-        else:
-            pattern = F.softmax(scores, dim=-1)
-        return torch.matmul(pattern, v).transpose(1, 2)
-
-    def _o(self, li: int, z: Tensor) -> Tensor:
-        return self.o[li](z.reshape(*z.shape[:2], -1))
-
-    def _unembed(self, x: Tensor) -> Tensor:
-        return apply_softcap(self.head(self.ln_out(x)), self.net.output_logits_soft_cap)
-
-    def full(self, resid0: Tensor, needed: list[int] | None = None, grad: bool = False) -> dict[str, Any]:
-        """Every stage of every layer for the run whose `blocks.0.hook_resid_pre` is `resid0`.
-
-        With `needed` (the logit positions a metric reads), the last layer attends and runs its
-        MLP only for those queries: its post-attention stages hold just those positions
-        (`run["cols"]`) and the other logits are NaN. `grad` builds the autograd graph from a
-        fresh leaf `resid0`, so the metric can be differentiated with respect to every stage.
-        """
-        batch, n_pos = resid0.shape[:2]
-        pos = torch.arange(n_pos, device=resid0.device)
-        cols = pos if needed is None else torch.tensor(needed, dtype=torch.long, device=resid0.device)
-        run: dict[str, Any] = {s: [] for s in (*STAGES, "k", "v")}
-        x = resid0.detach().requires_grad_(True) if grad else resid0
-        for li in range(self.n_layers):
-            run["resid_pre"].append(x)
-            q, k, v = self._qkv(li, self.ln1[li](x), pos)
-            run["k"].append(k)
-            run["v"].append(v)
-            qpos = pos
-            if needed is not None and li == self.n_layers - 1:
-                q, x, qpos = q[:, :, cols], x[:, cols], cols
-            z = self._attend(li, q, k, v, qpos)
-            a = self._o(li, z)
-            mid = x + a
-            run["head_out"].append(z)
-            run["attn_out"].append(a)
-            run["resid_mid"].append(mid)
-            if self.attn_only:
-                x = mid
-            else:
-                m = self.mlp[li](self.ln2[li](mid))
-                run["mlp_out"].append(m)
-                x = mid + m
-            run["resid_post"].append(x)
-        out = self._unembed(x)
-        if needed is not None:
-            out = out.new_full((batch, n_pos, out.shape[-1]), float("nan")).index_copy(1, cols, out)
-        run["logits"] = out
-        run["cols"] = cols
-        return run
 
     def patched_logits(
         self,
@@ -345,14 +185,14 @@ class TransformerEngine:
                 if skip == 1:
                     z = expand(base["head_out"][li], keep)
                 else:
-                    q, k, v = self._qkv(li, self.ln1[li](x), suffix)
+                    q, k, v = self.qkv(li, self.ln1[li](x), suffix)
                     if s:
                         k = torch.cat([base["k"][li][:, :, :s].repeat(n, 1, 1, 1), k], dim=2)
                         v = torch.cat([base["v"][li][:, :, :s].repeat(n, 1, 1, 1), v], dim=2)
-                    z = self._attend(li, q if keep is None else q[:, :, keep], k, v, qpos)
+                    z = self.attend(li, q if keep is None else q[:, :, keep], k, v, qpos)
                 z = patch(li, "head_out", z, keep)
             if skip <= 2:
-                a = expand(base["attn_out"][li], keep) if skip == 2 else self._o(li, z)
+                a = expand(base["attn_out"][li], keep) if skip == 2 else self.o_proj(li, z)
                 a = patch(li, "attn_out", a, keep)
             if skip <= 3:
                 if skip == 3:
@@ -372,7 +212,7 @@ class TransformerEngine:
             elif skip == 5:
                 x = expand(base["resid_post"][li], keep)
             x = patch(li, "resid_post", x, keep)
-        out = self._unembed(x)
+        out = self.unembed(x)
         if needed is None:
             logits[:, s:] = out
         else:
@@ -415,113 +255,95 @@ def _hook_patched_logits(
     return model.run_with_hooks(tokens.repeat(n, 1), fwd_hooks=hooks)
 
 
-# ----- RNN engine -----
+# ----- stateful models (fsm_probe.models.protocol) -----
+
+_RNN_STATES = {"hidden": ("h",), "cell": ("c",), "state": ("h", "c")}
 
 
-def _rnn_patched_logits(
+def _patch_sites(model: nn.Module, site: str, patch: Patch) -> tuple[str, ...]:
+    """The state hooks a patch replaces: an RNN site (`hidden` = `hook_h`, `cell` = `hook_c`,
+    `state` = both, as causal tracing restores it) in each of its layers, else the whole state."""
+    if site not in _RNN_STATES:
+        return state_sites(model)
+    return tuple(f"layers.{li}.hook_{x}" for li in patch.layers for x in _RNN_STATES[site])
+
+
+def _state_patched_logits(
     model: nn.Module, tokens: Tensor, base: dict[str, Any], src: dict[str, Any], site: str,
     patches: list[Patch],
 ) -> Tensor:
-    """Patched runs restarted from the cached state just before the earliest patched step.
+    """Runs in which each patch's state written at step `p.pos` (a token; an RMT's segment) is
+    the source's (only vector `p.head` of it when set), patch-major.
 
-    `site` is `hidden` (`hook_h`), `cell` (`hook_c`) or `state` (every state of the layer: `h`,
-    and `c` on an LSTM, as causal tracing restores it)."""
-    n = len(patches)
-    batch = tokens.shape[0]
-    t0 = min(p.pos for p in patches)
-    states = {"hidden": ("h",), "cell": ("c",), "state": ("h", "c")}[site]
-    init = {name: base[name][:, t0 - 1].repeat(n, 1) for name in model.state_names} if t0 else None
-    hooks = []
-    if base.get("_embed") is not None:
-        emb = base["_embed"][:, t0:].repeat(n, 1, 1)
-        hooks.append(("hook_embed", lambda act, hook: emb))
-    layers = sorted({li for p in patches for li in p.layers})
-    for li, name in [(li, f"layers.{li}.hook_{x}") for li in layers for x in states]:
-        if name not in src:
-            continue
-        by_step: dict[int, list[int]] = {}
-        for i, p in enumerate(patches):
-            if li in p.layers:
-                by_step.setdefault(p.pos - t0, []).append(i)
-
-        def hook(act: Tensor, hook: Any, by_step: dict = by_step, new: Tensor = src[name]) -> Tensor | None:
-            rows = by_step.get(hook.pos)
-            if rows is None:
-                return None
-            act = act.clone().view(n, batch, -1)
-            act[rows] = new[:, t0 + hook.pos]
-            return act.view(n * batch, -1)
-
-        hooks.append((name, hook))
-    with model.hooks(fwd_hooks=hooks):
-        out = model(tokens[:, t0:].repeat(n, 1), initial_state=init, stepwise=True)
-    return torch.cat([base["logits"][:, :t0].repeat(n, 1, 1), out], dim=1)
-
-
-def _state_hooks(model: nn.Module) -> list[str]:
-    return [name for name in model.hook_dict if name.endswith(("hook_h", "hook_c"))]
-
-
-# ----- RMT engine -----
-
-
-def _rmt_patched_logits(
-    model: nn.Module, tokens: Tensor, base: dict[str, Any], src: dict[str, Any], patches: list[Patch],
-) -> Tensor:
-    """Runs whose memory written by segment `p.pos` is the source's (only vector `p.head` of it
-    when set), patch-major.
-
-    Logits up to the end of the earliest patched segment `t0` are the base run's; the rest is one
-    stacked forward from `t0`'s written memory (the source's for patches at `t0`), with
-    `hook_memory` swapping in the source memory of later patched segments.
+    Logits before the first step a patch changes are the base run's; the rest is one stacked
+    forward restarted from the cached state: before the earliest patched step `t0` when a step's
+    readout reads its own state (an RNN), else after `t0`, from its state with its patches
+    applied (an RMT's memory). Hooks swap in the source state at the later patched steps.
     """
     n, batch = len(patches), tokens.shape[0]
-    S = model_config(model).segment_length
-    t0 = min(p.pos for p in patches)
-    start = (t0 + 1) * S
+    per_token = steps_per_token(model)
+    r = min(p.pos for p in patches) + (0 if per_token else 1)
+    start = r * (state_segment_length(model) or 1)
     logits = base["logits"].repeat(n, 1, 1)
     if start >= tokens.shape[1]:
         return logits
-    base_mem, src_mem = base[MEMORY_HOOK], src[MEMORY_HOOK]
+    hit = [set(_patch_sites(model, site, p)) & set(src) for p in patches]
 
-    def patched(mem: Tensor, p: Patch, seg: int) -> Tensor:
+    def patched(value: Tensor, p: Patch, new: Tensor) -> Tensor:
         if p.head is None:
-            return src_mem[:, seg]
-        mem = mem.clone()
-        mem[:, p.head] = src_mem[:, seg, p.head]
-        return mem
+            return new
+        value = value.clone()
+        value[:, p.head] = new[:, p.head]
+        return value
 
-    memory = torch.cat([patched(base_mem[:, t0], p, t0) if p.pos == t0 else base_mem[:, t0] for p in patches])
-    by_segment: dict[int, list[int]] = {}
-    for i, p in enumerate(patches):
-        if p.pos > t0:
-            by_segment.setdefault(p.pos - t0 - 1, []).append(i)
-
-    def swap(act: Tensor, hook: Any) -> Tensor | None:
-        rows = by_segment.get(hook.pos)
-        if rows is None:
-            return None
-        act = act.clone().view(n, batch, *act.shape[1:])
-        for i in rows:
-            act[i] = patched(act[i], patches[i], t0 + 1 + hook.pos)
-        return act.view(n * batch, *act.shape[2:])
-
-    hooks = [(MEMORY_HOOK, swap)] if by_segment else []
+    init = None
+    if r:
+        init = {
+            name: torch.cat([
+                patched(base[name][:, r - 1], p, src[name][:, r - 1])
+                if p.pos == r - 1 and name in hit[i] else base[name][:, r - 1]
+                for i, p in enumerate(patches)
+            ])
+            for name in state_sites(model)
+        }
+    hooks = []
     if base.get("_embed") is not None:
-        emb = base["_embed"][:, t0 + 1 :].repeat(n, 1, 1, 1)
-        hooks.append(("hook_embed", lambda act, hook: emb[:, hook.segment]))
+        emb = base["_embed"][:, r:]
+        emb = emb.repeat(n, *([1] * (emb.ndim - 1)))
+        hooks.append(("hook_embed", (lambda act, hook: emb) if per_token else (lambda act, hook: emb[:, hook.segment])))
+    for name in sorted(set().union(*hit), key=list(model.hook_dict).index):
+        by_step: dict[int, list[int]] = {}
+        for i, p in enumerate(patches):
+            if name in hit[i] and p.pos >= r:
+                by_step.setdefault(p.pos - r, []).append(i)
+
+        def swap(act: Tensor, hook: Any, by_step: dict = by_step, new: Tensor = src[name]) -> Tensor | None:
+            rows = by_step.get(hook.pos)
+            if rows is None:
+                return None
+            act = act.clone().view(n, batch, *act.shape[1:])
+            if all(patches[i].head is None for i in rows):
+                act[rows] = new[:, r + hook.pos]
+            else:
+                for i in rows:
+                    act[i] = patched(act[i], patches[i], new[:, r + hook.pos])
+            return act.view(n * batch, *act.shape[2:])
+
+        if by_step:
+            hooks.append((name, swap))
+    stepwise = {"stepwise": True} if per_token else {}
     with model.hooks(fwd_hooks=hooks):
-        logits[:, start:] = model(tokens[:, start:].repeat(n, 1), memory=memory)
+        logits[:, start:] = model(tokens[:, start:].repeat(n, 1), state=init, **stepwise)
     return logits
 
 
 # ----- driver -----
 
 
-def _auto_patches(cfg: Any, batch: int, n_pos: int) -> int:
-    d = cfg.d_hidden
-    mlp = 0 if cfg.is_rnn else (cfg.d_mlp if cfg.d_mlp is not None else 4 * d)
-    attn = 0 if cfg.is_rnn else 2 * cfg.n_heads * n_pos
+def _auto_patches(model: nn.Module, cfg: Any, batch: int, n_pos: int) -> int:
+    d, attention = cfg.d_hidden, has_attention(model)
+    mlp = (cfg.d_mlp if cfg.d_mlp is not None else 4 * d) if attention else 0
+    attn = 2 * cfg.n_heads * n_pos if attention else 0
     return max(1, _ROW_BUDGET // max(1, batch * n_pos * (8 * d + mlp + attn)))
 
 
@@ -535,7 +357,8 @@ class Runner:
     """Base and source runs of one model and the metric of batches of patched runs.
 
     Transformers use `TransformerEngine` when it reproduces the bridge's logits (checked on the
-    first run), else the bridge's hook points; RNNs use their per-step hook points.
+    first run), else the bridge's hook points; stateful models (RNNs, the RMT) restart from a
+    cached state and use their state hook points.
     """
 
     def __init__(self, model: nn.Module, engine: str = "auto") -> None:
@@ -545,8 +368,8 @@ class Runner:
         self.cfg = model_config(model)
         self.mode = engine
         self.engine: TransformerEngine | None = None
-        self.rmt = self.cfg.arch == "rmt"
-        if not self.cfg.is_rnn and not self.rmt and engine != "hooks":
+        self.stateful = is_stateful(model)
+        if not self.stateful and engine != "hooks":
             try:
                 self.engine = TransformerEngine(model)
             except InputError:
@@ -563,15 +386,13 @@ class Runner:
 
     def _run(self, tokens: Tensor, resid0: Tensor | None, embed: Tensor | None) -> dict[str, Any]:
         model = self.model
-        if self.rmt:
-            hooks = [] if embed is None else [("hook_embed", lambda act, hook: embed[:, hook.segment])]
+        if self.stateful:
+            per_token = steps_per_token(model)
+            replace = (lambda act, hook: embed) if per_token else (lambda act, hook: embed[:, hook.segment])
+            hooks = [] if embed is None else [("hook_embed", replace)]
+            stepwise = {"stepwise": True} if per_token else {}
             with model.hooks(fwd_hooks=hooks):
-                logits, cache = model.run_with_cache(tokens, names_filter=MEMORY_HOOK)
-            return {MEMORY_HOOK: cache[MEMORY_HOOK], "logits": logits, "_embed": embed}
-        if self.cfg.is_rnn:
-            hooks = [] if embed is None else [("hook_embed", lambda act, hook: embed)]
-            with model.hooks(fwd_hooks=hooks):
-                logits, cache = model.run_with_cache(tokens, names_filter=_state_hooks(model), stepwise=True)
+                logits, cache = model.run_with_cache(tokens, names_filter=list(state_sites(model)), **stepwise)
             return {**cache.cache_dict, "logits": logits, "_embed": embed}
         if self.engine is not None:
             r0 = TransformerEngine.resid0(model, tokens) if resid0 is None else resid0
@@ -602,7 +423,7 @@ class Runner:
                 f"{tuple(src['_tokens'].shape)}"
             )
         batch, n_pos = tokens.shape
-        limit = batch_patches or _auto_patches(self.cfg, batch, n_pos)
+        limit = batch_patches or _auto_patches(self.model, self.cfg, batch, n_pos)
         fast = self.engine is not None
         span = n_pos
         if fast and self.engine.causal:
@@ -611,10 +432,8 @@ class Runner:
         out = torch.full(sweep.shape, float("nan"))
         for chunk in _chunks(sweep.patches, span, limit, by_layer=fast):
             patches = [sweep.patches[i] for i in chunk]
-            if self.rmt:
-                logits = _rmt_patched_logits(self.model, tokens, base, src, patches)
-            elif self.cfg.is_rnn:
-                logits = _rnn_patched_logits(self.model, tokens, base, src, sweep.site, patches)
+            if self.stateful:
+                logits = _state_patched_logits(self.model, tokens, base, src, sweep.site, patches)
             elif fast:
                 logits = self.engine.patched_logits(base, src, sweep.site, patches, needed)
             else:

@@ -25,6 +25,7 @@ from .build import (
 )
 from .checks import (
     agreement,
+    check_extraction,
     compare_to_task,
     fidelity,
     interchange_accuracy,
@@ -32,15 +33,9 @@ from .checks import (
     task_accuracy,
 )
 from .collect import Collection, collect, model_labels, resolve_site, sample_words
+from .estimator import DEFAULT_METHOD, METHODS, FSMExtractor, extract
+from .files import save_extraction
 from .lstar import LStarResult, NetworkOracle, lstar
-from .pipeline import (
-    DEFAULT_METHOD,
-    METHODS,
-    FSMExtractor,
-    check_extraction,
-    extract,
-    save_extraction,
-)
 
 __all__ = [
     "ABSTRACTIONS", "AgglomerativeAbstraction", "GMMAbstraction", "GridAbstraction",

@@ -10,7 +10,7 @@ words are over segments (see `fsm_probe.extraction.collect`).
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -20,7 +20,11 @@ from torch import nn
 from ..automata.machine import Automaton
 from ..errors import ConfigError, InputError
 from ..models import as_tokens
-from .collect import is_rnn, memory_segment_length, resolve_site, word_labels, word_tokens
+from ..models.protocol import initial_state, is_stateful, state_sites
+from .collect import memory_segment_length, resolve_site, word_labels, word_tokens
+
+if TYPE_CHECKING:
+    from .estimator import FSMExtractor
 
 
 def _check_alphabet(automaton: Automaton, tokens: np.ndarray) -> np.ndarray:
@@ -180,17 +184,15 @@ def interchange_accuracy(
     segment u - 1 is replaced.
     """
     segment = memory_segment_length(model)
-    if not is_rnn(model) and segment is None:
+    if not is_stateful(model):
         raise ConfigError(
             "interchange interventions need a recurrent model or an rmt (a state to transplant)"
         )
     names = resolve_site(model, site)
-    if segment is None:
-        state_names = set(model.state_names)
-        if not set(names) <= state_names:
-            raise ConfigError(
-                f"interchange needs recurrent-state sites {sorted(state_names)}, got {list(names)}"
-            )
+    if not set(names) <= set(state_sites(model)):
+        raise ConfigError(
+            f"interchange needs recurrent-state sites {sorted(state_sites(model))}, got {list(names)}"
+        )
     tokens = _check_alphabet(automaton, tokens)
     b, length = tokens.shape
     if length < 2 or b < 2:
@@ -216,7 +218,7 @@ def interchange_accuracy(
     try:
         tok = as_tokens(model, word_tokens(model, tokens, automaton.n_symbols))
         _, cache = model.run_with_cache(tok, names_filter=list(names))
-        init = model.initial_state(1)
+        init = initial_state(model, 1)
         donors = {}
         for name in names:
             first = init[name].expand(b, *init[name].shape[1:])[:, None]
@@ -249,3 +251,104 @@ def interchange_accuracy(
         "changed": float((expected != own)[later].mean()),
         "n_pairs": len(x),
     }
+
+
+def task_automaton(model: nn.Module, task: Any) -> Automaton | None:
+    """The automaton of `task` (a Task or Automaton; default the model's task), or None."""
+    if task is None:
+        task = getattr(model, "fsm_task", None)
+    if task is None:
+        return None
+    if isinstance(task, Automaton):
+        return task
+    a = getattr(task, "automaton", None)
+    if not isinstance(a, Automaton):
+        raise ConfigError(f"task must be a fsm_probe Task or Automaton, got {type(task).__name__}")
+    return a
+
+
+def agreement_cm(machine: Any, tokens: np.ndarray, labels: np.ndarray) -> float:
+    """Per-position agreement of anything with `run_outputs` (a counter machine) with `labels`."""
+    pred = machine.run_outputs(tokens)
+    mask = labels >= 0
+    return float((pred == labels)[mask].mean()) if mask.any() else float("nan")
+
+
+def check_extraction(
+    model: nn.Module,
+    extractor: FSMExtractor,
+    task: Any = None,
+    lengths: tuple[int, ...] = (50, 100),
+    n: int = 500,
+    seed: int = 12345,
+    n_pairs: int = 256,
+) -> dict[str, Any]:
+    """The evidence for an extraction: fidelity and accuracy per held-out length, equivalence
+    with the task (counterexample, state mapping), purity/NMI, interchange accuracy, sizes.
+
+    On an RMT the task is compared as its `power(segment_length)` and `lengths` are in tokens,
+    rounded down to whole segments."""
+    extractor._check_fitted()
+    a = extractor.automaton_
+    truth = task_automaton(model, task)
+    segment = memory_segment_length(model)
+    if truth is not None and segment is not None:
+        truth = truth.power(segment)
+    rng = np.random.default_rng(seed)
+    report: dict[str, Any] = {
+        "method": extractor.method,
+        "site": list(extractor.site_),
+        "n_states": a.n_states,
+        "n_states_raw": extractor.n_states_raw_,
+        "conflicts_resolved": int(extractor.n_conflicts_),
+        "validation_fidelity": extractor.fidelity_,
+        "segment_length": segment,
+        "capped": extractor.capped_ is not None,
+        "cap": extractor.capped_,
+    }
+    fid, acc, tests = {}, {}, {}
+    for length in lengths:
+        steps = extractor._steps(int(length))
+        tok = rng.integers(0, a.n_symbols, (n, steps))
+        tests[int(length)] = tok
+        fid[str(length)] = agreement(a, tok, word_labels(model, tok, a.n_symbols)[:, 1:])
+        if truth is not None:
+            acc[str(length)] = task_accuracy(a, truth, tok)
+    report["fidelity"] = min(v["per_position"] for v in fid.values())
+    report["fidelity_by_length"] = fid
+    report["accuracy"] = min(v["per_position"] for v in acc.values()) if acc else None
+    report["accuracy_by_length"] = acc or None
+    if truth is not None:
+        report.update(compare_to_task(a, truth))
+        ts = extractor.collection_.flat_true_states()
+        report.update(purity(extractor.row_states_, ts) if ts is not None else {})
+    else:
+        report.update(equivalent_to_task=None, counterexample=None, state_mapping=None)
+    report["interchange_accuracy"] = None
+    if is_stateful(model) and set(extractor.site_) <= set(state_sites(model)):
+        tok = tests[min(tests)][: max(2, min(n, 200))]
+        ic = interchange_accuracy(model, a, tok, list(extractor.site_), n_pairs=n_pairs, seed=seed)
+        report["interchange_accuracy"] = ic["accuracy"]
+        report["interchange"] = ic
+    report["finite_state"] = bool(getattr(extractor, "finite_state_", True))
+    report["finite_state_evidence"] = getattr(extractor, "finite_state_evidence_", None)
+    fit = getattr(extractor, "counter_fit_", None)
+    if fit is not None:
+        cm = fit.to_dict()
+        cm["validation_fidelity"] = cm.pop("fidelity")
+        by_len, acc_len = {}, {}
+        for length, tok in tests.items():
+            by_len[str(length)] = agreement_cm(fit.machine, tok, word_labels(model, tok, a.n_symbols)[:, 1:])
+            if truth is not None:
+                acc_len[str(length)] = agreement_cm(fit.machine, tok, truth.run_outputs(tok))
+        cm["fidelity_by_length"] = by_len
+        cm["fidelity"] = min(by_len.values())
+        cm["accuracy_by_length"] = acc_len or None
+        report["counter_machine"] = cm
+    report["curve"] = extractor.curve_
+    if hasattr(extractor, "lstar_"):
+        r = extractor.lstar_
+        report["lstar"] = {"rounds": r.rounds, "complete": r.complete,
+                           "membership_queries": r.membership_queries, "test_words": r.test_words}
+    report["seconds"] = extractor.seconds_
+    return report

@@ -24,6 +24,14 @@ from torch import nn
 from ..automata.machine import segment_tokens, segment_words
 from ..errors import ConfigError, InputError
 from ..models import as_tokens, model_config, predict_logits
+from ..models.protocol import (
+    feeds_back_outputs,
+    has_initial_readout,
+    initial_state,
+    state_segment_length,
+    state_sites,
+    steps_per_token,
+)
 from ..models.rmt import MEMORY_HOOK
 
 Site = str | Sequence[str] | None
@@ -81,39 +89,34 @@ class Collection:
         return np.arange(self.n_sequences) * (self.length + 1)
 
 
-def is_rnn(model: nn.Module) -> bool:
-    return model_config(model).is_rnn
-
-
 def memory_segment_length(model: nn.Module) -> int | None:
-    """Tokens per state update when extraction reads an RMT's memory, else None."""
-    cfg = model_config(model)
-    return cfg.segment_length if cfg.arch == "rmt" else None
+    """Tokens per state update when extraction reads a memory advanced once per segment (an
+    RMT's), else None (`fsm_probe.models.protocol.state_segment_length`)."""
+    return state_segment_length(model)
 
 
 def resolve_site(model: nn.Module, site: Site) -> tuple[str, ...]:
     """Hook names to read; default: the full recurrent state (RNN), the memory (RMT) or the
     last residual stream (Transformer)."""
     cfg = model_config(model)
-    if cfg.arch == "scratchpad":
+    if feeds_back_outputs(model):
         raise InputError(
             "state extraction needs a state carried from step to step; the scratchpad has none "
             "(it only feeds back its own label outputs): use an rnn, gru, lstm, transformer, or an "
             f"rmt (site {MEMORY_HOOK!r})"
         )
-    if cfg.arch == "rmt":
+    sites = state_sites(model)
+    if state_segment_length(model) is not None:
         if site is None or site == MEMORY_HOOK or (
-            isinstance(site, list | tuple) and tuple(site) == (MEMORY_HOOK,)
+            isinstance(site, list | tuple) and tuple(site) == sites
         ):
-            return (MEMORY_HOOK,)
+            return sites
         raise InputError(
             f"on an rmt, extraction reads the memory passed between segments: site must be "
             f"{MEMORY_HOOK!r}, got {site!r} (the inner hooks fire once per segment, not per state)"
         )
     if site is None:
-        if cfg.is_rnn:
-            return tuple(model.state_names)
-        return (f"blocks.{cfg.n_layers - 1}.hook_resid_post",)
+        return sites or (f"blocks.{cfg.n_layers - 1}.hook_resid_post",)
     names = (site,) if isinstance(site, str) else tuple(site)
     if not names or not all(isinstance(s, str) for s in names):
         raise ConfigError(f"site must be a hook name or a list of hook names, got {site!r}")
@@ -129,9 +132,9 @@ def resolve_site(model: nn.Module, site: Site) -> tuple[str, ...]:
 
 def initial_vector(model: nn.Module, site: tuple[str, ...]) -> np.ndarray | None:
     """The site's activation before any input (RNN state hooks: the initial state; gates: 0)."""
-    if not is_rnn(model):
+    if not steps_per_token(model):
         return None
-    init = model.initial_state(1)
+    init = initial_state(model, 1)
     parts = [
         init[name][0] if name in init else torch.zeros(model.cfg.d_hidden, device=model.device)
         for name in site
@@ -142,10 +145,7 @@ def initial_vector(model: nn.Module, site: tuple[str, ...]) -> np.ndarray | None
 @torch.no_grad()
 def initial_logits(model: nn.Module) -> torch.Tensor | None:
     """The readout of the initial state, i.e. the model's label for the empty prefix."""
-    if not is_rnn(model):
-        return None
-    last = f"layers.{model.cfg.n_layers - 1}.hook_h"
-    return model.unembed(model.initial_state(1)[last])[0]
+    return model.initial_logits() if has_initial_readout(model) else None
 
 
 @torch.no_grad()
@@ -191,8 +191,8 @@ def collect(
         raise InputError("collect needs sequences of at least one token")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if names == (MEMORY_HOOK,):
-        return _collect_memory(model, t, automaton, batch_size)
+    if memory_segment_length(model) is not None:
+        return _collect_memory(model, t, names, automaton, batch_size)
     vecs, preds = [], []
     for logits, cache in _cached_chunks(model, t, list(names), batch_size):
         vecs.append(torch.cat([cache[n] for n in names], dim=-1).float().cpu().numpy())
@@ -226,10 +226,11 @@ def collect(
 
 @torch.no_grad()
 def _collect_memory(
-    model: nn.Module, t: torch.Tensor, automaton, batch_size: int
+    model: nn.Module, t: torch.Tensor, names: tuple[str, ...], automaton, batch_size: int
 ) -> Collection:
-    """`collect` on an RMT's memory: one row per segment boundary, the initial memory first."""
-    L = model_config(model).segment_length
+    """`collect` on a state advanced once per segment (an RMT's memory): one row per segment
+    boundary, the initial state first."""
+    L = memory_segment_length(model)
     base = model_config(model).d_vocab
     tok = t.cpu().numpy()
     if automaton is not None:
@@ -240,13 +241,14 @@ def _collect_memory(
             f"{tok.shape[1]} is not a multiple of segment_length={L}"
         )
     vecs, preds = [], []
-    for logits, cache in _cached_chunks(model, t, [MEMORY_HOOK], batch_size):
-        mem = cache[MEMORY_HOOK]
-        vecs.append(mem.reshape(*mem.shape[:2], -1).float().cpu().numpy())
+    for logits, cache in _cached_chunks(model, t, list(names), batch_size):
+        mem = torch.cat([cache[n].reshape(*cache[n].shape[:2], -1) for n in names], dim=-1)
+        vecs.append(mem.float().cpu().numpy())
         preds.append(logits[:, L - 1 :: L].argmax(-1).cpu().numpy())
     body = np.concatenate(vecs)
     body_preds = np.concatenate(preds).astype(np.int64)
-    init = model.initial_state(1)[MEMORY_HOOK].reshape(1, 1, -1).detach().float().cpu().numpy()
+    start = initial_state(model, 1)
+    init = torch.cat([start[n].reshape(1, 1, -1) for n in names], -1).detach().float().cpu().numpy()
     vectors = np.concatenate([np.broadcast_to(init, (body.shape[0], 1, body.shape[-1])), body], axis=1)
     if automaton is not None:
         first = int(automaton.outputs[automaton.start])
@@ -263,7 +265,7 @@ def _collect_memory(
         )
     return Collection(
         segment_tokens(tok, base, L), vectors.astype(np.float32), predictions, true_states,
-        (MEMORY_HOOK,), False, L, base,
+        names, False, L, base,
     )
 
 

@@ -1,7 +1,11 @@
 """Hooked models. Every model maps tokens `[batch, pos]` to logits `[batch, pos, n_labels]`.
 
 - `HookedRNN`: vanilla RNN, GRU, LSTM with per-time-step hook points.
-- Transformers: TransformerLens 4.x `TransformerBridge` built natively.
+- Transformers: TransformerLens 4.x `TransformerBridge` built natively; `native.py` is the one
+  reader of its internals (the fast engine, the scratchpad's generation, the RMT's inner call).
+- `protocol.py`: the recurrent-state protocol every stateful model follows
+  (`model(tokens, state=..., return_state=True)`) and the predicates analyses ask instead of
+  the architecture name.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from torch import nn
 from ..errors import InputError
 from .compiled_transformer import CompiledCircuit, compile_transformer
 from .config import ModelConfig
+from .protocol import State, context_limit, is_stateful, state_sites
 from .rmt import HookedRMT
 from .rnn import HookedRNN
 from .scratchpad import HookedScratchpad
@@ -34,6 +39,9 @@ __all__ = [
     "model_config",
     "compile_transformer",
     "CompiledCircuit",
+    "State",
+    "is_stateful",
+    "state_sites",
 ]
 
 
@@ -58,7 +66,7 @@ def model_config(model: nn.Module) -> ModelConfig:
 def as_tokens(model: nn.Module, tokens: np.ndarray | torch.Tensor | list) -> torch.Tensor:
     """Validate `tokens` for `model` and return an int64 tensor `[batch, pos]`."""
     cfg = model_config(model)
-    return check_tokens(tokens, cfg.d_vocab, n_ctx=None if cfg.is_rnn else cfg.n_ctx)
+    return check_tokens(tokens, cfg.d_vocab, n_ctx=context_limit(model))
 
 
 def _chunks(n: int, size: int) -> Iterator[slice]:

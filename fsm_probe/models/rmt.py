@@ -41,6 +41,8 @@ from transformer_lens.utilities import Slice
 
 from ..errors import ConfigError, InputError
 from .config import ModelConfig
+from .native import run_blocks
+from .protocol import State, check_no_legacy, pop_deprecated
 from .rnn import names_filter_fn
 from .tokens import check_tokens
 from .transformer import build_transformer
@@ -213,7 +215,14 @@ class HookedRMT(InnerBridgeMixin):
         self.register_buffer("position_ids", torch.arange(S + 2 * M), persistent=False)
         self.setup()
 
-    def initial_state(self, batch_size: int) -> dict[str, Tensor]:
+    state_sites = (MEMORY_HOOK,)
+
+    @property
+    def state_segment_length(self) -> int:
+        """The memory advances once per segment of `segment_length` tokens."""
+        return self.cfg.segment_length
+
+    def initial_state(self, batch_size: int) -> State:
         """The memory read by the first segment, `{"hook_memory": [batch, M, d]}`."""
         return {MEMORY_HOOK: self.memory_init.unsqueeze(0).expand(batch_size, -1, -1)}
 
@@ -235,10 +244,7 @@ class HookedRMT(InnerBridgeMixin):
         if n_real < S and self.cfg.attention_dir == "bidirectional":
             mask = torch.ones(batch, S + 2 * M, device=x.device)
             mask[:, M + n_real : M + S] = 0
-        for block in tr.blocks:
-            out = block(x, attention_mask=mask, position_ids=pos)
-            x = out[0] if isinstance(out, tuple) else out
-        h = tr.ln_final(x)
+        h = run_blocks(tr, x, attention_mask=mask, position_ids=pos)
         logits = tr.unembed(h[:, M : M + S])[:, :n_real]
         self.hook_memory.pos = index
         return logits, self.hook_memory(h[:, M + S :])
@@ -246,13 +252,37 @@ class HookedRMT(InnerBridgeMixin):
     def forward(
         self,
         tokens: Tensor | np.ndarray | Sequence,
-        memory: Tensor | None = None,
-        return_memory: bool = False,
-    ) -> Tensor | tuple[Tensor, Tensor]:
-        """Logits `[batch, pos, d_out]` (and the final memory `[batch, M, d]` if asked).
+        *,
+        state: State | None = None,
+        return_state: bool = False,
+        **deprecated: Any,
+    ) -> Tensor | tuple[Tensor, State]:
+        """Logits `[batch, pos, d_out]` (and the final state `{"hook_memory": [batch, M, d]}` if
+        `return_state`).
 
-        `memory` (`[batch, M, d]` or `[M, d]`) replaces the learned initial memory.
+        `state["hook_memory"]` (`[batch, M, d]` or `[M, d]`) replaces the learned initial memory;
+        see `fsm_probe.models.protocol`. `memory=` / `return_memory=` are the deprecated spellings
+        (a bare tensor in, a bare tensor out).
         """
+        passed, old = pop_deprecated("HookedRMT", deprecated, "memory", "state={'hook_memory': ...}")
+        bare, want_bare = pop_deprecated("HookedRMT", deprecated, "return_memory", "return_state=")
+        check_no_legacy("HookedRMT.forward", deprecated)
+        if passed and old is not None:
+            if state is not None:
+                raise InputError("pass either state= or the deprecated memory=, not both")
+            state = {MEMORY_HOOK: old}
+        logits, mem = self._run(tokens, None if state is None else self._state_memory(state))
+        if bare and want_bare:
+            return logits, mem
+        return (logits, {MEMORY_HOOK: mem}) if return_state else logits
+
+    def _state_memory(self, state: State) -> Tensor:
+        unknown = set(state) - {MEMORY_HOOK}
+        if unknown:
+            raise InputError(f"unknown state name(s) {sorted(unknown)}; expected {[MEMORY_HOOK]}")
+        return state.get(MEMORY_HOOK)
+
+    def _run(self, tokens: Tensor | np.ndarray | Sequence, memory: Tensor | None) -> tuple[Tensor, Tensor]:
         tokens = validate_tokens(tokens, self.cfg.d_vocab, self.device)
         batch, length = tokens.shape
         M, d, S = self.cfg.n_memory, self.cfg.d_hidden, self.cfg.segment_length
@@ -275,11 +305,11 @@ class HookedRMT(InnerBridgeMixin):
             logits, mem = self._segment(seg, mem, n_real, s)
             outs.append(logits)
         logits = torch.cat(outs, dim=1) if outs else mem.new_zeros(batch, 0, self.cfg.d_out)
-        return (logits, mem) if return_memory else logits
+        return logits, mem
 
-    def forward_from(self, memory: Tensor, tokens: Any, **kwargs: Any) -> Tensor | tuple[Tensor, Tensor]:
+    def forward_from(self, memory: Tensor, tokens: Any, **kwargs: Any) -> Tensor | tuple[Tensor, State]:
         """Run `tokens` starting from `memory` (e.g. a transplanted one); see `forward`."""
-        return self.forward(tokens, memory=memory, **kwargs)
+        return self.forward(tokens, state={MEMORY_HOOK: memory}, **kwargs)
 
     def memory_states(self, tokens: Any) -> Tensor:
         """The memory after each segment, `[batch, n_segments, M, d]` (no gradient)."""

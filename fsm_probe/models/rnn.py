@@ -33,9 +33,8 @@ from transformer_lens.utilities import Slice
 
 from ..errors import ConfigError, InputError
 from .config import ModelConfig
+from .protocol import State, check_no_legacy, pop_deprecated
 from .tokens import check_tokens
-
-State = dict[str, Tensor]
 
 
 def _fire(hook: HookPoint, x: Tensor, t: int) -> Tensor:
@@ -195,6 +194,13 @@ class HookedRNN(HookedRootModule):
     def device(self) -> torch.device:
         return self.embed.weight.device
 
+    state_segment_length = None  # the state advances with every token
+
+    @property
+    def state_sites(self) -> tuple[str, ...]:
+        """Hook names of the recurrent state (the protocol's sites), the keys of `initial_state`."""
+        return tuple(self.state_names)
+
     @property
     def state_names(self) -> list[str]:
         """Hook names of the recurrent state, the keys of `initial_state`."""
@@ -213,6 +219,11 @@ class HookedRNN(HookedRootModule):
         """The state before any input (zeros), keyed by hook name, each `[batch, d_hidden]`."""
         zeros = torch.zeros(batch_size, self.cfg.d_hidden, device=self.device)
         return {name: zeros.clone() for name in self.state_names}
+
+    def initial_logits(self) -> Tensor:
+        """The readout of the initial state `[d_out]`: the model's label for the empty prefix."""
+        last = f"layers.{self.cfg.n_layers - 1}.hook_h"
+        return self.unembed(self.initial_state(1)[last])[0]
 
     def validate_tokens(self, tokens: Tensor | np.ndarray | Sequence) -> Tensor:
         """`tokens` as int64 `[batch, pos]` on the model's device, or `InputError`."""
@@ -242,18 +253,27 @@ class HookedRNN(HookedRootModule):
     def forward(
         self,
         tokens: Tensor | np.ndarray | Sequence,
-        initial_state: State | None = None,
-        stepwise: bool | None = None,
+        *,
+        state: State | None = None,
         return_state: bool = False,
+        stepwise: bool | None = None,
+        **deprecated: Any,
     ) -> Tensor | tuple[Tensor, State]:
         """Logits `[batch, pos, d_out]` (and the final state if `return_state`).
 
-        `initial_state` maps some of `state_names` to `[batch, d]` or `[d]` tensors (missing
-        names start at zero). `stepwise=None` picks the per-step path only when hooks are active.
+        `state` maps some of `state_sites` to `[batch, d]` or `[d]` tensors (missing names start
+        at zero); see `fsm_probe.models.protocol`. `stepwise=None` picks the per-step path only
+        when hooks are active. `initial_state=` is the deprecated spelling of `state=`.
         """
+        passed, old = pop_deprecated("HookedRNN", deprecated, "initial_state", "state=")
+        check_no_legacy("HookedRNN.forward", deprecated)
+        if passed:
+            if state is not None and old is not None:
+                raise InputError("pass either state= or the deprecated initial_state=, not both")
+            state = old if state is None else state
         tokens = self.validate_tokens(tokens)
         batch, n_pos = tokens.shape
-        states = self._split_state(initial_state, batch)
+        states = self._split_state(state, batch)
         x = self.hook_embed(self.embed(tokens))
         if n_pos == 0:
             x = x.new_zeros(batch, 0, self.cfg.d_hidden)
@@ -287,7 +307,7 @@ class HookedRNN(HookedRootModule):
         self, state: State, tokens: Tensor | np.ndarray | Sequence, **kwargs: Any
     ) -> Tensor | tuple[Tensor, State]:
         """Run `tokens` starting from `state` (e.g. a transplanted one); see `forward`."""
-        return self.forward(tokens, initial_state=state, **kwargs)
+        return self.forward(tokens, state=state, **kwargs)
 
     def run_with_cache(
         self,

@@ -30,38 +30,25 @@ back at each position, -1 = start).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from transformer_lens.hook_points import HookPoint
 
 from ..errors import ConfigError, InputError
 from .config import ModelConfig
+from .native import NativeTransformer
 from .rmt import InnerBridgeMixin, inner_transformer_config, validate_tokens
 from .transformer import build_transformer
-
-
-def _norm(x: Tensor, kind: str | None, sd: dict[str, Tensor], prefix: str, eps: float) -> Tensor:
-    if kind is None:
-        return x
-    if kind.startswith("LN"):
-        x = x - x.mean(-1, keepdim=True)
-    x = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps)
-    if not kind.endswith("Pre"):
-        x = x * sd[prefix + ".weight"]
-        if prefix + ".bias" in sd:
-            x = x + sd[prefix + ".bias"]
-    return x
 
 
 class HookedScratchpad(InnerBridgeMixin):
     """Autoregressive-state Transformer; see the module docstring."""
 
     stacked_cache = False
+    feeds_back_outputs = True  # its activations follow the labels it emitted
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -127,47 +114,13 @@ class HookedScratchpad(InnerBridgeMixin):
         """Feed back the argmax label at every step: returns (logits, labels), both `[B, T]`-shaped."""
         tokens = validate_tokens(tokens, self.cfg.d_vocab, self.device)
         B, T = tokens.shape
-        tl = self.transformer.cfg
-        sd = {k: v for k, v in self.transformer.state_dict().items()}
-        H, dh, L = tl.n_heads, tl.d_head, tl.n_layers
-        kind = self.cfg.normalization
-        eps = getattr(tl, "eps", 1e-5)
-        rotary = self.cfg.positional == "rotary"
-        rot = self.transformer.original_model.rotary if rotary else None
-        attn_only = self.inner_config.d_mlp == 0
-        keys = [tokens.new_zeros((B, H, T, dh), dtype=torch.float32) for _ in range(L)]
-        vals = [tokens.new_zeros((B, H, T, dh), dtype=torch.float32) for _ in range(L)]
+        net = NativeTransformer(self.transformer)
+        cache = net.new_cache(B, T, self.device)
         logits_out = torch.empty(B, T, self.cfg.d_out, device=self.device)
         labels = tokens.new_empty(B, T)
         prev = tokens.new_full((B,), -1)
-        scale = math.sqrt(dh)
         for t in range(T):
-            pair = tokens[:, t] * self.n_feedback + prev + 1
-            h = F.embedding(pair, sd["embed.weight"])[:, None]  # [B, 1, d]
-            if "pos_embed.weight" in sd:
-                h = h + sd["pos_embed.weight"][t]
-            for layer in range(L):
-                p = f"blocks.{layer}."
-                a = _norm(h, kind, sd, p + "ln1", eps)
-                q = F.linear(a, sd[p + "attn.q.weight"], sd.get(p + "attn.q.bias"))
-                k = F.linear(a, sd[p + "attn.k.weight"], sd.get(p + "attn.k.bias"))
-                v = F.linear(a, sd[p + "attn.v.weight"], sd.get(p + "attn.v.bias"))
-                q, k, v = (z.view(B, 1, H, dh).transpose(1, 2) for z in (q, k, v))
-                if rot is not None:
-                    pos = tokens.new_full((B, 1), t)
-                    q, k = rot.apply_rope(q, k, position_ids=pos)
-                keys[layer][:, :, t : t + 1] = k
-                vals[layer][:, :, t : t + 1] = v
-                scores = q @ keys[layer][:, :, : t + 1].transpose(-2, -1) / scale
-                z = scores.softmax(-1) @ vals[layer][:, :, : t + 1]  # [B, H, 1, dh]
-                z = z.transpose(1, 2).reshape(B, 1, H * dh)
-                h = h + F.linear(z, sd[p + "attn.o.weight"], sd.get(p + "attn.o.bias"))
-                if not attn_only:
-                    m = _norm(h, kind, sd, p + "ln2", eps)
-                    m = F.relu(F.linear(m, sd[p + "mlp.in.weight"], sd.get(p + "mlp.in.bias")))
-                    h = h + F.linear(m, sd[p + "mlp.out.weight"], sd.get(p + "mlp.out.bias"))
-            h = _norm(h, kind, sd, "ln_final", eps)
-            lg = F.linear(h[:, 0], sd["unembed.weight"], sd.get("unembed.bias"))
+            lg = net.step(tokens[:, t] * self.n_feedback + prev + 1, t, cache)
             logits_out[:, t] = lg
             prev = lg.argmax(-1)
             labels[:, t] = prev
