@@ -697,10 +697,11 @@ def compile_cmd(
     if arch != "transformer":
         raise ConfigError(f"--arch must be transformer (compiled RNNs come from compile_rnn), got {arch!r}")
     the_task = _resolve_task(task, task_file)
-    model = compile_transformer(the_task.automaton, construction, n_ctx=n_ctx, n_heads=heads, max_monoid=max_monoid)
+    built = compile_transformer(the_task.automaton, construction, n_ctx=n_ctx, n_heads=heads, max_monoid=max_monoid)
+    model = built.model
     wanted = [x for x in _parse_lengths(lengths) if x <= n_ctx]
     report = evaluate(model, the_task, wanted, n=256) if wanted else {}
-    circuit = model.fsm_circuit.to_dict()
+    circuit = built.circuit.to_dict()
     training = {"compiled": {"construction": construction, "kind": circuit["kind"], "n_ctx": n_ctx},
                 "accuracy": {str(k): v["accuracy"] for k, v in report.items()}}
     text = json.dumps(circuit, indent=2) + "\n"

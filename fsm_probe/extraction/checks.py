@@ -21,6 +21,7 @@ from ..automata.machine import Automaton
 from ..errors import ConfigError, InputError
 from ..models import as_tokens
 from ..models.protocol import initial_state, is_stateful, state_sites
+from ..training.run import Run, model_and_task
 from .collect import memory_segment_length, resolve_site, word_labels, word_tokens
 
 if TYPE_CHECKING:
@@ -254,9 +255,7 @@ def interchange_accuracy(
 
 
 def task_automaton(model: nn.Module, task: Any) -> Automaton | None:
-    """The automaton of `task` (a Task or Automaton; default the model's task), or None."""
-    if task is None:
-        task = getattr(model, "fsm_task", None)
+    """The automaton of `task` (a Task or Automaton), or None."""
     if task is None:
         return None
     if isinstance(task, Automaton):
@@ -275,7 +274,7 @@ def agreement_cm(machine: Any, tokens: np.ndarray, labels: np.ndarray) -> float:
 
 
 def check_extraction(
-    model: nn.Module,
+    model: nn.Module | Run,
     extractor: FSMExtractor,
     task: Any = None,
     lengths: tuple[int, ...] = (50, 100),
@@ -290,6 +289,8 @@ def check_extraction(
     rounded down to whole segments."""
     extractor._check_fitted()
     a = extractor.automaton_
+    model, task = model_and_task(model, task)
+    task = task if task is not None else extractor.task_automaton_
     truth = task_automaton(model, task)
     segment = memory_segment_length(model)
     if truth is not None and segment is not None:

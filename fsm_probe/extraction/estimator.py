@@ -38,6 +38,7 @@ from ..automata.machine import Automaton, segment_alphabet
 from ..errors import ConfigError, InputError
 from ..models import model_config
 from ..models.protocol import context_limit, has_initial_readout
+from ..training.run import Run, model_and_task
 from .build import build_automaton, state_map, to_graph, with_free_start
 from .checks import agreement, agreement_cm, name_like_task, task_automaton
 from .collect import (
@@ -148,10 +149,11 @@ class FSMExtractor(BaseEstimator):
             if not len(self.sizes) or any(not isinstance(s, int | np.integer) or s < 1 for s in self.sizes):
                 raise ConfigError(f"sizes must be positive integers, got {self.sizes!r}")
 
-    def fit(self, model: nn.Module, task: Any = None) -> FSMExtractor:
-        """Extract from `model`; `task` (a Task or Automaton, default `model.fsm_task`) names the
-        symbols and labels and gives the true states."""
+    def fit(self, model: nn.Module | Run, task: Any = None) -> FSMExtractor:
+        """Extract from `model` (a `Run`, or a network); `task` (a Task or Automaton, default the
+        run's task) names the symbols and labels and gives the true states."""
         self._validate()
+        model, task = model_and_task(model, task)
         with threadpool_limits(1):
             return self._fit(model, task)
 
@@ -220,7 +222,7 @@ class FSMExtractor(BaseEstimator):
         n_ctx = context_limit(model)
         long_len = min(2 * self.val_length, n_ctx or 2 * self.val_length)
         rng = np.random.default_rng(self.seed + 7)
-        sampler = getattr(task if task is not None else getattr(model, "fsm_task", None), "sampler", None)
+        sampler = getattr(task, "sampler", None)
         half = max(1, self.n_val // 2)
         parts = [rng.integers(0, k, (half, long_len))]
         fit_parts = [sample_words(k, self.n_words, min(2 * self.length, long_len), seed=self.seed + 8)]

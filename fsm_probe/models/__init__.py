@@ -15,16 +15,17 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 from torch import nn
+from transformer_lens.model_bridge import TransformerBridge
 
 from ..errors import InputError
-from .compiled_transformer import CompiledCircuit, compile_transformer
+from .compiled_transformer import CompiledCircuit, CompiledTransformer, compile_transformer
 from .config import ModelConfig
 from .protocol import State, context_limit, is_stateful, state_sites
 from .rmt import HookedRMT
 from .rnn import HookedRNN
 from .scratchpad import HookedScratchpad
 from .tokens import check_tokens
-from .transformer import build_transformer, tl_config_dict
+from .transformer import build_transformer, tl_config_dict, transformer_config
 
 __all__ = [
     "ModelConfig",
@@ -39,6 +40,7 @@ __all__ = [
     "model_config",
     "compile_transformer",
     "CompiledCircuit",
+    "CompiledTransformer",
     "State",
     "is_stateful",
     "state_sites",
@@ -57,10 +59,13 @@ def build_model(cfg: ModelConfig) -> nn.Module:
 
 
 def model_config(model: nn.Module) -> ModelConfig:
-    cfg = getattr(model, "fsm_config", None)
-    if not isinstance(cfg, ModelConfig):
-        raise InputError("model was not built by fsm_probe (it has no fsm_config)")
-    return cfg
+    """The `ModelConfig` of any fsm_probe model (its own `cfg`; a Transformer's is kept beside it)."""
+    cfg = getattr(model, "cfg", None)
+    if isinstance(cfg, ModelConfig):
+        return cfg
+    if isinstance(model, TransformerBridge):
+        return transformer_config(model)
+    raise InputError(f"{type(model).__name__} was not built by fsm_probe (fsm_probe.build_model builds one)")
 
 
 def as_tokens(model: nn.Module, tokens: np.ndarray | torch.Tensor | list) -> torch.Tensor:

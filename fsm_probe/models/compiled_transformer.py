@@ -21,7 +21,7 @@ a subspace nothing reads: components that compute something but are not in the c
 circuit ranking has both classes. LayerNorm is off; the attention is hard (score gaps >= `gain`),
 so the float32 model is exact up to `n_ctx` (checked at every length in the tests). The model is
 an ordinary `TransformerBridge` (it saves, loads, evaluates and patches like a trained one) and
-carries its ground truth as `model.fsm_circuit` (a `CompiledCircuit`).
+comes with its ground truth (`CompiledTransformer.circuit`, a `CompiledCircuit`).
 """
 
 from __future__ import annotations
@@ -71,6 +71,17 @@ class CompiledCircuit:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CompiledCircuit:
         return cls(**data)
+
+
+@dataclass
+class CompiledTransformer:
+    """What `compile_transformer` returns: the Transformer (`model`) and its ground truth."""
+
+    model: TransformerBridge
+    circuit: CompiledCircuit
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"circuit": self.circuit.to_dict()}
 
 
 # ----- automaton analysis -----
@@ -195,9 +206,8 @@ class _Writer:
         self.b_out = np.zeros((L, d))
         self.head = np.zeros((n_out, d))
 
-    def copy_into(self, model: TransformerBridge) -> None:
+    def copy_into(self, model: TransformerBridge, cfg: ModelConfig) -> None:
         net = model.original_model
-        cfg = model.fsm_config
 
         def t(x: np.ndarray, like: torch.Tensor) -> torch.Tensor:
             return torch.as_tensor(x, dtype=like.dtype).reshape(like.shape)
@@ -431,9 +441,9 @@ def compile_transformer(
     gain: float = 50.0,
     max_monoid: int = 64,
     seed: int = 0,
-) -> TransformerBridge:
+) -> CompiledTransformer:
     """A native `TransformerBridge` whose argmax label at every position t < `n_ctx` is
-    `automaton`'s label after x[0..t]; it carries `fsm_config` and `fsm_circuit`.
+    `automaton`'s label after x[0..t] (`.model`), with its ground-truth circuit (`.circuit`).
 
     `construction`: "scan" (any automaton whose transformation monoid has <= `max_monoid`
     elements; ceil(log2 n_ctx) layers) or "shortcut" (one layer; counters mod n and reset
@@ -467,17 +477,17 @@ def compile_transformer(
         built = build(automaton, m, n_ctx, n_heads, gain, seed)
     cfg, w, kind, true, roles, desc, monoid, lay = built
     model = build_transformer(cfg)
-    w.copy_into(model)
+    w.copy_into(model, cfg)
     everything = _components(cfg)
     for name in everything:
         roles.setdefault(name, "unused")
     first = {c: (2 ** int(c[1:].split("H")[0].split(".")[0]) if kind == "scan" else 0) for c in true}
     desc += (". Heads 1..n_heads-1 of every layer are decoys (previous-token heads writing into a "
              "subspace nothing reads), so that a ranking of all_components has both classes")
-    model.fsm_circuit = CompiledCircuit(
+    circuit = CompiledCircuit(
         construction=construction, kind=kind, components=true, all_components=everything,
         roles={c: roles[c] for c in everything}, description=desc, n_ctx=n_ctx, monoid_size=monoid,
         positions={c: [first[c], n_ctx - 1] for c in true},
         extra={"residual": {k: list(v) for k, v in lay.spans.items()}, "gain": gain},
     )
-    return model.eval()
+    return CompiledTransformer(model.eval(), circuit)

@@ -202,11 +202,9 @@ class HookedRMT(InnerBridgeMixin):
         if cfg.arch != "rmt":
             raise ConfigError(f"HookedRMT needs arch 'rmt', got {cfg.arch!r}")
         self.cfg = cfg
-        self.fsm_config = cfg
         S, M = cfg.segment_length, cfg.n_memory
         self.inner_config = inner_transformer_config(cfg, cfg.d_vocab, S + 2 * M)
         self.transformer = build_transformer(self.inner_config)
-        del self.transformer.fsm_config  # the wrapper carries the config
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed + 1)
             # memory enters where ln_final outputs live: unit scale per coordinate

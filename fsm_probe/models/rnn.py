@@ -173,7 +173,6 @@ class HookedRNN(HookedRootModule):
         if cfg.arch not in LAYERS:
             raise ConfigError(f"HookedRNN needs arch rnn, gru or lstm, got {cfg.arch!r}")
         self.cfg = cfg
-        self.fsm_config = cfg
         layer_cls = LAYERS[cfg.arch]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)

@@ -8,8 +8,8 @@ one pair token `x_t * (d_out + 1) + (y_{t-1} + 1)` of a TransformerLens native T
 `(y_{t-1}, x_t) -> y_t`, which does not depend on the length.
 
 - **Training** (`model.train()`): teacher forcing. `y_{t-1}` is the true label, computed by the
-  task's automaton (`model.fsm_task`, which `fsm_probe.training.train` attaches before training)
-  or passed as `forward(tokens, feedback=labels)`. This is the scratchpad's supervision: the
+  task's automaton, passed as `forward(tokens, feedback=labels)` (`fsm_probe.training.train`
+  does, for every model that declares `feeds_back_outputs`). This is the scratchpad's supervision: the
   automaton is never used at evaluation.
 - **Evaluation** (`model.eval()`): `y_{t-1}` is the model's own argmax output at `t - 1`,
   generated one position at a time with a key/value cache (hook-free, using the same weights);
@@ -55,13 +55,11 @@ class HookedScratchpad(InnerBridgeMixin):
         if cfg.arch != "scratchpad":
             raise ConfigError(f"HookedScratchpad needs arch 'scratchpad', got {cfg.arch!r}")
         self.cfg = cfg
-        self.fsm_config = cfg
         self.n_feedback = cfg.d_out + 1
         self.inner_config = inner_transformer_config(
             cfg, cfg.d_vocab * self.n_feedback, cfg.n_ctx, attention_dir="causal"
         )
         self.transformer = build_transformer(self.inner_config)
-        del self.transformer.fsm_config
         self.hook_feedback = HookPoint()
         self.setup()
 
@@ -71,16 +69,6 @@ class HookedScratchpad(InnerBridgeMixin):
         prev = torch.cat([feedback.new_full((feedback.shape[0], 1), -1), feedback[:, :-1]], dim=1)
         prev = self.hook_feedback(prev)
         return tokens * self.n_feedback + prev + 1
-
-    def teacher_labels(self, tokens: Tensor) -> Tensor:
-        task = getattr(self, "fsm_task", None)
-        if task is None:
-            raise InputError(
-                "a scratchpad model in training mode needs teacher labels: attach a task "
-                "(model.fsm_task = task; fsm_probe.train does) or pass feedback=labels"
-            )
-        labels = task.automaton.run_outputs(tokens.cpu().numpy())
-        return torch.as_tensor(np.asarray(labels), dtype=torch.long, device=tokens.device)
 
     def forward(
         self,
@@ -96,7 +84,10 @@ class HookedScratchpad(InnerBridgeMixin):
         if tokens.shape[1] > self.cfg.n_ctx:
             raise InputError(f"sequence length {tokens.shape[1]} exceeds n_ctx={self.cfg.n_ctx}")
         if feedback is None and self.training:
-            feedback = self.teacher_labels(tokens)
+            raise InputError(
+                "a scratchpad model in training mode needs its teacher labels: pass feedback=labels "
+                "(the task's true labels; fsm_probe.train does)"
+            )
         if feedback is None:
             logits, feedback = self.generate(tokens)
             if not self.hooks_active():

@@ -8,6 +8,7 @@ the `tl_config` kept in `config.json`. Positional encodings: `learned` (TL "stan
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -16,6 +17,30 @@ from transformer_lens.config import TransformerBridgeConfig
 from transformer_lens.model_bridge import TransformerBridge
 
 from .config import ModelConfig
+
+# The ModelConfig each Transformer was built from. A bridge's own `cfg` is TransformerLens's
+# config, and nothing is attached to the model; a bridge that was not built here (or a copy)
+# gets its config read back from the bridge (`transformer_config`).
+_CONFIGS: weakref.WeakKeyDictionary[TransformerBridge, ModelConfig] = weakref.WeakKeyDictionary()
+
+
+def transformer_config(model: TransformerBridge) -> ModelConfig:
+    """The `ModelConfig` of a Transformer: as built by `build_transformer`, else read from the
+    bridge's TransformerLens config (ReLU MLPs, learned / rotary / frozen-zero positions)."""
+    if model in _CONFIGS:
+        return _CONFIGS[model]
+    tl = model.cfg
+    if tl.positional_embedding_type == "rotary":
+        positional = "rotary"
+    else:
+        pos = model.original_model.pos.weight
+        positional = "none" if not pos.requires_grad and not bool(pos.detach().any()) else "learned"
+    return ModelConfig(
+        arch="transformer", d_vocab=tl.d_vocab, d_out=tl.d_vocab_out, n_layers=tl.n_layers,
+        d_hidden=tl.d_model, n_heads=tl.n_heads, d_mlp=0 if tl.attn_only else tl.d_mlp,
+        normalization=tl.normalization_type, positional=positional, n_ctx=tl.n_ctx,
+        attention_dir=tl.attention_dir, seed=tl.seed or 0,
+    )
 
 
 def tl_config_dict(cfg: ModelConfig) -> dict[str, Any]:
@@ -46,12 +71,12 @@ def tl_config_dict(cfg: ModelConfig) -> dict[str, Any]:
 
 
 def build_transformer(cfg: ModelConfig) -> TransformerBridge:
-    """A freshly initialised (seeded) Transformer for `cfg`, carrying `fsm_config`."""
+    """A freshly initialised (seeded) Transformer for `cfg` (registered for `transformer_config`)."""
     model = TransformerBridge.boot_native(TransformerBridgeConfig.from_dict(tl_config_dict(cfg)))
     if cfg.positional == "none":
         pos = model.original_model.pos.weight
         with torch.no_grad():
             pos.zero_()
         pos.requires_grad_(False)
-    model.fsm_config = cfg
+    _CONFIGS[model] = cfg
     return model

@@ -102,3 +102,11 @@ def as_run(model: nn.Module | Run, task: Task | None = None) -> Run:
 def unwrap(model: nn.Module | Run) -> nn.Module:
     """The model of a `Run`, or `model` itself: for analyses that need only the network."""
     return model.model if isinstance(model, Run) else model
+
+
+def model_and_task(model: nn.Module | Run, task: Any = None) -> tuple[nn.Module, Any]:
+    """The network and the task of a `Run` (a `task` given wins), or `model` and `task` as given,
+    for analyses whose task is optional."""
+    if isinstance(model, Run):
+        return model.model, model.task if task is None else task
+    return model, task

@@ -41,8 +41,13 @@ def lr_schedule(step: int, total: int, warmup: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def _loss(model: nn.Module, tokens: torch.Tensor, labels: torch.Tensor, final_weight: float = 0.0) -> torch.Tensor:
-    logits = model(tokens)
+def _loss(model: nn.Module, task: Task, tokens: torch.Tensor, labels: torch.Tensor,
+          final_weight: float = 0.0) -> torch.Tensor:
+    if getattr(model, "feeds_back_outputs", False):  # teacher forcing: it reads back the true labels
+        feedback = torch.as_tensor(task.automaton.run_outputs(tokens.cpu().numpy()), device=tokens.device)
+        logits = model(tokens, feedback=feedback)
+    else:
+        logits = model(tokens)
     loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
     if final_weight:
         loss = loss + final_weight * F.cross_entropy(logits[:, -1], labels[:, -1], ignore_index=IGNORE_INDEX)
@@ -128,7 +133,6 @@ def _train(
         check_memory(model_cfg, train_cfg.val_size, max(val_lengths),
                      lower="the validation size or lengths, or --hidden")
     model = model if model is not None else build_model(model_cfg)
-    model.fsm_task = task  # models that need the task while training (scratchpad teacher forcing)
     val_lengths = train_cfg.val_lengths or (hi,)
     final_only = task.final_only if train_cfg.final_only is None else train_cfg.final_only
     full = bool(train_cfg.full_length) and not final_only
@@ -160,7 +164,7 @@ def _train(
     for step in range(1, train_cfg.max_steps + 1):
         batch = next(batches)
         tokens = as_tokens(model, batch.tokens)
-        loss = _loss(model, tokens, torch.as_tensor(batch.labels), train_cfg.final_weight)
+        loss = _loss(model, task, tokens, torch.as_tensor(batch.labels), train_cfg.final_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, train_cfg.grad_clip)
