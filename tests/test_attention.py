@@ -18,7 +18,6 @@ PARITY = get_task("parity")
 
 def _transformer(zero_queries: bool = False):
     model = build_model(ModelConfig("transformer", 2, 2, n_layers=2, d_hidden=16, n_heads=2, n_ctx=64)).eval()
-    model.fsm_task = PARITY
     if zero_queries:
         with torch.no_grad():
             for name, p in model.named_parameters():
@@ -86,8 +85,7 @@ def test_dilution_uses_the_evaluated_length_of_odd_length_tasks():
         for name, p in model.named_parameters():
             if ".q." in name:
                 p.zero_()
-    model.fsm_task = task
-    dil = attention_dilution(model, [4, 8, 16], n=4)
+    dil = attention_dilution(model, task, [4, 8, 16], n=4)
     assert dil.lengths == [3, 7, 15]
     np.testing.assert_allclose(dil.max_weight, dil.reference[:, None, None] * np.ones((1, 1, 2)), rtol=1e-4)
 

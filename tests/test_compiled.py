@@ -38,8 +38,8 @@ def test_checkpoint_round_trip(tmp_path) -> None:
     save(model, tmp_path / "run", task=task)
     loaded = load(tmp_path / "run")
     tokens = np.random.default_rng(1).integers(0, 2, (8, 60))
-    np.testing.assert_array_equal(model_labels(loaded, tokens), model_labels(model, tokens))
-    assert loaded.fsm_task.spec == "tomita3"
+    np.testing.assert_array_equal(model_labels(loaded.model, tokens), model_labels(model, tokens))
+    assert loaded.task.spec == "tomita3"
 
 
 @pytest.mark.parametrize("name", ZOO)

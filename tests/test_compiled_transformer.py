@@ -16,7 +16,7 @@ from fsm_probe.circuits.discovery import METHODS, discover_circuit, mixed_corrup
 from fsm_probe.circuits.patching import activation_patching, logit_diff
 from fsm_probe.cli import main
 from fsm_probe.errors import AutomatonError, ConfigError
-from fsm_probe.models import compile_transformer, predict_logits
+from fsm_probe.models import compile_transformer, model_config, predict_logits
 from fsm_probe.models.compiled_transformer import shortcut_kind, transformation_monoid
 from fsm_probe.tasks import get_task
 from fsm_probe.training.checkpoint import load, save
@@ -50,24 +50,24 @@ def _assert_exact(model, a: Automaton, length: int, seed: int = 0) -> None:
 @pytest.mark.parametrize("spec", SCAN_TASKS)
 def test_scan_is_exact_up_to_n_ctx(spec: str) -> None:
     a = get_task(spec).automaton
-    model = compile_transformer(a, "scan", n_ctx=32)
-    assert model.fsm_config.n_layers == 5
+    model = compile_transformer(a, "scan", n_ctx=32).model
+    assert model_config(model).n_layers == 5
     _assert_exact(model, a, 32)
 
 
 @pytest.mark.parametrize("n_ctx", [1, 2, 3, 17, 100])
 def test_scan_at_odd_contexts(n_ctx: int) -> None:
     a = get_task("symmetric").automaton
-    model = compile_transformer(a, "scan", n_ctx=n_ctx)
-    assert model.fsm_config.n_layers == max(1, int(np.ceil(np.log2(n_ctx))))
+    model = compile_transformer(a, "scan", n_ctx=n_ctx).model
+    assert model_config(model).n_layers == max(1, int(np.ceil(np.log2(n_ctx))))
     _assert_exact(model, a, n_ctx)
 
 
 @pytest.mark.parametrize("spec", SHORTCUT_TASKS)
 def test_shortcut_is_exact_up_to_n_ctx(spec: str) -> None:
     a = get_task(spec).automaton
-    model = compile_transformer(a, "shortcut", n_ctx=64)
-    assert model.fsm_config.n_layers == 1
+    model = compile_transformer(a, "shortcut", n_ctx=64).model
+    assert model_config(model).n_layers == 1
     _assert_exact(model, a, 64)
 
 
@@ -119,12 +119,13 @@ def test_scan_is_exact_on_random_automata(a: Automaton, n_ctx: int, seed: int) -
         with pytest.raises(AutomatonError, match="max_monoid=32"):
             compile_transformer(a, "scan", n_ctx=n_ctx, max_monoid=32)
         return
-    model = compile_transformer(a, "scan", n_ctx=n_ctx, max_monoid=32)
-    assert model.fsm_circuit.monoid_size == size
+    built = compile_transformer(a, "scan", n_ctx=n_ctx, max_monoid=32)
+    assert built.circuit.monoid_size == size
+    model = built.model
     _assert_exact(model, a, n_ctx, seed)
     kind = shortcut_kind(a)
     if kind is not None:
-        _assert_exact(compile_transformer(a, "shortcut", n_ctx=n_ctx), a, n_ctx, seed)
+        _assert_exact(compile_transformer(a, "shortcut", n_ctx=n_ctx).model, a, n_ctx, seed)
 
 
 def _ablated_accuracy(model, a: Automaton, zeroed: list[str], length: int) -> float:
@@ -152,8 +153,8 @@ def _ablated_accuracy(model, a: Automaton, zeroed: list[str], length: int) -> fl
                                                      ("cyclic:n=3", "shortcut"), ("flipflop", "shortcut")])
 def test_ground_truth_circuit_is_necessary_and_sufficient(spec: str, construction: str) -> None:
     a = get_task(spec).automaton
-    model = compile_transformer(a, construction, n_ctx=16)
-    truth = model.fsm_circuit
+    built = compile_transformer(a, construction, n_ctx=16)
+    model, truth = built.model, built.circuit
     rest = [c for c in truth.all_components if c not in truth.components]
     assert truth.components and rest and set(truth.components) <= set(truth.all_components)
     assert set(truth.roles) == set(truth.all_components)
@@ -172,7 +173,7 @@ def test_checkpoint_round_trip_and_plain_transformer_lens(tmp_path) -> None:
     from transformer_lens.model_bridge import TransformerBridge
 
     task = get_task("tomita3")
-    model = compile_transformer(task.automaton, "scan", n_ctx=16)
+    model = compile_transformer(task.automaton, "scan", n_ctx=16).model
     save(model, tmp_path / "run", task=task, training={"compiled": {"construction": "scan"}})
     loaded = load(tmp_path / "run")
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
@@ -182,14 +183,14 @@ def test_checkpoint_round_trip_and_plain_transformer_lens(tmp_path) -> None:
     tokens = torch.as_tensor(_inputs(task.automaton, 16))
     with torch.no_grad():
         ref = model(tokens)
-        assert torch.equal(loaded(tokens), ref)
+        assert torch.equal(loaded.model(tokens), ref)
         assert torch.equal(plain(tokens), ref)
     np.testing.assert_array_equal(ref.argmax(-1).numpy(), task.automaton.run_outputs(tokens.numpy()))
 
 
 def test_fast_patching_engine_matches_the_hooks() -> None:
     task = get_task("cyclic:n=3")
-    model = compile_transformer(task.automaton, "scan", n_ctx=8)
+    model = compile_transformer(task.automaton, "scan", n_ctx=8).model
     clean, corrupted, _ = mixed_corruption_pairs(task, 8, n=8)
     a = task.automaton
     metric = logit_diff(a.run_outputs(clean)[:, -1], a.run_outputs(corrupted)[:, -1])
@@ -225,26 +226,24 @@ def test_roc_auc_matches_sklearn() -> None:
                                                      ("cyclic:n=3", "shortcut"), ("symmetric", "scan")])
 def test_exact_discovery_ranks_the_truth_first(spec: str, construction: str) -> None:
     task = get_task(spec)
-    model = compile_transformer(task.automaton, construction, n_ctx=16)
-    model.fsm_task = task
-    found = discover_circuit(model, n=24)
-    assert {c.name for c in found.components} == set(model.fsm_circuit.all_components)
-    assert roc_auc(found.scores(), model.fsm_circuit.components) >= 0.95
-    assert set(found.circuit()) == set(model.fsm_circuit.components)
+    built = compile_transformer(task.automaton, construction, n_ctx=16)
+    found = discover_circuit(built.model, task, n=24)
+    assert {c.name for c in found.components} == set(built.circuit.all_components)
+    assert roc_auc(found.scores(), built.circuit.components) >= 0.95
+    assert set(found.circuit()) == set(built.circuit.components)
 
 
 def test_every_method_ranks_every_component() -> None:
     task = get_task("cyclic:n=3")
-    model = compile_transformer(task.automaton, "shortcut", n_ctx=8)
-    model.fsm_task = task
+    model = compile_transformer(task.automaton, "shortcut", n_ctx=8).model
     for method in METHODS:
-        found = discover_circuit(model, method=method, n=16, top_k=4)
+        found = discover_circuit(model, task, method=method, n=16, top_k=4)
         assert sorted(c.name for c in found.components) == ["L0.mlp", "L0H0", "L0H1"], method
         assert found.to_dict()["method"] == method
     # The counter MLP is a staircase: its gradient is zero, so attribution misses the head that
     # feeds it, which exact patching finds.
-    attribution = discover_circuit(model, method="attribution", n=16).scores()
-    exact = discover_circuit(model, method="exact", n=16).scores()
+    attribution = discover_circuit(model, task, method="attribution", n=16).scores()
+    exact = discover_circuit(model, task, method="exact", n=16).scores()
     assert attribution["L0H0"] == 0.0 and exact["L0H0"] > 0.5
 
 
@@ -290,7 +289,7 @@ def test_verified_cells_equal_the_full_sweep() -> None:
     from fsm_probe.circuits.discovery import verify_cells
 
     task = get_task("symmetric")
-    model = compile_transformer(task.automaton, "scan", n_ctx=16)
+    model = compile_transformer(task.automaton, "scan", n_ctx=16).model
     clean, corrupted, _ = mixed_corruption_pairs(task, 16, n=16)
     a = task.automaton
     metric = logit_diff(a.run_outputs(clean)[:, -1], a.run_outputs(corrupted)[:, -1])

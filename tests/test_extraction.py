@@ -45,7 +45,6 @@ from fsm_probe.training.checkpoint import save
 def tomita6():
     task = get_task("tomita6")
     model = compile_rnn(task.automaton)
-    model.fsm_task = task
     return task, model
 
 

@@ -23,9 +23,10 @@ QUICK = TrainConfig(
 def test_trained_gru_extraction_is_exact(spec: str) -> None:
     task = get_task(spec)
     a = task.automaton
-    model = train(task, ModelConfig(arch="gru", d_vocab=a.n_symbols, d_out=a.n_labels, d_hidden=16),
+    run = train(task, ModelConfig(arch="gru", d_vocab=a.n_symbols, d_out=a.n_labels, d_hidden=16),
                   QUICK, progress=False)
-    assert model.fsm_training["final_val_accuracy"] == 1.0
+    model = run.model
+    assert run.log["final_val_accuracy"] == 1.0
     ex = FSMExtractor().fit(model)
     report = check_extraction(model, ex, lengths=(50, 100), n=300)
     assert report["equivalent_to_task"] is True, report["counterexample"]

@@ -12,7 +12,7 @@ import torch
 from fsm_probe.circuits.patching import activation_patching, attribution_patching
 from fsm_probe.circuits.tracing import causal_tracing
 from fsm_probe.errors import InputError
-from fsm_probe.models import ModelConfig, build_model
+from fsm_probe.models import ModelConfig, build_model, model_config
 
 B, T, SWAP = 3, 7, 3
 CONFIGS = {
@@ -134,7 +134,7 @@ def _new_value(cfg, site, name, pos, src_cache, base_cache):
 
 
 def reference_patching(model, clean, corrupted, metric, site, direction):
-    cfg = model.fsm_config
+    cfg = model_config(model)
     base, src = (corrupted, clean) if direction == "denoise" else (clean, corrupted)
     with torch.no_grad():
         _, base_cache = model.run_with_cache(base)
@@ -150,7 +150,7 @@ def reference_patching(model, clean, corrupted, metric, site, direction):
 
 def reference_attribution(model, clean, corrupted, metric, site, direction):
     """metric(base) + (source - base activation) . d metric / d activation, by autograd."""
-    cfg = model.fsm_config
+    cfg = model_config(model)
     base, src = (corrupted, clean) if direction == "denoise" else (clean, corrupted)
     cells = _cells(cfg, site, T)
     names = sorted({c[1] for c in cells})
@@ -193,7 +193,7 @@ def _window(layer, window, n_layers):
 def reference_tracing(model, clean, noise, kind="resid", window=1, n_samples=2, seed=0, swap=SWAP):
     """Mean p(clean prediction at the last position) after restoring each (layer, pos) state, the
     input corrupted at `swap` (a flipped bit, or Gaussian noise on the embedding)."""
-    cfg = model.fsm_config
+    cfg = model_config(model)
     n_pos = clean.shape[1]
     rows = clean.repeat(n_samples, 1)
     with torch.no_grad():
@@ -306,7 +306,7 @@ def test_attribution_of_a_cell_matches_a_finite_difference():
             vals = []
             for eps in (1e-3, -1e-3):
                 value = base[name][:, p] + (eps * step).float()
-                vals.append(float(_last_diff(model.run_with_hooks(corrupted, fwd_hooks=[_setter(model.fsm_config, name, p, None, value)]))))
+                vals.append(float(_last_diff(model.run_with_hooks(corrupted, fwd_hooks=[_setter(model_config(model), name, p, None, value)]))))
             fd = (vals[0] - vals[1]) / 2e-3
             assert float(est.values[li, p]) - est.corrupted_value == pytest.approx(fd, abs=2e-3, rel=2e-2)
 
@@ -320,9 +320,9 @@ def test_causal_tracing_matches_hook_reference(name, noise):
     model = _model(name)
     clean, _ = _tokens()
     for kind in TRACE_KINDS.get(name, ["resid"]):
-        for window in (1, 3) if model.fsm_config.n_layers > 1 else (1,):
+        for window in (1, 3) if model_config(model).n_layers > 1 else (1,):
             ref, low = reference_tracing(model, clean, noise, kind, window, n_samples=2, seed=7)
-            engines = ("auto", "hooks") if model.fsm_config.arch == "transformer" else ("auto",)
+            engines = ("auto", "hooks") if model_config(model).arch == "transformer" else ("auto",)
             for engine in engines:
                 got = causal_tracing(model, clean, corrupt_positions=SWAP, noise=noise, kind=kind, window=window,
                                      n_samples=2, seed=7, automaton=_parity(), engine=engine)
@@ -330,9 +330,9 @@ def test_causal_tracing_matches_hook_reference(name, noise):
                 assert got.scores.shape == ref.shape
                 assert torch.allclose(got.scores, ref, atol=1e-5), (kind, window, engine)
             _nontrivial(ref)
-    if noise == "symmetric" and model.fsm_config.arch != "transformer":
+    if noise == "symmetric" and model_config(model).arch != "transformer":
         # the swap is at SWAP: restoring any earlier state cannot bring the clean label back
-        before = got.scores[:, : SWAP // (model.fsm_config.segment_length if name == "rmt" else 1)]
+        before = got.scores[:, : SWAP // (model_config(model).segment_length if name == "rmt" else 1)]
         assert torch.allclose(before, torch.tensor(low), atol=1e-5)
 
 
@@ -372,8 +372,9 @@ def test_symmetric_tracing_on_trained_parity_models(arch):
     else:
         cfg = ModelConfig(arch, 2, 2, d_hidden=16)
         tc = TrainConfig(train_lengths=(1, 20), max_steps=800, eval_every=100, val_size=128, val_lengths=(20,))
-    model = train(task, cfg, tc, progress=False)
-    assert model.fsm_training["final_val_accuracy"] == 1.0
+    run = train(task, cfg, tc, progress=False)
+    model = run.model
+    assert run.log["final_val_accuracy"] == 1.0
     clean, _, pos = corruption_pairs(task, length=12, n=8, seed=3)
     clean = torch.as_tensor(clean)
     res = causal_tracing(model, clean, corrupt_positions=pos, noise="symmetric", automaton=task.automaton, n_samples=1)

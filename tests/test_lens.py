@@ -12,7 +12,6 @@ TASK = get_task("parity")
 def _model(arch: str, **kw) -> torch.nn.Module:
     layers = kw.pop("n_layers", 2)
     model = build_model(ModelConfig(arch, 2, 2, n_layers=layers, d_hidden=16, n_heads=2, n_ctx=32, **kw))
-    model.fsm_task = TASK
     return model.eval()
 
 
@@ -84,8 +83,7 @@ def test_lens_errors():
     model = _model("gru")
     with pytest.raises(InputError, match="labels have shape"):
         logit_lens(model, np.zeros((2, 5), dtype=np.int64), np.zeros((2, 4), dtype=np.int64))
-    del model.fsm_task
-    with pytest.raises(InputError, match="no task"):
+    with pytest.raises(InputError, match="needs its task"):
         logit_lens(model)
 
 
@@ -94,7 +92,6 @@ def test_lens_ignores_unlabelled_positions_of_final_only_tasks():
     assert task.final_only
     a = task.automaton
     model = build_model(ModelConfig("transformer", a.n_symbols, a.n_labels, d_hidden=16, n_heads=2, n_ctx=32)).eval()
-    model.fsm_task = task
     batch = eval_set(task, 8, n=16, seed=1)
     assert (batch.labels[:, :-1] == IGNORE_INDEX).all()
     res = logit_lens(model, batch.tokens, batch.labels)

@@ -161,8 +161,9 @@ def trained():
     task = get_task("parity")
     cfg = ModelConfig("rmt", 2, 2, n_layers=1, d_hidden=16, n_heads=2, segment_length=2,
                       n_memory=1, n_ctx=512)
-    model = train(task, cfg, TrainConfig(train_lengths=(1, 12), max_steps=600, eval_every=50,
+    run = train(task, cfg, TrainConfig(train_lengths=(1, 12), max_steps=600, eval_every=50,
                                          lr=1e-2, val_size=128, val_lengths=(12,)), progress=False)
+    model = run.model
     return task, model
 
 

@@ -165,9 +165,9 @@ def test_scratchpad_training_mode_uses_teacher_labels_of_the_task():
     tokens = torch.as_tensor(task.sampler.sample(np.random.default_rng(0), 4, 12))
     with pytest.raises(InputError, match="teacher"):
         m(tokens)
-    m.fsm_task = task
     true = torch.as_tensor(task.automaton.run_outputs(tokens.numpy()))
-    assert torch.allclose(m(tokens), m(tokens, feedback=true))
+    assert torch.allclose(m.eval()(tokens), m(tokens, feedback=true))  # it learned nothing yet: any feedback
+    m.train()
     with pytest.raises(InputError):
         m(tokens, feedback=torch.full_like(tokens, 7))
 
@@ -189,13 +189,13 @@ def test_scratchpad_run_with_cache_in_eval_mode():
 @pytest.mark.parametrize("make", [rmt, scratch])
 def test_memory_models_save_and_load(tmp_path, make):
     m = make().eval()
-    task = get_task("parity") if m.fsm_config.d_vocab == 2 else get_task("cycle_navigation")
+    task = get_task("parity") if model_config(m).d_vocab == 2 else get_task("cycle_navigation")
     save(m, tmp_path / "ck", task=task)
     config = json.loads((tmp_path / "ck" / "config.json").read_text())
     assert "tl_config" not in config  # the wrapper does not load in plain TransformerLens
-    back = load(tmp_path / "ck")
+    back = load(tmp_path / "ck").model
     assert type(back) is type(m)
-    tokens = torch.randint(0, m.fsm_config.d_vocab, (3, 21))
+    tokens = torch.randint(0, model_config(m).d_vocab, (3, 21))
     assert torch.allclose(back(tokens), m(tokens), atol=1e-6)
 
 
@@ -204,8 +204,9 @@ def test_scratchpad_trains_and_generalizes_on_parity():
     torch.manual_seed(0)
     task = get_task("parity")
     cfg = ModelConfig("scratchpad", 2, 2, n_layers=1, d_hidden=32, positional="none", n_ctx=512)
-    model = train(task, cfg, TrainConfig(train_lengths=(1, 40), max_steps=600, eval_every=100,
+    run = train(task, cfg, TrainConfig(train_lengths=(1, 40), max_steps=600, eval_every=100,
                                          val_lengths=(40,), val_size=128), progress=False)
+    model = run.model
     report = evaluate(model, task, [40, 300], n=64)
     assert report[300]["final_accuracy"] >= 0.99, report
 
@@ -215,9 +216,10 @@ def test_rmt_trains_and_evaluates_through_the_standard_loop():
     task = get_task("parity")
     cfg = ModelConfig("rmt", 2, 2, n_layers=1, d_hidden=16, n_heads=2, segment_length=2,
                       n_memory=1, n_ctx=512)
-    model = train(task, cfg, TrainConfig(train_lengths=(1, 12), max_steps=60, eval_every=30,
+    run = train(task, cfg, TrainConfig(train_lengths=(1, 12), max_steps=60, eval_every=30,
                                          lr=3e-3, val_size=64), progress=False)
-    assert model.fsm_training["steps"] >= 1
+    model = run.model
+    assert run.log["steps"] >= 1
     report = evaluate(model, task, [12, 100], n=32)
     assert set(report) == {12, 100}
     for length in (12, 100):  # the standard evaluation agrees with the model's own forward pass
@@ -239,10 +241,10 @@ def test_cli_trains_saves_loads_and_evaluates_memory_archs(tmp_path, capsys, arc
               "--train-lengths", "1:10", "--max-steps", "20", "--quiet", "--out", str(out), *extra])
     assert exc.value.code == 0
     capsys.readouterr()
-    model = load(out)
-    assert model.fsm_config.arch == arch
+    model = load(out).model
+    assert model_config(model).arch == arch
     if arch == "rmt":
-        assert (model.fsm_config.segment_length, model.fsm_config.n_memory) == (3, 1)
+        assert (model_config(model).segment_length, model_config(model).n_memory) == (3, 1)
     with pytest.raises(SystemExit) as exc:
         main(["eval", str(out), "--lengths", "10,100", "--n", "16", "--json"])
     assert exc.value.code == 0

@@ -49,8 +49,7 @@ def test_targets_against_the_automaton():
 def test_probe_model_finds_position_in_the_embedding_but_not_parity():
     cfg = ModelConfig("transformer", 2, 2, n_layers=1, d_hidden=32, n_heads=2, n_ctx=16)
     model = build_model(cfg).eval()
-    model.fsm_task = PARITY
-    res = probe_model(model, length=8, n=200, max_samples=1200, moduli=(2,))
+    res = probe_model(model, PARITY, length=8, n=200, max_samples=1200, moduli=(2,))
     assert res.sites == ["embed", "L0.mid", "L0.post"]
     pos, state = res.targets.index("position"), res.targets.index("state")
     assert res.accuracy[0, pos] == 1.0
@@ -61,8 +60,7 @@ def test_probe_model_finds_position_in_the_embedding_but_not_parity():
 
 def test_lstm_probes_include_the_cell_state():
     model = build_model(ModelConfig("lstm", 2, 2, d_hidden=8)).eval()
-    model.fsm_task = PARITY
-    res = probe_model(model, length=5, n=40, kind="ridge", targets={"state": eval_set(PARITY, 5, n=40).states})
+    res = probe_model(model, PARITY, length=5, n=40, kind="ridge", targets={"state": eval_set(PARITY, 5, n=40).states})
     assert res.sites == ["embed", "L0.h", "L0.c"] and res.targets == ["state"]
     with pytest.raises(ConfigError):
-        probe_model(model, kind="svm")
+        probe_model(model, PARITY, kind="svm")

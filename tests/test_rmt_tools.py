@@ -33,7 +33,7 @@ from fsm_probe.circuits.probes import probe_model
 from fsm_probe.circuits.tracing import causal_tracing
 from fsm_probe.errors import InputError
 from fsm_probe.figures.circuits import head_stats_figure, patching_figure, tracing_figure
-from fsm_probe.models import ModelConfig, build_model
+from fsm_probe.models import ModelConfig, build_model, model_config
 from fsm_probe.tasks import get_task
 from fsm_probe.training import TrainConfig, train
 
@@ -53,9 +53,10 @@ def trained(tmp_path_factory):
     cfg = ModelConfig("rmt", 2, 2, n_layers=1, d_hidden=16, n_heads=2, segment_length=2,
                       n_memory=1, n_ctx=512)
     run = tmp_path_factory.mktemp("rmt_run")
-    model = train(task, cfg, TrainConfig(train_lengths=(1, 12), max_steps=300, eval_every=50,
+    run = train(task, cfg, TrainConfig(train_lengths=(1, 12), max_steps=300, eval_every=50,
                                          lr=1e-2, val_size=128, val_lengths=(12,)),
                   out_dir=run, progress=False)
+    model = run.model
     return task, model.eval(), run
 
 
@@ -231,7 +232,7 @@ def test_patching_sites_are_checked_per_architecture():
             activation_patching(m, tokens, tokens, metric, site=site)
     with pytest.raises(InputError, match="'memory'"):
         attribution_patching(m, tokens, tokens, metric, sites=["resid_pre"])
-    assert set(attribution_patching(m, tokens, tokens, metric)) == set(default_sites(m.fsm_config))
+    assert set(attribution_patching(m, tokens, tokens, metric)) == set(default_sites(model_config(m)))
     tf = build_model(ModelConfig("transformer", 2, 2, d_hidden=16, n_heads=2, n_ctx=16))
     with pytest.raises(InputError, match="'memory'"):
         activation_patching(tf, tokens, tokens, metric, site="memory")
