@@ -10,7 +10,14 @@ from test_notebooks import run_notebook
 
 from fsm_probe.cli import main
 from fsm_probe.errors import ConfigError, InputError
-from fsm_probe.models import HookedRMT, HookedScratchpad, ModelConfig, build_model, model_config, predict_logits
+from fsm_probe.models import (
+    HookedRMT,
+    HookedScratchpad,
+    ModelConfig,
+    build_model,
+    model_config,
+    predict_logits,
+)
 from fsm_probe.tasks import get_task
 from fsm_probe.tasks.datasets import IGNORE_INDEX, eval_set
 from fsm_probe.training import TrainConfig, train
