@@ -6,7 +6,7 @@ parity, C_3, C_5, flip-flop, S_3, Tomita 3, Tomita 1, Tomita 6): accuracy at eve
 method of `fsm_probe.circuits.discovery` (exact patching, plain attribution patching, attribution +
 exact verification of its top 10 cells, ACDC-style node pruning) on 32 mixed-position
 symmetric-corruption pairs of length 32: ROC-AUC of its ranking against the model's ground truth
-(`fsm_circuit.components`) and its wall time.
+(`CompiledTransformer.circuit.components`) and its wall time.
 
 Part 2. Attribution as a shortlist: attribution patching of every head_out and mlp_out cell,
 then exact patching of its top K cells; recall of the exact top-10 cells (cells tied with the
@@ -41,7 +41,7 @@ from fsm_probe.circuits.discovery import (  # noqa: E402
 from fsm_probe.circuits.patching import activation_patching, attribution_patching, logit_diff  # noqa: E402
 from fsm_probe.errors import CheckpointError  # noqa: E402
 from fsm_probe.io import atomic_write_text  # noqa: E402
-from fsm_probe.models import ModelConfig, compile_transformer, predict_logits  # noqa: E402
+from fsm_probe.models import ModelConfig, compile_transformer, model_config, predict_logits  # noqa: E402
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,9 +72,9 @@ def exact_at_every_length(model, a) -> float:
 def trained_parity():
     task = get_task("parity")
     try:
-        model = load(CACHE)
-        if model.fsm_training.get("max_steps") == TRAIN_CFG["max_steps"]:
-            return model
+        run = load(CACHE)
+        if run.record.get("max_steps") == TRAIN_CFG["max_steps"]:
+            return run
     except (CheckpointError, OSError):
         pass
     return train(task, ModelConfig("transformer", **TRAINED_CFG), TrainConfig(**TRAIN_CFG), out_dir=CACHE, progress=False)
@@ -91,7 +91,7 @@ def shortlist(model, task, length: int, rounds: int = 3) -> dict[str, list[dict]
     clean, corrupted, _ = mixed_corruption_pairs(task, length, n=16, seed=0)
     a = task.automaton
     metric = logit_diff(a.run_outputs(clean)[:, -1], a.run_outputs(corrupted)[:, -1])
-    sites = ["head_out"] + (["mlp_out"] if model.fsm_config.d_mlp != 0 else [])
+    sites = ["head_out"] + (["mlp_out"] if model_config(model).d_mlp != 0 else [])
     times: dict[str, list[float]] = {"exact": [], **{e: [] for e in ESTIMATORS}}
     approx = {}
     for _ in range(rounds):
@@ -144,19 +144,18 @@ def main() -> None:
     compiled = {}
     for spec, construction in models:
         task = get_task(spec)
-        model = compile_transformer(task.automaton, construction, n_ctx=N_CTX)
-        model.fsm_task = task
-        compiled[(spec, construction)] = model
-        truth = model.fsm_circuit
+        built = compile_transformer(task.automaton, construction, n_ctx=N_CTX)
+        model, truth = built.model, built.circuit
+        compiled[(spec, construction)] = (model, task)
         acc = exact_at_every_length(model, task.automaton)
         cells = []
         for method in METHODS:
-            found = discover_circuit(model, method=method, n=N_PAIRS)
+            found = discover_circuit(model, task, method=method, n=N_PAIRS)
             auc = roc_auc(found.scores(), truth.components)
             aucs[method].append(auc)
             cells.append(f"{auc:.2f} / {found.seconds:.2f}")
         lines.append(
-            f"| {spec} | {construction} ({truth.kind}) | {model.fsm_config.n_layers} | "
+            f"| {spec} | {construction} ({truth.kind}) | {model_config(model).n_layers} | "
             f"{len(truth.all_components)} ({len(truth.components)}) | {acc:.4f} | " + " | ".join(cells) + " |"
         )
         print(lines[-1], flush=True)
@@ -172,10 +171,10 @@ def main() -> None:
         "| model | length | cells | estimator | exact sweep (s) | estimate (s) | " + " | ".join(f"K={k}: recall / cost" for k in SHORTLISTS) + " |",
         "|---|---:|---:|---|---:|---:|" + "---:|" * len(SHORTLISTS),
     ]
-    targets = [(f"compiled {s} {c}", m, m.fsm_task, N_CTX) for (s, c), m in compiled.items()]
+    targets = [(f"compiled {s} {c}", m, t, N_CTX) for (s, c), (m, t) in compiled.items()]
     if not quick:
-        model = trained_parity()
-        targets.append(("trained parity Transformer (2L, d64, 4 heads)", model, model.fsm_task, 16))
+        run = trained_parity()
+        targets.append(("trained parity Transformer (2L, d64, 4 heads)", run.model, run.task, 16))
     recalls: dict[tuple[str, int], list[tuple[float, float]]] = {}
     for name, model, task, length in targets:
         for est, rows in shortlist(model, task, length).items():

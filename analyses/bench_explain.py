@@ -50,15 +50,16 @@ def compiled_models() -> list[tuple[str, object, object]]:
         task = get_task(spec)
         model = compile_rnn(task.automaton)
         found.append((f"compiled rnn, {spec}", model, task))
-    try:
-        from fsm_probe.models.compiled_transformer import compile_transformer
-    except ImportError:
-        return found
+    from fsm_probe.models import model_config
+    from fsm_probe.models.compiled_transformer import compile_transformer
+    from fsm_probe.training import Run
+
     for spec, construction in (("parity", "shortcut"), ("parity", "scan"), ("cyclic:n=3", "scan"),
                                ("flipflop", "shortcut"), ("symmetric:n=3", "scan")):
         task = get_task(spec)
-        model = compile_transformer(task.automaton, construction=construction)
-        found.append((f"compiled transformer ({construction}), {spec}", model, task))
+        built = compile_transformer(task.automaton, construction=construction)
+        run = Run(built.model, task, model_config(built.model), circuit=built.circuit)
+        found.append((f"compiled transformer ({construction}), {spec}", run, task))
     return found
 
 
@@ -96,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for arch, task in QUICK if args.quick else TRAINED:
         run = trained_run(arch, task)
-        model = fsm_probe.load(run)
-        rows.append(row(f"{arch} (defaults), {task}", model, model.fsm_task, model.fsm_training.get("seconds")))
+        loaded = fsm_probe.load(run)
+        rows.append(row(f"{arch} (defaults), {task}", loaded, loaded.task, loaded.log.get("seconds")))
         print(rows[-1], flush=True)
     if not args.quick:
         for name, model, task in compiled_models():

@@ -73,7 +73,7 @@ def trained(spec: str, arch: str, steps: int | None = None, seed: int = 0):
             eval_every=min(100, steps or 100),
         )
         train(task, cfg, tcfg, out_dir=run, progress=False)
-    return load(run), tag
+    return load(run).model, tag
 
 
 def trained_recipe(spec: str, seed: int = 0):
@@ -90,7 +90,7 @@ def trained_recipe(spec: str, seed: int = 0):
         tcfg = TrainConfig(val_lengths=(40,), target_accuracy=0.999, max_steps=r["max_steps"], lr=r["lr"],
                            batch_size=r["batch_size"], seed=seed)
         train(task, cfg, tcfg, out_dir=run, progress=False)
-    return load(run), tag, task
+    return load(run).model, tag, task
 
 
 def large_row(spec: str, aalpy: bool) -> list[dict]:
@@ -378,7 +378,7 @@ def main() -> None:
     for spec, arch, steps in nets:
         model, tag = trained(spec, arch, steps)
         if args.train_only:
-            print(f"trained {tag}: {model.fsm_training.get('final_val_accuracy')}", flush=True)
+            print(f"trained {tag}: {network_accuracy(model, get_task(spec).automaton):.4f}", flush=True)
             continue
         a = get_task(spec).automaton
         acc = network_accuracy(model, a)

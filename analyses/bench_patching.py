@@ -61,9 +61,9 @@ def parity_model():
     """The trained parity Transformer: cached checkpoint, else trained now (about a minute)."""
     task = get_task("parity")
     try:
-        model = load(CACHE)
-        if model.fsm_training.get("max_steps") == TRAIN_CFG["max_steps"]:
-            return model, task, False
+        run = load(CACHE)
+        if run.record.get("max_steps") == TRAIN_CFG["max_steps"]:
+            return run, task, False
     except (CheckpointError, FileNotFoundError, OSError):
         pass
     cfg = ModelConfig("transformer", **MODEL_CFG)
@@ -134,7 +134,8 @@ def _bench(model, clean, corrupted, metric, label: str) -> tuple[list[str], list
 def main() -> str:
     torch.set_num_threads(1)
     start = time.perf_counter()
-    trained, task, fresh = parity_model()
+    run, task, fresh = parity_model()
+    trained = run.model
     t_train = time.perf_counter() - start
     trained.eval()
     random_model = build_transformer(ModelConfig("transformer", **MODEL_CFG)).eval()
@@ -176,7 +177,7 @@ def main() -> str:
             f"| {tag} | {acc:.3f} | {t['clean']:.2f} / {t['corrupted']:.2f} | {t['tl']:.2f} | {t['exact']:.3f} | "
             + " | ".join(f"{t['attr'][k]:.4f} | {t['exact'] / t['attr'][k]:.1f}x" for k in ATTR_STEPS) + " |"
         )
-    info = trained.fsm_training
+    info = run.record
     header = (
         "# Activation patching benchmark\n\n"
         "Parity Transformer (2 layers, d_model 64, 4 heads, d_mlp 256, learned positions) trained "

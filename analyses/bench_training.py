@@ -97,10 +97,11 @@ def time_to_solve_parity(seed: int = 0) -> dict[str, float]:
         target_accuracy=0.999, patience=1, eval_every=100, seed=seed,
     )
     start = time.perf_counter()
-    model = train(task, cfg, tc, progress=False)
+    run = train(task, cfg, tc, progress=False)
+    model = run.model
     seconds = time.perf_counter() - start
     acc = evaluate(model, task, [500], n=512, seed=999)[500]["accuracy"]
-    return {"seconds": seconds, "steps": model.fsm_training["steps"], "accuracy_500": acc}
+    return {"seconds": seconds, "steps": run.log["steps"], "accuracy_500": acc}
 
 
 def main() -> None:

@@ -83,9 +83,11 @@ THRESHOLD = 0.99
 
 def _dilution(model, task, length: int, tokens: np.ndarray, failing: np.ndarray) -> dict:
     """Attention at the last query on the failing inputs (all inputs if none fail)."""
+    from fsm_probe.models import model_config
+
     pick = np.flatnonzero(failing) if failing.any() else np.arange(len(tokens))
     pick = pick[:32]
-    cfg = model.fsm_config
+    cfg = model_config(model)
     names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(cfg.n_layers)]
     with torch.no_grad():
         _, cache = model.run_with_cache(torch.as_tensor(tokens[pick]), names_filter=names)
@@ -128,7 +130,8 @@ def run_one(job: dict) -> dict:
         final_only=False, seed=job["seed"], curriculum=0, final_weight=0.0,  # the published protocol
     )
     t0 = time.perf_counter()
-    model = train(task, cfg, tcfg, progress=False)
+    run = train(task, cfg, tcfg, progress=False)
+    model = run.model
     train_s = time.perf_counter() - t0
     rows, dilution = [], []
     for length in job["lengths"]:
@@ -138,8 +141,8 @@ def run_one(job: dict) -> dict:
         rows.append({
             "task": job["task"], "model": job["model"], "seed": job["seed"], "lr": lr,
             "length": int(batch.length), **rep,
-            "train_steps": model.fsm_training["steps"], "train_seconds": round(train_s, 1),
-            "val_accuracy": model.fsm_training["final_val_accuracy"],
+            "train_steps": run.log["steps"], "train_seconds": round(train_s, 1),
+            "val_accuracy": run.log["final_val_accuracy"],
         })
         if job["model"] in TRANSFORMER_FAMILY:
             failing = pred[:, -1] != batch.labels[:, -1]

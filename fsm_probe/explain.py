@@ -175,7 +175,7 @@ def explain(
     if circuit and cfg.arch == "transformer":
         from .circuits.discovery import discover_circuit
 
-        found = discover_circuit(model, task, method="exact", seed=seed)
+        found = discover_circuit(run, method="exact", seed=seed)
         out.components = found.circuit()
         out.sampled += f"; circuit from {found.n_pairs} corruption pairs at length {found.length}"
 
@@ -220,11 +220,11 @@ def _mechanisms(model: nn.Module, task: Task, train_max: int, breaks: int, n: in
     from .circuits.attention import attention_dilution, head_stats
 
     lengths = sorted({x for x in (max(2, train_max // 4), train_max, breaks, min(cfg.n_ctx, 4 * breaks)) if x >= 2})
-    stats = head_stats(model, length=train_max, n=min(n, 64), seed=seed)
+    stats = head_stats(model, task, length=train_max, n=min(n, 64), seed=seed)
     layer, head = stats.most_uniform()
     distance = float(stats.uniform_distance[layer, head])
     if len(lengths) >= 2 and distance < UNIFORM_HEAD:
-        dil = attention_dilution(model, lengths, n=min(n, 32), seed=seed)
+        dil = attention_dilution(model, task, lengths, n=min(n, 32), seed=seed)
         exponent = float(dil.exponent[layer, head])
         found.append({
             "kind": "attention_dilution", "head": f"L{layer}H{head}", "exponent": exponent,
