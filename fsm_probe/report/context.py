@@ -138,7 +138,8 @@ class Block:
 
 @dataclass
 class Section:
-    """What one section function returns: its blocks in order and its results (for JSON)."""
+    """What one section function returns: its blocks in order, and its results (the analysis
+    objects, keyed by name) for later sections and for callers that want the numbers."""
 
     key: str
     blocks: list[Block] = field(default_factory=list)

@@ -28,7 +28,10 @@ from ..training.checkpoint import load
 from . import sections
 from .context import Block, ReportContext, ReportSettings, Section, analysis_length, report_context
 
-__all__ = ["SECTIONS", "ReportSettings", "analysis_length", "render_section", "report_html", "write_report"]
+__all__ = [
+    "SECTIONS", "ReportSettings", "SectionSpec", "analysis_length", "build_sections", "render_section",
+    "report_html", "write_report",
+]
 
 
 class SectionSpec(NamedTuple):

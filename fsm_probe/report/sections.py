@@ -330,7 +330,9 @@ def tracing(ctx: ReportContext) -> Section:
         cfg, s = ctx.cfg, ctx.settings
         clean, _, pos = ctx.pairs
         segments = ctx.memory == "memory"
-        kinds = ["resid"] if ctx.memory in ("state", "memory") else ["resid", "attn"] + (["mlp"] if cfg.d_mlp != 0 else [])
+        kinds = ["resid"]
+        if ctx.memory not in ("state", "memory"):  # a Transformer's sublayers
+            kinds += ["attn"] + (["mlp"] if cfg.d_mlp != 0 else [])
         labels = [lab.split("·")[1] for lab in token_labels(ctx.task, clean[0])]
         if segments:
             S, n = cfg.segment_length, len(labels)
