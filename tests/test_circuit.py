@@ -1,11 +1,13 @@
+from types import SimpleNamespace
+
 import networkx as nx
 import numpy as np
-import plotly.graph_objects as go
 import pytest
 import torch
 
 from fsm_probe.circuits.graph import circuit_graph, rank_components
 from fsm_probe.circuits.patching import PatchingResult
+from fsm_probe.circuits.tracing import TracingResult
 from fsm_probe.errors import InputError
 from fsm_probe.figures import circuits as figs
 
@@ -56,7 +58,23 @@ def test_circuit_graph_is_a_weighted_dag():
     assert set(small) == {"input", "output", "resid L0@1", "L1H0"}
     empty = circuit_graph(_results(), threshold=2.0)
     assert set(empty) == {"input", "output"}
-    assert isinstance(figs.circuit_figure(g), go.Figure)
+    _check_circuit_figure(g, _results())
+
+
+def _check_circuit_figure(g, results):
+    """The figure draws the graph: one labelled node per graph node, coloured by the effect
+    `rank_components` gave it, and one edge per graph edge, labelled with its weight."""
+    fig = figs.circuit_figure(g)
+    *edges, nodes = fig.data
+    assert list(nodes.text) == list(g)
+    ranked = {c.name: c.effect for c in rank_components(results)}
+    want = [1.0 if n in ("input", "output") else ranked[n] for n in g]
+    np.testing.assert_allclose(nodes.marker.color, want)
+    np.testing.assert_allclose(nodes.marker.size, [14 + 30 * min(1.0, abs(e)) for e in want])
+    assert sorted(e.text for e in edges) == sorted(f"{a} -> {b}: {d['weight']:.3f}" for a, b, d in g.edges(data=True))
+    x = dict(zip(nodes.text, nodes.x, strict=True))
+    assert x["input"] < min(x[n] for n in g if n != "input") and x["output"] > max(x[n] for n in g if n != "output")
+    assert all(x[a] < x[b] for a, b in g.edges)  # drawn from input (left) to output (right)
 
 
 def test_patching_and_tracing_figures():
@@ -64,8 +82,41 @@ def test_patching_and_tracing_figures():
     f = figs.patching_figure(res["head_out"])
     assert list(f.data[0].y) == ["L0H0", "L0H1", "L1H0", "L1H1"]
     np.testing.assert_allclose(f.data[0].z[2], [0, 0, 1])
-    assert isinstance(figs.attribution_scatter(res["mlp_out"], res["mlp_out"]), go.Figure)
-    assert isinstance(figs.patching_figure(res["resid_pre"], normalize=False), go.Figure)
+    np.testing.assert_allclose(f.data[0].z, res["head_out"].normalized().permute(0, 2, 1).reshape(4, 3))
+    assert "head_out, denoise" in f.layout.title.text
+    raw = figs.patching_figure(res["resid_pre"], normalize=False)
+    np.testing.assert_allclose(raw.data[0].z, res["resid_pre"].values.numpy() + 2.0)  # effect: minus the corrupted run
+    assert list(raw.data[0].y) == ["L0", "L1"] and list(raw.data[0].x) == [0, 1, 2]
+    approx = _result(np.arange(6.0).reshape(2, 3), "mlp_out")
+    scatter = figs.attribution_scatter(approx, res["mlp_out"])
+    np.testing.assert_allclose(scatter.data[0].x, res["mlp_out"].effect().ravel())
+    np.testing.assert_allclose(scatter.data[0].y, approx.effect().ravel())
+    assert list(scatter.data[1].x) == [-1.0, 7.0]  # the diagonal spans both
+    scores = torch.tensor([[0.1, 0.2, 0.9], [0.3, 0.8, 0.4]])
+    trace = TracingResult(scores, 0.1, 0.9, "attn", 3, 3.0, (1,), 4, 2)
+    tf = figs.tracing_figure(trace, ["a", "b", "c"])
+    np.testing.assert_allclose(tf.data[0].z, scores)
+    assert list(tf.data[0].x) == ["a", "b*", "c"] and list(tf.data[0].y) == ["L0", "L1"]
+    assert (tf.data[0].zmin, tf.data[0].zmax) == (0.1, 0.9) and "window 3" in tf.layout.title.text
+
+
+def test_heatmaps_show_their_input():
+    rng = np.random.default_rng(0)
+    patterns = rng.random((2, 3, 4, 4))
+    grid = figs.attention_head_grid(patterns, list("abcd"))
+    assert len(grid.data) == 6
+    for i, trace in enumerate(grid.data):
+        np.testing.assert_allclose(trace.z, patterns[i // 3, i % 3])
+        assert list(trace.x) == list("abcd")
+    lens = SimpleNamespace(accuracy=rng.random((3, 5)), sites=["embed", "L0", "L1"], lens="logit")
+    lf = figs.logit_lens_figure(lens)
+    np.testing.assert_allclose(lf.data[0].z, lens.accuracy)
+    assert list(lf.data[0].y) == lens.sites and lf.layout.title.text.startswith("Logit lens: accuracy")
+    report = {4: {"accuracy": 0.9, "final_accuracy": 0.8, "sequence_accuracy": 0.5},
+              2: {"accuracy": 1.0, "final_accuracy": 1.0, "sequence_accuracy": 1.0}}
+    length = figs.length_figure(report, 2)
+    assert [list(t.x) for t in length.data] == [[2, 4]] * 3
+    assert [list(t.y) for t in length.data] == [[1.0, 0.9], [1.0, 0.8], [1.0, 0.5]]
 
 
 def test_rank_components_keeps_resid_mid_and_post_and_refuses_unknown_sites():
@@ -79,6 +130,6 @@ def test_rank_components_keeps_resid_mid_and_post_and_refuses_unknown_sites():
     assert by_name["resid_post L0@0"].effect == pytest.approx(1) and by_name["resid_post L0@0"].position == 0
     g = circuit_graph(results, threshold=0.7, top_k=None)
     assert g.has_edge("resid_post L0@0", "L1H0") and not g.has_edge("resid_post L0@0", "resid L0@1")
-    assert isinstance(figs.circuit_figure(g), go.Figure)
+    _check_circuit_figure(g, results)
     with pytest.raises(InputError, match="site"):
         rank_components([_result(mid, "embed")])
