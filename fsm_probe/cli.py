@@ -423,7 +423,7 @@ def _pairs(run: Any, length: int | None, n: int, position: int | None, seed: int
         raise ConfigError(f"--length {length} exceeds the model's context n_ctx={n_ctx}")
     if length is not None:
         _check_patch_work(run.model_config, length, n)
-    return corruption_pairs(run.task, analysis_length(run.model, length), n, seed, position)
+    return corruption_pairs(run.task, analysis_length(run, length), n, seed, position)
 
 
 PATCH_WORK_LIMIT = 2e9  # position-steps of patched runs: about a minute of a small network

@@ -14,9 +14,12 @@ import plotly.graph_objects as go
 from torch import nn
 
 from ..circuits import patching
+from ..circuits.sites import patch_sites
 from ..errors import FsmProbeError, InputError
 from ..explain import train_max_length
-from ..models import ModelConfig, model_config
+from ..models import ModelConfig
+from ..tasks import Task
+from ..training.run import Run, as_run
 
 Memory = Literal["state", "memory", "tokens", "none"]
 
@@ -56,11 +59,11 @@ def memory_kind(cfg: ModelConfig) -> Memory:
     return {"rmt": "memory", "scratchpad": "tokens"}.get(cfg.arch, "none")
 
 
-def analysis_length(model: nn.Module, length: int | None = None) -> int:
+def analysis_length(run: Run, length: int | None = None) -> int:
     """The sequence length the report (and `fsm-probe patch`/`trace`) analyses: `length`, else
     min(training max, 16), within a Transformer's context and at least 2."""
-    length = length or min(train_max_length(model), 16)
-    cfg = model_config(model)
+    length = length or min(train_max_length(run), 16)
+    cfg = run.model_config
     if memory_kind(cfg) != "state":
         length = min(length, cfg.n_ctx)
     return max(length, 2)
@@ -71,6 +74,7 @@ class ReportContext:
     """Everything the sections share, computed once: the model and its task, the training record,
     the settings, the lengths to analyse and the corruption pairs patching and tracing both use."""
 
+    run: Run
     model: nn.Module
     cfg: ModelConfig
     name: str  # the architecture, for titles
@@ -95,17 +99,20 @@ class ReportContext:
 
 
 def report_context(
-    model: nn.Module, settings: ReportSettings, *, run_dir: str | os.PathLike | None = None
+    model: nn.Module | Run,
+    settings: ReportSettings,
+    *,
+    task: Task | None = None,
+    run_dir: str | os.PathLike | None = None,
 ) -> ReportContext:
-    """The context of `model`'s report (the model with `fsm_task`, as `load` or `train` returns it)."""
-    cfg = model_config(model)
-    task = getattr(model, "fsm_task", None)
-    if task is None:
-        raise InputError("the model has no task (fsm_task); load it with fsm_probe.load")
-    training = dict(getattr(model, "fsm_training", {}) or {})
+    """The context of the report on `model` (a `Run`, as `load` and `train` return, or a model
+    with its `task`)."""
+    run = as_run(model, task)
+    model, task, cfg = run.model, run.task, run.model_config
+    training = run.record
     memory = memory_kind(cfg)
-    train_max = train_max_length(model)
-    length = analysis_length(model, settings.length)
+    train_max = train_max_length(run)
+    length = analysis_length(run, settings.length)
     cap = 10**9 if memory == "state" else cfg.n_ctx
     lengths = tuple(sorted({x for x in (max(2, train_max // 2), train_max, 2 * train_max,
                                         4 * train_max, 10 * train_max) if x <= cap}))
@@ -115,9 +122,9 @@ def report_context(
     except (FsmProbeError, ValueError, RuntimeError) as e:
         error = e
     return ReportContext(
-        model=model, cfg=cfg, name=cfg.arch, memory=memory, task=task, training=training,
+        run=run, model=model, cfg=cfg, name=cfg.arch, memory=memory, task=task, training=training,
         settings=settings, run_dir=run_dir, length=length, train_max=train_max, cap=cap,
-        lengths=lengths, sites=tuple(patching.default_sites(cfg)), pairs=pairs, pairs_error=error,
+        lengths=lengths, sites=tuple(patch_sites(cfg)), pairs=pairs, pairs_error=error,
     )
 
 

@@ -24,7 +24,9 @@ from torch import nn
 from ..errors import ConfigError
 from ..figures.html import figure_block, page
 from ..io import atomic_write_text, output_lock
+from ..tasks import Task
 from ..training.checkpoint import load
+from ..training.run import Run
 from . import sections
 from .context import Block, ReportContext, ReportSettings, Section, analysis_length, report_context
 
@@ -106,17 +108,20 @@ def build_sections(
 
 
 def report_html(
-    model: nn.Module,
+    model: nn.Module | Run,
+    task: Task | None = None,
+    *,
     settings: ReportSettings | None = None,
     run_dir: str | os.PathLike | None = None,
     title: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> str:
-    """The full report for `model` (with `fsm_task`, as `load` or `train` returns it).
+    """The full report for `model` (a `Run`, as `load` and `train` return, or a model with its
+    `task`).
 
     `progress`, when given, is called with the name of each section as it starts."""
     started = time.perf_counter()
-    ctx = report_context(model, settings or ReportSettings(), run_dir=run_dir)
+    ctx = report_context(model, settings or ReportSettings(), task=task, run_dir=run_dir)
     done = build_sections(ctx, progress=progress)
     title = title or f"fsm_probe report: {ctx.name} on {ctx.task.spec}"
     subtitle = (f"{Path(run_dir).name if run_dir is not None else 'model'}; analysis length "
@@ -137,8 +142,8 @@ def write_report(
     target = Path(out) if out is not None else Path(run_dir) / "report.html"
     if target.is_dir():
         raise ConfigError(f"--out {str(target)!r} is a directory; give a file name such as report.html")
-    model = load(run_dir)
-    text = report_html(model, settings, run_dir=run_dir, progress=progress)
+    run = load(run_dir)
+    text = report_html(run, settings=settings, run_dir=run_dir, progress=progress)
     if target.parent.resolve() == Path(run_dir).resolve():
         # inside the checkpoint directory: not while a run swaps it (the report would be lost)
         with output_lock(run_dir):

@@ -71,7 +71,7 @@ def verdict(ctx: ReportContext) -> Section:
     out = Section("verdict")
     with out.guarded():
         s = ctx.settings
-        explanation = explain(ctx.model, ctx.task, n=s.eval_n, iia_n=s.iia_n, extraction=False,
+        explanation = explain(ctx.run, n=s.eval_n, iia_n=s.iia_n, extraction=False,
                               lengths=list(ctx.lengths), seed=s.seed)
         out.results["explanation"] = explanation
         out.verdict(f"<b>{html.escape(explanation.verdict)}</b>: {html.escape(explanation.length['text'])} "
@@ -114,7 +114,7 @@ def lens(ctx: ReportContext) -> Section:
     out = Section("lens")
     with out.guarded():
         s, n_labels = ctx.settings, ctx.task.automaton.n_labels
-        res = logit_lens(ctx.model, length=ctx.length, n=s.n, seed=s.seed)
+        res = logit_lens(ctx.run, length=ctx.length, n=s.n, seed=s.seed)
         out.results["lens"] = res
         what = ("the readout applied to each layer's hidden state" if ctx.memory == "state" else
                 "each residual-stream point decoded through the final norm and the unembedding")
@@ -136,8 +136,8 @@ def lens(ctx: ReportContext) -> Section:
             f"{n_labels} labels).",
         )
         if s.tuned_steps > 0 and len(res.sites) > 2:
-            tuned = fit_tuned_lens(ctx.model, steps=s.tuned_steps, length=ctx.length, n=s.n, seed=s.seed + 7)
-            tres = logit_lens(ctx.model, lens=tuned, length=ctx.length, n=s.n, seed=s.seed)
+            tuned = fit_tuned_lens(ctx.run, steps=s.tuned_steps, length=ctx.length, n=s.n, seed=s.seed + 7)
+            tres = logit_lens(ctx.run, lens=tuned, length=ctx.length, n=s.n, seed=s.seed)
             out.results["tuned"] = tres
             out.figure(
                 figs.logit_lens_figure(tres, "accuracy"),
@@ -153,7 +153,7 @@ def probes(ctx: ReportContext) -> Section:
     out = Section("probes")
     with out.guarded():
         s = ctx.settings
-        res = probe_model(ctx.model, length=ctx.length, n=s.n, seed=s.seed, max_samples=s.probe_samples)
+        res = probe_model(ctx.run, length=ctx.length, n=s.n, seed=s.seed, max_samples=s.probe_samples)
         out.results["probes"] = res
         rows = [(t, res.best_site(t), float(res.accuracy[:, j].max()), float(res.chance[j]),
                  res.first_site(t)) for j, t in enumerate(res.targets)]
@@ -179,7 +179,7 @@ def attention(ctx: ReportContext) -> Section:
             return out
         s, cfg = ctx.settings, ctx.cfg
         tokens = eval_set(ctx.task, ctx.length, n=s.n, seed=s.seed).tokens
-        stats = head_stats(ctx.model, tokens)
+        stats = head_stats(ctx.model, tokens=tokens)
         out.results["heads"] = stats
         if ctx.memory == "memory":
             _rmt_attention(out, ctx, tokens, stats)
@@ -205,7 +205,7 @@ def attention(ctx: ReportContext) -> Section:
             "shortcut (parity, cyclic groups): it averages all previous symbols. Previous- and first-token scores near 1 mark positional heads.",
         )
         d_lengths = sorted({x for x in (4, 8, 16, 32, 64, 128, 256, 512) if x <= cfg.n_ctx} | {ctx.length})
-        dil = attention_dilution(ctx.model, d_lengths, n=s.dilution_n, seed=s.seed)
+        dil = attention_dilution(ctx.run, lengths=d_lengths, n=s.dilution_n, seed=s.seed)
         out.results["dilution"] = dil
         out.figure(
             figs.dilution_figure(dil),
