@@ -58,7 +58,7 @@ def test_entropy_matches_scipy_on_a_model():
     assert p.shape == (6, 2, 2, 9, 9)
     np.testing.assert_allclose(p.sum(-1), 1, atol=1e-5)
     assert np.all(np.triu(p, k=1) == 0)
-    stats = head_stats(model, tokens)
+    stats = head_stats(model, tokens=tokens)
     ref = np.mean([[entropy(p[b, 1, 0, q, : q + 1]) / np.log(q + 1) for q in range(1, 9)] for b in range(6)])
     assert stats.entropy[1, 0] == pytest.approx(ref, rel=1e-5)
     rows = stats.rows()
@@ -68,12 +68,12 @@ def test_entropy_matches_scipy_on_a_model():
 
 def test_uniform_heads_dilute_like_one_over_t():
     model = _transformer(zero_queries=True)
-    dil = attention_dilution(model, [4, 8, 16, 32], n=4)
+    dil = attention_dilution(model, PARITY, [4, 8, 16, 32], n=4)
     np.testing.assert_allclose(dil.max_weight, dil.reference[:, None, None] * np.ones((1, 2, 2)), rtol=1e-4)
     np.testing.assert_allclose(dil.exponent, -1, atol=1e-3)
     np.testing.assert_allclose(dil.uniform_distance, 0, atol=1e-4)
     assert dil.to_dict()["lengths"] == [4, 8, 16, 32]
-    stats = head_stats(model, length=10, n=4)
+    stats = head_stats(model, PARITY, length=10, n=4)
     np.testing.assert_allclose(stats.uniform_distance, 0, atol=1e-5)
 
 
@@ -93,8 +93,8 @@ def test_dilution_uses_the_evaluated_length_of_odd_length_tasks():
 def test_attention_errors_and_labels():
     gru = build_model(ModelConfig("gru", 2, 2, d_hidden=8))
     with pytest.raises(InputError, match="no attention"):
-        head_stats(gru, np.zeros((1, 4), dtype=np.int64))
+        head_stats(gru, tokens=np.zeros((1, 4), dtype=np.int64))
     with pytest.raises(ConfigError, match="context"):
-        attention_dilution(_transformer(), [8, 128])
+        attention_dilution(_transformer(), PARITY, [8, 128])
     labels = token_labels(PARITY, [1, 1, 0])
     assert labels == ["1·0", "1·1", "0·2"] and len(set(labels)) == 3

@@ -38,7 +38,7 @@ def test_last_site_decodes_to_the_models_logits(arch, kw):
 def test_lens_matches_an_independent_computation():
     model = _model("transformer", n_layers=1, d_mlp=0, normalization=None)
     batch = eval_set(TASK, 8, n=32, seed=3)
-    res = logit_lens(model, batch.tokens, batch.labels)
+    res = logit_lens(model, TASK, batch.tokens, batch.labels)
     assert res.sites == ["embed", "L0.post"]
     # embed row: (W_E[token] + W_pos[pos]) @ W_U + b_U, computed by hand
     tok = torch.as_tensor(batch.tokens)
@@ -57,7 +57,7 @@ def test_lens_matches_an_independent_computation():
 
 def test_rnn_lens_reads_each_layer_state():
     model = _model("lstm")
-    res = logit_lens(model, length=6, n=16)
+    res = logit_lens(model, TASK, length=6, n=16)
     assert res.sites == ["embed", "L0.h", "L1.h"]
     assert res.accuracy.shape == (3, 6)
     batch = eval_set(TASK, 6, n=16)
@@ -69,9 +69,9 @@ def test_tuned_lens_starts_from_the_logit_lens_and_fits_better():
     torch.manual_seed(0)
     model = _model("transformer")
     tokens = eval_set(TASK, 8, n=64, seed=1).tokens
-    plain = logit_lens(model, tokens)
-    tuned_lens = fit_tuned_lens(model, tokens, steps=60, lr=2e-2)
-    tuned = logit_lens(model, tokens, lens=tuned_lens)
+    plain = logit_lens(model, TASK, tokens)
+    tuned_lens = fit_tuned_lens(model, TASK, tokens, steps=60, lr=2e-2)
+    tuned = logit_lens(model, TASK, tokens, lens=tuned_lens)
     assert tuned.lens == "tuned" and tuned.sites == plain.sites
     np.testing.assert_allclose(tuned.accuracy[-1], plain.accuracy[-1])
     assert tuned.kl[:-1].mean() < plain.kl[:-1].mean()
@@ -82,9 +82,11 @@ def test_tuned_lens_starts_from_the_logit_lens_and_fits_better():
 def test_lens_errors():
     model = _model("gru")
     with pytest.raises(InputError, match="labels have shape"):
-        logit_lens(model, np.zeros((2, 5), dtype=np.int64), np.zeros((2, 4), dtype=np.int64))
+        logit_lens(model, TASK, np.zeros((2, 5), dtype=np.int64), np.zeros((2, 4), dtype=np.int64))
     with pytest.raises(InputError, match="needs its task"):
         logit_lens(model)
+    with pytest.raises(InputError, match="task must be a fsm_probe Task"):
+        logit_lens(model, np.zeros((2, 5), dtype=np.int64))  # tokens where the task goes
 
 
 def test_lens_ignores_unlabelled_positions_of_final_only_tasks():
@@ -94,9 +96,9 @@ def test_lens_ignores_unlabelled_positions_of_final_only_tasks():
     model = build_model(ModelConfig("transformer", a.n_symbols, a.n_labels, d_hidden=16, n_heads=2, n_ctx=32)).eval()
     batch = eval_set(task, 8, n=16, seed=1)
     assert (batch.labels[:, :-1] == IGNORE_INDEX).all()
-    res = logit_lens(model, batch.tokens, batch.labels)
+    res = logit_lens(model, task, batch.tokens, batch.labels)
     assert np.isnan(res.accuracy[:, :-1]).all() and np.isnan(res.prob[:, :-1]).all()
-    full = logit_lens(model, batch.tokens, label_batch(task, batch.tokens, final_only=False).labels)
+    full = logit_lens(model, task, batch.tokens, label_batch(task, batch.tokens, final_only=False).labels)
     np.testing.assert_allclose(res.accuracy[:, -1], full.accuracy[:, -1])
     np.testing.assert_allclose(res.prob[:, -1], full.prob[:, -1], rtol=1e-6)
     np.testing.assert_allclose(res.mean_accuracy, full.accuracy[:, -1])

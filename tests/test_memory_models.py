@@ -173,8 +173,11 @@ def test_scratchpad_training_mode_uses_teacher_labels_of_the_task():
     with pytest.raises(InputError, match="teacher"):
         m(tokens)
     true = torch.as_tensor(task.automaton.run_outputs(tokens.numpy()))
-    assert torch.allclose(m.eval()(tokens), m(tokens, feedback=true))  # it learned nothing yet: any feedback
-    m.train()
+    from fsm_probe.training.trainer import _loss
+
+    # the trainer feeds the task's true labels back (teacher forcing)
+    want = torch.nn.functional.cross_entropy(m(tokens, feedback=true).flatten(0, 1), true.flatten())
+    assert torch.allclose(_loss(m, task, tokens, true), want)
     with pytest.raises(InputError):
         m(tokens, feedback=torch.full_like(tokens, 7))
 

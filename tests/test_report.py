@@ -188,7 +188,7 @@ def test_report_tables_match_independent_computations(gru_page, gru_run):
     """The length table is `evaluate`, the model card counts the parameters, the patching table
     is the metric on the model's own logits, the circuit table is `rank_components`."""
     text, _ = gru_page
-    model, task = load(gru_run), get_task("parity")
+    model, task = load(gru_run).model, get_task("parity")
     rows = _table(_section(text, "length"), "length")
     lengths = [int(r[0]) for r in rows]
     assert lengths == [3, 6, 12, 24, 60]
@@ -237,12 +237,12 @@ def _verdict_expected(run_dir) -> str:
     """The verdict computed independently: evaluate at the report's lengths, then the threshold."""
     from fsm_probe import evaluate, load
 
-    model = load(run_dir)
-    train_max = model.fsm_training["train_lengths"][1]
-    cap = 10**9 if model.fsm_config.is_rnn else model.fsm_config.n_ctx
+    run = load(run_dir)
+    train_max = run.train_config.train_lengths[1]
+    cap = 10**9 if run.model_config.is_rnn else run.model_config.n_ctx
     lengths = sorted({x for x in (max(2, train_max // 2), train_max, 2 * train_max, 4 * train_max,
                                    10 * train_max) if x <= cap})
-    acc = {k: v["final_accuracy"] for k, v in evaluate(model, model.fsm_task, lengths, n=64).items()}
+    acc = {k: v["final_accuracy"] for k, v in evaluate(run.model, run.task, lengths, n=64).items()}
     if acc[train_max] < 0.99:
         return "did not learn in distribution"
     beyond = [k for k in lengths if k > train_max and acc[k] < 0.99]
@@ -301,7 +301,7 @@ def test_sections_are_functions_of_one_frozen_context(gru_run):
     assert [b.text for b in patched.blocks] == ["Section not computed: InputError: no position"]
     off = sections.automaton(dataclasses.replace(ctx, settings=dataclasses.replace(ctx.settings, extraction=False)))
     assert [b.text for b in off.blocks] == ["Extraction was switched off for this report."]
-    with pytest.raises(InputError, match="no task"):
+    with pytest.raises(InputError, match="needs its task"):
         report_context(build_model(ModelConfig("gru", 2, 2, d_hidden=8)), ReportSettings.quick())
 
 

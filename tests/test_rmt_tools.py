@@ -264,25 +264,25 @@ def test_lens_sites_are_the_inner_residual_stream_at_token_positions():
 
 def test_lens_and_probes_on_trained_rmt(trained):
     task, model, _ = trained
-    res = logit_lens(model, length=12, n=128)
-    batch = analysis_batch(model, length=12, n=128)
+    res = logit_lens(model, task, length=12, n=128)
+    batch = analysis_batch(model, task, length=12, n=128)
     with torch.no_grad():
         own = (model(torch.as_tensor(batch.tokens)).argmax(-1).numpy() == batch.labels).mean(0)
     assert own.mean() > 0.95
     assert np.allclose(res.accuracy[-1], own)
     assert res.sites == ["embed", "L0.mid", "L0.post"]
     before = [p.detach().clone() for p in model.parameters()]
-    plain = logit_lens(model, length=12, n=64)
-    tuned = logit_lens(model, lens=fit_tuned_lens(model, steps=60, lr=2e-2, length=12, n=64), length=12, n=64)
+    plain = logit_lens(model, task, length=12, n=64)
+    tuned = logit_lens(model, task, lens=fit_tuned_lens(model, task, steps=60, lr=2e-2, length=12, n=64), length=12, n=64)
     assert tuned.lens == "tuned" and tuned.accuracy.shape == (3, 12) and tuned.sites == plain.sites
     np.testing.assert_allclose(tuned.accuracy[-1], plain.accuracy[-1])  # the last site is the output
     assert tuned.kl[:-1].mean() < plain.kl[:-1].mean()  # the per-site maps fit the output better
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
-    probes = probe_model(model, length=12, n=128, max_samples=1000, moduli=())
+    probes = probe_model(model, task, length=12, n=128, max_samples=1000, moduli=())
     assert probes.sites[-1] == "memory"
     state = probes.targets.index("state")
     assert probes.accuracy[-1, state] == 1.0  # the memory holds parity after every segment
-    short = probe_model(model, tokens=np.random.default_rng(0).integers(0, 2, (64, 1)), moduli=())
+    short = probe_model(model, task, tokens=np.random.default_rng(0).integers(0, 2, (64, 1)), moduli=())
     assert "memory" not in short.sites and short.sites[-1] == "L0.post"  # no complete segment
 
 
@@ -290,20 +290,20 @@ def test_lens_and_probes_on_trained_rmt(trained):
 
 
 def test_attention_statistics_per_segment(trained):
-    _, model, _ = trained
+    task, model, _ = trained
     m = rmt()
     x = torch.randint(0, 2, (4, 10), generator=torch.Generator().manual_seed(4))
     p = segment_patterns(m, x)
     assert p.shape == (4, 4, 2, 2, 7, 7)  # 4 segments of [2 read | 3 tokens | 2 write]
     assert np.allclose(p.sum(-1), 1.0, atol=1e-5)
-    stats = head_stats(m, x)
+    stats = head_stats(m, tokens=x)
     want = p[:, :3, :, :, 2:5, :2].sum(-1).mean(axis=(0, 1, 4))  # complete segments only
     assert np.allclose(stats.memory_read, want)
     assert np.allclose(stats.memory_write, p[:, :3, :, :, 5:, :2].sum(-1).mean(axis=(0, 1, 4)))
     assert {"memory_read", "memory_write"} <= set(stats.rows()[0]) and "memory_read" in stats.to_dict()
-    assert len(head_stats_figure(head_stats(model, length=12, n=16)).data) == 4
+    assert len(head_stats_figure(head_stats(model, task, length=12, n=16)).data) == 4
     with pytest.raises(InputError, match="cannot dilute"):
-        attention_dilution(m, [4, 8])
+        attention_dilution(m, task, [4, 8])
     with pytest.raises(InputError, match="segment_patterns"):
         attention_patterns(m, x)
 
