@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 import fsm_probe.training.checkpoint as ckpt
-from fsm_probe.errors import CheckpointError, OutputError
+from fsm_probe.errors import CheckpointError, InputError, OutputError
 from fsm_probe.models import ModelConfig, build_model, model_config, predict_logits
 from fsm_probe.tasks import get_task
 from fsm_probe.training.checkpoint import load, save
@@ -28,10 +28,12 @@ def test_round_trip_gives_equal_logits(tmp_path, arch):
     save(model, tmp_path / "run", task=task, training={"note": "x"})
     loaded = load(tmp_path / "run")
     assert loaded.model_config == model_config(model)
+    with pytest.raises(InputError, match="pass its .model"):
+        predict_logits(loaded, TOKENS)
     assert loaded.task.spec == task.spec
     assert loaded.log == {"note": "x"} and loaded.train_config is None
     assert not any(name.startswith("fsm_") for name in vars(loaded.model))  # nothing rides on the model
-    torch.testing.assert_close(predict_logits(loaded, TOKENS), predict_logits(model, TOKENS), rtol=0, atol=0)
+    torch.testing.assert_close(predict_logits(loaded.model, TOKENS), predict_logits(model, TOKENS), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("positional", ["learned", "rotary", "none"])

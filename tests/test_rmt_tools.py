@@ -52,12 +52,11 @@ def trained(tmp_path_factory):
     task = get_task("parity")
     cfg = ModelConfig("rmt", 2, 2, n_layers=1, d_hidden=16, n_heads=2, segment_length=2,
                       n_memory=1, n_ctx=512)
-    run = tmp_path_factory.mktemp("rmt_run")
+    run_dir = tmp_path_factory.mktemp("rmt_run")
     run = train(task, cfg, TrainConfig(train_lengths=(1, 12), max_steps=300, eval_every=50,
-                                         lr=1e-2, val_size=128, val_lengths=(12,)),
-                  out_dir=run, progress=False)
-    model = run.model
-    return task, model.eval(), run
+                                       lr=1e-2, val_size=128, val_lengths=(12,)),
+                out_dir=run_dir, progress=False)
+    return task, run.model.eval(), run_dir
 
 
 def _flip_pair(n=16, length=11, flip=4, seed=0):

@@ -65,6 +65,8 @@ def model_config(model: nn.Module) -> ModelConfig:
         return cfg
     if isinstance(model, TransformerBridge):
         return transformer_config(model)
+    if not isinstance(model, nn.Module) and isinstance(getattr(model, "model", None), nn.Module):
+        raise InputError(f"expected a model, got a {type(model).__name__}: pass its .model")
     raise InputError(f"{type(model).__name__} was not built by fsm_probe (fsm_probe.build_model builds one)")
 
 
