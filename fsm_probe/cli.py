@@ -418,7 +418,7 @@ def _pairs(run: Any, length: int | None, n: int, position: int | None, seed: int
         raise ConfigError(f"--n must be positive, got {n}")
     if length is not None and length < 2:
         raise ConfigError(f"--length must be at least 2, got {length}")
-    n_ctx = None if run.model_config.is_rnn else run.model_config.n_ctx
+    n_ctx = run.model_config.max_length
     if length is not None and n_ctx is not None and length > n_ctx:
         raise ConfigError(f"--length {length} exceeds the model's context n_ctx={n_ctx}")
     if length is not None:

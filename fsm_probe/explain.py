@@ -33,6 +33,7 @@ from torch import nn
 from .circuits.causal_abstraction import interchange_intervention_accuracy, state_sites
 from .errors import FsmProbeError
 from .models import model_config
+from .models.protocol import is_stateful, state_segment_length
 from .tasks import Task
 from .training.evaluation import evaluate, position_accuracy
 from .training.run import Run, as_run
@@ -97,14 +98,14 @@ def train_max_length(run: Run) -> int:
     if trained is not None:
         return trained
     cfg = run.model_config
-    return 40 if cfg.is_rnn or cfg.arch == "rmt" else min(40, cfg.n_ctx)
+    return min(40, cfg.max_length or 40)
 
 
 def test_lengths(model: nn.Module, train_max: int) -> list[int]:
     """The training length and 2x, 4x, 10x beyond (within the context of a Transformer or memory
     model)."""
     cfg = model_config(model)
-    cap = None if cfg.is_rnn else cfg.n_ctx
+    cap = cfg.max_length
     lengths = [train_max, 2 * train_max, 4 * train_max, 10 * train_max]
     return sorted({x for x in lengths if cap is None or x <= cap})
 
@@ -144,7 +145,7 @@ def explain(
         out.seconds = round(time.perf_counter() - started, 3)
         return out
 
-    carries = cfg.is_rnn or cfg.arch == "rmt"
+    carries = is_stateful(model)  # a hidden state or a memory carried from step to step
     try:
         has_sites = bool(state_sites(model))
     except FsmProbeError:
@@ -153,7 +154,8 @@ def explain(
         final_only = run.record.get("final_only")
         final_only = task.final_only if final_only is None else bool(final_only)
         # an RMT needs two whole segments: the memory one writes and the next one reads
-        iia_in_length = max(train_max, 2 * cfg.segment_length) if cfg.arch == "rmt" else train_max
+        segment = state_segment_length(model)
+        iia_in_length = max(train_max, 2 * segment) if segment else train_max
         beyond = [x for x in lengths if x > iia_in_length]
         res = interchange_intervention_accuracy(model, task, iia_in_length, n=iia_n,
                                                 final_only=final_only, seed=seed)
@@ -183,7 +185,7 @@ def explain(
         from .extraction import check_extraction, extract
 
         ext = extract(model, task, seed=seed)
-        held_out = 2 * train_max if cfg.is_rnn else min(2 * train_max, cfg.n_ctx)
+        held_out = min(2 * train_max, cfg.max_length or 2 * train_max)
         check = check_extraction(model, ext, task, lengths=(held_out,), n=min(n, 256))
         out.extraction = {k: check.get(k) for k in
                           ("n_states", "equivalent_to_task", "fidelity", "interchange_accuracy")}

@@ -250,9 +250,8 @@ def layer_hooks(cfg: Any, site: str) -> list[str]:
 
 
 def max_length(cfg: Any) -> int | None:
-    """The longest input the model reads: a Transformer's context, None for a recurrent net.
-    (A model-protocol question: it belongs in `fsm_probe.models`.)"""
-    return None if family(cfg) == RNN else cfg.n_ctx
+    """The longest input the model reads (`ModelConfig.max_length`)."""
+    return cfg.max_length
 
 
 def trace_kind(cfg: Any, site: str) -> str:

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from .._validate import positive_int
 from ..errors import InputError
 from ..models import as_tokens, model_config
+from ..models.protocol import state_segment_length
 from . import sites as S
 from .engine import EvalMode, Patch, Runner, Sweep
 from .inputs import probability, symmetric_corruption
@@ -203,7 +204,7 @@ def _corrupted_run(
     embed_hook = S.hook_name("embed")
     _, cache = model.run_with_cache(rows, names_filter=sorted({embed_hook, noised}))
     embed = cache[embed_hook]
-    per_segment = S.family(cfg) == S.RMT  # [rows, segment, S, d] -> [rows, padded pos, d]
+    per_segment = state_segment_length(model) is not None  # [rows, segment, S, d] -> [rows, padded pos, d]
     if per_segment:
         embed = embed.reshape(embed.shape[0], -1, embed.shape[-1])
     std = float(embed[:, : rows.shape[1]].std())

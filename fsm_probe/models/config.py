@@ -84,6 +84,11 @@ class ModelConfig:
     def is_rnn(self) -> bool:
         return self.arch in RNN_ARCHS
 
+    @property
+    def max_length(self) -> int | None:
+        """The longest input the model accepts: `n_ctx`, or None for a recurrent net (any length)."""
+        return None if self.is_rnn else self.n_ctx
+
     def n_segments(self, length: int) -> int:
         """Segments of `segment_length` tokens an `rmt` cuts `length` tokens into (the last may
         be shorter)."""

@@ -124,12 +124,12 @@ def _train(
             f"{task.spec} ({task.automaton.n_symbols} symbols, {task.automaton.n_labels} labels)"
         )
     lo, hi = train_cfg.train_lengths
-    if not model_cfg.is_rnn and hi > model_cfg.n_ctx:
+    if model_cfg.max_length is not None and hi > model_cfg.max_length:
         raise ConfigError(f"training length {hi} exceeds the Transformer context n_ctx={model_cfg.n_ctx}")
     val_lengths = train_cfg.val_lengths or (hi,)
     if model is None:
         check_memory(model_cfg, train_cfg.batch_size, hi, training=True,
-                     lower="--batch-size, --train-lengths or --hidden" + ("" if model_cfg.is_rnn else " / --n-ctx"))
+                     lower="--batch-size, --train-lengths or --hidden" + ("" if model_cfg.max_length is None else " / --n-ctx"))
         check_memory(model_cfg, train_cfg.val_size, max(val_lengths),
                      lower="the validation size or lengths, or --hidden")
     model = model if model is not None else build_model(model_cfg)
