@@ -73,7 +73,7 @@ def trained(spec: str, arch: str, steps: int | None = None, seed: int = 0):
             eval_every=min(100, steps or 100),
         )
         train(task, cfg, tcfg, out_dir=run, progress=False)
-    return load(run).model, tag
+    return load(run), tag
 
 
 def trained_recipe(spec: str, seed: int = 0):
@@ -159,12 +159,12 @@ def network_accuracy(model, a: Automaton, seed: int = 7) -> float:
     return min(accs)
 
 
-def ours(model, method: str, out: Path) -> dict:
+def ours(run, method: str, out: Path) -> dict:
     t0 = time.perf_counter()
-    ex = FSMExtractor(method=method).fit(model)
+    ex = FSMExtractor(method=method).fit(run)
     save_extraction(out, ex, {"method": method})
     seconds = time.perf_counter() - t0
-    rep = check_extraction(model, ex, lengths=(50, 100), n=500)
+    rep = check_extraction(run, ex, lengths=(50, 100), n=500)
     return {
         "states": rep["n_states"], "raw": rep["n_states_raw"], "equivalent": rep["equivalent_to_task"],
         "fidelity": rep["fidelity"], "interchange": rep["interchange_accuracy"], "seconds": seconds,
@@ -376,14 +376,15 @@ def main() -> None:
     rows = []
     tmp = Path(tempfile.mkdtemp(prefix="bench_extraction_"))
     for spec, arch, steps in nets:
-        model, tag = trained(spec, arch, steps)
+        run, tag = trained(spec, arch, steps)
+        model = run.model
         if args.train_only:
             print(f"trained {tag}: {network_accuracy(model, get_task(spec).automaton):.4f}", flush=True)
             continue
         a = get_task(spec).automaton
         acc = network_accuracy(model, a)
         n_min = a.minimize().n_states
-        results = [(m, ours(model, m, tmp / tag / m)) for m in methods]
+        results = [(m, ours(run, m, tmp / tag / m)) for m in methods]
         if not args.no_aalpy:
             r = aalpy_lstar(model, a)
             if r is not None:

@@ -27,13 +27,13 @@ def test_trained_gru_extraction_is_exact(spec: str) -> None:
                   QUICK, progress=False)
     model = run.model
     assert run.log["final_val_accuracy"] == 1.0
-    ex = FSMExtractor().fit(model)
+    ex = FSMExtractor().fit(run)
     report = check_extraction(model, ex, lengths=(50, 100), n=300)
     assert report["equivalent_to_task"] is True, report["counterexample"]
     assert report["n_states"] == a.minimize().n_states
     assert report["fidelity"] >= 0.999
     assert report["interchange_accuracy"] >= 0.99
-    lst = FSMExtractor(method="lstar").fit(model)
+    lst = FSMExtractor(method="lstar").fit(run)
     assert lst.automaton_.isomorphism(ex.automaton_) is not None
 
 
