@@ -14,7 +14,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import InputError
-from ..models import ModelConfig, model_config
+from ..models import CompiledTransformer, ModelConfig, model_config
 from ..tasks import Task
 from .config import TrainConfig
 
@@ -83,9 +83,15 @@ def record_trained_length(record: Mapping[str, Any] | None) -> int | None:
         return None
 
 
-def as_run(model: nn.Module | Run, task: Task | None = None) -> Run:
+def as_run(model: nn.Module | Run | CompiledTransformer, task: Task | None = None) -> Run:
     """`model` as a `Run`: a `Run` is returned as it is (with `task` replacing its task when
-    given); a bare model needs its `task`, and has no training record."""
+    given); a bare model or a `CompiledTransformer` (which brings its circuit) needs its `task`,
+    and has no training record."""
+    if isinstance(model, CompiledTransformer):
+        if task is None:
+            raise InputError("a compiled Transformer needs its task: pass task=... (the automaton's Task)")
+        return Run(model.model, as_run(model.model, task).task, model_config(model.model),
+                   log={"compiled": True}, circuit=model.circuit)
     if isinstance(model, Run):
         if task is None or task is model.task:
             return model
@@ -99,9 +105,10 @@ def as_run(model: nn.Module | Run, task: Task | None = None) -> Run:
     return Run(model, task, model_config(model))
 
 
-def unwrap(model: nn.Module | Run) -> nn.Module:
-    """The model of a `Run`, or `model` itself: for analyses that need only the network."""
-    return model.model if isinstance(model, Run) else model
+def unwrap(model: nn.Module | Run | CompiledTransformer) -> nn.Module:
+    """The network of a `Run` or a `CompiledTransformer`, or `model` itself: for analyses that
+    need only the network."""
+    return model.model if isinstance(model, Run | CompiledTransformer) else model
 
 
 def model_and_task(model: nn.Module | Run, task: Any = None) -> tuple[nn.Module, Any]:
@@ -109,4 +116,4 @@ def model_and_task(model: nn.Module | Run, task: Any = None) -> tuple[nn.Module,
     for analyses whose task is optional."""
     if isinstance(model, Run):
         return model.model, model.task if task is None else task
-    return model, task
+    return unwrap(model), task

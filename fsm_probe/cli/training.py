@@ -1,0 +1,205 @@
+"""Commands of the first stages: list tasks, train, evaluate, predict, the demo."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ..errors import ConfigError
+from .app import _parse_lengths, _parse_range, _resolve_task, _user_errors, app, console
+
+
+@app.command("tasks")
+@_user_errors
+def tasks_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """List the task zoo with parameters and sources."""
+    from ..tasks import get_task, list_tasks
+
+    infos = list_tasks()
+    rows = []
+    for info in infos:
+        a = get_task(info.name).automaton
+        rows.append(
+            {
+                "name": info.name,
+                "params": info.defaults,
+                "symbols": a.n_symbols,
+                "labels": a.n_labels,
+                "minimal_states": a.minimize().n_states,
+                "description": info.description,
+                "source": info.source,
+            }
+        )
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title="fsm_probe tasks (spec: NAME[:k=v,...])")
+    for col in ("name", "params", "symbols", "states", "description"):
+        table.add_column(col)
+    for r in rows:
+        params = ",".join(f"{k}={v}" for k, v in r["params"].items())
+        table.add_row(r["name"], params, str(r["symbols"]), str(r["minimal_states"]), r["description"])
+    console.print(table)
+
+
+ARCHS = "rnn, gru, lstm, transformer, rmt (recurrent memory Transformer), scratchpad (feeds back its own state outputs)"
+
+
+def _recipe_help(text: str, key: str) -> str:
+    from ..training.recipes import describe
+
+    sized = (" Recurrent nets on automata above 16 states or 4 symbols, and on counter tasks, take "
+             "sized defaults (fsm_probe.training.recipes).") if key in ("d_hidden", "lr", "max_steps") else ""
+    return f"{text} Default per --arch: {describe(key)}.{sized}"
+
+
+@app.command("train")
+@_user_errors
+def train_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Run directory (checkpoint + logs).")],
+    arch: Annotated[str, typer.Option("--arch", help=ARCHS)] = "gru",
+    task: Annotated[str | None, typer.Option("--task", help="NAME[:k=v,...], see `fsm-probe tasks`.")] = None,
+    task_file: Annotated[Path | None, typer.Option("--task-file", help="Automaton JSON file.")] = None,
+    layers: Annotated[int | None, typer.Option("--layers", help=_recipe_help("Layers.", "n_layers"), show_default=False)] = None,
+    hidden: Annotated[int | None, typer.Option("--hidden", help=_recipe_help("State size / d_model.", "d_hidden"), show_default=False)] = None,
+    heads: Annotated[int | None, typer.Option("--heads", help="Attention heads. Default: 4.", show_default=False)] = None,
+    d_mlp: Annotated[int | None, typer.Option("--d-mlp", help="0 = attention only. Default: 4 x d_model.", show_default=False)] = None,
+    positional: Annotated[str | None, typer.Option("--positional", help=_recipe_help("learned, rotary, none.", "positional"), show_default=False)] = None,
+    n_ctx: Annotated[int, typer.Option("--n-ctx")] = 512,
+    train_lengths: Annotated[str, typer.Option("--train-lengths")] = "1:40",
+    max_steps: Annotated[int | None, typer.Option("--max-steps", help=_recipe_help("Step budget (training stops earlier at --target).", "max_steps"), show_default=False)] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 64,
+    lr: Annotated[float | None, typer.Option("--lr", help=_recipe_help("Peak learning rate (warmup, then cosine).", "lr"), show_default=False)] = None,
+    warmup: Annotated[int | None, typer.Option("--warmup", help=_recipe_help("Warmup steps.", "warmup_steps"), show_default=False)] = None,
+    full_length: Annotated[bool | None, typer.Option("--full-length/--sampled-lengths", help=_recipe_help("Draw every batch at the longest training length (every prefix is still a training example when every position is supervised).", "full_length"), show_default=False)] = None,
+    curriculum: Annotated[int | None, typer.Option("--curriculum", help=_recipe_help("Length curriculum: first maximum training length, grown as validation passes 0.99 (0 = off).", "curriculum"), show_default=False)] = None,
+    final_weight: Annotated[float | None, typer.Option("--final-weight", help=_recipe_help("Extra weight of the final-position loss.", "final_weight"), show_default=False)] = None,
+    target: Annotated[float, typer.Option("--target", help="Stop at this validation accuracy (per-position and final-position, at the longest training length).")] = 1.0,
+    final_only: Annotated[bool | None, typer.Option("--final-only/--every-position", help="Supervise the final position only or every position. Default: the task's protocol.", show_default=False)] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    segment_length: Annotated[int | None, typer.Option("--segment-length", help="rmt: tokens per segment. Default: 2.", show_default=False)] = None,
+    memory: Annotated[int | None, typer.Option("--memory", help="rmt: number of memory vectors. Default: 1.", show_default=False)] = None,
+    bptt_segments: Annotated[int, typer.Option("--bptt-segments", help="rmt: back-propagate through this many segments (0 = all).")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+) -> None:
+    """Train a model on a task and save the checkpoint to --out.
+
+    Options left unset take the architecture's recipe (fsm_probe.training.recipes: the settings measured to learn). The last line says why training stopped and whether the model learned in distribution.
+    """
+    from ..training.recipes import recipe
+    from ..training.trainer import TrainConfig, train
+
+    the_task = _resolve_task(task, task_file)
+    model_cfg = recipe(arch, the_task).model_config(
+        the_task, n_layers=layers, d_hidden=hidden, n_heads=heads, d_mlp=d_mlp, positional=positional,
+        n_ctx=n_ctx, seed=seed, segment_length=segment_length, n_memory=memory, bptt_segments=bptt_segments,
+    )
+    train_cfg = TrainConfig(
+        train_lengths=_parse_range(train_lengths, "--train-lengths"), batch_size=batch_size,
+        max_steps=max_steps, lr=lr, warmup_steps=warmup, curriculum=curriculum, final_weight=final_weight,
+        full_length=full_length,
+        target_accuracy=target, final_only=final_only, seed=seed,
+    )
+    t = train(the_task, model_cfg, train_cfg, out_dir=out, progress=not quiet).log
+    val = "none" if t["final_val_accuracy"] is None else f"{t['final_val_accuracy']:.4f}"
+    console.print(
+        f"trained {arch} on {the_task.spec}: {t['steps']} steps, {t['seconds']:.1f}s, "
+        f"validation accuracy {val} -> {out}"
+    )
+    if t["learned"]:
+        console.print(t["stop_reason"])
+    else:
+        console.print(f"{t['stop_reason']}; try more --max-steps, another --lr or --seed", style="bold red")
+
+
+@app.command("eval")
+@_user_errors
+def eval_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="Checkpoint directory.")],
+    lengths: Annotated[str, typer.Option("--lengths")] = "41,100,500",
+    n: Annotated[int, typer.Option("--n", help="Sequences per length.")] = 256,
+    seed: Annotated[int, typer.Option("--seed")] = 12345,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Evaluate a checkpoint per length (per-position and final-position accuracy)."""
+    from ..training.checkpoint import load
+    from ..training.evaluation import evaluate
+    from ..training.verdict import length_verdict
+
+    if n < 1:
+        raise ConfigError(f"--n must be positive, got {n}")
+    from ..models.config import check_eval_memory
+
+    wanted = _parse_lengths(lengths)
+    run = load(run_dir)
+    trained = run.trained_length
+    lengths_run = sorted({*wanted, *([trained] if trained else [])})
+    check_eval_memory(run.model_config, n, max(lengths_run))
+    # in distribution first: the longest training length is always measured
+    report = evaluate(run.model, run.task, lengths_run, n=n, seed=seed)
+    verdict = length_verdict(report, trained) if trained else None
+    if as_json:
+        print(json.dumps({"lengths": {str(k): v for k, v in report.items()},
+                          "verdict": verdict.to_dict() if verdict else None}))
+        return
+    table = Table(title=f"{run_dir}: {run.model_config.arch} on {run.task.spec}")
+    for col in ("length", "accuracy", "final accuracy", "sequence accuracy"):
+        table.add_column(col, justify="right")
+    for length, r in report.items():
+        tag = f"{length} (longest trained)" if length == trained else str(length)
+        table.add_row(tag, f"{r['accuracy']:.4f}", f"{r['final_accuracy']:.4f}", f"{r['sequence_accuracy']:.4f}")
+    console.print(table)
+    if verdict is not None:
+        console.print(verdict.text)
+
+
+@app.command("predict")
+@_user_errors
+def predict_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="Checkpoint directory.")],
+    sequences: Annotated[list[str], typer.Argument(help="Input words, symbols separated by spaces or given as one string of 1-char symbols.")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Print the model's label after every prefix of each input word, next to the true one."""
+    from ..models import predict_logits
+    from ..training.checkpoint import load
+
+    run = load(run_dir)
+    a = run.task.automaton
+    rows = []
+    for text in sequences:
+        tokens = a.encode(text.split() if " " in text.strip() else text)
+        if len(tokens) == 0:
+            raise ConfigError(f"input word {text!r} is empty; give at least one symbol")
+        pred = predict_logits(run.model, tokens[None]).argmax(-1)[0].tolist()
+        true = a.run_outputs(tokens[None])[0].tolist()
+        rows.append(
+            {
+                "input": a.decode(tokens),
+                "predicted": [a.labels[i] for i in pred],
+                "true": [a.labels[i] for i in true],
+            }
+        )
+    if as_json:
+        print(json.dumps(rows))
+        return
+    for r in rows:
+        console.print(" ".join(r["input"]))
+        console.print("  predicted: " + " ".join(r["predicted"]))
+        console.print("  true:      " + " ".join(r["true"]))
+
+
+@app.command("demo")
+@_user_errors
+def demo_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Where the demo runs are written.")] = Path("runs/demo"),
+    quiet: Annotated[bool, typer.Option("--quiet")] = False,
+) -> None:
+    """The main job, end to end: GRU vs Transformer on flip-flop, trained to length 40, tested to 400, with a verdict and evidence per model."""
+    from ..demo import run_demo
+
+    run_demo(out, console=console, progress=not quiet)
