@@ -66,7 +66,7 @@ def test_rnn_iia_equals_a_restart_from_the_source_state(arch):
                 _, b_state = model(torch.as_tensor(base[keep, : t + 1]), return_state=True)
                 state = {**b_state, **{k: v for k, v in src_state.items() if k.startswith("layers.1.")}}
                 out_t = model.unembed(state["layers.1.hook_h"])[:, None]
-                rest = model(torch.as_tensor(base[keep, t + 1 :]), initial_state=state)
+                rest = model(torch.as_tensor(base[keep, t + 1 :]), state=state)
             head = torch.zeros(int(keep.sum()), t, out_t.shape[-1])
             return torch.cat([head, out_t, rest], dim=1)
 
@@ -136,8 +136,8 @@ def test_rmt_memory_iia_equals_a_restart_from_the_source_memory():
 
         def patched(keep, end=end):
             with torch.no_grad():
-                _, memory = model(torch.as_tensor(source[keep, : end + 1]), return_memory=True)
-                rest = model(torch.as_tensor(base[keep, end + 1 :]), memory=memory)
+                _, state = model(torch.as_tensor(source[keep, : end + 1]), return_state=True)
+                rest = model(torch.as_tensor(base[keep, end + 1 :]), state=state)
             return torch.cat([torch.zeros(int(keep.sum()), end + 1, 2), rest], dim=1)
 
         assert (res.iia[0, j], res.iia_local[0, j]) == pytest.approx(

@@ -276,6 +276,10 @@ def test_cli_extract(tmp_path, capsys) -> None:
         main(["extract", str(tmp_path / "missing"), "--out", str(tmp_path / "y")])
     assert e.value.code == 2
     with pytest.raises(SystemExit) as e:
-        main(["extract", str(tmp_path / "run"), "--out", str(tmp_path / "y"), "--site", "bad"])
+        main(["extract", str(tmp_path / "run"), "--out", str(tmp_path / "y"), "--hook", "bad"])
     assert e.value.code == 2
     assert "unknown hook site" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # the old spelling names the new one
+        main(["extract", str(tmp_path / "run"), "--out", str(tmp_path / "y"), "--site", "layers.0.hook_h"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "use --hook layers.0.hook_h" in err and len(err.splitlines()) == 1

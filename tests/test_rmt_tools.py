@@ -91,7 +91,7 @@ def test_memory_patching_matches_hook_patching_and_restarting(direction):
                 hooked = m.run_with_hooks(base, fwd_hooks=[("hook_memory", hook)])
                 suffix = base[:, (s + 1) * 3 :]
                 restarted = torch.cat([base_logits[:, : (s + 1) * 3],
-                                       m(suffix, memory=src_mem[:, s]) if suffix.shape[1] else base_logits[:, :0]], 1)
+                                       m(suffix, state={"hook_memory": src_mem[:, s]}) if suffix.shape[1] else base_logits[:, :0]], 1)
             assert abs(float(metric(hooked)) - float(res.values[s])) < 1e-5
             assert abs(float(metric(restarted)) - float(res.values[s])) < 1e-5
         # segment 0 sees no difference; the last segment's memory is never read
@@ -142,7 +142,7 @@ def test_memory_slot_attribution_equals_gradient_per_vector():
         prefix = m(corrupted)
     for s in range(3):  # restart from the memory written by segment s; one leaf per vector
         leaves = [x_cache["hook_memory"][:, s, j].clone().requires_grad_(True) for j in range(3)]
-        logits = torch.cat([prefix[:, : (s + 1) * 3], m(corrupted[:, (s + 1) * 3 :], memory=torch.stack(leaves, 1))], 1)
+        logits = torch.cat([prefix[:, : (s + 1) * 3], m(corrupted[:, (s + 1) * 3 :], state={"hook_memory": torch.stack(leaves, 1)})], 1)
         grads = torch.autograd.grad(metric(logits), leaves)
         for j in range(3):
             delta = float(((c_cache["hook_memory"][:, s, j] - leaves[j].detach()) * grads[j]).sum())
@@ -167,7 +167,7 @@ def test_memory_attribution_equals_gradient_of_a_restarted_run(bptt):
         prefix = m(corrupted)
     for s in range(3):  # the memory written by segment s, as the leaf of a run restarted from it
         leaf = x_cache["hook_memory"][:, s].clone().requires_grad_(True)
-        logits = torch.cat([prefix[:, : (s + 1) * 3], m(corrupted[:, (s + 1) * 3 :], memory=leaf)], 1)
+        logits = torch.cat([prefix[:, : (s + 1) * 3], m(corrupted[:, (s + 1) * 3 :], state={"hook_memory": leaf})], 1)
         (grad,) = torch.autograd.grad(metric(logits), leaf)
         delta = float(((c_cache["hook_memory"][:, s] - leaf.detach()) * grad).sum())
         assert float(approx.effect()[s]) == pytest.approx(delta, abs=1e-5)
