@@ -33,8 +33,6 @@ def _pairs(run: Any, length: int | None, n: int, position: int | None, seed: int
     from ..circuits.patching import corruption_pairs
     from ..report.document import analysis_length
 
-    if n < 1:
-        raise ConfigError(f"--n must be positive, got {n}")
     if length is not None and length < 2:
         raise ConfigError(f"--length must be at least 2, got {length}")
     n_ctx = run.model_config.max_length
@@ -85,8 +83,6 @@ def patch_cmd(
 
     if method not in ("exact", "attribution"):
         raise ConfigError(f"--method must be exact or attribution, got {method!r}")
-    if top < 1:
-        raise ConfigError(f"--top must be positive, got {top}")
     run = load(run_dir)
     model = run.model
     cfg = run.model_config
@@ -175,8 +171,6 @@ def trace_cmd(
             raise ConfigError(f"--noise must be a non-negative finite number or 'symmetric', got {noise!r}")
     else:
         level = noise
-    if top < 1:
-        raise ConfigError(f"--top must be positive, got {top}")
     run = load(run_dir)
     model = run.model
     trace_kind = "resid" if site is None else sites.trace_kind(run.model_config, site)
@@ -274,8 +268,6 @@ def circuit_cmd(
     from ..circuits.discovery import discover_circuit, roc_auc
     from ..training.checkpoint import load
 
-    if n < 1:
-        raise ConfigError(f"--n must be positive, got {n}")
     run = load(run_dir)
     found = discover_circuit(run, method=method, length=length, n=n, seed=seed, threshold=threshold, top_k=top_k)
     payload = {"run": str(run_dir), "task": run.task.spec, "arch": run.model_config.arch, **found.to_dict()}

@@ -126,13 +126,10 @@ def eval_cmd(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Evaluate a checkpoint per length (per-position and final-position accuracy)."""
+    from ..models.config import check_eval_memory
     from ..training.checkpoint import load
     from ..training.evaluation import evaluate
     from ..training.verdict import length_verdict
-
-    if n < 1:
-        raise ConfigError(f"--n must be positive, got {n}")
-    from ..models.config import check_eval_memory
 
     wanted = _parse_lengths(lengths)
     run = load(run_dir)

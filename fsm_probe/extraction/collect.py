@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import _validate as _v
 from ..automata.machine import segment_tokens, segment_words
 from ..errors import ConfigError, InputError
 from ..models import as_tokens, model_config, predict_logits
@@ -189,8 +190,7 @@ def collect(
     t = as_tokens(model, tokens)
     if t.shape[1] < 1:
         raise InputError("collect needs sequences of at least one token")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    _v.positive_int(batch_size, "batch_size")
     if memory_segment_length(model) is not None:
         return _collect_memory(model, t, names, automaton, batch_size)
     vecs, preds = [], []

@@ -34,6 +34,7 @@ from sklearn.base import BaseEstimator
 from threadpoolctl import threadpool_limits
 from torch import nn
 
+from .. import _validate as _v
 from ..automata.machine import Automaton, segment_alphabet
 from ..errors import ConfigError, InputError
 from ..models import model_config
@@ -128,8 +129,7 @@ class FSMExtractor(BaseEstimator):
             v = getattr(self, name)
             if name == "max_states" and v is None:
                 continue
-            if not isinstance(v, int | np.integer) or isinstance(v, bool) or v < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+            _v.positive_int(v, name, numpy=True)
         if self.retry_length is not None and (
             not isinstance(self.retry_length, int | np.integer) or isinstance(self.retry_length, bool)
             or self.retry_length < 1

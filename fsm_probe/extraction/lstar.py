@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from torch import nn
 
+from .. import _validate as _v
 from ..automata.machine import Automaton
 from ..errors import ConfigError
 from .collect import model_labels
@@ -80,8 +81,7 @@ def lstar(
     """Learn a Moore machine from `model` (labels after every prefix); see the module docstring."""
     for what, v in (("max_rounds", max_rounds), ("max_states", max_states), ("n_tests", n_tests),
                     ("test_length", test_length)):
-        if not isinstance(v, int) or v < 1:
-            raise ConfigError(f"{what} must be a positive integer, got {v!r}")
+        _v.positive_int(v, what)
     if time_limit <= 0:
         raise ConfigError(f"time_limit must be positive, got {time_limit}")
     t0 = time.perf_counter()

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
+from .. import _validate as _v
 from ..automata.machine import Automaton
 from ..errors import AutomatonError, ConfigError
 from .config import ModelConfig
@@ -456,12 +457,10 @@ def compile_transformer(
         raise ConfigError(f"construction must be one of {', '.join(CONSTRUCTIONS)}, got {construction!r}")
     if isinstance(n_ctx, bool) or not isinstance(n_ctx, int) or not 1 <= n_ctx <= MAX_SCAN_CTX:
         raise ConfigError(f"n_ctx must be an integer in [1, {MAX_SCAN_CTX}] (float32 margins), got {n_ctx!r}")
-    if isinstance(n_heads, bool) or not isinstance(n_heads, int) or n_heads < 1:
-        raise ConfigError(f"n_heads must be a positive integer, got {n_heads!r}")
+    _v.positive_int(n_heads, "n_heads")
     if not gain >= 20:
         raise ConfigError(f"gain must be >= 20 for the attention to be hard in float32, got {gain}")
-    if not isinstance(max_monoid, int) or max_monoid < 1:
-        raise ConfigError(f"max_monoid must be a positive integer, got {max_monoid!r}")
+    _v.positive_int(max_monoid, "max_monoid")
     m = automaton.minimize()
     if construction == "scan":
         built = _scan(automaton, m, n_ctx, n_heads, gain, max_monoid, seed)

@@ -22,15 +22,14 @@ The rule past the measured points (100 states, 30 symbols) is an extrapolation.
 
 from __future__ import annotations
 
-from ..errors import ConfigError
+from .. import _validate as _v
 
 
 def gru_recipe(n_states: int, n_symbols: int) -> dict[str, int | float]:
     """`{"d_hidden", "lr", "max_steps", "batch_size"}` for a GRU on an automaton with `n_states`
     (minimal) states and `n_symbols` symbols."""
     for name, v in (("n_states", n_states), ("n_symbols", n_symbols)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+        _v.positive_int(v, name)
     if n_states <= 8 and n_symbols <= 4:
         return {"d_hidden": 32, "lr": 3e-3, "max_steps": 3000, "batch_size": 64}
     many = n_symbols > 8
