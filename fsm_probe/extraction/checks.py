@@ -10,6 +10,8 @@ words are over segments (see `fsm_probe.extraction.collect`).
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -17,6 +19,7 @@ import torch
 from sklearn.metrics import normalized_mutual_info_score
 from torch import nn
 
+from .._results import DictResult
 from ..automata.machine import Automaton
 from ..errors import ConfigError, InputError
 from ..models import as_tokens
@@ -273,6 +276,58 @@ def agreement_cm(machine: Any, tokens: np.ndarray, labels: np.ndarray) -> float:
     return float((pred == labels)[mask].mean()) if mask.any() else float("nan")
 
 
+_ABSENT = {"omit_if_none": True}  # a key the old dict had only in some cases
+
+
+def _absent() -> Any:
+    return field(default=None, metadata=_ABSENT)
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class ExtractionReport(DictResult):
+    """`check_extraction`'s result (`report.fidelity`); `to_dict()` is the old dict, in the same
+    key order, `extraction.json`'s content. Fields that are None without a task (or a state
+    site, a counter fit, L*) are missing from the dict then, as they were."""
+
+    method: str
+    site: list[str]
+    n_states: int
+    n_states_raw: int
+    conflicts_resolved: int
+    validation_fidelity: float | None
+    segment_length: int | None
+    capped: bool
+    cap: dict[str, Any] | None
+    fidelity: float
+    fidelity_by_length: dict[str, dict[str, float]]
+    accuracy: float | None
+    accuracy_by_length: dict[str, dict[str, float]] | None
+    equivalent_to_task: bool | None
+    counterexample: list[str] | None
+    state_mapping: dict[str, str] | None
+    n_states_task: int | None = _absent()
+    empty_word_agrees: bool | None = _absent()
+    purity: float | None = _absent()
+    nmi: float | None = _absent()
+    interchange_accuracy: float | None
+    interchange: dict[str, float] | None = _absent()
+    finite_state: bool
+    finite_state_evidence: dict[str, Any] | None
+    counter_machine: dict[str, Any] | None = _absent()
+    curve: list[dict[str, Any]] | None
+    lstar: dict[str, Any] | None = _absent()
+    seconds: float | None
+
+    def _items(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if not (f.metadata.get("omit_if_none") and getattr(self, f.name) is None)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ExtractionReport:
+        """From `to_dict()`'s dict (e.g. `extraction.json` read back); missing keys are None."""
+        return cls(**{f.name: d.get(f.name) for f in fields(cls)})
+
+
 def check_extraction(
     model: nn.Module | Run,
     extractor: FSMExtractor,
@@ -281,7 +336,7 @@ def check_extraction(
     n: int = 500,
     seed: int = 12345,
     n_pairs: int = 256,
-) -> dict[str, Any]:
+) -> ExtractionReport:
     """The evidence for an extraction: fidelity and accuracy per held-out length, equivalence
     with the task (counterexample, state mapping), purity/NMI, interchange accuracy, sizes.
 
@@ -352,4 +407,4 @@ def check_extraction(
         report["lstar"] = {"rounds": r.rounds, "complete": r.complete,
                            "membership_queries": r.membership_queries, "test_words": r.test_words}
     report["seconds"] = extractor.seconds_
-    return report
+    return ExtractionReport(**report)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,17 +15,19 @@ from ..io import atomic_write_json, atomic_write_text, replace_directory
 from .build import write_dot, write_graphml
 
 if TYPE_CHECKING:
+    from .checks import ExtractionReport
     from .estimator import FSMExtractor
 
 def save_extraction(
     out: str | os.PathLike,
     extractor: FSMExtractor,
-    report: dict[str, Any],
+    report: ExtractionReport | Mapping[str, Any],
     figures_html: str | None = None,
 ) -> dict[str, Path]:
     """Write `fsm.json` (task-file format), `fsm.graphml`, `fsm.dot`, `extraction.json` and,
     if given, `figures.html` into `out`, as one unit: a crash leaves the previous set or the new
-    one (`fsm_probe.io.replace_directory`); other files in `out` are kept."""
+    one (`fsm_probe.io.replace_directory`); other files in `out` are kept. `extraction.json` is
+    `report` (`check_extraction`'s, or any mapping) as JSON, non-finite numbers as null."""
     extractor._check_fitted()
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -47,7 +50,7 @@ EXTRACTION_FILES = ("fsm.json", "fsm.graphml", "fsm.dot", "counter_machine.json"
 
 
 def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
+    if isinstance(obj, Mapping):  # an ExtractionReport too: its dict view is its to_dict()
         return {str(k): _jsonable(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
         return [_jsonable(v) for v in obj]
