@@ -12,7 +12,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "fsm_probe"
 # The order data flows in; a module may import from its own stage and earlier ones.
 STAGES = [
-    {"errors", "io", "_validate", "_interrupt", "_moved", "_lazy", "__init__"},
+    {"errors", "io", "_validate", "_interrupt", "_moved", "_lazy", "_results", "__init__"},
     {"automata"},
     {"tasks"},
     {"models"},
