@@ -113,8 +113,8 @@ def test_memory_extraction_errors_are_clear():
         extract(m, get_task("parity"), method="lstar")
     parity = get_task("parity").automaton  # reads tokens, not the 16 segments of 4 tokens
     with pytest.raises(InputError, match=r"must read the 16 segments \(e.g. task.automaton.power\(4\)\)"):
-        fidelity(parity, m, np.zeros((2, 3), dtype=np.int64))
-    assert set(fidelity(parity.power(4), m, np.zeros((2, 3), dtype=np.int64))) >= {"per_position"}
+        fidelity(m, parity, np.zeros((2, 3), dtype=np.int64))
+    assert set(fidelity(m, parity.power(4), np.zeros((2, 3), dtype=np.int64))) >= {"per_position"}
     pad = build_model(ModelConfig("scratchpad", 2, 2, d_hidden=16, n_heads=2, positional="none"))
     for site in (None, "hook_memory"):
         with pytest.raises(InputError, match="scratchpad has none"):
@@ -176,7 +176,9 @@ def test_extraction_from_trained_rmt_memory_is_parity_over_segments(trained):
     assert ex.automaton_.n_states == 2
     assert ex.automaton_.equivalent(power) is None
     held_out = np.random.default_rng(7).integers(0, 4, (200, 40))  # 80 tokens, twice the training length
-    assert fidelity(ex.automaton_, model, held_out)["per_position"] == 1.0
+    assert fidelity(model, ex.automaton_, held_out)["per_position"] == 1.0
+    with pytest.warns(DeprecationWarning, match="now fidelity\\(model, automaton"):
+        assert fidelity(ex.automaton_, model, held_out)["per_position"] == 1.0  # the old order, for one release
     assert ex.score(model, held_out) == 1.0
     report = check_extraction(model, ex, task, lengths=(40, 101), n=200)
     assert report["equivalent_to_task"] is True and report["counterexample"] is None

@@ -24,6 +24,7 @@ from .build import (
     write_graphml,
 )
 from .checks import (
+    ExtractionReport,
     agreement,
     check_extraction,
     compare_to_task,
@@ -44,5 +45,5 @@ __all__ = [
     "compare_to_task", "fidelity", "interchange_accuracy", "purity", "task_accuracy",
     "Collection", "collect", "model_labels", "resolve_site", "sample_words", "LStarResult",
     "NetworkOracle", "lstar", "DEFAULT_METHOD", "METHODS", "FSMExtractor", "check_extraction",
-    "extract", "save_extraction",
+    "extract", "save_extraction", "ExtractionReport",
 ]

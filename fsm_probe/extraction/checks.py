@@ -9,6 +9,7 @@ words are over segments (see `fsm_probe.extraction.collect`).
 
 from __future__ import annotations
 
+import warnings
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -54,11 +55,16 @@ def agreement(automaton: Automaton, tokens: np.ndarray, labels: np.ndarray) -> d
 
 
 def fidelity(
-    automaton: Automaton, model: nn.Module, tokens: np.ndarray, include_empty: bool = False
+    model: nn.Module, automaton: Automaton, tokens: np.ndarray, *, include_empty: bool = False
 ) -> dict[str, float]:
-    """Agreement with the network's predicted labels after every non-empty prefix (and the empty
-    one, the initial readout of an RNN, with `include_empty`); on an RMT `tokens` are segment
-    ids and the labels those at segment ends."""
+    """Agreement of `automaton` with the network's predicted labels after every non-empty prefix
+    (and the empty one, the initial readout of an RNN, with `include_empty`); on an RMT `tokens`
+    are segment ids and the labels those at segment ends. (The old order `fidelity(automaton,
+    model, ...)` works until 0.3, with a DeprecationWarning.)"""
+    if isinstance(model, Automaton) and isinstance(automaton, nn.Module):
+        warnings.warn("fidelity(automaton, model, ...) is now fidelity(model, automaton, ...)",
+                      DeprecationWarning, stacklevel=2)
+        model, automaton = automaton, model
     labels = word_labels(model, tokens, automaton.n_symbols)
     return agreement(automaton, tokens, labels if include_empty else labels[:, 1:])
 

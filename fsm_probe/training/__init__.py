@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 from .._lazy import lazy_exports
 
 _EXPORTS = {
+    "EvaluationReport": "evaluation",
+    "LengthAccuracy": "evaluation",
     "Run": "run",
     "TrainConfig": "config",
     "as_run": "run",
@@ -18,7 +20,7 @@ _EXPORTS = {
     "save": "checkpoint",
     "train": "trainer",
 }
-__all__ = ["Run", "TrainConfig", "as_run", "evaluate", "load", "save", "train"]
+__all__ = ["EvaluationReport", "LengthAccuracy", "Run", "TrainConfig", "as_run", "evaluate", "load", "save", "train"]
 
 
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
@@ -27,6 +29,6 @@ __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
 if TYPE_CHECKING:
     from .checkpoint import load, save
     from .config import TrainConfig
-    from .evaluation import evaluate
+    from .evaluation import EvaluationReport, LengthAccuracy, evaluate
     from .run import Run, as_run
     from .trainer import train
