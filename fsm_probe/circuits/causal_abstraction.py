@@ -39,8 +39,8 @@ from torch import nn
 
 from ..errors import InputError
 from ..models import as_tokens, model_config
+from ..tasks import Task
 from ..tasks.datasets import eval_set
-from ..tasks.zoo import Task
 from . import sites as S
 from .sites import state_sites
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 
@@ -331,23 +330,3 @@ def modular_arithmetic(modulus: int = 5) -> Automaton:
         [*_digits(m), "op", "invalid"],
         name="modular_arithmetic",
     )
-
-
-_MOVED = {
-    **dict.fromkeys(("Task", "task_from_automaton", "task_from_file"), "task"),
-    **dict.fromkeys(("Param", "TaskInfo", "get_task", "list_tasks"), "registry"),
-    **dict.fromkeys(
-        ("Sampler", "UniformSampler", "CategoricalSampler", "FlipFlopSampler", "AbabSampler",
-         "AdderSampler", "ModularArithmeticSampler", "DyckSampler", "AnbnSampler"),
-        "samplers",
-    ),
-}
-
-
-def __getattr__(name: str) -> Any:
-    """Names that moved to `task`, `registry` and `samplers` stay importable from here."""
-    if name in _MOVED:
-        import importlib
-
-        return getattr(importlib.import_module(f"{__package__}.{_MOVED[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
