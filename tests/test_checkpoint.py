@@ -154,3 +154,16 @@ def test_save_needs_a_task(tmp_path):
     _, model = _model("gru")
     with pytest.raises(CheckpointError, match="task"):
         save(model, tmp_path)
+
+
+def test_a_training_record_is_stored_and_loaded_verbatim(tmp_path):
+    """A record is written as given (no TrainConfig defaults filled in) and `load` gives it back."""
+    task, model = _model("gru")
+    record = {"train_lengths": [1, 8], "steps": 5, "learned": True}
+    save(model, tmp_path / "run", task=task, training=record)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["training"] == record
+    loaded = load(tmp_path / "run")
+    assert loaded.record == record and loaded.trained_length == 8 and loaded.learned
+    assert loaded.train_config.train_lengths == (1, 8)
+    save(loaded, tmp_path / "again")
+    assert json.loads((tmp_path / "again" / "config.json").read_text())["training"] == record

@@ -300,3 +300,12 @@ def test_verified_cells_equal_the_full_sweep() -> None:
         measured = verify_cells(model, clean, corrupted, metric, [(site, c) for c in cells])
         for c in cells:
             assert measured[(site, c)] == pytest.approx(float(full.values[c]), abs=1e-5)
+
+
+def test_a_compiled_transformer_brings_its_circuit_to_the_analyses() -> None:
+    """Passed whole, a CompiledTransformer is analysed as compiled (discovery at its full context,
+    as `fsm-probe circuit` on its checkpoint); its bare network gets the trained-model default."""
+    task = get_task("cyclic:n=3")
+    built = compile_transformer(task.automaton, "scan", n_ctx=32)
+    assert discover_circuit(built, task, n=8).length == 32
+    assert discover_circuit(built.model, task, n=8).length == 16

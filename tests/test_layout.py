@@ -102,6 +102,19 @@ def test_old_module_paths_alias_the_new_modules():
         with pytest.warns(DeprecationWarning, match=new):
             module = importlib.import_module(old) if old not in sys.modules else _reimport(old)
         assert module is importlib.import_module(new)
+        assert module.__spec__.name == new  # importlib.reload still reloads the real module
+    # names of the old modules that became packages
+    from fsm_probe.report import CIRCUIT_THRESHOLD, SECTIONS, analysis_length  # noqa: F401
+    from fsm_probe.training import (  # noqa: F401
+        CURRICULUM_PASS,
+        RECIPE_FIELDS,
+        curriculum_lengths,
+        lr_schedule,
+        stop_reason,
+    )
+    from fsm_probe.training.verdict import trained_length
+
+    assert trained_length(None) is None
 
 
 def _reimport(name: str):

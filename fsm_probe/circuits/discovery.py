@@ -287,9 +287,9 @@ def verify_cells(
 def _component_hooks(cfg: Any, name: str) -> tuple[str, int | None]:
     """Hook name (and head index) whose activation is the component's output."""
     if name.endswith(".mlp"):
-        return f"blocks.{int(name[1:-4])}.hook_mlp_out", None
+        return S.hook_name("mlp_out", int(name[1:-4])), None
     li, h = name[1:].split("H")
-    return f"blocks.{int(li)}.attn.hook_z", int(h)
+    return S.hook_name("head_out", int(li)), int(h)
 
 
 def acdc_prune(

@@ -78,7 +78,8 @@ class HookedScratchpad(InnerBridgeMixin):
         """Logits `[batch, pos, d_out]`.
 
         `feedback`: the labels `[batch, pos]` whose shifted copy is fed back (teacher forcing).
-        Default: the task's true labels in training mode, the model's own outputs in eval mode.
+        Required in training mode (the task's true labels; `fsm_probe.train` passes them); in eval
+        mode the default is the model's own outputs.
         """
         tokens = validate_tokens(tokens, self.cfg.d_vocab, self.device)
         if tokens.shape[1] > self.cfg.n_ctx:

@@ -37,7 +37,8 @@ def transformer_config(model: TransformerBridge) -> ModelConfig:
         positional = "none" if not pos.requires_grad and not bool(pos.detach().any()) else "learned"
     return ModelConfig(
         arch="transformer", d_vocab=tl.d_vocab, d_out=tl.d_vocab_out, n_layers=tl.n_layers,
-        d_hidden=tl.d_model, n_heads=tl.n_heads, d_mlp=0 if tl.attn_only else tl.d_mlp,
+        d_hidden=tl.d_model, n_heads=tl.n_heads,
+        d_mlp=0 if tl.attn_only else (None if tl.d_mlp == 4 * tl.d_model else tl.d_mlp),
         normalization=tl.normalization_type, positional=positional, n_ctx=tl.n_ctx,
         attention_dir=tl.attention_dir, seed=tl.seed or 0,
     )

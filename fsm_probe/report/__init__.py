@@ -1,5 +1,10 @@
 """Stage 7: the offline HTML report."""
 
-from .document import ReportSettings, report_html, write_report
+from .context import analysis_length
+from .document import SECTIONS, ReportSettings, report_html, write_report
+from .sections import CIRCUIT_THRESHOLD, CIRCUIT_TOP_K
 
-__all__ = ["ReportSettings", "report_html", "write_report"]
+__all__ = [
+    "CIRCUIT_THRESHOLD", "CIRCUIT_TOP_K", "SECTIONS", "ReportSettings", "analysis_length", "report_html",
+    "write_report",
+]

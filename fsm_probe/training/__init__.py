@@ -10,6 +10,13 @@ from typing import TYPE_CHECKING
 from .._lazy import lazy_exports
 
 _EXPORTS = {
+    # the old fsm_probe.training module's names (until 0.3; import them from training.trainer)
+    "CURRICULUM_PASS": "trainer",
+    "RECIPE_FIELDS": "config",
+    "curriculum_lengths": "trainer",
+    "lr_schedule": "trainer",
+    "stop_reason": "trainer",
+    # the stage's API
     "EvaluationReport": "evaluation",
     "LengthAccuracy": "evaluation",
     "Run": "run",

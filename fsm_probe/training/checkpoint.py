@@ -361,4 +361,7 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> Ru
     # CLI's --json output.
     quiet = {"print_details": False} if isinstance(model, TransformerBridge) else {}
     model = model.to(device, **quiet).eval()
-    return Run.from_record(model, task, config.get("training", {}), directory=given)
+    try:
+        return Run.from_record(model, task, config.get("training", {}), directory=given)
+    except FsmProbeError as e:
+        raise CheckpointError(f"{given / CONFIG}: training record: {e}") from None

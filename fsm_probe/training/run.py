@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -36,11 +37,15 @@ class Run:
     log: dict[str, Any] = field(default_factory=dict)
     directory: Path | None = None
     circuit: Any = None
+    settings: dict[str, Any] | None = None  # the training settings exactly as stored (from_record)
 
     @property
     def record(self) -> dict[str, Any]:
         """The training record as `config.json` stores it: the settings and the outcome."""
-        settings = self.train_config.to_dict() if self.train_config is not None else {}
+        if self.settings is not None:
+            settings = self.settings
+        else:
+            settings = self.train_config.to_dict() if self.train_config is not None else {}
         return {**settings, **self.log}
 
     @property
@@ -56,14 +61,16 @@ class Run:
 
     @classmethod
     def from_record(cls, model: nn.Module, task: Task, record: Mapping[str, Any] | None, **kw: Any) -> Run:
-        """A run whose `train_config` and `log` come from a stored training record."""
+        """A run whose `train_config` and `log` come from a stored training record; `record` gives
+        the stored record back unchanged (a record without `train_lengths` has no
+        `train_config`)."""
         record = dict(record or {})
         names = {f.name for f in fields(TrainConfig)}
+        if "train_lengths" not in record:
+            return cls(model, task, model_config(model), None, record, **kw)
         settings = {k: record.pop(k) for k in list(record) if k in names}
-        train_config = TrainConfig.from_dict(settings) if "train_lengths" in settings else None
-        if train_config is None:
-            record.update(settings)
-        return cls(model, task, model_config(model), train_config, record, **kw)
+        train_config = TrainConfig.from_dict(settings)
+        return cls(model, task, model_config(model), train_config, record, settings=settings, **kw)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -95,7 +102,7 @@ def as_run(model: nn.Module | Run | CompiledTransformer, task: Task | None = Non
     if isinstance(model, Run):
         if task is None or task is model.task:
             return model
-        return Run(model.model, task, model.model_config, model.train_config, model.log, model.directory, model.circuit)
+        return dataclasses.replace(model, task=task)
     if not isinstance(model, nn.Module):
         raise InputError(f"expected a model or a fsm_probe Run, got {type(model).__name__}")
     if task is None:

@@ -12,6 +12,15 @@ from typing import Any
 
 from ..errors import InputError
 
+
+def trained_length(run: Any) -> int | None:
+    """The longest training length of a `Run` (None without a training record). Until 0.3; use
+    `run.trained_length`."""
+    from .run import record_trained_length
+
+    return record_trained_length(getattr(run, "record", None))
+
+
 THRESHOLD = 0.99
 
 
