@@ -48,7 +48,7 @@ def test_gru_learns_parity_and_generalizes_in_length(tmp_path):
     assert log and {"step", "loss", "val_accuracy", "seconds"} <= set(log[-1])
     assert run.log["stopped_early"] and run.learned
     reloaded = load(tmp_path)
-    assert reloaded.record == run.record and reloaded.task.spec == task.spec
+    assert reloaded.record == json.loads(json.dumps(run.record)) and reloaded.task.spec == task.spec
     assert evaluate(reloaded.model, task, [200], n=128) == evaluate(model, task, [200], n=128)
 
 
