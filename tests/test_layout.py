@@ -34,7 +34,7 @@ def _top(path: Path) -> str:
 def _imports(path: Path) -> list[tuple[int, str]]:
     """(line, first package component) of every import of fsm_probe itself in `path`."""
     parts = path.relative_to(PACKAGE).with_suffix("").parts
-    package = parts[:-1] if parts[-1] != "__init__" else parts[:-1]
+    package = parts[:-1]  # a module's package; for an __init__.py, the package it starts
     found = []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.ImportFrom):

@@ -39,10 +39,10 @@ def extract_cmd(
     from ..figures.extraction import extraction_figures, figures_html
     from ..training.checkpoint import load
 
-    run = load(run_dir)
     if site is not None:
         raise ConfigError(f"extract --site is now --hook (it takes hook names, such as layers.0.hook_h; "
                           f"--site takes site names in patch and trace): use --hook {site}")
+    run = load(run_dir)
     sites = [s.strip() for s in hook.split(",") if s.strip()] if hook else None
     n_components = _parse_components(components)
     ex = FSMExtractor(

@@ -97,7 +97,7 @@ def as_run(model: nn.Module | Run | CompiledTransformer, task: Task | None = Non
     if isinstance(model, CompiledTransformer):
         if task is None:
             raise InputError("a compiled Transformer needs its task: pass task=... (the automaton's Task)")
-        return Run(model.model, as_run(model.model, task).task, model_config(model.model),
+        return Run(model.model, _checked_task(task), model_config(model.model),
                    log={"compiled": True}, circuit=model.circuit)
     if isinstance(model, Run):
         if task is None or task is model.task:
@@ -107,9 +107,13 @@ def as_run(model: nn.Module | Run | CompiledTransformer, task: Task | None = Non
         raise InputError(f"expected a model or a fsm_probe Run, got {type(model).__name__}")
     if task is None:
         raise InputError("a bare model needs its task: pass task=... or a Run (as train and load return)")
+    return Run(model, _checked_task(task), model_config(model))
+
+
+def _checked_task(task: Any) -> Task:
     if not isinstance(task, Task):
         raise InputError(f"task must be a fsm_probe Task, got {type(task).__name__}")
-    return Run(model, task, model_config(model))
+    return task
 
 
 def unwrap(model: nn.Module | Run | CompiledTransformer) -> nn.Module:
