@@ -34,15 +34,9 @@ from ..models.protocol import (
     state_sites,
     steps_per_token,
 )
+from . import sites as S
 
 Metric = Callable[[Tensor], Tensor]
-_HOOK_NAMES = {
-    "resid_pre": "hook_resid_pre",
-    "resid_post": "hook_resid_post",
-    "attn_out": "hook_attn_out",
-    "mlp_out": "hook_mlp_out",
-    "head_out": "attn.hook_z",
-}
 _ROW_BUDGET = 2**25
 # With fewer token rows (sequences x positions) than this per stacked forward the per-call
 # overhead dominates: patches at nearby positions are then grouped (recomputing a slightly longer
@@ -236,10 +230,10 @@ def _hook_patched_logits(
         hooks.append(("blocks.0.hook_resid_pre", lambda act, hook: resid0))
     for li in sorted({li for p in patches for li in p.layers}):
         if site == "resid_mid":
-            name = f"blocks.{li}.hook_attn_out"
-            new = src[f"blocks.{li}.hook_resid_mid"] - base[f"blocks.{li}.hook_resid_pre"]
+            name = S.hook_name("attn_out", li)
+            new = src[S.hook_name("resid_mid", li)] - base[S.hook_name("resid_pre", li)]
         else:
-            name = f"blocks.{li}.{_HOOK_NAMES[site]}"
+            name = S.hook_name(site, li)
             new = src[name]
         hit = [i for i, p in enumerate(patches) if li in p.layers]
 

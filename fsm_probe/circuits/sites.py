@@ -21,6 +21,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..models import model_config
+from ..models.native import STAGES  # noqa: F401  (re-exported: the order a block computes its sites)
 from ..models.rmt import MEMORY_HOOK
 
 RNN, TRANSFORMER, RMT, SCRATCHPAD = "rnn", "transformer", "rmt", "scratchpad"
@@ -32,7 +33,6 @@ RMT_SITES = ("memory", "memory_slot")
 SITES = {RNN: RNN_SITES, TRANSFORMER: TRANSFORMER_SITES, RMT: RMT_SITES, SCRATCHPAD: ()}
 
 # The order in which a Transformer block computes its sites (the patching engine's stages).
-STAGES = ("resid_pre", "head_out", "attn_out", "resid_mid", "mlp_out", "resid_post")
 # Rank of a site within its layer: the heads and their sum share one; state sites come first.
 _STAGE_RANK = {"resid_pre": 0, "head_out": 1, "attn_out": 1, "resid_mid": 2, "mlp_out": 3, "resid_post": 4,
                "hidden": 0, "cell": 0, "memory": 0, "memory_slot": 0}
