@@ -12,8 +12,8 @@ network (few training steps) checks graceful degradation.
 writes analyses/results/bench_extraction.md (the README table: one row per network, one
 `states / equivalent? / fidelity / interchange / seconds` cell per method) and .json (every number).
 
-`--large` (default: the zoo's large groups and the counter tasks) adds GRUs trained with
-`fsm_probe.training.recipes_size.gru_recipe` and the default extraction (plus AALpy's L* when installed):
+`--large` (default: the zoo's large groups and the counter tasks) adds GRUs trained with the
+defaults of `fsm-probe train --arch gru` (the size-aware recipe) and the default extraction (plus AALpy's L* when installed):
 states, equivalence, fidelity, seconds, whether the network was found finite-state and the
 counter machine's fidelity; written to OUT_large.md / .json.
 """
@@ -76,27 +76,23 @@ def trained(spec: str, arch: str, steps: int | None = None, seed: int = 0):
     return load(run), tag
 
 
-def trained_recipe(spec: str, seed: int = 0):
-    """A cached GRU trained with `gru_recipe` for the task's size."""
-    from fsm_probe.training.recipes_size import gru_recipe
+def trained_default(spec: str, seed: int = 0):
+    """A cached GRU trained as `fsm-probe train --task SPEC --arch gru` does with default flags."""
+    from fsm_probe.training.recipes import recipe
 
     task = get_task(spec)
-    a = task.automaton
-    r = gru_recipe(a.minimize().n_states, a.n_symbols)
-    tag = f"gru{r['d_hidden']}_{spec.replace(':', '_').replace('=', '').replace(',', '_')}_recipe"
+    cfg = recipe("gru", task).model_config(task, seed=seed)
+    tag = f"gru{cfg.d_hidden}_{spec.replace(':', '_').replace('=', '').replace(',', '_')}_defaults"
     run = ROOT / tag
     if not (run / "config.json").is_file():
-        cfg = ModelConfig(arch="gru", d_vocab=a.n_symbols, d_out=a.n_labels, d_hidden=r["d_hidden"], seed=seed)
-        tcfg = TrainConfig(val_lengths=(40,), target_accuracy=0.999, max_steps=r["max_steps"], lr=r["lr"],
-                           batch_size=r["batch_size"], seed=seed)
-        train(task, cfg, tcfg, out_dir=run, progress=False)
+        train(task, cfg, TrainConfig(seed=seed), out_dir=run, progress=False)
     return load(run).model, tag, task
 
 
 def large_row(spec: str, aalpy: bool) -> list[dict]:
     """Default extraction (and AALpy L*) on a recipe-trained GRU; in-distribution accuracy from
     the task's own sampler at length 40."""
-    model, tag, task = trained_recipe(spec)
+    model, tag, task = trained_default(spec)
     a = task.automaton
     tok = task.sampler.sample(np.random.default_rng(7), 500, 40)
     acc = float((model_labels(model, tok)[:, 1:] == a.run_outputs(tok)).mean())
@@ -124,8 +120,8 @@ def large_markdown(rows: list[dict]) -> str:
     out = [
         "# Extraction of large automata and counter tasks",
         "",
-        "Written by `analyses/bench_extraction.py --large` (1 thread). GRUs trained with "
-        "`gru_recipe(n_states, n_symbols)`; net acc: in distribution (the task's sampler, length 40). "
+        "Written by `analyses/bench_extraction.py --large` (1 thread). GRUs trained with the defaults of "
+        "`fsm-probe train --arch gru` (the size-aware recipe); net acc: in distribution (the task's sampler, length 40). "
         "Fidelity: min over held-out lengths 40 and 80. Counter fidelity: the fitted counter machine "
         "against the network at lengths 40 / 80.",
         "",
@@ -341,6 +337,18 @@ def markdown(rows: list[dict], methods: list[str]) -> str:
     return "\n".join(out)
 
 
+def split_specs(text: str) -> list[str]:
+    """`"cyclic:n=19,n_actions=19,dyck1"` -> the two specs: a `key=value` part without a task
+    name continues the spec before it."""
+    specs: list[str] = []
+    for part in filter(None, text.split(",")):
+        if specs and "=" in part and ":" not in part:
+            specs[-1] += "," + part
+        else:
+            specs.append(part)
+    return specs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated; empty for none")
@@ -357,7 +365,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.large is not None:
         rows = []
-        for spec in filter(None, args.large.split(",")):
+        for spec in split_specs(args.large):
             rs = large_row(spec, not args.no_aalpy)
             print(rs, flush=True)
             rows += rs
@@ -367,7 +375,7 @@ def main() -> None:
         atomic_write_json(out.with_suffix(".json"), {"threads": torch.get_num_threads(), "rows": rows})
         print(md)
         return
-    nets = [(spec, arch, None) for spec in filter(None, args.tasks.split(","))
+    nets = [(spec, arch, None) for spec in split_specs(args.tasks)
             for arch in args.archs.split(",")]
     for item in filter(None, args.undertrained.split(",")):
         spec, _, steps = item.partition("@")

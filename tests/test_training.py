@@ -186,12 +186,14 @@ def test_budget_spent_says_did_not_learn(tmp_path):
 
 def test_curriculum_stage_moves_on_after_its_share_of_steps(tmp_path):
     task = get_task("cyclic:n=5")
-    tc = TrainConfig(train_lengths=(1, 30), max_steps=16, eval_every=2, val_size=16, curriculum=5)
+    tc = TrainConfig(train_lengths=(1, 30), max_steps=16, eval_every=1, val_size=16, curriculum=5)
     train(task, _cfg(task), tc, out_dir=tmp_path, progress=False)
     log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
-    # 16 steps, 4 stages: each stage below 30 gets 16 // 8 = 2 steps, validated at its maximum
-    assert [e["max_length"] for e in log] == [13, 21, 30, 30, 30, 30, 30, 30]
-    assert list(log[0]["val"]) == ["13"] and list(log[-1]["val"]) == ["30"]
+    # 16 steps, 4 stages: each stage below 30 gets 16 // 8 = 2 steps, validated at its maximum;
+    # the step that enters a stage (2, 4, 6) is not validated: that stage has not trained yet
+    assert [e["step"] for e in log] == [1, 3, 5, *range(7, 17)]
+    assert [e["max_length"] for e in log] == [5, 13, 21] + [30] * 10
+    assert list(log[0]["val"]) == ["5"] and list(log[-1]["val"]) == ["30"]
 
 
 @pytest.mark.slow
@@ -221,10 +223,11 @@ def test_full_length_draws_batches_at_the_longest_length(monkeypatch, task_name,
 
     monkeypatch.setattr(training, "iterate_batches", spy)
     task = get_task(task_name)
-    training.train(task, ModelConfig("gru", 2, 2, d_hidden=4),
-                   TrainConfig(train_lengths=(1, 12), max_steps=2, eval_every=2, val_size=8, full_length=True),
-                   progress=False)
+    run = training.train(task, ModelConfig("gru", 2, 2, d_hidden=4),
+                         TrainConfig(train_lengths=(1, 12), max_steps=2, eval_every=2, val_size=8, full_length=True),
+                         progress=False)
     assert seen == [expected]
+    assert run.train_config.full_length is (expected[0] == expected[1])  # the record says what ran
 
 
 def test_recurrent_recipe_follows_the_automaton_size():

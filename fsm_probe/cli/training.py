@@ -53,7 +53,7 @@ def _recipe_help(text: str, key: str) -> str:
     from ..training.recipes import describe
 
     sized = (" Recurrent nets on automata above 16 states or 4 symbols, and on counter tasks, take "
-             "sized defaults (fsm_probe.training.recipes).") if key in ("d_hidden", "lr", "max_steps") else ""
+             "sized defaults (fsm_probe.training.recipes).") if key in ("d_hidden", "lr", "max_steps", "batch_size") else ""
     return f"{text} Default per --arch: {describe(key)}.{sized}"
 
 
@@ -72,7 +72,7 @@ def train_cmd(
     n_ctx: Annotated[int, typer.Option("--n-ctx")] = 512,
     train_lengths: Annotated[str, typer.Option("--train-lengths")] = "1:40",
     max_steps: Annotated[int | None, typer.Option("--max-steps", help=_recipe_help("Step budget (training stops earlier at --target).", "max_steps"), show_default=False)] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 64,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help=_recipe_help("Sequences per step.", "batch_size"), show_default=False)] = None,
     lr: Annotated[float | None, typer.Option("--lr", help=_recipe_help("Peak learning rate (warmup, then cosine).", "lr"), show_default=False)] = None,
     warmup: Annotated[int | None, typer.Option("--warmup", help=_recipe_help("Warmup steps.", "warmup_steps"), show_default=False)] = None,
     full_length: Annotated[bool | None, typer.Option("--full-length/--sampled-lengths", help=_recipe_help("Draw every batch at the longest training length (every prefix is still a training example when every position is supervised).", "full_length"), show_default=False)] = None,

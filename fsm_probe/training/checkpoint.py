@@ -228,7 +228,7 @@ def _mapping(v: Any, name: str) -> None:
 _TRAINING_FIELDS: dict[str, Callable[[Any, str], Any]] = {
     "train_lengths": _lengths_pair,
     "val_lengths": _lengths_list,
-    "batch_size": _v.positive_int,
+    "batch_size": _opt(_v.positive_int),
     "max_steps": _opt(_v.positive_int),  # null: the recipe's (an unresolved TrainConfig)
     "eval_every": _v.positive_int,
     "val_size": _v.positive_int,

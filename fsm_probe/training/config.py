@@ -12,12 +12,12 @@ from ..tasks import Task
 from .recipes import recipe
 
 # TrainConfig fields whose default (None) comes from the architecture's recipe.
-RECIPE_FIELDS = ("lr", "max_steps", "warmup_steps", "curriculum", "final_weight", "full_length")
+RECIPE_FIELDS = ("lr", "max_steps", "batch_size", "warmup_steps", "curriculum", "final_weight", "full_length")
 
 @dataclass
 class TrainConfig:
-    """Training hyperparameters. Fields left at `None` (`lr`, `max_steps`, `warmup_steps`,
-    `curriculum`, `final_weight`) come from the architecture's recipe (`fsm_probe.training.recipes`).
+    """Training hyperparameters. Fields left at `None` (`lr`, `max_steps`, `batch_size`,
+    `warmup_steps`, `curriculum`, `final_weight`) come from the architecture's recipe (`fsm_probe.training.recipes`).
 
     `curriculum=K` (K > 0) starts with training lengths up to K and grows the maximum by half
     (at least 8) each time validation at the current maximum reaches 0.99 (or the target if
@@ -30,7 +30,7 @@ class TrainConfig:
     """
 
     train_lengths: tuple[int, int] = (1, 40)
-    batch_size: int = 64
+    batch_size: int | None = None
     max_steps: int | None = None
     lr: float | None = None
     weight_decay: float = 0.0

@@ -25,13 +25,13 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
 # TrainConfig fields per architecture. `curriculum`: first maximum training length of a length
 # curriculum (0 = none; the maximum grows as validation at the current maximum passes).
 TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
-    "rnn": {"lr": 1e-2, "max_steps": 3000, "warmup_steps": 100, "curriculum": 0, "final_weight": 0.0, "full_length": False},
-    "gru": {"lr": 1e-2, "max_steps": 3000, "warmup_steps": 100, "curriculum": 0, "final_weight": 0.0, "full_length": False},
-    "lstm": {"lr": 1e-2, "max_steps": 3000, "warmup_steps": 100, "curriculum": 0, "final_weight": 0.0, "full_length": False},
-    "transformer": {"lr": 3e-3, "max_steps": 4000, "warmup_steps": 200, "curriculum": 0, "final_weight": 0.0,
+    "rnn": {"lr": 1e-2, "max_steps": 3000, "batch_size": 64, "warmup_steps": 100, "curriculum": 0, "final_weight": 0.0, "full_length": False},
+    "gru": {"lr": 1e-2, "max_steps": 3000, "batch_size": 64, "warmup_steps": 100, "curriculum": 0, "final_weight": 0.0, "full_length": False},
+    "lstm": {"lr": 1e-2, "max_steps": 3000, "batch_size": 64, "warmup_steps": 100, "curriculum": 0, "final_weight": 0.0, "full_length": False},
+    "transformer": {"lr": 3e-3, "max_steps": 4000, "batch_size": 64, "warmup_steps": 200, "curriculum": 0, "final_weight": 0.0,
                     "full_length": True},
-    "rmt": {"lr": 3e-3, "max_steps": 3000, "warmup_steps": 100, "curriculum": 0, "final_weight": 0.0, "full_length": False},
-    "scratchpad": {"lr": 1e-3, "max_steps": 3000, "warmup_steps": 100, "curriculum": 0, "final_weight": 0.0, "full_length": False},
+    "rmt": {"lr": 3e-3, "max_steps": 3000, "batch_size": 64, "warmup_steps": 100, "curriculum": 0, "final_weight": 0.0, "full_length": False},
+    "scratchpad": {"lr": 1e-3, "max_steps": 3000, "batch_size": 64, "warmup_steps": 100, "curriculum": 0, "final_weight": 0.0, "full_length": False},
 }
 
 
@@ -86,9 +86,9 @@ def recipe(arch: str, task: Any | None = None) -> Recipe:
         if n_states > SMALL_STATES or n_symbols > SMALL_SYMBOLS:  # measured in recipes_size
             from .recipes_size import gru_recipe
 
-            sized = gru_recipe(n_states, n_symbols)  # its batch_size is advice: batches stay 64
+            sized = gru_recipe(n_states, n_symbols)
             model["d_hidden"] = sized["d_hidden"]
-            train.update(lr=sized["lr"], max_steps=sized["max_steps"])
+            train.update(lr=sized["lr"], max_steps=sized["max_steps"], batch_size=sized["batch_size"])
     return Recipe(arch, model, train)
 
 

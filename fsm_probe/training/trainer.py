@@ -11,6 +11,7 @@ import json
 import math
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -136,6 +137,8 @@ def _train(
     val_lengths = train_cfg.val_lengths or (hi,)
     final_only = task.final_only if train_cfg.final_only is None else train_cfg.final_only
     full = bool(train_cfg.full_length) and not final_only
+    if train_cfg.full_length and not full:  # ignored when only the final position is supervised: record what ran
+        train_cfg = replace(train_cfg, full_length=False)
     stages = [hi] if full else [m for m in curriculum_lengths(train_cfg.curriculum, hi) if m >= lo]
     lr = train_cfg.lr
     params = [p for p in model.parameters() if p.requires_grad]
@@ -172,11 +175,12 @@ def _train(
         sched.step()
         running = loss.item() if running is None else 0.9 * running + 0.1 * loss.item()
         bar.update(1)
-        if stages[phase] < hi and step - phase_start >= phase_budget:  # this curriculum phase had its share
+        moved = stages[phase] < hi and step - phase_start >= phase_budget  # this curriculum phase had its share
+        if moved:
             phase, phase_start = phase + 1, step
             batches = batches_for(phase)
-        if step % train_cfg.eval_every and step != train_cfg.max_steps:
-            continue
+        if (step % train_cfg.eval_every or moved) and step != train_cfg.max_steps:
+            continue  # a stage just entered is not validated before it has trained
         top = stages[phase]
         lengths = val_lengths if top == hi else (top,)
         report = evaluate(
