@@ -20,6 +20,9 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "transformer": {"n_layers": 2, "d_hidden": 64, "n_heads": 4, "positional": "learned"},
     "rmt": {"n_layers": 2, "d_hidden": 32, "n_heads": 4, "positional": "learned", "segment_length": 2, "n_memory": 1},
     "scratchpad": {"n_layers": 1, "d_hidden": 32, "n_heads": 4, "positional": "none"},
+    "compressive": {"n_layers": 2, "d_hidden": 32, "n_heads": 4, "positional": "learned", "segment_length": 2,
+                    "n_memory": 2, "n_compressed": 2, "compression_rate": 2},
+    "hmt": {"n_layers": 2, "d_hidden": 32, "n_heads": 4, "positional": "learned", "segment_length": 2, "n_memory": 4},
 }
 
 # TrainConfig fields per architecture. `curriculum`: first maximum training length of a length
@@ -32,6 +35,9 @@ TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
                     "full_length": True},
     "rmt": {"lr": 3e-3, "max_steps": 3000, "warmup_steps": 100, "curriculum": 0, "final_weight": 0.0, "full_length": False},
     "scratchpad": {"lr": 1e-3, "max_steps": 3000, "warmup_steps": 100, "curriculum": 0, "final_weight": 0.0, "full_length": False},
+    "compressive": {"lr": 3e-3, "max_steps": 3000, "warmup_steps": 100, "curriculum": 0, "final_weight": 0.0,
+                    "full_length": False},
+    "hmt": {"lr": 3e-3, "max_steps": 3000, "warmup_steps": 100, "curriculum": 0, "final_weight": 0.0, "full_length": False},
 }
 
 
