@@ -22,8 +22,8 @@ from torch import nn
 
 from ..errors import InputError
 from ..models import model_config
-from ..models.native import STAGES  # noqa: F401  (re-exported: the order a block computes its sites)
 from ..models.compressive import COMPRESSED_HOOK
+from ..models.native import STAGES  # noqa: F401  (re-exported: the order a block computes its sites)
 from ..models.rmt import MEMORY_HOOK
 
 RNN, TRANSFORMER, RMT, SCRATCHPAD = "rnn", "transformer", "rmt", "scratchpad"
