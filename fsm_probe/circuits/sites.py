@@ -4,7 +4,8 @@ per model family, and validation.
 A *site* is a named kind of activation, spelled as TransformerLens spells activation names:
 Transformer `resid_pre`, `resid_mid`, `resid_post`, `attn_out`, `mlp_out`, `head_out` (the
 per-head `z`) and `pattern`; RNN `hidden` and `cell` (LSTM); RMT `memory` (all memory vectors a
-segment writes) and `memory_slot` (one of them); `embed` (the token embedding). A *hook name* is
+segment writes) and `memory_slot` (one of them), the `memory` of the Compressive Transformer and
+HMT (their whole state a segment leaves: both memories, or the cache); `embed` (the token embedding). A *hook name* is
 the module path of one hook point, and `hook_name` is the one function that builds it
 (`blocks.0.attn.hook_z`, `layers.0.hook_h`, `hook_memory`), like TransformerLens's
 `get_act_name`. Analyses ask this module which sites a model has (`patch_sites`,
@@ -21,16 +22,20 @@ from torch import nn
 
 from ..errors import InputError
 from ..models import model_config
+from ..models.compressive import COMPRESSED_HOOK
 from ..models.native import STAGES  # noqa: F401  (re-exported: the order a block computes its sites)
 from ..models.rmt import MEMORY_HOOK
 
 RNN, TRANSFORMER, RMT, SCRATCHPAD = "rnn", "transformer", "rmt", "scratchpad"
-FAMILIES = (RNN, TRANSFORMER, RMT, SCRATCHPAD)
+COMPRESSIVE, HMT = "compressive", "hmt"
+SEGMENT_MEMORY = (COMPRESSIVE, HMT)  # memory models patched and traced through their state only
+FAMILIES = (RNN, TRANSFORMER, RMT, SCRATCHPAD, *SEGMENT_MEMORY)
 
 TRANSFORMER_SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "head_out")
 RNN_SITES = ("hidden", "cell")
 RMT_SITES = ("memory", "memory_slot")
-SITES = {RNN: RNN_SITES, TRANSFORMER: TRANSFORMER_SITES, RMT: RMT_SITES, SCRATCHPAD: ()}
+SITES = {RNN: RNN_SITES, TRANSFORMER: TRANSFORMER_SITES, RMT: RMT_SITES, SCRATCHPAD: (),
+         COMPRESSIVE: ("memory",), HMT: ("memory",)}
 
 # The order in which a Transformer block computes its sites (the patching engine's stages).
 # Rank of a site within its layer: the heads and their sum share one; state sites come first.
@@ -63,12 +68,12 @@ COMPONENT_KIND = {
 
 # `causal_tracing`'s kinds: the state of the stream (per family), or a sublayer's output.
 TRACE_KINDS = ("resid", "mlp", "attn")
-_STATE_SITE = {RNN: "hidden", TRANSFORMER: "resid_pre", RMT: "memory"}
+_STATE_SITE = {RNN: "hidden", TRANSFORMER: "resid_pre", RMT: "memory", COMPRESSIVE: "memory", HMT: "memory"}
 
 
 def family(cfg: Any) -> str:
-    """The model family of config `cfg`: `rnn` (RNN, GRU, LSTM), `transformer`, `rmt` or
-    `scratchpad`. (A model-protocol question: it belongs in `fsm_probe.models`.)"""
+    """The model family of config `cfg`: `rnn` (RNN, GRU, LSTM), `transformer`, `rmt`,
+    `scratchpad`, `compressive` or `hmt`. (A model-protocol question: it belongs in `fsm_probe.models`.)"""
     return RNN if cfg.is_rnn else cfg.arch
 
 
@@ -112,8 +117,10 @@ def stage(site: str) -> int:
 def patch_sites(cfg: Any) -> list[str]:
     """The sites the report and `fsm-probe patch` sweep by default: Transformer resid_pre,
     attn_out, mlp_out (with MLPs), head_out; RNN hidden, and cell on an LSTM; RMT memory, and
-    memory_slot with more than one memory vector."""
+    memory_slot with more than one memory vector; Compressive Transformer and HMT memory."""
     fam = family(cfg)
+    if fam in SEGMENT_MEMORY:
+        return ["memory"]
     if fam == RMT:
         return ["memory"] + (["memory_slot"] if cfg.n_memory > 1 else [])
     if fam == RNN:
@@ -135,8 +142,8 @@ def trace_site(cfg: Any, kind: str) -> str:
     if kind not in TRACE_KINDS:
         raise InputError(f"kind must be one of {', '.join(TRACE_KINDS)}, got {kind!r}")
     fam = family(cfg)
-    if kind != "resid" and fam in (RNN, RMT):
-        what = "memory" if fam == RMT else "hidden state"
+    if kind != "resid" and fam in (RNN, RMT, *SEGMENT_MEMORY):
+        what = "hidden state" if fam == RNN else "memory"
         raise InputError(
             f"kind={kind!r} needs a Transformer: a {cfg.arch} has no {kind} sublayer; "
             f"kind='resid' restores its {what}"
@@ -167,6 +174,12 @@ def check_site(cfg: Any, site: str) -> None:
             raise InputError(
                 "RMT patching sites are 'memory' (the memory each segment writes, hook_memory) and "
                 f"'memory_slot' (one of its n_memory vectors at a time), got {site!r}"
+            )
+    elif fam in SEGMENT_MEMORY:
+        if site != "memory":
+            raise InputError(
+                f"{cfg.arch} patching has one site, 'memory' (the whole state a segment leaves: "
+                f"{'memory and compressed memory' if fam == COMPRESSIVE else 'the memory cache'}), got {site!r}"
             )
     elif fam == RNN:
         if site not in RNN_SITES:
@@ -233,6 +246,10 @@ def state_sites(model: nn.Module) -> dict[str, tuple[str, ...]]:
         return sites
     if fam == RMT:
         return {MEMORY_HOOK: (MEMORY_HOOK,)}
+    if fam in SEGMENT_MEMORY:
+        # causal_abstraction cuts segments only on an rmt: without that its IIA would be per token
+        raise InputError(f"interchange interventions do not support {cfg.arch!r} yet (only rnn, gru, lstm, "
+                         "transformer and rmt); patching and tracing do, at site 'memory'")
     if fam == TRANSFORMER:
         names = []
         for i in range(cfg.n_layers - 1):
@@ -244,6 +261,8 @@ def state_sites(model: nn.Module) -> dict[str, tuple[str, ...]]:
 
 def layer_hooks(cfg: Any, site: str) -> list[str]:
     """The hook names of `site`, one per layer (an RMT's memory: its one `hook_memory`)."""
+    if site in RMT_SITES and family(cfg) == COMPRESSIVE:
+        return [MEMORY_HOOK, COMPRESSED_HOOK]
     if site in RMT_SITES:
         return [hook_name(site)]
     return [hook_name(site, layer) for layer in range(cfg.n_layers)]

@@ -46,7 +46,9 @@ def tasks_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print JSON."
     console.print(table)
 
 
-ARCHS = "rnn, gru, lstm, transformer, rmt (recurrent memory Transformer), scratchpad (feeds back its own state outputs)"
+ARCHS = ("rnn, gru, lstm, transformer, rmt (recurrent memory Transformer), scratchpad (feeds back its own state "
+         "outputs), compressive (Compressive Transformer: FIFO memory + compressed memory), hmt (Hierarchical Memory "
+         "Transformer: recall from a cache of memory embeddings)")
 
 
 def _recipe_help(text: str, key: str) -> str:
@@ -81,9 +83,11 @@ def train_cmd(
     target: Annotated[float, typer.Option("--target", help="Stop at this validation accuracy (per-position and final-position, at the longest training length).")] = 1.0,
     final_only: Annotated[bool | None, typer.Option("--final-only/--every-position", help="Supervise the final position only or every position. Default: the task's protocol.", show_default=False)] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
-    segment_length: Annotated[int | None, typer.Option("--segment-length", help="rmt: tokens per segment. Default: 2.", show_default=False)] = None,
-    memory: Annotated[int | None, typer.Option("--memory", help="rmt: number of memory vectors. Default: 1.", show_default=False)] = None,
-    bptt_segments: Annotated[int, typer.Option("--bptt-segments", help="rmt: back-propagate through this many segments (0 = all).")] = 0,
+    segment_length: Annotated[int | None, typer.Option("--segment-length", help=_recipe_help("rmt, compressive, hmt: tokens per segment.", "segment_length"), show_default=False)] = None,
+    memory: Annotated[int | None, typer.Option("--memory", help=_recipe_help("rmt: memory vectors; compressive: FIFO memory slots; hmt: cached memory embeddings.", "n_memory"), show_default=False)] = None,
+    compressed: Annotated[int | None, typer.Option("--compressed", help=_recipe_help("compressive: compressed memory slots.", "n_compressed"), show_default=False)] = None,
+    compression_rate: Annotated[int | None, typer.Option("--compression-rate", help=_recipe_help("compressive: evicted slots per compressed slot (divides --segment-length).", "compression_rate"), show_default=False)] = None,
+    bptt_segments: Annotated[int, typer.Option("--bptt-segments", help="rmt, compressive, hmt: back-propagate through this many segments (0 = all).")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
 ) -> None:
     """Train a model on a task and save the checkpoint to --out.
@@ -97,6 +101,7 @@ def train_cmd(
     model_cfg = recipe(arch, the_task).model_config(
         the_task, n_layers=layers, d_hidden=hidden, n_heads=heads, d_mlp=d_mlp, positional=positional,
         n_ctx=n_ctx, seed=seed, segment_length=segment_length, n_memory=memory, bptt_segments=bptt_segments,
+        n_compressed=compressed, compression_rate=compression_rate,
     )
     train_cfg = TrainConfig(
         train_lengths=_parse_range(train_lengths, "--train-lengths"), batch_size=batch_size,

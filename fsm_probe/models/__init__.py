@@ -19,7 +19,9 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from ..errors import InputError
 from .compiled_transformer import CompiledCircuit, CompiledTransformer, compile_transformer
+from .compressive import HookedCompressive
 from .config import ModelConfig
+from .hmt import HookedHMT
 from .protocol import State, context_limit, is_stateful, state_sites
 from .rmt import HookedRMT
 from .rnn import HookedRNN
@@ -31,6 +33,8 @@ __all__ = [
     "ModelConfig",
     "HookedRNN",
     "HookedRMT",
+    "HookedCompressive",
+    "HookedHMT",
     "HookedScratchpad",
     "build_model",
     "build_transformer",
@@ -55,6 +59,10 @@ def build_model(cfg: ModelConfig) -> nn.Module:
         return HookedRMT(cfg)
     if cfg.arch == "scratchpad":
         return HookedScratchpad(cfg)
+    if cfg.arch == "compressive":
+        return HookedCompressive(cfg)
+    if cfg.arch == "hmt":
+        return HookedHMT(cfg)
     return build_transformer(cfg)
 
 

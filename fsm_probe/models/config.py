@@ -11,7 +11,8 @@ from ..errors import ConfigError
 
 RNN_ARCHS = ("rnn", "gru", "lstm")
 TRANSFORMER_ARCHS = ("transformer",)
-MEMORY_ARCHS = ("rmt", "scratchpad")  # Transformers with a working memory (models/rmt.py, scratchpad.py)
+MEMORY_ARCHS = ("rmt", "scratchpad", "compressive", "hmt")  # Transformers with a working memory (models/rmt.py, ...)
+SEGMENT_ARCHS = ("rmt", "compressive", "hmt")  # memory written once per segment of segment_length tokens
 POSITIONAL = ("learned", "rotary", "none")
 NORMALIZATIONS = ("LN", "LNPre", "RMS", "RMSPre", None)
 
@@ -26,6 +27,9 @@ class ModelConfig:
     Memory Transformers: `rmt` cuts the input into segments of `segment_length` tokens and
     carries `n_memory` memory vectors between them, back-propagating through `bptt_segments`
     segments (0 = all); for `rmt` and `scratchpad`, `n_ctx` is the longest input accepted.
+    `compressive` keeps `n_memory` FIFO memory slots and `n_compressed` compressed slots, made
+    from evicted slots at `compression_rate` (which must divide `segment_length`); `hmt` keeps a
+    cache of `n_memory` memory embeddings. Both also take `segment_length` and `bptt_segments`.
     """
 
     arch: str
@@ -43,6 +47,8 @@ class ModelConfig:
     segment_length: int = 2
     n_memory: int = 1
     bptt_segments: int = 0
+    n_compressed: int = 2
+    compression_rate: int = 2
 
     def __post_init__(self) -> None:
         self.validate()
@@ -51,7 +57,8 @@ class ModelConfig:
         known = RNN_ARCHS + TRANSFORMER_ARCHS + MEMORY_ARCHS
         if not isinstance(self.arch, str) or self.arch not in known:
             raise ConfigError(f"unknown architecture {self.arch!r}; expected one of {', '.join(known)}")
-        positive = ("d_vocab", "d_out", "n_layers", "d_hidden", "n_heads", "n_ctx", "segment_length", "n_memory")
+        positive = ("d_vocab", "d_out", "n_layers", "d_hidden", "n_heads", "n_ctx", "segment_length", "n_memory",
+                    "n_compressed", "compression_rate")
         for name in positive:
             _v.positive_int(getattr(self, name), name)
         _v.seed(self.seed, "seed")
@@ -64,6 +71,11 @@ class ModelConfig:
             raise ConfigError(f"d_mlp must be a non-negative integer or None, got {self.d_mlp!r}")
         if not isinstance(self.bptt_segments, int) or isinstance(self.bptt_segments, bool) or self.bptt_segments < 0:
             raise ConfigError(f"bptt_segments must be a non-negative integer (0 = all), got {self.bptt_segments!r}")
+        if self.arch == "compressive" and self.segment_length % self.compression_rate:
+            raise ConfigError(
+                f"compression_rate={self.compression_rate} must divide segment_length={self.segment_length} "
+                "(each segment evicts segment_length memory slots, compressed in groups of compression_rate)"
+            )
         if self.arch == "scratchpad" and self.attention_dir != "causal":
             raise ConfigError("scratchpad needs attention_dir='causal' (it reads its own earlier outputs)")
         if self.arch in TRANSFORMER_ARCHS + MEMORY_ARCHS:
@@ -90,8 +102,8 @@ class ModelConfig:
         return None if self.is_rnn else self.n_ctx
 
     def n_segments(self, length: int) -> int:
-        """Segments of `segment_length` tokens an `rmt` cuts `length` tokens into (the last may
-        be shorter)."""
+        """Segments of `segment_length` tokens a segment model (`rmt`, `compressive`, `hmt`)
+        cuts `length` tokens into (the last may be shorter)."""
         return -(-length // self.segment_length)
 
     def relevant_fields(self) -> dict[str, Any]:
@@ -101,9 +113,12 @@ class ModelConfig:
         if self.is_rnn:
             keep = ("arch", "d_vocab", "d_out", "n_layers", "d_hidden", "seed")
         else:
-            keep = tuple(k for k in d if k not in ("segment_length", "n_memory", "bptt_segments"))
-            if self.arch == "rmt":
-                keep += ("segment_length", "n_memory", "bptt_segments")
+            memory = ("segment_length", "n_memory", "bptt_segments", "n_compressed", "compression_rate")
+            keep = tuple(k for k in d if k not in memory)
+            if self.arch in SEGMENT_ARCHS:
+                keep += memory[:3]
+            if self.arch == "compressive":
+                keep += memory[3:]
         return {k: d[k] for k in keep}
 
     def to_dict(self) -> dict[str, Any]:
@@ -134,7 +149,8 @@ def estimate_bytes(cfg: ModelConfig, batch: int = 1, length: int = 1, training: 
         acts = batch * L * (layers * (gates + 2) * d + 2 * cfg.d_out)
     else:
         d_mlp = 4 * d if cfg.d_mlp is None else cfg.d_mlp
-        ctx = cfg.segment_length + 2 * cfg.n_memory if cfg.arch == "rmt" else cfg.n_ctx
+        ctx = {"rmt": cfg.segment_length + 2 * cfg.n_memory, "hmt": cfg.segment_length + 2,
+               "compressive": cfg.segment_length + cfg.n_memory + cfg.n_compressed}.get(cfg.arch, cfg.n_ctx)
         params = layers * (4 * d * d + 2 * d * d_mlp) + (2 * cfg.d_vocab + ctx + cfg.d_out) * d
         # TransformerLens keeps a boolean ctx x ctx causal mask per layer (built through a
         # temporary twice its size) and rotary tables
