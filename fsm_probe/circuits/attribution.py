@@ -261,7 +261,7 @@ def atp_star(
         out: dict[str, list[Tensor]] = {s: [] for s in sites}
         with torch.no_grad():
             for li in range(cfg.n_layers):
-                changes = _changes(engine, li, src, {k: run[k][li] for k in ("resid_mid", "mlp_out", "head_out")}, sites)
+                changes = _changes(engine, li, src, {k: run[k][li] for k in ("resid_mid", "mlp_out", "head_out") if run[k]}, sites)
                 parts_d = ([changes["head_out"]] if "head_out" in sites else []) + (
                     [changes["mlp_out"][:, :, None]] if "mlp_out" in sites else [])
                 d = torch.cat(parts_d, 2)  # [B, P, N, dm]
