@@ -175,7 +175,7 @@ def main() -> None:
             f"{len(truth.all_components)} ({len(truth.components)}) | {acc:.4f} | " + " | ".join(cells) + " |"
         )
         print(lines[-1], flush=True)
-    lines += ["", "Mean ROC-AUC: " + ", ".join(f"{m} {np.mean(v):.3f} (min {np.min(v):.2f})" for m, v in aucs.items()), ""]
+    lines += [] if part2 else ["", "Mean ROC-AUC: " + ", ".join(f"{m} {np.mean(v):.3f} (min {np.min(v):.2f})" for m, v in aucs.items()), ""]
 
     if part2:
         old = (ROOT / "analyses" / "results" / "bench_circuits.md").read_text()

@@ -58,6 +58,9 @@ def test_atp_star_is_exact_through_one_softmax() -> None:
     # Linearised through the saturated softmax, plain attribution gets layer 0 wrong.
     assert float((plain.effect()[0] - exact.effect()[0]).abs().max()) > 0.05 * scale
     assert torch.allclose(plain.effect()[1], exact.effect()[1], atol=1e-4 * scale)  # linear after layer 1
+    # Attention-only: no MLP to recompute, attribution_mlp_exact is plain attribution.
+    mlp = attribution_mlp_exact(model, clean, corrupted, metric, ["head_out", "mlp_out"])
+    assert list(mlp) == ["head_out"] and torch.allclose(mlp["head_out"].values, plain.values, atol=1e-4 * scale)
     # GradDrop, sum over l of |estimate without layer l's gradient| / (n_layers - 1): a layer-0
     # cell keeps its estimate when layer 0 is dropped and loses it with layer 1 (its only path);
     # a layer-1 cell keeps it in both.

@@ -79,7 +79,7 @@ def attribution_mlp_exact(
 
 
 def _detached(run: dict[str, Any], li: int) -> dict[str, Tensor]:
-    return {k: run[k][li].detach() for k in ("resid_mid", "mlp_out", "head_out")}
+    return {k: run[k][li].detach() for k in ("resid_mid", "mlp_out", "head_out") if run[k]}
 
 
 def _changes(
