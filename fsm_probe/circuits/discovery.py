@@ -14,9 +14,12 @@ label) at the last position. Methods:
   one backward), scored the same way.
 - `attribution_mlp`: attribution with the patched layer's MLP recomputed exactly
   (`attribution_mlp_exact`: AtP*'s fix for saturated attention, applied to saturated MLPs).
-- `verified`: `attribution_mlp` (RNNs: attribution), then exact patching of its `top_k` cells (the shortlist a user needs);
-  a component's score is its best exact effect among verified cells, and components without a
-  verified cell follow, in attribution order.
+- `atp_star`: AtP* (`attribution.atp_star`): `attribution_mlp` plus every later head's softmax
+  recomputed exactly with the queries and keys a cell moves (AtP*'s QK fix).
+- `verified`: `atp_star` (RNNs: attribution), then exact patching of a shortlist
+  (`verify_shortlist`: its top `top_k` cells, then `top_k` more at a time while the next ones
+  still enter the verified top `top_k`); a component's score is its best exact effect among
+  verified cells, and components without a verified cell follow, in estimate order.
 - `acdc`: ACDC-style greedy pruning at the node level (Conmy et al. 2023): from the output
   backwards, each component's output is replaced by its corrupted-run value at every position on
   top of the components already pruned; it stays pruned when the metric moves by less than
@@ -45,9 +48,10 @@ from ..tasks.datasets import eval_set
 from ..training.run import Run, as_run
 from . import patching
 from . import sites as S
-from .engine import EvalMode, Patch, Runner, Sweep, metric_value, needed_positions
+from .attribution import atp_star, attribution_mlp_exact  # noqa: F401  (attribution_mlp_exact was defined here)
+from .engine import EvalMode, Patch, Runner, Sweep, metric_value
 
-METHODS = ("exact", "attribution", "attribution_mlp", "verified", "acdc")
+METHODS = ("exact", "attribution", "attribution_mlp", "atp_star", "verified", "acdc")
 
 
 @dataclass
@@ -269,19 +273,44 @@ def verify_cells(
         for site, idxs in by_site.items():
             S.check_site(cfg, site)
             patches = [Patch((i[0],), i[1], i[2] if len(i) > 2 else None) for i in idxs]
-            if runner.engine is not None:
-                # A shortlist is small: all its patches in one stacked forward, from the
-                # earliest patched layer and position on.
-                needed = needed_positions(metric, corr_t.shape[1])
-                logits = runner.engine.patched_logits(corr_run, clean_run, site, patches, needed)
-                batch = corr_t.shape[0]
-                values = [metric_value(metric, logits[k * batch : (k + 1) * batch]) for k in range(len(idxs))]
-            else:
-                sweep = Sweep(site, patches, [(k,) for k in range(len(idxs))], (len(idxs),))
-                values = runner.evaluate(corr_run, clean_run, sweep, metric, None)
+            # The sweep's chunking: patches grouped by layer and nearby positions, so that each
+            # stacked forward starts at its own patches' layer and position.
+            sweep = Sweep(site, patches, [(k,) for k in range(len(idxs))], (len(idxs),))
+            values = runner.evaluate(corr_run, clean_run, sweep, metric, None)
             for k, i in enumerate(idxs):
                 out[(site, i)] = float(values[k])
     return out
+
+
+def verify_shortlist(
+    model: nn.Module, clean: Any, corrupted: Any, metric: Any, estimates: dict[str, np.ndarray], *,
+    top_k: int = 10, max_cells: int | None = None, baseline: float | None = None,
+) -> dict[tuple[str, tuple[int, ...]], float]:
+    """Exact metric of the cells an estimate ranks first (site -> |estimate| or signed estimate
+    arrays): its top `top_k`, then rounds of `top_k` more while a round brings a cell into the
+    verified top `top_k` (|exact effect| above the k-th so far), until `max_cells` (default:
+    1/8 of all cells, at least 2 * top_k); `baseline` is the corrupted run's metric (computed when
+    not given). The estimate orders the search and the exact effects
+    decide when to stop: a first-order estimate is no bound on the effect, so "the next
+    estimate is below the k-th exact effect" would stop at the first underestimated cell."""
+    order = sorted(((float(abs(v[i])), s, tuple(int(x) for x in i)) for s, v in estimates.items()
+                    for i in np.ndindex(*v.shape)), key=lambda c: -c[0])
+    cap = min(len(order), max(2 * top_k, len(order) // 8) if max_cells is None else max_cells)
+    base = metric_value(metric, _logits(model, corrupted)) if baseline is None else baseline
+    measured: dict[tuple[str, tuple[int, ...]], float] = {}
+    while len(measured) < cap:
+        kth = sorted((abs(v - base) for v in measured.values()), reverse=True)[top_k - 1] if len(measured) >= top_k else -1.0
+        batch = [(s, i) for _, s, i in order[len(measured) : min(cap, len(measured) + top_k)]]
+        new = verify_cells(model, clean, corrupted, metric, batch)
+        measured.update(new)
+        if kth >= 0 and not any(abs(v - base) > kth for v in new.values()):
+            break
+    return measured
+
+
+def _logits(model: nn.Module, tokens: Any) -> torch.Tensor:
+    with EvalMode(model), torch.no_grad():
+        return model(as_tokens(model, tokens))
 
 
 def _component_hooks(cfg: Any, name: str) -> tuple[str, int | None]:
@@ -347,56 +376,6 @@ def acdc_prune(
     return _sorted(scores), forwards
 
 
-def attribution_mlp_exact(
-    model: nn.Module, clean: Any, corrupted: Any, metric: Any, sites: Sequence[str] = ("head_out", "mlp_out")
-) -> dict[str, patching.PatchingResult]:
-    """Attribution patching (denoising) in which the MLP of the patched layer is recomputed
-    exactly: a head cell (l, p, h) is estimated as grad(resid_post l, p) . (its attn_out change +
-    the exact change of MLP l at p), an MLP cell as grad(resid_post l, p) . its change. The idea
-    of AtP*'s fix for saturated attention (recompute the saturated nonlinearity, linearise only
-    after it) applied to the MLP that reads a head: plain attribution, linearised through a
-    saturated MLP (e.g. a staircase), gives the head feeding it zero."""
-    from .engine import TransformerEngine
-
-    cfg = model_config(model)
-    if S.family(cfg) != S.TRANSFORMER:
-        raise InputError("attribution_mlp_exact needs a Transformer")
-    clean_t, corr_t = as_tokens(model, clean), as_tokens(model, corrupted)
-    with EvalMode(model):
-        engine = TransformerEngine(model)
-        sites = [s for s in sites if not (engine.attn_only and s == "mlp_out")]
-        with torch.no_grad():
-            src = engine.full(TransformerEngine.resid0(model, clean_t))
-        with torch.enable_grad():
-            run = engine.full(TransformerEngine.resid0(model, corr_t), grad=True)
-            value = metric(run["logits"])
-            grads = torch.autograd.grad(value, run["resid_post"], allow_unused=True)
-        clean_v = metric_value(metric, src["logits"])
-        base = float(value.detach())
-        out: dict[str, list[torch.Tensor]] = {s: [] for s in sites}
-        with torch.no_grad():
-            for li in range(cfg.n_layers):
-                g = torch.zeros_like(run["resid_post"][li]) if grads[li] is None else grads[li]
-                if "mlp_out" in sites:
-                    d = src["mlp_out"][li] - run["mlp_out"][li].detach()
-                    out["mlp_out"].append((d * g).sum(-1).sum(0))
-                if "head_out" in sites:
-                    dz = src["head_out"][li] - run["head_out"][li].detach()  # [B, P, H, dh]
-                    w_o = engine.o[li].weight.view(cfg.d_hidden, cfg.n_heads, -1)
-                    d_attn = torch.einsum("bphd,mhd->bphm", dz, w_o)
-                    mid = run["resid_mid"][li].detach()[:, :, None] + d_attn
-                    if engine.attn_only:
-                        d_mlp = torch.zeros_like(d_attn)
-                    else:
-                        d_mlp = engine.mlp[li](engine.ln2[li](mid)) - run["mlp_out"][li].detach()[:, :, None]
-                    out["head_out"].append(((d_attn + d_mlp) * g[:, :, None]).sum(-1).sum(0))
-    return {
-        s: patching.PatchingResult(torch.stack(v) + base, ("layer", "pos", "head") if s == "head_out" else ("layer", "pos"),
-                                   s, "denoise", clean_v, base, "attribution_mlp_exact")
-        for s, v in out.items()
-    }
-
-
 def discover_circuit(
     model: nn.Module | Run,
     task: Task | None = None,
@@ -414,7 +393,7 @@ def discover_circuit(
     models: n_ctx,
     so that every layer of a scan is reached); `threshold` is the
     normalised score a component needs to be in the circuit (and acdc's pruning threshold);
-    `top_k` is the shortlist the `verified` method checks exactly.
+    `top_k` is how many best cells the `verified` method looks for (`verify_shortlist`).
     """
     if method not in METHODS:
         raise InputError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -440,27 +419,29 @@ def discover_circuit(
         results = exact_cells(model, clean, corrupted, metric, sites)
         comps = _score_cells(model, clean.shape[1], {s: _normalise(r) for s, r in results.items()})
         first = next(iter(results.values()))
-    elif method in ("attribution", "attribution_mlp", "verified"):
+    elif method in ("attribution", "attribution_mlp", "atp_star", "verified"):
         if method == "attribution" or S.family(cfg) == S.RNN:
             results = patching.attribution_patching(model, clean, corrupted, metric, sites=sites)
-        else:
+        elif method == "attribution_mlp":
             results = attribution_mlp_exact(model, clean, corrupted, metric, sites=sites)
+        else:
+            results = atp_star(model, clean, corrupted, metric, sites=sites)
         first = next(iter(results.values()))
         approx = {s: _normalise(r) for s, r in results.items()}
         comps = _score_cells(model, clean.shape[1], approx)
         if method == "verified":
-            cells = sorted(((abs(v[i]), s, i) for s, v in approx.items() for i in np.ndindex(*v.shape)),
-                           key=lambda c: -c[0])[:top_k]
-            exact = verify_cells(model, clean, corrupted, metric, [(s, i) for _, s, i in cells])
+            exact = verify_shortlist(model, clean, corrupted, metric, approx, top_k=top_k,
+                                     baseline=first.corrupted_value)
             measured: dict[str, np.ndarray] = {s: np.full(v.shape, np.nan) for s, v in approx.items()}
             for (s, i), value in exact.items():
                 measured[s][i] = patching.normalized_effect(value, first.clean_value, first.corrupted_value)
             verified = {c.name: c for c in _score_cells(model, clean.shape[1], measured)}
-            seen = {_cell_component(s, i)[0] for _, s, i in cells}
+            seen = {_cell_component(s, i)[0] for s, i in exact}
             comps = [replace(verified[c.name], verified=True) if c.name in seen else c for c in comps]
             comps = sorted(comps, key=lambda c: (not c.verified, -c.score, c.layer, c.kind, c.head or 0, c.name))
             settings["top_k"] = top_k
-            settings["verified_cells"] = [[s, list(map(int, i))] for _, s, i in cells]
+            settings["estimator"] = results[sites[0]].method
+            settings["verified_cells"] = [[s, list(map(int, i))] for s, i in exact]
     else:
         comps, forwards = acdc_prune(model, clean, corrupted, metric, threshold)
         settings["forwards"] = forwards

@@ -1,0 +1,112 @@
+"""AtP* (`fsm_probe.circuits.attribution`) against exact activation patching, and the verified
+shortlist's recall of the exact top-10 cells."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fsm_probe import get_task
+from fsm_probe.circuits.attribution import atp_star, attribution_mlp_exact
+from fsm_probe.circuits.discovery import discover_circuit, mixed_corruption_pairs, verify_shortlist
+from fsm_probe.circuits.patching import activation_patching, attribution_patching, logit_diff
+from fsm_probe.models import ModelConfig, build_model, compile_transformer
+
+
+def _qk_only_model() -> torch.nn.Module:
+    """Two attention-only layers, no norms: layer 0's heads write to dims 0..7, which only layer
+    1's queries and keys read (its values and the unembedding read dims 8..15). A layer-0 cell
+    then acts on the metric only through one softmax, which AtP* recomputes exactly."""
+    cfg = ModelConfig("transformer", d_vocab=3, d_out=2, n_layers=2, d_hidden=16, n_heads=2, d_mlp=0,
+                      normalization=None, positional="learned", n_ctx=8, seed=0)
+    model = build_model(cfg)
+    net = model.original_model
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in net.parameters():
+            param.copy_(torch.randn(param.shape, generator=gen))
+        net.tok_embed.weight[:, :8] = 0
+        net.pos.weight[:, :8] = 0
+        net.layers[0].attn.o.weight[8:] = 0
+        net.layers[0].attn.o.bias[8:] = 0
+        net.layers[1].attn.v.weight[:, :8] = 0
+        net.head.weight[:, :8] = 0
+    return model
+
+
+def _pairs(model, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    clean = rng.integers(0, 3, (6, 8))
+    corrupted = clean.copy()
+    for b in range(6):
+        corrupted[b, int(rng.integers(0, 8))] = int(rng.integers(0, 3))
+    metric = logit_diff(np.zeros(6, dtype=int), np.ones(6, dtype=int))
+    return clean, corrupted, metric
+
+
+def test_atp_star_is_exact_through_one_softmax() -> None:
+    model = _qk_only_model()
+    clean, corrupted, metric = _pairs(model)
+    exact = activation_patching(model, clean, corrupted, metric, site="head_out")
+    star = atp_star(model, clean, corrupted, metric, ["head_out"])["head_out"]
+    plain = attribution_patching(model, clean, corrupted, metric, sites=["head_out"])["head_out"]
+    assert star.values.shape == exact.values.shape == plain.values.shape
+    scale = float(exact.effect().abs().max())
+    assert float(exact.effect()[0].abs().max()) > 0.2 * scale > 0  # layer 0 matters
+    assert torch.allclose(star.effect(), exact.effect(), atol=1e-4 * scale)
+    # Linearised through the saturated softmax, plain attribution gets layer 0 wrong.
+    assert float((plain.effect()[0] - exact.effect()[0]).abs().max()) > 0.05 * scale
+    assert torch.allclose(plain.effect()[1], exact.effect()[1], atol=1e-4 * scale)  # linear after layer 1
+    # Attention-only: no MLP to recompute, attribution_mlp_exact is plain attribution.
+    mlp = attribution_mlp_exact(model, clean, corrupted, metric, ["head_out", "mlp_out"])
+    assert list(mlp) == ["head_out"] and torch.allclose(mlp["head_out"].values, plain.values, atol=1e-4 * scale)
+    # GradDrop, sum over l of |estimate without layer l's gradient| / (n_layers - 1): a layer-0
+    # cell keeps its estimate when layer 0 is dropped and loses it with layer 1 (its only path);
+    # a layer-1 cell keeps it in both.
+    gd = atp_star(model, clean, corrupted, metric, ["head_out"], grad_drop=True)["head_out"].effect()
+    assert torch.allclose(gd[0].abs(), exact.effect()[0].abs(), atol=1e-4 * scale)
+    assert torch.allclose(gd[1].abs(), 2 * exact.effect()[1].abs(), atol=1e-4 * scale)
+    assert torch.equal(torch.sign(gd), torch.sign(star.effect()))
+
+
+def test_atp_star_equals_attribution_mlp_under_positional_attention() -> None:
+    """A compiled scan's heads attend by position: no cell moves a score, so the QK fix adds
+    nothing to the MLP-exact estimate."""
+    task = get_task("parity")
+    model = compile_transformer(task.automaton, "scan", n_ctx=8).model
+    clean, corrupted, _ = mixed_corruption_pairs(task, 8, n=8)
+    a = task.automaton
+    metric = logit_diff(a.run_outputs(clean)[:, -1], a.run_outputs(corrupted)[:, -1])
+    star = atp_star(model, clean, corrupted, metric)
+    mlp = attribution_mlp_exact(model, clean, corrupted, metric)
+    for site in ("head_out", "mlp_out"):
+        assert torch.allclose(star[site].values, mlp[site].values, atol=1e-5)
+
+
+@pytest.mark.parametrize("spec", ["parity", "cyclic:n=3"])
+def test_verified_shortlist_recalls_the_exact_top10(spec: str) -> None:
+    task = get_task(spec)
+    built = compile_transformer(task.automaton, "scan", n_ctx=16)
+    model = built.model
+    clean, corrupted, _ = mixed_corruption_pairs(task, 16, n=16)
+    a = task.automaton
+    metric = logit_diff(a.run_outputs(clean)[:, -1], a.run_outputs(corrupted)[:, -1])
+    sites = ["head_out", "mlp_out"]
+    exact = {s: activation_patching(model, clean, corrupted, metric, site=s) for s in sites}
+    cells = [(s, i) for s in sites for i in np.ndindex(*exact[s].values.shape)]
+    size = np.array([abs(float(exact[s].effect()[i])) for s, i in cells])
+    tenth = np.sort(size)[-10]
+    top = {c for c, v in zip(cells, size, strict=True) if v >= tenth and v > 0}
+    est = atp_star(model, clean, corrupted, metric, sites)
+    measured = verify_shortlist(model, clean, corrupted, metric, {s: r.effect().numpy() for s, r in est.items()},
+                                top_k=10)
+    assert 20 <= len(measured) < len(cells) // 4
+    for (s, i), v in measured.items():
+        assert v == pytest.approx(float(exact[s].values[i]), abs=1e-4)
+    base = exact["head_out"].baseline
+    best = sorted(measured, key=lambda c: -abs(measured[c] - base))[:10]
+    assert len([c for c in best if c in top]) / min(10, len(top)) >= 0.9
+    found = discover_circuit(built, task, method="verified", n=16)
+    assert found.settings["estimator"] == "atp_star"
+    assert len(found.settings["verified_cells"]) >= 20
