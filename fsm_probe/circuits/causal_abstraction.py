@@ -128,22 +128,9 @@ def interchange_intervention_accuracy(
     base = eval_set(task, length, n=n, seed=seed + 101, final_only=False).tokens
     source = eval_set(task, length, n=n, seed=seed + 202, final_only=False).tokens
     length = base.shape[1]
-    # positions whose label training supervised: all, or on final-only tasks those ending a valid sequence
-    final_only = task.final_only if final_only is None else final_only
-    scored = np.array([not final_only or task.effective_length(p + 1) == p + 1 for p in range(length)])
     fam = S.family(cfg)
-    segment = cfg.segment_length if fam == S.RMT else None
-    if segment is not None:
-        n_units = length // segment  # whole segments whose memory a later segment reads
-        if n_units < 2:
-            raise InputError(f"IIA on an rmt needs at least 2 whole segments, got length {length}")
-        units = _positions(n_units - 1, max_positions)
-        ends = [(u + 1) * segment - 1 for u in units]  # last token of the intervened segment
-    else:
-        first_unit = 0 if fam == S.RNN else 1
-        candidates = [t for t in range(first_unit, length) if scored[t]]
-        units = [candidates[i] for i in _positions(len(candidates), max_positions)] if candidates else []
-        ends = units
+    units, ends, scored, segment = intervention_units(model, task, length, max_positions=max_positions,
+                                                      final_only=final_only)
     source_states = a.run(source)  # [n, T]: state after each token
     base_states = a.run(base)
     names = sorted({h for s in chosen for h in available[s]})
@@ -162,7 +149,7 @@ def interchange_intervention_accuracy(
                 keep = source_states[:, end] != base_states[:, end]
                 if not keep.any():
                     continue
-                cf = _counterfactual(a, source_states[keep, end], base[keep, end + 1 :])
+                cf = counterfactual_labels(a, source_states[keep, end], base[keep, end + 1 :])
                 first = end + 1 if segment is not None else end
                 rows = torch.as_tensor(keep)
                 for i, site in enumerate(chosen):
@@ -183,7 +170,31 @@ def interchange_intervention_accuracy(
     return IIAResult(chosen, units, iia, local, counts, length, unit="segment" if segment else "position")
 
 
-def _counterfactual(automaton: Any, start_states: np.ndarray, rest: np.ndarray) -> np.ndarray:
+def intervention_units(
+    model: nn.Module, task: Task, length: int, *, max_positions: int = 12, final_only: bool | None = None,
+) -> tuple[list[int], list[int], np.ndarray, int | None]:
+    """Where IIA intervenes: the units (positions; segments on an RMT), the last token of each,
+    which positions are scored (`final_only`, default the task's: those ending a valid
+    sequence) and the RMT's segment length (None elsewhere)."""
+    cfg = model_config(model)
+    fam = S.family(cfg)
+    # positions whose label training supervised: all, or on final-only tasks those ending a valid sequence
+    final_only = task.final_only if final_only is None else final_only
+    scored = np.array([not final_only or task.effective_length(p + 1) == p + 1 for p in range(length)])
+    segment = cfg.segment_length if fam == S.RMT else None
+    if segment is not None:
+        n_units = length // segment  # whole segments whose memory a later segment reads
+        if n_units < 2:
+            raise InputError(f"IIA on an rmt needs at least 2 whole segments, got length {length}")
+        units = _positions(n_units - 1, max_positions)
+        return units, [(u + 1) * segment - 1 for u in units], scored, segment  # ends: last token of the segment
+    first_unit = 0 if fam == S.RNN else 1
+    candidates = [t for t in range(first_unit, length) if scored[t]]
+    units = [candidates[i] for i in _positions(len(candidates), max_positions)] if candidates else []
+    return units, units, scored, None
+
+
+def counterfactual_labels(automaton: Any, start_states: np.ndarray, rest: np.ndarray) -> np.ndarray:
     """Labels `[m, 1 + len(rest)]`: the output of each start state, then of the run on `rest`."""
     out = np.empty((len(start_states), 1 + rest.shape[1]), dtype=np.int64)
     state = start_states.copy()
