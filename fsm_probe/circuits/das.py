@@ -39,8 +39,8 @@ from ..training.verdict import THRESHOLD
 from . import sites as S
 from .causal_abstraction import (
     counterfactual_labels,
-    intervention_units,
     interchange_intervention_accuracy,
+    intervention_units,
     site_dim,
     subspace_mix,
 )
