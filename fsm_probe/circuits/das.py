@@ -152,8 +152,8 @@ def das(
     cfg = model_config(model)
     for value, name in ((n_train, "n_train"), (n_test, "n_test"), (batch_size, "batch_size"),
                         (max_positions, "max_positions")):
-        _v.positive_int(value, name, numpy=True)
-    _v.non_negative_int(steps, "steps", numpy=True)
+        _v.positive_int(value, name, error=InputError, numpy=True)
+    _v.non_negative_int(steps, "steps", error=InputError, numpy=True)
     lr = _v.finite_float(lr, "lr", low=0.0, low_open=True)
     seed = _v.seed(seed)
     available = state_sites(model)
@@ -163,22 +163,19 @@ def das(
     fam = S.family(cfg)
     local = fam == S.TRANSFORMER if local is None else bool(local)
     length = _default_length(cfg) if length is None else int(length)
-    if site is None:
-        scan = interchange_intervention_accuracy(model, task, length, n=n_test, max_positions=max_positions,
-                                                 final_only=final_only, seed=seed)
-        site = scan.best(local=local)[0]
-    if site not in available:
+    if site is not None and site not in available:
         raise InputError(f"unknown DAS site {site!r}; this model has {list(available)}")
+    whole = interchange_intervention_accuracy(model, task, length, n=n_test, sites=None if site is None else [site],
+                                              max_positions=max_positions, final_only=final_only, seed=seed)
+    site = whole.best(local=local)[0] if site is None else site
     hooks = list(available[site])
     dim = site_dim(model, hooks)
     n_states = task.automaton.minimize().n_states
-    ks = default_ks(n_states, dim) if k is None else sorted({int(x) for x in ([k] if isinstance(k, int) else k)})
+    ks = default_ks(n_states, dim) if k is None else sorted({int(x) for x in np.atleast_1d(k)})
     bad = [x for x in ks if not 1 <= x <= dim]
     if bad or not ks:
         raise InputError(f"k must lie in 1..{dim} (the size of site {site}), got {ks}")
 
-    whole = interchange_intervention_accuracy(model, task, length, n=n_test, sites=[site],
-                                              max_positions=max_positions, final_only=final_only, seed=seed)
     data = _training_pairs(model, task, hooks, length, n_train, max_positions, final_only, local, seed)
     bases, losses, iia, iia_local = {}, [], [], []
     was_training = model.training
@@ -199,7 +196,7 @@ def das(
     return DASResult(
         site=site, hooks=hooks, dim=dim, ks=ks, positions=whole.positions, unit=whole.unit,
         length=whole.length, local=local, iia=np.array(iia), iia_local=np.array(iia_local),
-        n_pairs=whole.n_pairs[0], whole=None if np.isnan(whole_value) else whole_value, bases=bases,
+        n_pairs=whole.n_pairs[whole.sites.index(site)], whole=None if np.isnan(whole_value) else whole_value, bases=bases,
         train_loss=losses, n_train=int(data["pairs"].shape[0]), steps=steps,
         seconds=round(time.perf_counter() - started, 3),
     )
