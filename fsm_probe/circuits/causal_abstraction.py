@@ -23,8 +23,10 @@ swapping those returns the source's own output (IIA would only measure accuracy)
 therefore `resid_pre` of blocks 1.. and `resid_mid` of every block but the last, and position 0
 (whose residual stream depends on the first token alone) is not intervened on. A one-block
 Transformer has no such site. On tasks trained on the final position only, only positions that
-end a valid training sequence are scored. The whole vector is swapped; a subspace intervention
-(DAS's learned rotation) is not implemented.
+end a valid training sequence are scored. The whole vector is swapped, or with `basis` (orthonormal
+rows `[k, D]` over the site's hooks flattened and concatenated) only its component in that
+subspace: h' = h + (h_src - h) Q^T Q, the intervention of distributed alignment search, whose
+learned rotation `circuits.das` trains.
 """
 
 from __future__ import annotations
@@ -99,11 +101,13 @@ def interchange_intervention_accuracy(
     max_positions: int = 12,
     final_only: bool | None = None,
     seed: int = 0,
+    basis: np.ndarray | torch.Tensor | None = None,
 ) -> IIAResult:
     """IIA of the automaton's state at each site of `model` (`state_sites`) on `n` base/source
     pairs of `task` of `length` tokens, at up to `max_positions` intervened positions.
 
-    `final_only` (default: the task's) scores only the positions that end a valid sequence."""
+    `final_only` (default: the task's) scores only the positions that end a valid sequence.
+    `basis` (one site only) swaps the subspace its rows span instead of the whole vector."""
     cfg = model_config(model)
     available = state_sites(model)
     if not available:
@@ -116,26 +120,17 @@ def interchange_intervention_accuracy(
         raise InputError(f"unknown IIA site(s) {unknown}; this model has {list(available)}")
     if length < 2:
         raise InputError(f"IIA needs sequences of at least 2 tokens, got length {length}")
+    if basis is not None:
+        if len(chosen) != 1:
+            raise InputError(f"a subspace basis applies to one site, got sites {chosen}")
+        basis = check_basis(basis, site_dim(model, available[chosen[0]]))
     a = task.automaton
     base = eval_set(task, length, n=n, seed=seed + 101, final_only=False).tokens
     source = eval_set(task, length, n=n, seed=seed + 202, final_only=False).tokens
     length = base.shape[1]
-    # positions whose label training supervised: all, or on final-only tasks those ending a valid sequence
-    final_only = task.final_only if final_only is None else final_only
-    scored = np.array([not final_only or task.effective_length(p + 1) == p + 1 for p in range(length)])
     fam = S.family(cfg)
-    segment = cfg.segment_length if fam == S.RMT else None
-    if segment is not None:
-        n_units = length // segment  # whole segments whose memory a later segment reads
-        if n_units < 2:
-            raise InputError(f"IIA on an rmt needs at least 2 whole segments, got length {length}")
-        units = _positions(n_units - 1, max_positions)
-        ends = [(u + 1) * segment - 1 for u in units]  # last token of the intervened segment
-    else:
-        first_unit = 0 if fam == S.RNN else 1
-        candidates = [t for t in range(first_unit, length) if scored[t]]
-        units = [candidates[i] for i in _positions(len(candidates), max_positions)] if candidates else []
-        ends = units
+    units, ends, scored, segment = intervention_units(model, task, length, max_positions=max_positions,
+                                                      final_only=final_only)
     source_states = a.run(source)  # [n, T]: state after each token
     base_states = a.run(base)
     names = sorted({h for s in chosen for h in available[s]})
@@ -148,15 +143,22 @@ def interchange_intervention_accuracy(
         with torch.no_grad():
             _, cache = model.run_with_cache(as_tokens(model, source), names_filter=names)
             base_t = as_tokens(model, base)
+            if basis is not None:
+                _, base_cache = model.run_with_cache(base_t, names_filter=names)
             for j, (unit, end) in enumerate(zip(units, ends, strict=True)):
                 keep = source_states[:, end] != base_states[:, end]
                 if not keep.any():
                     continue
-                cf = _counterfactual(a, source_states[keep, end], base[keep, end + 1 :])
+                cf = counterfactual_labels(a, source_states[keep, end], base[keep, end + 1 :])
                 first = end + 1 if segment is not None else end
+                rows = torch.as_tensor(keep)
                 for i, site in enumerate(chosen):
-                    hooks = [(h, _swap(cache[h][torch.as_tensor(keep)], unit, fam != S.TRANSFORMER))
-                             for h in available[site]]
+                    donors = [cache[h][rows][:, unit] for h in available[site]]
+                    if basis is not None:
+                        donors = subspace_mix([base_cache[h][rows][:, unit] for h in available[site]],
+                                              donors, basis)
+                    hooks = [(h, _swap(v, unit, fam != S.TRANSFORMER))
+                             for h, v in zip(available[site], donors, strict=True)]
                     logits = model.run_with_hooks(base_t[torch.as_tensor(keep)], fwd_hooks=hooks)
                     right = logits.argmax(-1).cpu().numpy()[:, first:] == cf[:, first - end :]
                     right = right[:, scored[first:]]
@@ -168,7 +170,31 @@ def interchange_intervention_accuracy(
     return IIAResult(chosen, units, iia, local, counts, length, unit="segment" if segment else "position")
 
 
-def _counterfactual(automaton: Any, start_states: np.ndarray, rest: np.ndarray) -> np.ndarray:
+def intervention_units(
+    model: nn.Module, task: Task, length: int, *, max_positions: int = 12, final_only: bool | None = None,
+) -> tuple[list[int], list[int], np.ndarray, int | None]:
+    """Where IIA intervenes: the units (positions; segments on an RMT), the last token of each,
+    which positions are scored (`final_only`, default the task's: those ending a valid
+    sequence) and the RMT's segment length (None elsewhere)."""
+    cfg = model_config(model)
+    fam = S.family(cfg)
+    # positions whose label training supervised: all, or on final-only tasks those ending a valid sequence
+    final_only = task.final_only if final_only is None else final_only
+    scored = np.array([not final_only or task.effective_length(p + 1) == p + 1 for p in range(length)])
+    segment = cfg.segment_length if fam == S.RMT else None
+    if segment is not None:
+        n_units = length // segment  # whole segments whose memory a later segment reads
+        if n_units < 2:
+            raise InputError(f"IIA on an rmt needs at least 2 whole segments, got length {length}")
+        units = _positions(n_units - 1, max_positions)
+        return units, [(u + 1) * segment - 1 for u in units], scored, segment  # ends: last token of the segment
+    first_unit = 0 if fam == S.RNN else 1
+    candidates = [t for t in range(first_unit, length) if scored[t]]
+    units = [candidates[i] for i in _positions(len(candidates), max_positions)] if candidates else []
+    return units, units, scored, None
+
+
+def counterfactual_labels(automaton: Any, start_states: np.ndarray, rest: np.ndarray) -> np.ndarray:
     """Labels `[m, 1 + len(rest)]`: the output of each start state, then of the run on `rest`."""
     out = np.empty((len(start_states), 1 + rest.shape[1]), dtype=np.int64)
     state = start_states.copy()
@@ -179,16 +205,43 @@ def _counterfactual(automaton: Any, start_states: np.ndarray, rest: np.ndarray) 
     return out
 
 
-def _swap(source: torch.Tensor, unit: int, per_step: bool):
-    """A hook that replaces the activation at `unit` with `source`'s: per-step hook points
-    (RNN states, the RMT memory) fire once per step with `hook.pos`; Transformer hooks hold every
+def site_dim(model: nn.Module, hooks: Sequence[str]) -> int:
+    """D, the size of a site's vector: its hooks' activations at one unit, flattened and concatenated."""
+    cfg = model_config(model)
+    per_unit = cfg.d_hidden * (cfg.n_memory if S.family(cfg) == S.RMT else 1)
+    return per_unit * len(hooks)
+
+
+def check_basis(basis: np.ndarray | torch.Tensor, dim: int) -> torch.Tensor:
+    """`basis` as float32 `[k, dim]` with orthonormal rows, or `InputError`."""
+    q = torch.as_tensor(basis, dtype=torch.float32).detach()
+    if q.ndim != 2 or q.shape[1] != dim or not 1 <= q.shape[0] <= dim:
+        raise InputError(f"a subspace basis must be [k, {dim}] with 1 <= k <= {dim}, got {tuple(q.shape)}")
+    if not torch.allclose(q @ q.T, torch.eye(q.shape[0]), atol=1e-4):
+        raise InputError("the rows of a subspace basis must be orthonormal")
+    return q
+
+
+def subspace_mix(base: Sequence[torch.Tensor], source: Sequence[torch.Tensor], basis: torch.Tensor) -> list[torch.Tensor]:
+    """The base values with their component in the row space of `basis` taken from the source:
+    b + (s - b) Q^T Q over the hooks' values `[m, ...]` flattened and concatenated."""
+    flat_b = torch.cat([b.flatten(1) for b in base], dim=1)
+    flat_s = torch.cat([s.flatten(1) for s in source], dim=1)
+    mixed = flat_b + (flat_s - flat_b) @ basis.T @ basis
+    parts = mixed.split([b[0].numel() for b in base], dim=1)
+    return [p.reshape(b.shape) for p, b in zip(parts, base, strict=True)]
+
+
+def _swap(value: torch.Tensor, unit: int, per_step: bool):
+    """A hook that replaces the activation at `unit` with `value`: per-step hook points (RNN
+    states, the RMT memory) fire once per step with `hook.pos`; Transformer hooks hold every
     position at once."""
 
     def hook(act: torch.Tensor, hook: Any) -> torch.Tensor:
         if per_step:
-            return source[:, unit].to(act.dtype) if hook.pos == unit else act
+            return value.to(act.dtype) if hook.pos == unit else act
         act = act.clone()
-        act[:, unit] = source[:, unit]
+        act[:, unit] = value
         return act
 
     return hook
