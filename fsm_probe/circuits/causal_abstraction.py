@@ -41,6 +41,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..models import as_tokens, model_config
+from ..models.protocol import state_segment_length
 from ..tasks import Task
 from ..tasks.datasets import eval_set
 from . import sites as S
@@ -181,11 +182,11 @@ def intervention_units(
     # positions whose label training supervised: all, or on final-only tasks those ending a valid sequence
     final_only = task.final_only if final_only is None else final_only
     scored = np.array([not final_only or task.effective_length(p + 1) == p + 1 for p in range(length)])
-    segment = cfg.segment_length if fam == S.RMT else None
+    segment = state_segment_length(model)
     if segment is not None:
         n_units = length // segment  # whole segments whose memory a later segment reads
         if n_units < 2:
-            raise InputError(f"IIA on an rmt needs at least 2 whole segments, got length {length}")
+            raise InputError(f"IIA on a {cfg.arch} needs at least 2 whole segments, got length {length}")
         units = _positions(n_units - 1, max_positions)
         return units, [(u + 1) * segment - 1 for u in units], scored, segment  # ends: last token of the segment
     first_unit = 0 if fam == S.RNN else 1

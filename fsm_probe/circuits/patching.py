@@ -278,7 +278,8 @@ def _state_attribution(
     deltas = {}
     for site, hooks in layer_hooks.items():
         if site in RMT_SITES:
-            deltas[site] = per_hook[hooks[0]] if site == "memory_slot" else per_hook[hooks[0]].sum(-1)
+            # memory: every hook of the state (a Compressive Transformer's memory and compressed memory)
+            deltas[site] = per_hook[hooks[0]] if site == "memory_slot" else sum(per_hook[h].sum(-1) for h in hooks)
         else:
             deltas[site] = torch.stack([per_hook[h] for h in hooks])
     return value, other, deltas

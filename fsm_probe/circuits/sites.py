@@ -21,7 +21,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import InputError
-from ..models import model_config
+from ..models import model_config, protocol
 from ..models.compressive import COMPRESSED_HOOK
 from ..models.native import STAGES  # noqa: F401  (re-exported: the order a block computes its sites)
 from ..models.rmt import MEMORY_HOOK
@@ -234,7 +234,8 @@ def state_sites(model: nn.Module) -> dict[str, tuple[str, ...]]:
     """The sites an interchange intervention swaps: name -> the hook names swapped together.
 
     RNN: each layer's state (`layers.{i}`: h, and c on an LSTM) and, with several layers, all of
-    them (`layers`); RMT: `hook_memory`; Transformer: `resid_mid` of every block but the last
+    them (`layers`); segment memory models (RMT, Compressive, HMT): `hook_memory`, with the
+    compressed memory on a Compressive Transformer; Transformer: `resid_mid` of every block but the last
     and `resid_pre` of blocks 1.. (see `fsm_probe.circuits.causal_abstraction`)."""
     cfg = model_config(model)
     fam = family(cfg)
@@ -244,12 +245,8 @@ def state_sites(model: nn.Module) -> dict[str, tuple[str, ...]]:
         if cfg.n_layers > 1:
             sites["layers"] = tuple(model.state_names)
         return sites
-    if fam == RMT:
-        return {MEMORY_HOOK: (MEMORY_HOOK,)}
-    if fam in SEGMENT_MEMORY:
-        # causal_abstraction cuts segments only on an rmt: without that its IIA would be per token
-        raise InputError(f"interchange interventions do not support {cfg.arch!r} yet (only rnn, gru, lstm, "
-                         "transformer and rmt); patching and tracing do, at site 'memory'")
+    if fam == RMT or fam in SEGMENT_MEMORY:
+        return {MEMORY_HOOK: tuple(protocol.state_sites(model))}
     if fam == TRANSFORMER:
         names = []
         for i in range(cfg.n_layers - 1):

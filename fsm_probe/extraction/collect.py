@@ -113,7 +113,7 @@ def resolve_site(model: nn.Module, site: Site) -> tuple[str, ...]:
         ):
             return sites
         raise InputError(
-            f"on an rmt, extraction reads the memory passed between segments: site must be "
+            f"on a segment memory model, extraction reads the memory passed between segments: site must be "
             f"{MEMORY_HOOK!r}, got {site!r} (the inner hooks fire once per segment, not per state)"
         )
     if site is None:
@@ -279,7 +279,7 @@ def word_tokens(model: nn.Module, words: np.ndarray, n_symbols: int) -> np.ndarr
     k = model_config(model).d_vocab
     if n_symbols != k**L:
         raise InputError(
-            f"on an rmt with segment_length={L} and {k} tokens the automaton must read the {k ** L} "
+            f"on a segment memory model with segment_length={L} and {k} tokens the automaton must read the {k ** L} "
             f"segments (e.g. task.automaton.power({L})), not {n_symbols} symbols"
         )
     return segment_words(words, k, L)
