@@ -127,3 +127,56 @@ def test_ray_engine_runs_the_grid_on_a_local_cluster(local, tmp_path):
         ray.shutdown()
     assert on_ray.ran == 2
     assert [essential(r) for r in on_ray.rows] == [essential(r) for r in res.rows]
+
+
+def study():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "analyses" / "length_generalization.py"
+    spec = importlib.util.spec_from_file_location("length_generalization_study", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_study_marks_the_runs_that_did_not_learn_and_resumes(tmp_path, capsys):
+    lg = study()
+    argv = ["--tasks", "parity_check", "--models", "gru,transformer_learned", "--lengths", "41",
+            "--steps", "300", "--transformer-steps", "20", "--seeds", "2", "--lrs", "1e-2", "--n", "16",
+            "--out", str(tmp_path)]
+    assert lg.main(argv) == 0
+    rows = lg.read_csv(tmp_path / "length_generalization.csv")
+    assert len(rows) == 4  # 2 models x 2 seeds x 1 length
+    md = (tmp_path / "length_generalization.md").read_text()
+    line = next(x for x in md.splitlines() if x.startswith("| parity_check |"))
+    cells = [c.strip() for c in line.strip("|").split("|")][1:3]
+    for model, cell in zip(["gru", "transformer_learned"], cells, strict=True):
+        runs = [r for r in rows if r["model"] == model]
+        best = max(runs, key=lambda r: (r["final_accuracy"], r["in_distribution_accuracy"]))
+        assert cell.startswith(f"{100 * best['final_accuracy']:.1f}")
+        assert cell.endswith("(did not learn)") == (best["in_distribution_accuracy"] < 0.99)
+    jsonl = [json.loads(x) for x in (tmp_path / "length_generalization.jsonl").read_text().splitlines()]
+    meta = json.loads((tmp_path / "length_generalization.json").read_text())
+    assert meta["cpu_seconds"] == pytest.approx(sum(r["cpu_seconds"] for r in jsonl))
+    assert (meta["ran"], meta["skipped"]) == (4, 0)
+    assert lg.main(argv) == 0
+    meta = json.loads((tmp_path / "length_generalization.json").read_text())
+    assert (meta["ran"], meta["skipped"]) == (0, 4)
+
+
+def test_study_refuses_to_overwrite_the_repository_unless_asked(tmp_path, monkeypatch, capsys):
+    lg = study()
+    monkeypatch.setattr(lg, "REPO", tmp_path)
+    monkeypatch.setattr(lg, "RESULTS", tmp_path / "results")
+    (tmp_path / "results").mkdir()
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    assert lg.refuse_overwrite(tmp_path / "results", "length_generalization_quick") is None  # nothing there yet
+    (tmp_path / "results" / "length_generalization_quick.md").write_text("committed")
+    assert "--overwrite" in lg.refuse_overwrite(tmp_path / "results", "length_generalization_quick")
+    assert lg.refuse_overwrite(tmp_path / "results", "other_stem") is None
+    assert lg.refuse_overwrite(outside, "length_generalization_quick") is None
+    assert lg.main(["--quick"]) == 2
+    assert "length_generalization_quick.md" in capsys.readouterr().err
+    assert (tmp_path / "results" / "length_generalization_quick.md").read_text() == "committed"
