@@ -234,7 +234,8 @@ def sweep(
     it must be picklable (a module-level function). `workers`: processes of the local engine
     (1 = this process). `num_cpus`: CPUs of the local Ray cluster started here. `on_result(job,
     row)` is called in the driver after each row is written. A job that raises stops the sweep
-    (the rows written so far stay); rerun to resume.
+    (the rows written so far stay); rerun to resume. A row is found again by its job's `key`
+    alone: a different `fn` over the same jobs needs its own `results` file.
     """
     if engine not in ENGINES:
         raise ConfigError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
@@ -293,17 +294,17 @@ def _import_ray() -> Any:
 
 
 def _run_pool(todo: list[Job], fn: Callable, record: Callable, workers: int) -> None:
-    with ProcessPoolExecutor(min(workers, len(todo))) as pool:
+    pool = ProcessPoolExecutor(min(workers, len(todo)))
+    try:
         pending = {pool.submit(_timed, fn, job.to_dict()): job for job in todo}
-        try:
-            while pending:
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    record(pending.pop(future), future.result())
-        except BaseException:
-            for future in pending:
-                future.cancel()
-            raise
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                record(pending.pop(future), future.result())
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)  # a failed job or Ctrl-C: start nothing more
+        raise
+    pool.shutdown()
 
 
 def _run_ray(ray: Any, todo: list[Job], fn: Callable, record: Callable, address: str | None,
