@@ -1,22 +1,35 @@
 """Length generalization: does working memory close the gap between RNNs and Transformers?
 
 Protocol after Deletang et al. 2023 ("Neural Networks and the Chomsky Hierarchy", arXiv
-2207.02098), at a CPU budget: train on lengths 1-40, test on longer inputs (41-500 by default),
-best of `--seeds` seeds (chosen on the test score, as the paper's max over seeds), the same
-training budget (`--steps`, batch 64, early stop once validation accuracy at length 40 is 100%)
-for every model. Deviations from the paper, all for the CPU budget: every position is
-supervised during training (the paper supervises only the final output), 1 seed by default
-instead of 10 seeds x 3 learning rates, at most a few hundred to a thousand steps instead of
-1,000,000, and a grid of test lengths instead of every length from 41 to 500. The score is the
-final-position accuracy (the paper's metric) averaged over the test lengths.
+2207.02098), at a CPU budget: train on lengths 1-40, test on longer inputs (41-500 by default).
+The score of a run is its final-position accuracy (the paper's metric) averaged over the test
+lengths; each (task, model) reports the best run over `--seeds` seeds x `--lrs` learning rates,
+chosen on that test score as the paper does (its Table 2 is the maximum score over seeds and
+learning rates; ties here go to the higher in-distribution accuracy). A chosen run whose
+final-position accuracy at length 40 (the longest training length, 256 sequences) is below 99%
+is marked "did not learn" in the table. Recurrent and memory models train for at most `--steps`
+(early stop after two validations at 100% at length 40, or all steps with `--full-budget`);
+plain Transformers until two validations at >= 99% or `--transformer-steps`. Deviations from
+the paper, all for the CPU budget: every position is supervised during training (the paper
+supervises only the final output), 3 seeds instead of 10, hundreds to thousands of steps instead
+of 1,000,000, and a grid of test lengths instead of every length from 41 to 500.
 
-    python analyses/length_generalization.py --quick          # a few CPU minutes
-    python analyses/length_generalization.py                  # full mode (see --help; ~40-60 min)
+    python analyses/length_generalization.py --quick --out /tmp/lg   # a few CPU minutes
+    python analyses/length_generalization.py --engine ray            # full: 3 seeds x 3 lrs
 
-Writes `analyses/results/length_generalization.{csv,md,html}` (quick mode: `*_quick.*`): the
-per-length accuracies, a markdown table next to the paper's Table 2, the failure length of every
-model (first test length whose final-position accuracy is below 99%), the attention dilution of
-the Transformers on their failing inputs, and a plotly figure of accuracy against length.
+Jobs run through `fsm_probe.training.sweep` (`--engine local` in this process or `--jobs N`
+processes; `--engine ray` on a local Ray cluster, or the cluster at `--address`). Every finished
+job is appended to `OUT/STEM.jsonl`; a rerun with the same settings skips the jobs already there
+(to start afresh, delete that file or choose another `--out`). Then `STEM.csv` (per-length
+rows), `STEM_dilution.csv`, `STEM.md` (the table next to the paper's Table 2, failure lengths,
+the Transformers' attention dilution on failing inputs, CPU time), `STEM.html` (plotly figure,
+plotly.js beside it) and `STEM.json` (settings, times) are written from that file. STEM is
+`length_generalization` (`_quick` in quick mode, or `--name`).
+
+Overwriting: `--out` defaults to analyses/results. If OUT lies inside this repository and already
+holds any of STEM's files, the run stops before training unless `--out` was given explicitly or
+`--overwrite` is passed: the committed results change only when asked. Outside the repository
+the files are yours and are replaced (the results file resumed) without asking.
 """
 
 from __future__ import annotations
@@ -27,7 +40,6 @@ import io
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -35,9 +47,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from fsm_probe.errors import FsmProbeError  # noqa: E402
 from fsm_probe.io import atomic_write_json, atomic_write_text  # noqa: E402
+from fsm_probe.training.sweep import Job, sweep, train_job  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
+REPO = ROOT.parent
 RESULTS = ROOT / "results"
 
 # Deletang et al. 2023, Table 2 (regular tasks): score in % over lengths 41-500.
@@ -60,6 +75,8 @@ MODELS: dict[str, tuple[dict, float | None]] = {
     "scratchpad": ({"arch": "scratchpad", "n_layers": 1, "d_hidden": 32, "positional": "none"}, 1e-3),
 }
 TRANSFORMER_FAMILY = ("transformer_learned", "transformer_rotary", "transformer_nope", "scratchpad")
+# Plain Transformers: trained until >= 99% in distribution or their own budget (`transformer_steps`).
+TRANSFORMERS = tuple(m for m, (fields, _) in MODELS.items() if fields["arch"] == "transformer")
 
 FULL = {
     "tasks": ["parity_check", "even_pairs", "cycle_navigation", "modular_arithmetic",
@@ -67,7 +84,9 @@ FULL = {
     "models": list(MODELS),
     "lengths": [41, 60, 100, 200, 300, 500],
     "steps": 600,
-    "seeds": 1,
+    "transformer_steps": 2000,
+    "seeds": 3,
+    "lrs": [1e-3, 3e-3, 1e-2],
     "n": 128,
 }
 QUICK = {
@@ -75,9 +94,12 @@ QUICK = {
     "models": ["gru", "transformer_learned", "rmt", "scratchpad"],
     "lengths": [41, 100, 200],
     "steps": 500,
-    "seeds": 1,
+    "transformer_steps": 500,
+    "seeds": 2,
+    "lrs": None,  # one per model (MODELS)
     "n": 64,
 }
+TRAIN_MAX = 40
 THRESHOLD = 0.99
 
 
@@ -103,53 +125,56 @@ def _dilution(model, task, length: int, tokens: np.ndarray, failing: np.ndarray)
     }
 
 
-def run_one(job: dict) -> dict:
-    """Train one (task, model, seed) and evaluate it at every test length."""
-    torch.set_num_threads(1)
-    from fsm_probe.models import ModelConfig, predict_logits
-    from fsm_probe.tasks import get_task
+def make_job(task: str, model: str, seed: int, lr: float | None, settings: dict) -> Job:
+    """One (task, model, seed, learning rate) of the study as a sweep job."""
+    fields, default_lr = MODELS[model]
+    fields = dict(fields)
+    if settings.get("hidden"):
+        fields["d_hidden"] = settings["hidden"]
+    if fields["arch"] not in ("rnn", "gru", "lstm"):
+        fields["n_ctx"] = max(512, max(settings["lengths"]) + 2)  # the longest input accepted
+    transformer = model in TRANSFORMERS
+    steps = settings["transformer_steps"] if transformer else settings["steps"]
+    patience = steps // 100 + 1 if settings.get("full_budget") else 2
+    train = {
+        "train_lengths": [1, TRAIN_MAX], "batch_size": 64, "max_steps": steps, "warmup_steps": 50,
+        "eval_every": 100, "val_lengths": [TRAIN_MAX], "val_size": 256,
+        "target_accuracy": 0.99 if transformer else 1.0, "patience": patience,
+        "final_only": False, "curriculum": 0, "final_weight": 0.0,  # the published protocol
+    }
+    return Job(task, fields, train, seed=seed, lr=lr if lr is not None else default_lr,
+               lengths=tuple(settings["lengths"]), n_eval=settings["n"], name=model,
+               extra={"dilution": model in TRANSFORMER_FAMILY})
+
+
+def run_one(job: Job) -> dict:
+    """Train one job, evaluate it at every test length and at length 40 (in distribution)."""
+    from fsm_probe.models import predict_logits
     from fsm_probe.tasks.datasets import eval_set
-    from fsm_probe.training import TrainConfig, train
     from fsm_probe.training.evaluation import accuracy_report
 
-    task = get_task(job["task"])
-    a = task.automaton
-    fields, lr = MODELS[job["model"]]
-    lr = job.get("lr") or lr
-    fields = dict(fields)
-    if job.get("hidden"):
-        fields["d_hidden"] = job["hidden"]
-    n_ctx = max(512, max(job["lengths"]) + 2)
-    if fields["arch"] not in ("rnn", "gru", "lstm"):
-        fields["n_ctx"] = n_ctx  # the longest input accepted (RMT positions restart per segment)
-    cfg = ModelConfig(d_vocab=a.n_symbols, d_out=a.n_labels, seed=job["seed"], **fields)
-    tcfg = TrainConfig(
-        train_lengths=(1, 40), batch_size=64, max_steps=job["steps"], lr=lr, warmup_steps=50,
-        eval_every=100, val_lengths=(40,), val_size=256, target_accuracy=1.0,
-        patience=job["steps"] // 100 + 1 if job.get("full_budget") else 2,
-        final_only=False, seed=job["seed"], curriculum=0, final_weight=0.0,  # the published protocol
-    )
-    t0 = time.perf_counter()
-    run = train(task, cfg, tcfg, progress=False)
-    model = run.model
-    train_s = time.perf_counter() - t0
+    run = train_job(job)
+    model, task = run.model, run.task
+    lr = run.train_config.lr
+    in_dist = eval_set(task, TRAIN_MAX, n=max(256, job.n_eval), seed=12345, final_only=False)
+    pred = predict_logits(model, in_dist.tokens, batch_size=64).argmax(-1).numpy()
+    in_acc = accuracy_report(pred, in_dist.labels)["final_accuracy"]
     rows, dilution = [], []
-    for length in job["lengths"]:
-        batch = eval_set(task, length, n=job["n"], seed=12345, final_only=False)
+    for length in job.lengths:
+        batch = eval_set(task, length, n=job.n_eval, seed=12345, final_only=False)
         pred = predict_logits(model, batch.tokens, batch_size=64).argmax(-1).numpy()
-        rep = accuracy_report(pred, batch.labels)
         rows.append({
-            "task": job["task"], "model": job["model"], "seed": job["seed"], "lr": lr,
-            "length": int(batch.length), **rep,
-            "train_steps": run.log["steps"], "train_seconds": round(train_s, 1),
-            "val_accuracy": run.log["final_val_accuracy"],
+            "task": job.task, "model": job.name, "seed": job.seed, "lr": lr,
+            "length": int(batch.length), **accuracy_report(pred, batch.labels),
+            "train_steps": run.log["steps"], "train_seconds": round(run.log["seconds"], 1),
+            "val_accuracy": run.log["final_val_accuracy"], "in_distribution_accuracy": in_acc,
         })
-        if job["model"] in TRANSFORMER_FAMILY:
+        if job.extra.get("dilution"):
             failing = pred[:, -1] != batch.labels[:, -1]
             d = _dilution(model, task, length, batch.tokens, failing)
-            dilution.append({"task": job["task"], "model": job["model"], "seed": job["seed"], "lr": lr,
+            dilution.append({"task": job.task, "model": job.name, "seed": job.seed, "lr": lr,
                              "length": int(batch.length), **d})
-    return {"rows": rows, "dilution": dilution, "seconds": time.perf_counter() - t0}
+    return {"rows": rows, "dilution": dilution, "stop_reason": run.log["stop_reason"]}
 
 
 def score(rows: list[dict]) -> float:
@@ -163,42 +188,70 @@ def failure_length(rows: list[dict]) -> int | None:
     return None
 
 
+def in_distribution(rows: list[dict]) -> float | None:
+    """Final-position accuracy at length 40 (older tables: the trainer's validation there)."""
+    value = rows[0].get("in_distribution_accuracy")
+    return rows[0].get("val_accuracy") if value is None else value
+
+
+def learned(rows: list[dict]) -> bool:
+    value = in_distribution(rows)
+    return value is None or value >= THRESHOLD
+
+
 def best_rows(all_rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
-    """Per (task, model): the rows of the (seed, learning rate) run with the best score."""
+    """Per (task, model): the rows of the (seed, learning rate) run with the best test score;
+    ties go to the higher in-distribution accuracy, then to the first run."""
     by: dict[tuple, list[dict]] = {}
     for r in all_rows:
         by.setdefault((r["task"], r["model"], r["seed"], r.get("lr")), []).append(r)
     best: dict[tuple[str, str], list[dict]] = {}
+
+    def rank(rows: list[dict]) -> tuple[float, float]:
+        return score(rows), in_distribution(rows) or 0.0
+
     for (t, m, _, _), rows in by.items():
-        if (t, m) not in best or score(rows) > score(best[(t, m)]):
+        if (t, m) not in best or rank(rows) > rank(best[(t, m)]):
             best[(t, m)] = rows
     return best
 
 
 def markdown(all_rows: list[dict], dilution: list[dict], tasks: list[str], models: list[str],
-             settings: dict, wall: float) -> str:
+             settings: dict, wall: float, *, cpu: float | None = None, engine: str = "local") -> str:
     best = best_rows(all_rows)
     lengths = sorted({r["length"] for r in all_rows})
+    lrs = settings.get("lrs")
     out = io.StringIO()
     w = out.write
     w("## Length generalization (trained on lengths 1-40)\n\n")
     w(f"Score: final-position accuracy (%) averaged over test lengths {', '.join(map(str, lengths))}; "
-      f"best of {settings['seeds']} seed(s); at most {settings['steps']} training steps of batch 64, "
+      f"per (task, model) the best run of {settings['seeds']} seed(s) x "
+      + (f"learning rates {', '.join(f'{x:g}' for x in lrs)}" if lrs else "one learning rate per model")
+      + " chosen on this test score, as the paper takes the maximum over seeds and learning rates. "
+      f"Batch 64; at most {settings['steps']} steps for recurrent and memory models (early stop at 100% "
+      f"in distribution), {settings.get('transformer_steps', settings['steps'])} for plain Transformers "
+      "(early stop at >= 99%); "
       + (f"d_hidden {settings['hidden']} for every model; " if settings.get("hidden") else "")
-      + (f"best over learning rates {', '.join(map(str, settings['lrs']))}; " if settings.get("lrs") else "")
       + ("trained for the full budget (no early stop); " if settings.get("full_budget") else "")
-      + f"every position supervised; wall time {wall / 60:.1f} min. "
+      + "every position supervised. \"did not learn\": the chosen run's final-position accuracy at "
+      f"length 40 is below {100 * THRESHOLD:.0f}%. "
+      + (f"CPU time {cpu / 3600:.2f} h (sum over the {len({(r['task'], r['model'], r['seed'], r.get('lr')) for r in all_rows})} "
+         f"runs); " if cpu is not None else "")
+      + f"wall time {wall / 60:.1f} min (engine {engine}). "
       "Paper: Deletang et al. 2023, Table 2 (lengths 41-500, max over 10 seeds x 3 learning rates, "
       "1M steps).\n\n")
     w("| task | " + " | ".join(models) + " | paper RNN / LSTM | paper Transformer |\n")
     w("|---|" + "---:|" * len(models) + "---:|---:|\n")
     for t in tasks:
-        cells = [f"{100 * score(best[(t, m)]):.1f}" if (t, m) in best else "" for m in models]
+        cells = []
+        for m in models:
+            rows = best.get((t, m))
+            cells.append("" if not rows else f"{100 * score(rows):.1f}" + ("" if learned(rows) else " (did not learn)"))
         p = PAPER.get(t)
         paper = (f"{p['rnn']:.1f} / {p['lstm']:.1f}", f"{p['transformer']:.1f}") if p else ("", "")
         w(f"| {t} | " + " | ".join(cells) + f" | {paper[0]} | {paper[1]} |\n")
     w(f"\n### Failure length (first test length with final-position accuracy < {100 * THRESHOLD:.0f}%; "
-      "'-' = never fails; 'in-dist' = below 99% already at length 40 in validation)\n\n")
+      "'-' = never fails; 'in-dist' = below 99% already at length 40)\n\n")
     w("| task | " + " | ".join(models) + " |\n|---|" + "---:|" * len(models) + "\n")
     for t in tasks:
         cells = []
@@ -208,9 +261,7 @@ def markdown(all_rows: list[dict], dilution: list[dict], tasks: list[str], model
                 cells.append("")
                 continue
             f = failure_length(rows)
-            val = rows[0]["val_accuracy"]
-            tag = "in-dist" if val is not None and val < THRESHOLD else None
-            cells.append(tag or ("-" if f is None else str(f)))
+            cells.append("in-dist" if not learned(rows) else ("-" if f is None else str(f)))
         w(f"| {t} | " + " | ".join(cells) + " |\n")
     if dilution:
         w("\n### Attention dilution of the Transformers at the last position, on failing inputs\n\n")
@@ -280,87 +331,131 @@ def write_csv(rows: list[dict], path: Path) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def main(argv: list[str] | None = None) -> int:
+def outputs(out: Path, stem: str) -> list[Path]:
+    return [out / f"{stem}{suffix}" for suffix in
+            (".jsonl", ".csv", "_dilution.csv", ".md", ".html", ".json")]
+
+
+def refuse_overwrite(out: Path, stem: str) -> str | None:
+    """Why writing STEM's files into `out` needs --out or --overwrite, or None when it does not."""
+    out = out.resolve()
+    if out != REPO and REPO not in out.parents:
+        return None
+    clash = [p.name for p in outputs(out, stem) if p.exists()]
+    if not clash:
+        return None
+    return (f"{out} is in the repository and holds {', '.join(clash)}; pass --out DIR to write "
+            "elsewhere (or --out there explicitly), or --overwrite to replace them")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="a few CPU minutes: parity_check, 4 models")
+    ap.add_argument("--quick", action="store_true", help="a few CPU minutes: parity_check, 4 models, 2 seeds")
     ap.add_argument("--tasks", help="comma-separated task specs")
     ap.add_argument("--models", help="comma-separated, from: " + ", ".join(MODELS))
     ap.add_argument("--lengths", help="comma-separated test lengths")
-    ap.add_argument("--steps", type=int)
-    ap.add_argument("--seeds", type=int)
+    ap.add_argument("--steps", type=int, help="budget of recurrent and memory models")
+    ap.add_argument("--transformer-steps", type=int, help="budget of plain Transformers")
+    ap.add_argument("--seeds", type=int, help="seeds per (task, model, learning rate), 0..N-1")
     ap.add_argument("--n", type=int, help="test sequences per length")
     ap.add_argument("--hidden", type=int, help="d_hidden / d_model of every model (default: per model)")
-    ap.add_argument("--lr", help="comma-separated learning rates tried for every model, best run kept "
-                    "(default: one per model)")
+    ap.add_argument("--lrs", "--lr", dest="lrs", help="comma-separated learning rates tried for every "
+                    "model, best run kept (full default 1e-3,3e-3,1e-2; 'model' = one per model)")
     ap.add_argument("--full-budget", action="store_true",
-                    help="train every model for all --steps (no early stop at 100%% validation)")
-    ap.add_argument("--jobs", type=int, default=1, help="parallel worker processes")
-    ap.add_argument("--out", type=Path, default=RESULTS)
+                    help="train every model for its whole budget (no early stop)")
+    ap.add_argument("--engine", choices=["local", "ray"], default="local",
+                    help="local: this process or --jobs processes; ray: a local Ray cluster or --address")
+    ap.add_argument("--address", help="join the Ray cluster at this address (with --engine ray)")
+    ap.add_argument("--jobs", type=int, help="parallel workers (local: processes, default 1; "
+                    "ray: CPUs of the local cluster, default all)")
+    ap.add_argument("--out", type=Path, help="output directory (default analyses/results)")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace this stem's files in the repository when --out is not given")
     ap.add_argument("--name", help="output file stem (default length_generalization[_quick])")
     ap.add_argument("--replot", action="store_true",
                     help="only redraw STEM.html from the existing STEM.csv (no training)")
     args = ap.parse_args(argv)
+    if args.address and args.engine != "ray":
+        ap.error("--address needs --engine ray")
+    if args.models:
+        unknown = {m.strip() for m in args.models.split(",")} - set(MODELS) - {""}
+        if unknown:
+            ap.error(f"unknown models {sorted(unknown)}; choose from {', '.join(MODELS)}")
+    return args
+
+
+def settings_from(args: argparse.Namespace) -> dict:
     settings = dict(QUICK if args.quick else FULL)
     if args.tasks:
         settings["tasks"] = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if args.models:
         settings["models"] = [m.strip() for m in args.models.split(",") if m.strip()]
-        unknown = set(settings["models"]) - set(MODELS)
-        if unknown:
-            ap.error(f"unknown models {sorted(unknown)}; choose from {', '.join(MODELS)}")
     if args.lengths:
         settings["lengths"] = [int(x) for x in args.lengths.split(",")]
-    if args.lr:
-        settings["lrs"] = [float(x) for x in args.lr.split(",")]
+    if args.lrs:
+        settings["lrs"] = None if args.lrs == "model" else [float(x) for x in args.lrs.split(",")]
     settings["full_budget"] = args.full_budget
-    for key in ("steps", "seeds", "n", "hidden"):
+    for key in ("steps", "transformer_steps", "seeds", "n", "hidden"):
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
+    return settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    settings = settings_from(args)
+    out = args.out or RESULTS
     stem = args.name or ("length_generalization_quick" if args.quick else "length_generalization")
     if args.replot:
-        rows = read_csv(args.out / f"{stem}.csv")
+        rows = read_csv(out / f"{stem}.csv")
         tasks = list(dict.fromkeys(r["task"] for r in rows))
         models = list(dict.fromkeys(r["model"] for r in rows))
-        figure(rows, tasks, models, args.out / f"{stem}.html")
-        print(f"redrew {args.out}/{stem}.html from {stem}.csv")
+        figure(rows, tasks, models, out / f"{stem}.html")
+        print(f"redrew {out}/{stem}.html from {stem}.csv")
         return 0
-    jobs = [
-        {"task": t, "model": m, "seed": s, "lengths": settings["lengths"], "steps": settings["steps"],
-         "n": settings["n"], "hidden": settings.get("hidden"), "lr": lr,
-         "full_budget": settings.get("full_budget", False)}
-        for t in settings["tasks"] for s in range(settings["seeds"]) for lr in settings.get("lrs", [None])
-        for m in settings["models"]
-    ]
+    if args.out is None and not args.overwrite and (why := refuse_overwrite(out, stem)):
+        print(f"length_generalization: {why}", file=sys.stderr)
+        return 2
+    jobs = [make_job(t, m, s, lr, settings) for t in settings["tasks"] for m in settings["models"]
+            for lr in (settings.get("lrs") or [None]) for s in range(settings["seeds"])]
     torch.set_num_threads(1)
     start = time.perf_counter()
-    all_rows, dilution = [], []
 
-    def collect(job: dict, res: dict) -> None:
-        all_rows.extend(res["rows"])
-        dilution.extend(res["dilution"])
+    def report(job: Job, row: dict) -> None:
+        res = row["result"]
         accs = " ".join(f"{r['length']}:{r['final_accuracy']:.3f}" for r in res["rows"])
-        lr = f" lr {job['lr']}" if job.get("lr") else ""
-        print(f"[{time.perf_counter() - start:6.0f}s] {job['task']:<20} {job['model']:<20} seed {job['seed']}{lr} "
-              f"({res['seconds']:.0f}s, {res['rows'][0]['train_steps']} steps) {accs}", flush=True)
+        first = res["rows"][0]
+        line = (f"[{time.perf_counter() - start:6.0f}s] {job.label():<50} ({row['cpu_seconds']:.0f} CPU s, "
+                f"{first['train_steps']} steps, 40:{first['in_distribution_accuracy']:.3f}) {accs}")
+        from tqdm.auto import tqdm
 
-    if args.jobs > 1:
-        with ProcessPoolExecutor(args.jobs) as pool:
-            for job, res in zip(jobs, pool.map(run_one, jobs), strict=True):
-                collect(job, res)
-    else:
-        for job in jobs:
-            collect(job, run_one(job))
+        tqdm.write(line)
+
+    try:
+        result = sweep(jobs, out, fn=run_one, engine=args.engine, workers=args.jobs or 1,
+                       address=args.address, num_cpus=args.jobs, results=f"{stem}.jsonl", on_result=report)
+    except FsmProbeError as e:
+        print(f"length_generalization: {e}", file=sys.stderr)
+        return 2
     wall = time.perf_counter() - start
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_csv(all_rows, args.out / f"{stem}.csv")
+    all_rows = [r for row in result.rows for r in row["result"]["rows"]]
+    dilution = [d for row in result.rows for d in row["result"]["dilution"]]
+    write_csv(all_rows, out / f"{stem}.csv")
     if dilution:
-        write_csv(dilution, args.out / f"{stem}_dilution.csv")
-    md = markdown(all_rows, dilution, settings["tasks"], settings["models"], settings, wall)
-    atomic_write_text(args.out / f"{stem}.md", md)
-    figure(all_rows, settings["tasks"], settings["models"], args.out / f"{stem}.html")
-    atomic_write_json(args.out / f"{stem}.json", {"settings": settings, "wall_seconds": wall})
+        write_csv(dilution, out / f"{stem}_dilution.csv")
+    md = markdown(all_rows, dilution, settings["tasks"], settings["models"], settings, wall,
+                  cpu=result.cpu_seconds, engine=args.engine)
+    atomic_write_text(out / f"{stem}.md", md)
+    figure(all_rows, settings["tasks"], settings["models"], out / f"{stem}.html")
+    atomic_write_json(out / f"{stem}.json", {
+        "settings": settings, "engine": args.engine, "workers": args.jobs, "wall_seconds": round(wall, 1),
+        "cpu_seconds": result.cpu_seconds, "runs": len(result.rows), "ran": result.ran,
+        "skipped": result.skipped,
+    })
     print(md)
-    print(f"written to {args.out}/{stem}.{{csv,md,html}} in {wall / 60:.1f} min")
+    print(f"{result.ran} runs trained, {result.skipped} already in {stem}.jsonl; CPU time "
+          f"{result.cpu_seconds / 3600:.2f} h over all {len(result.rows)} runs; wall {wall / 60:.1f} min; "
+          f"written to {out}/{stem}.{{jsonl,csv,md,html,json}}")
     return 0
 
 
