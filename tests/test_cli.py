@@ -230,3 +230,27 @@ def test_patch_and_trace_bad_input_is_exit_2(capsys, tmp_path, args, needle):
     run_dir = _saved(tmp_path / "run", "transformer", n_heads=2, n_ctx=32)
     code, _, err = run(capsys, *[a.replace("{run}", str(run_dir)).replace("{tmp}", str(tmp_path)) for a in args])
     assert_one_line_error(code, err, needle)
+
+
+def test_iia_command_matches_the_library(capsys, tmp_path):
+    import numpy as np
+
+    from fsm_probe.circuits.causal_abstraction import interchange_intervention_accuracy
+    from fsm_probe.training.checkpoint import load
+
+    run_dir = _saved(tmp_path / "g", "gru", n_layers=2)
+    code, stdout, err = run(capsys, "iia", run_dir, "--n", 16, "--length", 8, "--json")
+    assert code == 0, err
+    data = json.loads(stdout)
+    loaded = load(run_dir)
+    ref = interchange_intervention_accuracy(loaded.model, loaded.task, 8, n=16)
+    assert data["sites"] == ref.sites == ["layers.0", "layers.1", "layers"]
+    assert np.allclose(np.array(data["iia"], dtype=float), ref.iia, equal_nan=True)
+    assert data["best_site"] == ref.best()[0] and "das" not in data
+    code, stdout, err = run(capsys, "iia", run_dir, "--n", 16, "--length", 8, "--das", "1", "--site", "layers.1")
+    assert code == 0, err
+    assert "DAS at layers.1 (dim 16): k=1:" in stdout
+    code, _, err = run(capsys, "iia", run_dir, "--das", "one")
+    assert_one_line_error(code, err, "--das must be")
+    code, _, err = run(capsys, "iia", run_dir, "--site", "layers.9")
+    assert_one_line_error(code, err, "unknown IIA site")

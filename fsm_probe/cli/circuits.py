@@ -1,4 +1,5 @@
-"""Circuit commands: activation patching, causal tracing, compiled Transformers, circuit discovery."""
+"""Circuit commands: activation patching, causal tracing, compiled Transformers, circuit discovery,
+interchange interventions."""
 
 from __future__ import annotations
 
@@ -258,7 +259,7 @@ def circuit_cmd(
     length: Annotated[int | None, typer.Option("--length", help="Sequence length (default 16; compiled models: n_ctx).")] = None,
     n: Annotated[int, typer.Option("--n", help="Clean/corrupted pairs.")] = 32,
     threshold: Annotated[float, typer.Option("--threshold", help="Normalised score to be in the circuit.")] = 0.1,
-    top_k: Annotated[int, typer.Option("--top-k", help="verified: cells checked exactly.")] = 10,
+    top_k: Annotated[int, typer.Option("--top-k", help="verified: how many best cells to find (the exactly checked shortlist grows until they stop changing).")] = 10,
     seed: _Seed = 0,
     out: _JsonOut = None,
     as_json: _PrintJson = False,
@@ -299,3 +300,65 @@ def circuit_cmd(
     console.print(f"circuit: {', '.join(found.circuit()) or '(empty)'}")
     if "roc_auc" in payload:
         console.print(f"ground truth ({truth_file}): {', '.join(payload['truth'])}; ROC-AUC {payload['roc_auc']:.3f}")
+
+
+@app.command("iia")
+@_user_errors
+def iia_cmd(
+    run_dir: _RunDir,
+    length: Annotated[int | None, typer.Option("--length", help="Sequence length (default: the longest training length, or the context).")] = None,
+    n: Annotated[int, typer.Option("--n", help="Base/source pairs.")] = 128,
+    site: Annotated[str | None, typer.Option("--site", help="One state site (layers.0, hook_memory, blocks.1.hook_resid_pre, ...); default: all.")] = None,
+    das_k: Annotated[str | None, typer.Option("--das", help="Also learn a k-dimensional subspace (distributed alignment search) at the best site: 'auto' or k values, comma-separated.")] = None,
+    seed: _Seed = 0,
+    out: _JsonOut = None,
+    as_json: _PrintJson = False,
+) -> None:
+    """Interchange intervention accuracy per state site: swap the site between two inputs and
+    check that the outputs follow the automaton run from the swapped-in state (causal
+    abstraction); with --das, the smallest subspace of the best site that carries the state."""
+    from ..circuits.causal_abstraction import interchange_intervention_accuracy
+    from ..circuits.das import das
+    from ..explain import train_max_length
+    from ..models.protocol import is_stateful
+    from ..training.checkpoint import load
+
+    ks: list[int] | None = None
+    if das_k is not None and das_k != "auto":
+        try:
+            ks = [int(x) for x in das_k.split(",") if x.strip()]
+        except ValueError:
+            raise ConfigError(f"--das must be 'auto' or comma-separated integers, got {das_k!r}") from None
+        if not ks:
+            raise ConfigError("--das needs at least one k")
+    run = load(run_dir)
+    learned = _in_distribution(run)
+    length = train_max_length(run) if length is None else length
+    local = not is_stateful(run.model)  # a Transformer recomputes its answer at every position
+    result = interchange_intervention_accuracy(run.model, run.task, length, n=n, seed=seed,
+                                               sites=None if site is None else [site])
+    best, best_iia = result.best(local=local)
+    payload: dict[str, Any] = {"run": str(run_dir), "task": run.task.spec, "arch": run.model_config.arch,
+                               "scored": "output at the intervened position" if local else "every later output",
+                               "best_site": best, "best_iia": best_iia, **result.to_dict()}
+    found = None
+    if das_k is not None:
+        found = das(run.model, run.task, site=best, k=ks, length=length, n_test=n, seed=seed)
+        payload["das"] = found.to_dict()
+    _write_json(out, payload, as_json)
+    if as_json:
+        return
+    console.print(f"{run.model_config.arch} on {run.task.spec}: {n} pairs of length {result.length}, "
+                  f"scored on: {payload['scored']}")
+    table = Table(title=f"interchange intervention accuracy per site (mean over {len(result.positions)} {result.unit}s)")
+    for col in ("site", "IIA"):
+        table.add_column(col, justify="left" if col == "site" else "right")
+    for s, v in result.site_mean(local=local).items():
+        table.add_row(s, "-" if v != v else f"{v:.3f}")
+    console.print(table)
+    console.print(f"best site: {best} ({'-' if best_iia is None else f'{best_iia:.3f}'})")
+    if found is not None:
+        scores = ", ".join(f"k={k}: {'-' if v is None else f'{v:.3f}'}" for k, v in found.score().items())
+        console.print(f"DAS at {found.site} (dim {found.dim}): {scores}; state dimension: "
+                      f"{found.dimension if found.dimension is not None else 'not found'}")
+    _warn_not_learned(learned, "the accuracies above")
