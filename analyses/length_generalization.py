@@ -73,6 +73,9 @@ MODELS: dict[str, tuple[dict, float | None]] = {
     "transformer_nope": ({"arch": "transformer", "n_layers": 2, "d_hidden": 32, "positional": "none"}, 3e-3),
     "rmt": ({"arch": "rmt", "n_layers": 2, "d_hidden": 32, "segment_length": 2, "n_memory": 1}, 3e-3),
     "scratchpad": ({"arch": "scratchpad", "n_layers": 1, "d_hidden": 32, "positional": "none"}, 1e-3),
+    "compressive": ({"arch": "compressive", "n_layers": 2, "d_hidden": 32, "segment_length": 2, "n_memory": 2,
+                     "n_compressed": 2, "compression_rate": 2}, 3e-3),
+    "hmt": ({"arch": "hmt", "n_layers": 2, "d_hidden": 32, "segment_length": 2, "n_memory": 4}, 3e-3),
 }
 TRANSFORMER_FAMILY = ("transformer_learned", "transformer_rotary", "transformer_nope", "scratchpad")
 # Plain Transformers: trained until >= 99% in distribution or their own budget (`transformer_steps`).
