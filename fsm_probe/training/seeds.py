@@ -362,26 +362,29 @@ def _losses(params: dict[str, Tensor], arch: str, n_layers: int, batches: list[A
     tokens, labels = torch.from_numpy(tok), torch.from_numpy(lab)
     perm = torch.tensor(order)
     q = params if order == list(range(n)) else {k: v.index_select(0, perm) for k, v in params.items()}
-    w = [(q[f"layers.{l}.cell.weight_ih_l0"].transpose(1, 2), q[f"layers.{l}.cell.weight_hh_l0"].transpose(1, 2),
-          q[f"layers.{l}.cell.bias_ih_l0"].unsqueeze(1), q[f"layers.{l}.cell.bias_hh_l0"].unsqueeze(1))
-         for l in range(n_layers)]
+    cells = [f"layers.{i}.cell." for i in range(n_layers)]
+    w = [(q[c + "weight_ih_l0"].transpose(1, 2), q[c + "weight_hh_l0"].transpose(1, 2),
+          q[c + "bias_ih_l0"].unsqueeze(1), q[c + "bias_hh_l0"].unsqueeze(1)) for c in cells]
     # layer 0's input projection is a table per symbol: embed @ W_ih^T + b_ih, looked up per token
-    table = torch.baddbmm(w[0][2], q["embed.weight"], w[0][0])
-    gi0 = table[torch.arange(n)[:, None, None], tokens]  # [models, batch, pos, gates * d]
+    table = torch.baddbmm(w[0][2], q["embed.weight"], w[0][0])  # [models, vocab, gates * d]
+    vocab = table.shape[1]
+    offsets = torch.arange(n).view(1, n, 1) * vocab
+    # time-major and split per position, so that each step's gradient stays its own size
+    gi0 = F.embedding(tokens.permute(2, 0, 1) + offsets, table.flatten(0, 1)).unbind(0)
     d = q["embed.weight"].shape[-1]
-    h = [gi0.new_zeros(n, B, d) for _ in range(n_layers)]
-    c = [gi0.new_zeros(n, B, d) if arch == "lstm" else None for _ in range(n_layers)]
+    h = [table.new_zeros(n, B, d) for _ in range(n_layers)]
+    c = [table.new_zeros(n, B, d) if arch == "lstm" else None for _ in range(n_layers)]
     outs, rows, k = [], [], n
     for t in range(T):
         while lengths[k - 1] <= t:
             k -= 1
-        x = gi0[:k, :, t]
-        for l, (w_ih, w_hh, b_ih, b_hh) in enumerate(w):
-            if l:
+        x = gi0[t][:k]
+        for i, (w_ih, w_hh, b_ih, b_hh) in enumerate(w):
+            if i:
                 x = torch.baddbmm(b_ih[:k], x, w_ih[:k])
-            gh = torch.baddbmm(b_hh[:k], h[l][:k], w_hh[:k])
-            h[l], c[l] = _cell(arch, x, gh, h[l][:k], None if c[l] is None else c[l][:k])
-            x = h[l]
+            gh = torch.baddbmm(b_hh[:k], h[i][:k], w_hh[:k])
+            h[i], c[i] = _cell(arch, x, gh, h[i][:k], None if c[i] is None else c[i][:k])
+            x = h[i]
         outs.append(x)
         rows.append(k)
     row_model = torch.cat([torch.arange(k) for k in rows])
