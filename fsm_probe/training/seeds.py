@@ -369,27 +369,19 @@ def _losses(params: dict[str, Tensor], arch: str, n_layers: int, batches: list[A
     table = torch.baddbmm(w[0][2], q["embed.weight"], w[0][0])  # [models, vocab, gates * d]
     vocab = table.shape[1]
     offsets = torch.arange(n).view(1, n, 1) * vocab
-    # time-major and split per position, so that each step's gradient stays its own size
-    gi0 = F.embedding(tokens.permute(2, 0, 1) + offsets, table.flatten(0, 1)).unbind(0)
-    d = q["embed.weight"].shape[-1]
-    h = [table.new_zeros(n, B, d) for _ in range(n_layers)]
-    c = [table.new_zeros(n, B, d) if arch == "lstm" else None for _ in range(n_layers)]
-    outs, rows, k = [], [], n
-    for t in range(T):
-        while lengths[k - 1] <= t:
-            k -= 1
-        x = gi0[t][:k]
-        for i, (w_ih, w_hh, b_ih, b_hh) in enumerate(w):
-            if i:
-                x = torch.baddbmm(b_ih[:k], x, w_ih[:k])
-            gh = torch.baddbmm(b_hh[:k], h[i][:k], w_hh[:k])
-            h[i], c[i] = _cell(arch, x, gh, h[i][:k], None if c[i] is None else c[i][:k])
-            x = h[i]
-        outs.append(x)
-        rows.append(k)
+    gi0 = F.embedding(tokens.permute(2, 0, 1) + offsets, table.flatten(0, 1))  # [pos, models, batch, gates * d]
+    rows = [sum(length > t for length in lengths) for t in range(T)]  # members still reading at t
     row_model = torch.cat([torch.arange(k) for k in rows])
     row_time = torch.cat([torch.full((k,), t) for t, k in enumerate(rows)])
-    hidden = torch.cat(outs)  # [rows, batch, d]: (model, position) pairs in time order
+    if arch == "gru":
+        x = gi0
+        for i, (w_ih, w_hh, b_ih, b_hh) in enumerate(w):
+            if i:
+                x = torch.matmul(x, w_ih) + b_ih
+            x = _StackedGRU.apply(x, w_hh, b_hh, tuple(rows))
+        hidden = x[row_time, row_model]
+    else:
+        hidden = _recurrence(arch, gi0.unbind(0), w, rows)
     w_out, b_out = q["unembed.weight"][row_model], q["unembed.bias"][row_model]
     logits = torch.baddbmm(b_out.unsqueeze(1), hidden, w_out.transpose(1, 2))
     target = labels[row_model, :, row_time]
@@ -399,6 +391,74 @@ def _losses(params: dict[str, Tensor], arch: str, n_layers: int, batches: list[A
         last = torch.tensor([starts[lengths[j] - 1] + j for j in range(n)])
         loss = loss + final_weight * _mean_ce(logits[last], target[last], torch.arange(n), n)
     return loss[torch.argsort(perm)]
+
+
+def _recurrence(arch: str, gi0: Sequence[Tensor], w: list[tuple[Tensor, ...]], rows: list[int]) -> Tensor:
+    """The last layer's states `[rows, batch, d]`, (member, position) pairs in time order, through autograd."""
+    n, B, d = gi0[0].shape[0], gi0[0].shape[1], w[0][1].shape[1]
+    h = [gi0[0].new_zeros(n, B, d) for _ in w]
+    c = [gi0[0].new_zeros(n, B, d) if arch == "lstm" else None for _ in w]
+    outs = []
+    for t, k in enumerate(rows):
+        x = gi0[t][:k]  # split per position, so that each step's gradient stays its own size
+        for i, (w_ih, w_hh, b_ih, b_hh) in enumerate(w):
+            if i:
+                x = torch.baddbmm(b_ih[:k], x, w_ih[:k])
+            gh = torch.baddbmm(b_hh[:k], h[i][:k], w_hh[:k])
+            h[i], c[i] = _cell(arch, x, gh, h[i][:k], None if c[i] is None else c[i][:k])
+            x = h[i]
+        outs.append(x)
+    return torch.cat(outs)
+
+
+class _StackedGRU(torch.autograd.Function):
+    """A GRU layer over stacked members: input projections `[pos, models, batch, 3d]` -> states
+    `[pos, models, batch, d]` (zero where a member's batch has ended; `rows[t]` members, sorted
+    by length, read position t). The backward pass is written out so that the recurrent weights'
+    gradient is one matmul over all steps instead of one per step."""
+
+    @staticmethod
+    def forward(ctx: Any, gi: Tensor, w_hh: Tensor, b_hh: Tensor, rows: tuple[int, ...]) -> Tensor:
+        T, n, B, G = gi.shape
+        d = G // 3
+        H = gi.new_zeros(T, n, B, d)
+        R, Z, N, HN = (gi.new_empty(T, n, B, d) for _ in range(4))  # read only where written
+        h = gi.new_zeros(n, B, d)
+        for t, k in enumerate(rows):
+            gh = torch.baddbmm(b_hh[:k], h[:k], w_hh[:k])
+            g = gi[t, :k]
+            rz = torch.sigmoid(g[..., : 2 * d] + gh[..., : 2 * d])
+            r, z, hn = rz[..., :d], rz[..., d:], gh[..., 2 * d:]
+            nn_ = torch.tanh(g[..., 2 * d:] + hn * r)
+            h = (h[:k] - nn_) * z + nn_
+            H[t, :k], R[t, :k], Z[t, :k], N[t, :k], HN[t, :k] = h, r, z, nn_, hn
+        ctx.save_for_backward(w_hh, H, R, Z, N, HN)
+        ctx.rows = rows
+        return H
+
+    @staticmethod
+    def backward(ctx: Any, dH: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:
+        w_hh, H, R, Z, N, HN = ctx.saved_tensors
+        T, n, B, d = H.shape
+        dGI = H.new_zeros(T, n, B, 3 * d)
+        dGH = H.new_zeros(T, n, B, 3 * d)
+        dh = H.new_zeros(n, B, d)
+        w_t = w_hh.transpose(1, 2)
+        for t in range(T - 1, -1, -1):
+            k = ctx.rows[t]
+            cur = dh[:k] + dH[t, :k]
+            r, z, nn_, hn = R[t, :k], Z[t, :k], N[t, :k], HN[t, :k]
+            h_prev = H[t - 1, :k] if t else torch.zeros_like(nn_)
+            dan = cur * (1 - z) * (1 - nn_ * nn_)
+            dar = dan * hn * r * (1 - r)
+            daz = cur * (h_prev - nn_) * z * (1 - z)
+            dGI[t, :k, :, :d], dGI[t, :k, :, d: 2 * d], dGI[t, :k, :, 2 * d:] = dar, daz, dan
+            dGH[t, :k, :, :d], dGH[t, :k, :, d: 2 * d], dGH[t, :k, :, 2 * d:] = dar, daz, dan * r
+            dh = torch.zeros_like(dh)
+            dh[:k] = torch.baddbmm(cur * z, dGH[t, :k], w_t[:k])
+        h_prev = torch.cat([H.new_zeros(1, n, B, d), H[:-1]])
+        dw = torch.bmm(h_prev.permute(1, 3, 0, 2).reshape(n, d, T * B), dGH.transpose(0, 1).reshape(n, T * B, 3 * d))
+        return dGI, dw, dGH.sum((0, 2)).unsqueeze(1), None
 
 
 def _mean_ce(logits: Tensor, target: Tensor, owner: Tensor, n: int) -> Tensor:
