@@ -116,3 +116,27 @@ def test_cli_bad_seeds_or_lr_is_one_line(capsys, tmp_path, args, needle):
     code, _, err = run(capsys, "train", "--task", "parity", "--quiet", "--out", tmp_path / "d", *args)
     assert_one_line_error(code, err, needle)
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch, layers", [("rnn", 1), ("lstm", 2), ("gru", 2)])
+def test_other_cells_and_depths_equal_single_runs(arch, layers):
+    model = recipe(arch, TASK).model_config(TASK, d_hidden=8, n_layers=layers)
+    cfg = TrainConfig(train_lengths=(1, 8), max_steps=30, eval_every=10, val_size=32, patience=10**6, final_weight=0.5)
+    for r in train_seeds(TASK, model, cfg, seeds=[3, 5], progress=False):
+        s = r.train_config.seed
+        single = train(TASK, replace(model, seed=s), replace(cfg, seed=s), progress=False)
+        for k, v in single.model.state_dict().items():
+            torch.testing.assert_close(r.model.state_dict()[k], v, atol=WEIGHT_ATOL, rtol=0)
+        assert r.log["final_val_accuracy"] == pytest.approx(single.log["final_val_accuracy"], abs=1 / 32 + 1e-9)
+
+
+@pytest.mark.slow
+def test_transformers_fall_back_to_one_train_each(tmp_path):
+    model = recipe("transformer", TASK).model_config(TASK, d_hidden=16, n_layers=1, n_heads=2, n_ctx=16)
+    cfg = TrainConfig(train_lengths=(1, 6), max_steps=4, eval_every=4, val_size=16)
+    runs = train_seeds(TASK, model, cfg, seeds=2, out_dir=tmp_path, progress=False)
+    assert [r.directory for r in runs] == [tmp_path / "seed0", tmp_path / "seed1"]
+    single = train(TASK, replace(model, seed=1), replace(cfg, seed=1), progress=False)
+    for k, v in single.model.state_dict().items():
+        assert torch.equal(runs[1].model.state_dict()[k], v), k
