@@ -40,6 +40,7 @@ _EXPORTS = {
     "Run": "training",
     "TrainConfig": "training",
     "train": "training",
+    "train_seeds": "training",
 }
 
 __all__ = [
@@ -65,6 +66,7 @@ __all__ = [
     "save",
     "task_from_file",
     "train",
+    "train_seeds",
 ]
 
 
@@ -83,6 +85,6 @@ if TYPE_CHECKING:
     )
     from .models import HookedRNN, ModelConfig, build_model, build_transformer, predict_logits
     from .tasks import Task, get_task, list_tasks, task_from_file
-    from .training import Run, TrainConfig, train
+    from .training import Run, TrainConfig, train, train_seeds
     from .training.checkpoint import load, save
     from .training.evaluation import evaluate

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from .. import _validate as _v
 from ..errors import ConfigError
 from .app import _parse_lengths, _parse_range, _resolve_task, _user_errors, app, console
 
@@ -75,7 +76,8 @@ def train_cmd(
     train_lengths: Annotated[str, typer.Option("--train-lengths")] = "1:40",
     max_steps: Annotated[int | None, typer.Option("--max-steps", help=_recipe_help("Step budget (training stops earlier at --target).", "max_steps"), show_default=False)] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help=_recipe_help("Sequences per step.", "batch_size"), show_default=False)] = None,
-    lr: Annotated[float | None, typer.Option("--lr", help=_recipe_help("Peak learning rate (warmup, then cosine).", "lr"), show_default=False)] = None,
+    lr: Annotated[str | None, typer.Option("--lr", help=_recipe_help("Peak learning rate (warmup, then cosine); a comma list (1e-3,3e-3) trains one model per rate.", "lr"), show_default=False)] = None,
+    seeds: Annotated[int | None, typer.Option("--seeds", help="Train N models at once (seeds --seed..--seed+N-1; batched for rnn, gru, lstm), written to OUT/seed{S} (OUT/seed{S}_lr{lr} with several --lr).", show_default=False)] = None,
     warmup: Annotated[int | None, typer.Option("--warmup", help=_recipe_help("Warmup steps.", "warmup_steps"), show_default=False)] = None,
     full_length: Annotated[bool | None, typer.Option("--full-length/--sampled-lengths", help=_recipe_help("Draw every batch at the longest training length (every prefix is still a training example when every position is supervised).", "full_length"), show_default=False)] = None,
     curriculum: Annotated[int | None, typer.Option("--curriculum", help=_recipe_help("Length curriculum: first maximum training length, grown as validation passes 0.99 (0 = off).", "curriculum"), show_default=False)] = None,
@@ -97,6 +99,9 @@ def train_cmd(
     from ..training.recipes import recipe
     from ..training.trainer import TrainConfig, train
 
+    rates = _parse_lrs(lr)
+    if seeds is not None:
+        _v.positive_int(seeds, "--seeds")
     the_task = _resolve_task(task, task_file)
     model_cfg = recipe(arch, the_task).model_config(
         the_task, n_layers=layers, d_hidden=hidden, n_heads=heads, d_mlp=d_mlp, positional=positional,
@@ -105,10 +110,13 @@ def train_cmd(
     )
     train_cfg = TrainConfig(
         train_lengths=_parse_range(train_lengths, "--train-lengths"), batch_size=batch_size,
-        max_steps=max_steps, lr=lr, warmup_steps=warmup, curriculum=curriculum, final_weight=final_weight,
+        max_steps=max_steps, lr=rates[0] if rates else None, warmup_steps=warmup, curriculum=curriculum, final_weight=final_weight,
         full_length=full_length,
         target_accuracy=target, final_only=final_only, seed=seed,
     )
+    if seeds is not None or (rates and len(rates) > 1):
+        _train_many(the_task, model_cfg, train_cfg, seeds or 1, rates, out, quiet)
+        return
     t = train(the_task, model_cfg, train_cfg, out_dir=out, progress=not quiet).log
     val = "none" if t["final_val_accuracy"] is None else f"{t['final_val_accuracy']:.4f}"
     console.print(
@@ -119,6 +127,38 @@ def train_cmd(
         console.print(t["stop_reason"])
     else:
         console.print(f"{t['stop_reason']}; try more --max-steps, another --lr or --seed", style="bold red")
+
+
+def _parse_lrs(text: str | None) -> list[float] | None:
+    """`--lr`: one learning rate or a comma list, each in (0, 10)."""
+    if text is None:
+        return None
+    try:
+        rates = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--lr must be a number or a comma list of numbers (1e-3,3e-3), got {text!r}") from None
+    for r in rates:
+        if not 0 < r < 10:
+            raise ConfigError(f"--lr values must be in (0, 10), got {text!r}")
+    if len(set(rates)) != len(rates):
+        raise ConfigError(f"--lr values must be distinct, got {text!r}")
+    return rates
+
+
+def _train_many(task, model_cfg, train_cfg, seeds: int, rates: list[float] | None, out: Path, quiet: bool) -> None:
+    """`--seeds N` / several `--lr`: train them together, one summary line per model and the best."""
+    from ..training.seeds import train_seeds
+
+    runs = train_seeds(task, model_cfg, train_cfg, seeds=seeds, lrs=rates, out_dir=out, progress=not quiet)
+    for r in runs:
+        t = r.log
+        val = "none" if t["final_val_accuracy"] is None else f"{t['final_val_accuracy']:.4f}"
+        console.print(f"seed {r.train_config.seed}, lr {r.train_config.lr:g}: {t['steps']} steps, "
+                      f"validation accuracy {val}, {t['stop_reason']} -> {r.directory}")
+    best = max(runs, key=lambda r: (r.log["final_val_accuracy"] or 0.0, bool(r.learned), -r.log["steps"]))
+    line = f"best: seed {best.train_config.seed}, lr {best.train_config.lr:g} -> {best.directory}"
+    console.print(line if best.learned else f"{line} (did not learn in distribution)",
+                  style=None if best.learned else "bold red")
 
 
 @app.command("eval")

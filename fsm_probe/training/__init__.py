@@ -26,8 +26,9 @@ _EXPORTS = {
     "load": "checkpoint",
     "save": "checkpoint",
     "train": "trainer",
+    "train_seeds": "seeds",
 }
-__all__ = ["EvaluationReport", "LengthAccuracy", "Run", "TrainConfig", "as_run", "evaluate", "load", "save", "train"]
+__all__ = ["EvaluationReport", "LengthAccuracy", "Run", "TrainConfig", "as_run", "evaluate", "load", "save", "train", "train_seeds"]
 
 
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
@@ -38,4 +39,5 @@ if TYPE_CHECKING:
     from .config import TrainConfig
     from .evaluation import EvaluationReport, LengthAccuracy, evaluate
     from .run import Run, as_run
+    from .seeds import train_seeds
     from .trainer import train

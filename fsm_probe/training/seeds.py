@@ -1,0 +1,469 @@
+"""Batched seeds: N recurrent nets of one architecture (seeds x learning rates) trained at once.
+
+Each member's weights are stacked on a leading model axis and one forward/backward trains them
+all. Each member trains as `train()` would train it alone: the same initial weights
+(`build_model` with its seed), its own batch stream (`iterate_batches(..., seed=seed + 1000 * phase)`),
+its own length curriculum, validation (`evaluate` on the member's own network), AdamW moments,
+grad-norm clipping and learning-rate schedule, and its own early stop, after which it is taken
+out of the stack. A step runs every member up to its own batch length only (members sorted by
+length, so the shorter ones drop out of the recurrence as it passes their end).
+
+Only the recurrent nets (rnn, gru, lstm) are batched; the other architectures train one after
+the other with `train()` (the TransformerBridge's hooked forward does not vmap).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .. import _validate as _v
+from ..errors import ConfigError
+from ..models import ModelConfig, build_model
+from ..models.config import RNN_ARCHS, check_memory
+from ..tasks import Task
+from ..tasks.datasets import IGNORE_INDEX, iterate_batches
+from .checkpoint import LOG, checkpoint_stage, write_checkpoint
+from .config import TrainConfig
+from .evaluation import evaluate
+from .run import Run
+from .trainer import CURRICULUM_PASS, curriculum_lengths, lr_schedule, stop_reason, train
+from .verdict import THRESHOLD
+
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+BETAS, EPS = (0.9, 0.98), 1e-8  # train()'s AdamW
+
+
+@dataclass
+class _Member:
+    """One model of the batch: its configs, curriculum position, batches and record so far."""
+
+    name: str
+    model_cfg: ModelConfig
+    train_cfg: TrainConfig
+    model: nn.Module
+    stages: list[int]
+    full: bool
+    phase_budget: int
+    log_path: Path | None = None
+    phase: int = 0
+    phase_start: int = 0
+    streak: int = 0
+    running: float | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    batches: Any = None
+
+    def new_batches(self, task: Task) -> None:
+        lo, hi = self.train_cfg.train_lengths
+        self.batches = iterate_batches(
+            task, self.train_cfg.batch_size, (hi if self.full else lo, self.stages[self.phase]),
+            seed=self.train_cfg.seed + 1000 * self.phase, final_only=self.train_cfg.final_only,
+        )
+
+
+def member_name(seed: int, lr: float | None = None) -> str:
+    """`seed{S}`, or `seed{S}_lr{lr}` when several learning rates are trained."""
+    return f"seed{seed}" if lr is None else f"seed{seed}_lr{lr:g}"
+
+
+def seed_list(seeds: int | Sequence[int], base: int = 0) -> list[int]:
+    """`seeds` as a list: N gives base..base+N-1; a sequence is checked (integers, distinct)."""
+    if _v.is_int(seeds):
+        n = _v.positive_int(seeds, "seeds (the number of models)")
+        out = [base + i for i in range(n)]
+    elif isinstance(seeds, str | bytes) or not isinstance(seeds, Sequence) or not seeds:
+        raise ConfigError(f"seeds must be a positive integer or a non-empty list of seeds, got {seeds!r}")
+    else:
+        out = list(seeds)
+    for s in out:
+        _v.seed(s, "seed")
+    if len(set(out)) != len(out):
+        raise ConfigError(f"seeds must be distinct, got {out}")
+    return [int(s) for s in out]
+
+
+def lr_list(lrs: Sequence[float] | None) -> list[float] | None:
+    """The learning rates, checked like `TrainConfig.lr` and distinct; None keeps the config's."""
+    if lrs is None:
+        return None
+    if isinstance(lrs, str | bytes) or not isinstance(lrs, Sequence) or not lrs:
+        raise ConfigError(f"lrs must be a non-empty list of learning rates, got {lrs!r}")
+    out = []
+    for lr in lrs:
+        if not 0 < _v.finite_float(lr, "learning rate") < 10:
+            raise ConfigError(f"learning rate must be in (0, 10), got {lr}")
+        out.append(float(lr))
+    if len(set(out)) != len(out):
+        raise ConfigError(f"learning rates must be distinct, got {out}")
+    return out
+
+
+def train_seeds(
+    task: Task,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig | None = None,
+    *,
+    seeds: int | Sequence[int],
+    lrs: Sequence[float] | None = None,
+    out_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> list[Run]:
+    """Train one model per seed (x learning rate) of `model_cfg`'s architecture; the `Run`s in
+    order (seed-major, then learning rate).
+
+    `seeds=N` trains seeds `train_cfg.seed`..`+N-1`; a member with seed S takes S as both its
+    model seed and its data seed (as `fsm-probe train --seed S` does), so it is the run
+    `train()` makes with those configs. With `out_dir`, member `seed{S}` (`seed{S}_lr{lr}` with
+    several `lrs`) is written to `out_dir/seed{S}` as an ordinary checkpoint, staged and swapped
+    in as `train()` does when that member stops. `run.log["seconds"]` is the wall time of the
+    whole batch until the member stopped. Recurrent nets are batched; other architectures train
+    one after the other.
+    """
+    train_cfg = train_cfg or TrainConfig()
+    rates = lr_list(lrs)
+    members = []
+    for seed in seed_list(seeds, train_cfg.seed):
+        for lr in rates or [train_cfg.lr]:
+            name = member_name(seed, lr if rates is not None and len(rates) > 1 else None)
+            members.append((name, replace(model_cfg, seed=seed), replace(train_cfg, seed=seed, lr=lr)))
+    if model_cfg.arch not in RNN_ARCHS:
+        runs = []
+        for name, mc, tc in members:
+            out = None if out_dir is None else Path(out_dir) / name
+            runs.append(train(task, mc, tc, out_dir=out, progress=progress))
+        return runs
+    with contextlib.ExitStack() as stack:
+        stages = {}
+        if out_dir is not None:
+            for name, _, _ in members:
+                inner = stack.enter_context(contextlib.ExitStack())
+                stages[name] = (inner, inner.enter_context(checkpoint_stage(Path(out_dir) / name)))
+        return _BatchedTraining(task, members, stages, out_dir, progress).run()
+
+
+class _BatchedTraining:
+    """The loop of `train()`, over a stack of members."""
+
+    def __init__(self, task: Task, members: list[tuple[str, ModelConfig, TrainConfig]],
+                 stages: dict[str, tuple[contextlib.ExitStack, Path]], out_dir: Any, progress: bool) -> None:
+        self.task, self.stages, self.out_dir, self.progress = task, stages, out_dir, progress
+        self.members: list[_Member] = []
+        for name, mc, tc in members:
+            tc = tc.resolved(mc.arch, task)
+            self.members.append(self._member(name, mc, tc))
+        first = self.members[0]
+        self.arch, self.n_layers = first.model_cfg.arch, first.model_cfg.n_layers
+        self.cfg = first.train_cfg  # every member shares it but for seed and lr
+        self.runs: dict[str, Run] = {}
+
+    def _member(self, name: str, mc: ModelConfig, tc: TrainConfig) -> _Member:
+        a = self.task.automaton
+        if mc.d_vocab < a.n_symbols or mc.d_out != a.n_labels:
+            raise ConfigError(
+                f"model vocabulary/outputs ({mc.d_vocab}, {mc.d_out}) do not fit task "
+                f"{self.task.spec} ({a.n_symbols} symbols, {a.n_labels} labels)"
+            )
+        lo, hi = tc.train_lengths
+        check_memory(mc, tc.batch_size, hi, training=True, lower="--batch-size, --train-lengths or --hidden")
+        check_memory(mc, tc.val_size, max(tc.val_lengths or (hi,)), lower="the validation size or lengths, or --hidden")
+        final_only = self.task.final_only if tc.final_only is None else tc.final_only
+        full = bool(tc.full_length) and not final_only
+        stages = [hi] if full else [m for m in curriculum_lengths(tc.curriculum, hi) if m >= lo]
+        m = _Member(name, mc, tc, build_model(mc), stages, full, max(1, tc.max_steps // (2 * len(stages))))
+        if name in self.stages:
+            m.log_path = self.stages[name][1] / LOG
+            m.log_path.write_text("")
+        m.new_batches(self.task)
+        return m
+
+    def run(self) -> list[Run]:
+        cfg = self.cfg
+        active = list(self.members)
+        weights = [m.model.state_dict() for m in active]
+        params = {k: torch.stack([w[k].detach() for w in weights]).requires_grad_() for k in weights[0]}
+        moments = {k: (torch.zeros_like(p), torch.zeros_like(p)) for k, p in params.items()}
+        n_models = len(active)
+        check_memory(active[0].model_cfg, cfg.batch_size * n_models, cfg.train_lengths[1], training=True,
+                     lower="the number of seeds, --batch-size or --train-lengths")
+        bar = tqdm(total=cfg.max_steps, disable=not self.progress,
+                   desc=f"{self.arch} {self.task.spec} x{n_models}")
+        self.start = time.perf_counter()
+        step = 0
+        for step in range(1, cfg.max_steps + 1):
+            batches = [next(m.batches) for m in active]
+            losses = _losses(params, self.arch, self.n_layers, batches, cfg.final_weight)
+            for p in params.values():
+                p.grad = None
+            losses.sum().backward()
+            _clip(params, cfg.grad_clip)
+            base = [m.train_cfg.lr for m in active]
+            _adamw(params, moments, step, [lr * lr_schedule(step - 1, cfg.max_steps, cfg.warmup_steps) for lr in base],
+                   cfg.weight_decay)
+            bar.update(1)
+            done = []
+            for i, (m, loss) in enumerate(zip(active, losses.tolist(), strict=True)):
+                m.running = loss if m.running is None else 0.9 * m.running + 0.1 * loss
+                if self._after_step(m, step, i, params):
+                    done.append(i)
+            if done:
+                for i in done:
+                    self._finish(active[i], step, params, i, stopped_early=True)
+                keep = [i for i in range(len(active)) if i not in done]
+                active = [active[i] for i in keep]
+                if not active:
+                    break
+                index = torch.tensor(keep)
+                params = {k: p.detach().index_select(0, index).requires_grad_() for k, p in params.items()}
+                moments = {k: (a.index_select(0, index), b.index_select(0, index)) for k, (a, b) in moments.items()}
+            if step % cfg.eval_every == 0 or step == cfg.max_steps:
+                best = max(m.history[-1]["val_accuracy"] for m in self.members if m.history)
+                bar.set_postfix_str(f"{len(active)} training, best val={best:.4f}")
+        for i, m in enumerate(active):
+            self._finish(m, step, params, i, stopped_early=False)
+        n_learned = sum(bool(r.learned) for r in self.runs.values())
+        if self.progress:
+            bar.set_description_str(f"{self.arch} {self.task.spec}: {n_learned} of {n_models} learned")
+        bar.close()
+        return [self.runs[m.name] for m in self.members]
+
+    def _after_step(self, m: _Member, step: int, i: int, params: dict[str, Tensor]) -> bool:
+        """`train()`'s bookkeeping after an optimizer step; True when `m` stops early."""
+        cfg, task = m.train_cfg, self.task
+        hi = cfg.train_lengths[1]
+        if m.stages[m.phase] < hi and step - m.phase_start >= m.phase_budget:
+            m.phase, m.phase_start = m.phase + 1, step
+            m.new_batches(task)
+        if step % cfg.eval_every and step != cfg.max_steps:
+            return False
+        top = m.stages[m.phase]
+        lengths = (cfg.val_lengths or (hi,)) if top == hi else (top,)
+        _unstack(m.model, params, i)
+        report = evaluate(m.model, task, lengths, n=cfg.val_size, seed=cfg.seed + 1, final_only=cfg.final_only)
+        val_acc = min(min(r["accuracy"], r["final_accuracy"]) for r in report.values())
+        entry = {
+            "step": step,
+            "loss": m.running,
+            "lr": m.train_cfg.lr * lr_schedule(step, cfg.max_steps, cfg.warmup_steps),
+            "max_length": top,
+            "val_accuracy": val_acc,
+            "val": {str(k): v for k, v in report.items()},
+            "seconds": time.perf_counter() - self.start,
+        }
+        m.history.append(entry)
+        if m.log_path is not None:
+            with open(m.log_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(entry) + "\n")
+        if top < hi:
+            if val_acc >= min(CURRICULUM_PASS, cfg.target_accuracy):
+                m.phase, m.phase_start = m.phase + 1, step
+                m.new_batches(task)
+            return False
+        m.streak = m.streak + 1 if val_acc >= cfg.target_accuracy else 0
+        return m.streak >= cfg.patience
+
+    def _finish(self, m: _Member, step: int, params: dict[str, Tensor], i: int, *, stopped_early: bool) -> None:
+        """The member's `Run` (as `train()` records it), written and swapped in when it has a directory."""
+        _unstack(m.model, params, i)
+        m.model.eval()
+        cfg, hi = m.train_cfg, m.train_cfg.train_lengths[1]
+        final_val = m.history[-1]["val_accuracy"] if m.history else None
+        run = Run(m.model, self.task, m.model_cfg, cfg, {
+            "steps": step,
+            "seconds": round(time.perf_counter() - self.start, 3),
+            "final_val_accuracy": final_val,
+            "stopped_early": stopped_early,
+            "learned": bool(m.history) and m.history[-1]["max_length"] == hi
+            and final_val >= min(cfg.target_accuracy, THRESHOLD),
+            "stop_reason": stop_reason(cfg, step, m.history, stopped_early),
+        })
+        if m.name in self.stages:
+            inner, stage = self.stages[m.name]
+            write_checkpoint(run, stage)
+            inner.close()  # swaps the staged checkpoint in now
+            run.directory = Path(self.out_dir) / m.name
+        self.runs[m.name] = run
+
+
+def _unstack(model: nn.Module, params: dict[str, Tensor], i: int) -> None:
+    with torch.no_grad():
+        for k, v in model.state_dict().items():
+            v.copy_(params[k][i])
+
+
+def _clip(params: dict[str, Tensor], max_norm: float) -> None:
+    """`clip_grad_norm_` per member: each model's gradients scaled to a total norm <= max_norm."""
+    grads = [p.grad for p in params.values()]
+    norms = torch.stack([g.flatten(1).norm(dim=1) for g in grads])  # [params, models]
+    total = torch.linalg.vector_norm(norms, dim=0)
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    for g in grads:
+        g.mul_(coef.view(-1, *[1] * (g.dim() - 1)))
+
+
+def _adamw(params: dict[str, Tensor], moments: dict[str, tuple[Tensor, Tensor]], step: int,
+           lrs: list[float], weight_decay: float) -> None:
+    """torch's single-tensor AdamW update, with a learning rate per member."""
+    b1, b2 = BETAS
+    bc1, bc2_sqrt = 1 - b1 ** step, math.sqrt(1 - b2 ** step)
+    lr = torch.tensor(lrs)
+    step_size = lr / bc1
+    with torch.no_grad():
+        for k, p in params.items():
+            shape = (-1, *[1] * (p.dim() - 1))
+            g, (avg, sq) = p.grad, moments[k]
+            if weight_decay:
+                p.mul_((1 - lr * weight_decay).view(shape))
+            avg.lerp_(g, 1 - b1)
+            sq.mul_(b2).addcmul_(g, g, value=1 - b2)
+            denom = (sq.sqrt() / bc2_sqrt).add_(EPS)
+            p.sub_(avg / denom * step_size.view(shape))
+
+
+def _cell(arch: str, gi: Tensor, gh: Tensor, h: Tensor, c: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """One step of torch's RNN / GRU / LSTM cell from the input and hidden projections."""
+    if arch == "rnn":
+        return torch.tanh(gi + gh), None
+    if arch == "gru":
+        i_r, i_z, i_n = gi.chunk(3, dim=-1)
+        h_r, h_z, h_n = gh.chunk(3, dim=-1)
+        r = torch.sigmoid(i_r + h_r)
+        z = torch.sigmoid(i_z + h_z)
+        n = torch.tanh(i_n + h_n * r)
+        return (h - n) * z + n, None
+    i, f, g, o = (gi + gh).chunk(4, dim=-1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
+def _losses(params: dict[str, Tensor], arch: str, n_layers: int, batches: list[Any], final_weight: float) -> Tensor:
+    """Each member's training loss `[models]` on its own batch (`_loss` in the trainer)."""
+    n = len(batches)
+    order = sorted(range(n), key=lambda j: -batches[j].tokens.shape[1])
+    lengths = [batches[j].tokens.shape[1] for j in order]
+    B, T = batches[0].tokens.shape[0], lengths[0]
+    tok = np.zeros((n, B, T), dtype=np.int64)
+    lab = np.full((n, B, T), IGNORE_INDEX, dtype=np.int64)
+    for row, j in enumerate(order):
+        tok[row, :, : lengths[row]] = batches[j].tokens
+        lab[row, :, : lengths[row]] = batches[j].labels
+    tokens, labels = torch.from_numpy(tok), torch.from_numpy(lab)
+    perm = torch.tensor(order)
+    q = params if order == list(range(n)) else {k: v.index_select(0, perm) for k, v in params.items()}
+    cells = [f"layers.{i}.cell." for i in range(n_layers)]
+    w = [(q[c + "weight_ih_l0"].transpose(1, 2), q[c + "weight_hh_l0"].transpose(1, 2),
+          q[c + "bias_ih_l0"].unsqueeze(1), q[c + "bias_hh_l0"].unsqueeze(1)) for c in cells]
+    # layer 0's input projection is a table per symbol: embed @ W_ih^T + b_ih, looked up per token
+    table = torch.baddbmm(w[0][2], q["embed.weight"], w[0][0])  # [models, vocab, gates * d]
+    vocab = table.shape[1]
+    offsets = torch.arange(n).view(1, n, 1) * vocab
+    gi0 = F.embedding(tokens.permute(2, 0, 1) + offsets, table.flatten(0, 1))  # [pos, models, batch, gates * d]
+    rows = [sum(length > t for length in lengths) for t in range(T)]  # members still reading at t
+    row_model = torch.cat([torch.arange(k) for k in rows])
+    row_time = torch.cat([torch.full((k,), t) for t, k in enumerate(rows)])
+    if arch == "gru":
+        x = gi0
+        for i, (w_ih, w_hh, b_ih, b_hh) in enumerate(w):
+            if i:
+                x = torch.matmul(x, w_ih) + b_ih
+            x = _StackedGRU.apply(x, w_hh, b_hh, tuple(rows))
+        hidden = x[row_time, row_model]
+    else:
+        hidden = _recurrence(arch, gi0.unbind(0), w, rows)
+    w_out, b_out = q["unembed.weight"][row_model], q["unembed.bias"][row_model]
+    logits = torch.baddbmm(b_out.unsqueeze(1), hidden, w_out.transpose(1, 2))
+    target = labels[row_model, :, row_time]
+    loss = _mean_ce(logits, target, row_model, n)
+    if final_weight:
+        starts = np.concatenate([[0], np.cumsum(rows)])
+        last = torch.tensor([starts[lengths[j] - 1] + j for j in range(n)])
+        loss = loss + final_weight * _mean_ce(logits[last], target[last], torch.arange(n), n)
+    return loss[torch.argsort(perm)]
+
+
+def _recurrence(arch: str, gi0: Sequence[Tensor], w: list[tuple[Tensor, ...]], rows: list[int]) -> Tensor:
+    """The last layer's states `[rows, batch, d]`, (member, position) pairs in time order, through autograd."""
+    n, B, d = gi0[0].shape[0], gi0[0].shape[1], w[0][1].shape[1]
+    h = [gi0[0].new_zeros(n, B, d) for _ in w]
+    c = [gi0[0].new_zeros(n, B, d) if arch == "lstm" else None for _ in w]
+    outs = []
+    for t, k in enumerate(rows):
+        x = gi0[t][:k]  # split per position, so that each step's gradient stays its own size
+        for i, (w_ih, w_hh, b_ih, b_hh) in enumerate(w):
+            if i:
+                x = torch.baddbmm(b_ih[:k], x, w_ih[:k])
+            gh = torch.baddbmm(b_hh[:k], h[i][:k], w_hh[:k])
+            h[i], c[i] = _cell(arch, x, gh, h[i][:k], None if c[i] is None else c[i][:k])
+            x = h[i]
+        outs.append(x)
+    return torch.cat(outs)
+
+
+class _StackedGRU(torch.autograd.Function):
+    """A GRU layer over stacked members: input projections `[pos, models, batch, 3d]` -> states
+    `[pos, models, batch, d]` (zero where a member's batch has ended; `rows[t]` members, sorted
+    by length, read position t). The backward pass is written out so that the recurrent weights'
+    gradient is one matmul over all steps instead of one per step."""
+
+    @staticmethod
+    def forward(ctx: Any, gi: Tensor, w_hh: Tensor, b_hh: Tensor, rows: tuple[int, ...]) -> Tensor:
+        T, n, B, G = gi.shape
+        d = G // 3
+        H = gi.new_zeros(T, n, B, d)
+        R, Z, N, HN = (gi.new_empty(T, n, B, d) for _ in range(4))  # read only where written
+        h = gi.new_zeros(n, B, d)
+        for t, k in enumerate(rows):
+            gh = torch.baddbmm(b_hh[:k], h[:k], w_hh[:k])
+            g = gi[t, :k]
+            rz = torch.sigmoid(g[..., : 2 * d] + gh[..., : 2 * d])
+            r, z, hn = rz[..., :d], rz[..., d:], gh[..., 2 * d:]
+            nn_ = torch.tanh(g[..., 2 * d:] + hn * r)
+            h = (h[:k] - nn_) * z + nn_
+            H[t, :k], R[t, :k], Z[t, :k], N[t, :k], HN[t, :k] = h, r, z, nn_, hn
+        ctx.save_for_backward(w_hh, H, R, Z, N, HN)
+        ctx.rows = rows
+        return H
+
+    @staticmethod
+    def backward(ctx: Any, dH: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:
+        w_hh, H, R, Z, N, HN = ctx.saved_tensors
+        T, n, B, d = H.shape
+        dGI = H.new_zeros(T, n, B, 3 * d)
+        dGH = H.new_zeros(T, n, B, 3 * d)
+        dh = H.new_zeros(n, B, d)
+        w_t = w_hh.transpose(1, 2)
+        for t in range(T - 1, -1, -1):
+            k = ctx.rows[t]
+            cur = dh[:k] + dH[t, :k]
+            r, z, nn_, hn = R[t, :k], Z[t, :k], N[t, :k], HN[t, :k]
+            h_prev = H[t - 1, :k] if t else torch.zeros_like(nn_)
+            dan = cur * (1 - z) * (1 - nn_ * nn_)
+            dar = dan * hn * r * (1 - r)
+            daz = cur * (h_prev - nn_) * z * (1 - z)
+            dGI[t, :k, :, :d], dGI[t, :k, :, d: 2 * d], dGI[t, :k, :, 2 * d:] = dar, daz, dan
+            dGH[t, :k, :, :d], dGH[t, :k, :, d: 2 * d], dGH[t, :k, :, 2 * d:] = dar, daz, dan * r
+            dh = torch.zeros_like(dh)
+            dh[:k] = torch.baddbmm(cur * z, dGH[t, :k], w_t[:k])
+        h_prev = torch.cat([H.new_zeros(1, n, B, d), H[:-1]])
+        dw = torch.bmm(h_prev.permute(1, 3, 0, 2).reshape(n, d, T * B), dGH.transpose(0, 1).reshape(n, T * B, 3 * d))
+        return dGI, dw, dGH.sum((0, 2)).unsqueeze(1), None
+
+
+def _mean_ce(logits: Tensor, target: Tensor, owner: Tensor, n: int) -> Tensor:
+    """Cross-entropy averaged over each member's labelled positions (`ignore_index` skipped)."""
+    ce = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=IGNORE_INDEX, reduction="none")
+    ce = ce.view(target.shape).sum(1)
+    count = (target != IGNORE_INDEX).sum(1).to(ce.dtype)
+    return ce.new_zeros(n).index_add(0, owner, ce) / count.new_zeros(n).index_add(0, owner, count)
