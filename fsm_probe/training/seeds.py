@@ -15,12 +15,11 @@ the other with `train()` (the TransformerBridge's hooked forward does not vmap).
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +34,11 @@ from ..errors import ConfigError
 from ..models import ModelConfig, build_model
 from ..models.config import RNN_ARCHS, check_memory
 from ..tasks import Task
-from ..tasks.datasets import IGNORE_INDEX, iterate_batches
+from ..tasks.datasets import IGNORE_INDEX
 from .checkpoint import LOG, checkpoint_stage, write_checkpoint
 from .config import TrainConfig
-from .evaluation import evaluate
 from .run import Run
-from .trainer import CURRICULUM_PASS, curriculum_lengths, lr_schedule, stop_reason, train
-from .verdict import THRESHOLD
+from .trainer import Progress, lr_schedule, train
 
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 BETAS, EPS = (0.9, 0.98), 1e-8  # train()'s AdamW
@@ -49,29 +46,19 @@ BETAS, EPS = (0.9, 0.98), 1e-8  # train()'s AdamW
 
 @dataclass
 class _Member:
-    """One model of the batch: its configs, curriculum position, batches and record so far."""
+    """One model of the batch: its name, network and `train()`'s bookkeeping (`Progress`)."""
 
     name: str
-    model_cfg: ModelConfig
-    train_cfg: TrainConfig
     model: nn.Module
-    stages: list[int]
-    full: bool
-    phase_budget: int
-    log_path: Path | None = None
-    phase: int = 0
-    phase_start: int = 0
-    streak: int = 0
-    running: float | None = None
-    history: list[dict[str, Any]] = field(default_factory=list)
-    batches: Any = None
+    progress: Progress
 
-    def new_batches(self, task: Task) -> None:
-        lo, hi = self.train_cfg.train_lengths
-        self.batches = iterate_batches(
-            task, self.train_cfg.batch_size, (hi if self.full else lo, self.stages[self.phase]),
-            seed=self.train_cfg.seed + 1000 * self.phase, final_only=self.train_cfg.final_only,
-        )
+    @property
+    def train_cfg(self) -> TrainConfig:
+        return self.progress.train_cfg
+
+    @property
+    def model_cfg(self) -> ModelConfig:
+        return self.progress.model_cfg
 
 
 def member_name(seed: int, lr: float | None = None) -> str:
@@ -170,24 +157,12 @@ class _BatchedTraining:
         self.runs: dict[str, Run] = {}
 
     def _member(self, name: str, mc: ModelConfig, tc: TrainConfig) -> _Member:
-        a = self.task.automaton
-        if mc.d_vocab < a.n_symbols or mc.d_out != a.n_labels:
-            raise ConfigError(
-                f"model vocabulary/outputs ({mc.d_vocab}, {mc.d_out}) do not fit task "
-                f"{self.task.spec} ({a.n_symbols} symbols, {a.n_labels} labels)"
-            )
-        lo, hi = tc.train_lengths
+        hi = tc.train_lengths[1]
+        log = self.stages[name][1] / LOG if name in self.stages else None
+        state = Progress(self.task, mc, tc, log, time.perf_counter())
         check_memory(mc, tc.batch_size, hi, training=True, lower="--batch-size, --train-lengths or --hidden")
         check_memory(mc, tc.val_size, max(tc.val_lengths or (hi,)), lower="the validation size or lengths, or --hidden")
-        final_only = self.task.final_only if tc.final_only is None else tc.final_only
-        full = bool(tc.full_length) and not final_only
-        stages = [hi] if full else [m for m in curriculum_lengths(tc.curriculum, hi) if m >= lo]
-        m = _Member(name, mc, tc, build_model(mc), stages, full, max(1, tc.max_steps // (2 * len(stages))))
-        if name in self.stages:
-            m.log_path = self.stages[name][1] / LOG
-            m.log_path.write_text("")
-        m.new_batches(self.task)
-        return m
+        return _Member(name, build_model(mc), state)
 
     def run(self) -> list[Run]:
         cfg = self.cfg
@@ -201,9 +176,11 @@ class _BatchedTraining:
         bar = tqdm(total=cfg.max_steps, disable=not self.progress,
                    desc=f"{self.arch} {self.task.spec} x{n_models}")
         self.start = time.perf_counter()
+        for m in self.members:
+            m.progress.start = self.start  # a member's seconds count from the start of the batch
         step = 0
         for step in range(1, cfg.max_steps + 1):
-            batches = [next(m.batches) for m in active]
+            batches = [next(m.progress.batches) for m in active]
             losses = _losses(params, self.arch, self.n_layers, batches, cfg.final_weight)
             for p in params.values():
                 p.grad = None
@@ -215,8 +192,7 @@ class _BatchedTraining:
             bar.update(1)
             done = []
             for i, (m, loss) in enumerate(zip(active, losses.tolist(), strict=True)):
-                m.running = loss if m.running is None else 0.9 * m.running + 0.1 * loss
-                if self._after_step(m, step, i, params):
+                if self._after_step(m, step, i, params, loss):
                     done.append(i)
             if done:
                 for i in done:
@@ -229,7 +205,7 @@ class _BatchedTraining:
                 params = {k: p.detach().index_select(0, index).requires_grad_() for k, p in params.items()}
                 moments = {k: (a.index_select(0, index), b.index_select(0, index)) for k, (a, b) in moments.items()}
             if step % cfg.eval_every == 0 or step == cfg.max_steps:
-                best = max(m.history[-1]["val_accuracy"] for m in self.members if m.history)
+                best = max(m.progress.history[-1]["val_accuracy"] for m in self.members if m.progress.history)
                 bar.set_postfix_str(f"{len(active)} training, best val={best:.4f}")
         for i, m in enumerate(active):
             self._finish(m, step, params, i, stopped_early=False)
@@ -239,56 +215,14 @@ class _BatchedTraining:
         bar.close()
         return [self.runs[m.name] for m in self.members]
 
-    def _after_step(self, m: _Member, step: int, i: int, params: dict[str, Tensor]) -> bool:
+    def _after_step(self, m: _Member, step: int, i: int, params: dict[str, Tensor], loss: float) -> bool:
         """`train()`'s bookkeeping after an optimizer step; True when `m` stops early."""
-        cfg, task = m.train_cfg, self.task
-        hi = cfg.train_lengths[1]
-        if m.stages[m.phase] < hi and step - m.phase_start >= m.phase_budget:
-            m.phase, m.phase_start = m.phase + 1, step
-            m.new_batches(task)
-        if step % cfg.eval_every and step != cfg.max_steps:
-            return False
-        top = m.stages[m.phase]
-        lengths = (cfg.val_lengths or (hi,)) if top == hi else (top,)
-        _unstack(m.model, params, i)
-        report = evaluate(m.model, task, lengths, n=cfg.val_size, seed=cfg.seed + 1, final_only=cfg.final_only)
-        val_acc = min(min(r["accuracy"], r["final_accuracy"]) for r in report.values())
-        entry = {
-            "step": step,
-            "loss": m.running,
-            "lr": m.train_cfg.lr * lr_schedule(step, cfg.max_steps, cfg.warmup_steps),
-            "max_length": top,
-            "val_accuracy": val_acc,
-            "val": {str(k): v for k, v in report.items()},
-            "seconds": time.perf_counter() - self.start,
-        }
-        m.history.append(entry)
-        if m.log_path is not None:
-            with open(m.log_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(entry) + "\n")
-        if top < hi:
-            if val_acc >= min(CURRICULUM_PASS, cfg.target_accuracy):
-                m.phase, m.phase_start = m.phase + 1, step
-                m.new_batches(task)
-            return False
-        m.streak = m.streak + 1 if val_acc >= cfg.target_accuracy else 0
-        return m.streak >= cfg.patience
+        return m.progress.after_step(step, loss, m.model, sync=lambda: _unstack(m.model, params, i))
 
     def _finish(self, m: _Member, step: int, params: dict[str, Tensor], i: int, *, stopped_early: bool) -> None:
         """The member's `Run` (as `train()` records it), written and swapped in when it has a directory."""
         _unstack(m.model, params, i)
-        m.model.eval()
-        cfg, hi = m.train_cfg, m.train_cfg.train_lengths[1]
-        final_val = m.history[-1]["val_accuracy"] if m.history else None
-        run = Run(m.model, self.task, m.model_cfg, cfg, {
-            "steps": step,
-            "seconds": round(time.perf_counter() - self.start, 3),
-            "final_val_accuracy": final_val,
-            "stopped_early": stopped_early,
-            "learned": bool(m.history) and m.history[-1]["max_length"] == hi
-            and final_val >= min(cfg.target_accuracy, THRESHOLD),
-            "stop_reason": stop_reason(cfg, step, m.history, stopped_early),
-        })
+        run = m.progress.finish(m.model, step, stopped_early)
         if m.name in self.stages:
             inner, stage = self.stages[m.name]
             write_checkpoint(run, stage)

@@ -11,8 +11,10 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -110,6 +112,106 @@ def train(
     return run
 
 
+class Progress:
+    """One model's training bookkeeping, shared by `train()` and `train_seeds`: the length
+    curriculum, the batch stream, validation and its log, early stopping, and the `Run` at the
+    end. The caller owns the model and the optimizer step."""
+
+    def __init__(self, task: Task, model_cfg: ModelConfig, train_cfg: TrainConfig, log_path: Path | None,
+                 start: float) -> None:
+        if model_cfg.d_vocab < task.automaton.n_symbols or model_cfg.d_out != task.automaton.n_labels:
+            raise ConfigError(
+                f"model vocabulary/outputs ({model_cfg.d_vocab}, {model_cfg.d_out}) do not fit task "
+                f"{task.spec} ({task.automaton.n_symbols} symbols, {task.automaton.n_labels} labels)"
+            )
+        lo, hi = train_cfg.train_lengths
+        if model_cfg.max_length is not None and hi > model_cfg.max_length:
+            raise ConfigError(f"training length {hi} exceeds the Transformer context n_ctx={model_cfg.n_ctx}")
+        final_only = task.final_only if train_cfg.final_only is None else train_cfg.final_only
+        self.full = bool(train_cfg.full_length) and not final_only
+        if train_cfg.full_length and not self.full:  # ignored when only the final position is supervised: record what ran
+            train_cfg = replace(train_cfg, full_length=False)
+        self.task, self.model_cfg, self.train_cfg, self.log_path, self.start = task, model_cfg, train_cfg, log_path, start
+        self.hi = hi
+        self.stages = [hi] if self.full else [m for m in curriculum_lengths(train_cfg.curriculum, hi) if m >= lo]
+        self.phase_budget = max(1, train_cfg.max_steps // (2 * len(self.stages)))  # at most half the budget below the maximum
+        self.phase = self.phase_start = self.streak = 0
+        self.running: float | None = None
+        self.history: list[dict[str, Any]] = []
+        if log_path is not None:
+            log_path.write_text("")
+        self.new_batches()
+
+    def new_batches(self) -> None:
+        cfg = self.train_cfg
+        lo = cfg.train_lengths[0]
+        self.batches = iterate_batches(
+            self.task, cfg.batch_size, (self.hi if self.full else lo, self.stages[self.phase]),
+            seed=cfg.seed + 1000 * self.phase, final_only=cfg.final_only,
+        )
+
+    def after_step(self, step: int, loss: float, model: nn.Module, sync: Callable[[], None] | None = None) -> bool:
+        """Record the step's loss; move the curriculum on; validate every `eval_every` steps
+        (`sync()` first puts the current weights into `model`). True when training should stop."""
+        cfg = self.train_cfg
+        self.running = loss if self.running is None else 0.9 * self.running + 0.1 * loss
+        moved = self.stages[self.phase] < self.hi and step - self.phase_start >= self.phase_budget
+        if moved:  # this curriculum phase had its share
+            self.phase, self.phase_start = self.phase + 1, step
+            self.new_batches()
+        if (step % cfg.eval_every or moved) and step != cfg.max_steps:
+            return False  # a stage just entered is not validated before it has trained
+        top = self.stages[self.phase]
+        lengths = (cfg.val_lengths or (self.hi,)) if top == self.hi else (top,)
+        if sync is not None:
+            sync()
+        report = evaluate(model, self.task, lengths, n=cfg.val_size, seed=cfg.seed + 1, final_only=cfg.final_only)
+        model.train()
+        val_acc = min(min(r["accuracy"], r["final_accuracy"]) for r in report.values())
+        entry = {
+            "step": step,
+            "loss": self.running,
+            "lr": cfg.lr * lr_schedule(step, cfg.max_steps, cfg.warmup_steps),
+            "max_length": top,
+            "val_accuracy": val_acc,
+            "val": {str(k): v for k, v in report.items()},
+            "seconds": time.perf_counter() - self.start,
+        }
+        self.history.append(entry)
+        if self.log_path is not None:
+            with open(self.log_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(entry) + "\n")
+        if top < self.hi:
+            if val_acc >= min(CURRICULUM_PASS, cfg.target_accuracy):
+                self.phase, self.phase_start = self.phase + 1, step  # validation passed: on to longer inputs
+                self.new_batches()
+            return False
+        self.streak = self.streak + 1 if val_acc >= cfg.target_accuracy else 0
+        return self.streak >= cfg.patience
+
+    def postfix(self) -> str:
+        """The progress bar's summary of the last validation."""
+        last = self.history[-1]
+        top = last["max_length"]
+        return (f"loss={self.running:.4f}, val@{','.join(last['val'])}={last['val_accuracy']:.4f}"
+                + ("" if top == self.hi else f" (curriculum {top}/{self.hi})"))
+
+    def finish(self, model: nn.Module, step: int, stopped_early: bool) -> Run:
+        """The `Run` of a model whose training stopped at `step` (the model in eval mode)."""
+        model.eval()
+        cfg = self.train_cfg
+        final_val = self.history[-1]["val_accuracy"] if self.history else None
+        return Run(model, self.task, self.model_cfg, cfg, {
+            "steps": step,
+            "seconds": round(time.perf_counter() - self.start, 3),
+            "final_val_accuracy": final_val,
+            "stopped_early": stopped_early,
+            "learned": bool(self.history) and self.history[-1]["max_length"] == self.hi
+            and final_val >= min(cfg.target_accuracy, THRESHOLD),
+            "stop_reason": stop_reason(cfg, step, self.history, stopped_early),
+        })
+
+
 def _train(
     task: Task,
     model_cfg: ModelConfig,
@@ -119,53 +221,25 @@ def _train(
     model: nn.Module | None,
 ) -> Run:
     train_cfg = (train_cfg or TrainConfig()).resolved(model_cfg.arch, task)
-    if model_cfg.d_vocab < task.automaton.n_symbols or model_cfg.d_out != task.automaton.n_labels:
-        raise ConfigError(
-            f"model vocabulary/outputs ({model_cfg.d_vocab}, {model_cfg.d_out}) do not fit task "
-            f"{task.spec} ({task.automaton.n_symbols} symbols, {task.automaton.n_labels} labels)"
-        )
-    lo, hi = train_cfg.train_lengths
-    if model_cfg.max_length is not None and hi > model_cfg.max_length:
-        raise ConfigError(f"training length {hi} exceeds the Transformer context n_ctx={model_cfg.n_ctx}")
-    val_lengths = train_cfg.val_lengths or (hi,)
+    start = time.perf_counter()
+    state = Progress(task, model_cfg, train_cfg, stage / LOG if stage is not None else None, start)
+    hi = train_cfg.train_lengths[1]
     if model is None:
         check_memory(model_cfg, train_cfg.batch_size, hi, training=True,
                      lower="--batch-size, --train-lengths or --hidden" + ("" if model_cfg.max_length is None else " / --n-ctx"))
-        check_memory(model_cfg, train_cfg.val_size, max(val_lengths),
+        check_memory(model_cfg, train_cfg.val_size, max(train_cfg.val_lengths or (hi,)),
                      lower="the validation size or lengths, or --hidden")
     model = model if model is not None else build_model(model_cfg)
-    val_lengths = train_cfg.val_lengths or (hi,)
-    final_only = task.final_only if train_cfg.final_only is None else train_cfg.final_only
-    full = bool(train_cfg.full_length) and not final_only
-    if train_cfg.full_length and not full:  # ignored when only the final position is supervised: record what ran
-        train_cfg = replace(train_cfg, full_length=False)
-    stages = [hi] if full else [m for m in curriculum_lengths(train_cfg.curriculum, hi) if m >= lo]
-    lr = train_cfg.lr
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=train_cfg.weight_decay, betas=(0.9, 0.98))
+    opt = torch.optim.AdamW(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_schedule(s, train_cfg.max_steps, train_cfg.warmup_steps)
     )
-    log_path = stage / LOG if stage is not None else None
-    if log_path is not None:
-        log_path.write_text("")
-
-    def batches_for(phase: int):
-        return iterate_batches(
-            task, train_cfg.batch_size, (hi if full else lo, stages[phase]), seed=train_cfg.seed + 1000 * phase,
-            final_only=train_cfg.final_only,
-        )
-
-    phase, phase_start = 0, 0
-    phase_budget = max(1, train_cfg.max_steps // (2 * len(stages)))  # at most half the budget below the maximum
-    batches = batches_for(phase)
-    start = time.perf_counter()
-    streak, step, history = 0, 0, []
     bar = tqdm(total=train_cfg.max_steps, disable=not progress, desc=f"{model_cfg.arch} {task.spec}")
     model.train()
-    running = None
+    step, stopped_early = 0, False
     for step in range(1, train_cfg.max_steps + 1):
-        batch = next(batches)
+        batch = next(state.batches)
         tokens = as_tokens(model, batch.tokens)
         loss = _loss(model, task, tokens, torch.as_tensor(batch.labels), train_cfg.final_weight)
         opt.zero_grad(set_to_none=True)
@@ -173,62 +247,17 @@ def _train(
         torch.nn.utils.clip_grad_norm_(params, train_cfg.grad_clip)
         opt.step()
         sched.step()
-        running = loss.item() if running is None else 0.9 * running + 0.1 * loss.item()
         bar.update(1)
-        moved = stages[phase] < hi and step - phase_start >= phase_budget  # this curriculum phase had its share
-        if moved:
-            phase, phase_start = phase + 1, step
-            batches = batches_for(phase)
-        if (step % train_cfg.eval_every or moved) and step != train_cfg.max_steps:
-            continue  # a stage just entered is not validated before it has trained
-        top = stages[phase]
-        lengths = val_lengths if top == hi else (top,)
-        report = evaluate(
-            model, task, lengths, n=train_cfg.val_size, seed=train_cfg.seed + 1,
-            final_only=train_cfg.final_only,
-        )
-        model.train()
-        val_acc = min(min(r["accuracy"], r["final_accuracy"]) for r in report.values())
-        entry = {
-            "step": step,
-            "loss": running,
-            "lr": sched.get_last_lr()[0],
-            "max_length": top,
-            "val_accuracy": val_acc,
-            "val": {str(k): v for k, v in report.items()},
-            "seconds": time.perf_counter() - start,
-        }
-        history.append(entry)
-        if log_path is not None:
-            with open(log_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(entry) + "\n")
-        shown = ",".join(map(str, lengths))
-        bar.set_postfix_str(f"loss={running:.4f}, val@{shown}={val_acc:.4f}" + ("" if top == hi else f" (curriculum {top}/{hi})"))
-        passed = val_acc >= train_cfg.target_accuracy
-        if top < hi:
-            if val_acc >= min(CURRICULUM_PASS, train_cfg.target_accuracy):
-                phase, phase_start = phase + 1, step  # validation passed: on to longer inputs
-                batches = batches_for(phase)
-            continue
-        streak = streak + 1 if passed else 0
-        if streak >= train_cfg.patience:
+        n_logged = len(state.history)
+        stopped_early = state.after_step(step, loss.item(), model)
+        if len(state.history) > n_logged:
+            bar.set_postfix_str(state.postfix())
+        if stopped_early:
             break
-    stopped_early = streak >= train_cfg.patience
-    final_val = history[-1]["val_accuracy"] if history else None
-    reason = stop_reason(train_cfg, step, history, stopped_early)
+    run = state.finish(model, step, stopped_early)
     if progress:
-        bar.set_description_str(f"{model_cfg.arch} {task.spec}: {reason}")
+        bar.set_description_str(f"{model_cfg.arch} {task.spec}: {run.log['stop_reason']}")
     bar.close()
-    model.eval()
-    run = Run(model, task, model_cfg, train_cfg, {
-        "steps": step,
-        "seconds": round(time.perf_counter() - start, 3),
-        "final_val_accuracy": final_val,
-        "stopped_early": stopped_early,
-        "learned": bool(history) and history[-1]["max_length"] == hi
-        and final_val >= min(train_cfg.target_accuracy, THRESHOLD),
-        "stop_reason": reason,
-    })
     if stage is not None:
         write_checkpoint(run, stage)
     return run
