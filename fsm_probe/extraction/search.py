@@ -164,7 +164,7 @@ class SizeSweep:
                     if stop and c.fid >= est.fidelity_target:
                         return out
         for seed in seeds:
-            best, best_size = -1.0, 1
+            best, best_plain, best_size = -1.0, -1.0, 1
             schedule = iter(sizes) if not grow else chain_sizes(sizes)
             for size in schedule:
                 if grow and size > max(sizes):
@@ -207,6 +207,11 @@ class SizeSweep:
                 top = max(c.fid for c in new if c.n <= limit) if any(c.n <= limit for c in new) else -1.0
                 if 1 - top < IMPROVEMENT * (1 - best):  # errors fell by a tenth: still improving
                     best, best_size = top, size
+                # a refinement can plateau below the target early (it converges to a local
+                # partition); the growth goes on while the clustering itself still improves
+                plain = new[0].fid if new[0].n <= limit else -1.0
+                if 1 - plain < IMPROVEMENT * (1 - best_plain):
+                    best_plain, best_size = plain, size
                 if stop and any(c.fid >= est.fidelity_target and c.n <= limit for c in new):
                     return out
                 if grow and getattr(abstraction, "n_unique_", size + 1) <= size:
