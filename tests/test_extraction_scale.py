@@ -13,7 +13,11 @@ from fsm_probe.automata.counter import CounterMachine, anbn, dyck1, majority
 from fsm_probe.cli import main
 from fsm_probe.errors import AutomatonError, ConfigError
 from fsm_probe.extraction import FSMExtractor, check_extraction, save_extraction, search
-from fsm_probe.extraction.counters import fit_control_refined
+from fsm_probe.extraction.counters import (
+    balanced_agreement,
+    fit_control_merged,
+    fit_control_refined,
+)
 from fsm_probe.models.compiled import compile_rnn
 from fsm_probe.tasks import get_task
 from fsm_probe.training.checkpoint import save
@@ -120,7 +124,38 @@ def test_control_fit_recovers_dyck_from_labels() -> None:
     assert fit.n_states == 3
 
 
-@pytest.mark.parametrize("name", ["dyck1", "majority"])
+def _anbn_words(n: int, length: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.concatenate([get_task("anbn").sampler.sample(rng, n, length), rng.integers(0, 2, (n, length))])
+
+
+def test_control_fit_merged_recovers_anbn_from_labels() -> None:
+    # refinement splits on one observed successor per row and does not converge on a^n b^n
+    # (as / bs / yes / dead); merging on the prefix tree identifies the 4-state control
+    m = anbn()
+    tok = _anbn_words(256, 40, seed=1)
+    labels = np.concatenate([np.full((len(tok), 1), -1), m.run_outputs(tok)], 1)
+    fit = fit_control_merged(tok, labels.reshape(-1), np.array([[1, -1]]), m.alphabet, m.labels)
+    assert fit is not None and fit.n_states == 4
+    test = get_task("anbn").sampler.sample(np.random.default_rng(3), 300, 160)  # 4x longer
+    np.testing.assert_array_equal(fit.run_outputs(test), m.run_outputs(test))
+    assert (m.run_outputs(test) == 1).sum() > 30  # the rare `yes` positions are in the test
+    # a network wrong on a few long words: the first halves of the words still give the control
+    noisy = labels.copy()
+    noisy[:: 37, 30] = 1 - noisy[:: 37, 30]
+    fit = fit_control_merged(tok, noisy.reshape(-1), np.array([[1, -1]]), m.alphabet, m.labels)
+    assert fit is not None and fit.n_states == 4
+    np.testing.assert_array_equal(fit.run_outputs(test), m.run_outputs(test))
+
+
+def test_balanced_agreement_weighs_labels_equally() -> None:
+    labels = np.array([[0, 0, 0, 0, 0, 0, 0, 1, 1, -1]])
+    pred = np.array([[0, 0, 0, 0, 0, 0, 0, 1, 0, 1]])
+    assert balanced_agreement(pred, labels) == pytest.approx((1.0 + 0.5) / 2)
+    assert balanced_agreement(labels.clip(0), labels) == 1.0
+
+
+@pytest.mark.parametrize("name", ["dyck1", "majority", "anbn"])
 def test_counter_network_is_reported_as_counter_machine(name: str, tmp_path) -> None:
     # a compiled RNN of the counter machine truncated at 100 counts: on the sampled lengths its
     # state keeps growing with length, and the counter machine extrapolates beyond them

@@ -6,9 +6,10 @@ with `w` in {-1, 0, 1}^k (the integer lattice of Michaud et al. 2024, arXiv 2402
 network's evidence for a counter is how well a linear read-out of the hidden state recovers it
 (R^2 of a least-squares fit over the collected rows). The most linearly encoded candidates are
 tried alone, then in pairs; for each, the finite control is learned as a Moore machine over
-(symbol, signs of the counters after it): k-means clusters of the hidden states (split by the
-network's label) vote on transitions, and minimization merges clusters that differ only in their
-counter values. The machine with the fewest counters, then control states,
+(symbol, signs of the counters after it), three ways: state merging on the prefix tree of the
+words (`merge_states`, exact on the network's labels), partition refinement, and k-means clusters
+of the hidden states (split by the network's label) voting on transitions; minimization then
+merges states that differ only in their counter values. The machine with the fewest counters, then control states,
 whose held-out fidelity (agreement with the network's labels) is best wins.
 """
 
@@ -117,6 +118,139 @@ def fit_control_refined(
     return _control(blocks, votes, edges, rows, weights, alphabet, labels, name)
 
 
+def fit_control_merged(
+    tokens: np.ndarray,
+    votes: np.ndarray,
+    weights: np.ndarray,
+    alphabet: tuple[str, ...],
+    labels: tuple[str, ...],
+    name: str = "counter_machine",
+) -> CounterMachine | None:
+    """The control identified by state merging on the prefix tree of the words over extended
+    symbols (`merge_states`): unlike refinement, a prefix's state is decided by everything
+    observed after it, so words that share few prefixes still agree. Merging needs labels without
+    errors, so when the words' labels admit no small control (a network wrong on a few long
+    words), their first halves are tried; None above `MAX_CONTROL`."""
+    b, t = tokens.shape
+    votes = np.asarray(votes).reshape(b, t + 1)
+    for cut in (t, t // 2):
+        if cut < 1:
+            break
+        tok, v = tokens[:, :cut], votes[:, : cut + 1].reshape(-1)
+        _, rows, edges = _extended_prefixes(tok, weights, len(alphabet))
+        children, label, node_of = _prefix_tree(edges[1].reshape(b, cut), v.reshape(b, cut + 1))
+        states = merge_states(children, label, max_red=4 * MAX_CONTROL)
+        machine = None if states is None else _control(
+            states[node_of.reshape(-1)], v, edges, rows, weights, alphabet, labels, name
+        )
+        if machine is not None:
+            return machine
+    return None
+
+
+def _prefix_tree(ext, votes_2d):
+    """Trie of the words over extended symbols: children dicts, node labels (-1 unknown) and the
+    node of every row `[B, T + 1]`."""
+    children, label = [{}], [int(votes_2d[0, 0])]
+    node_of = np.zeros(votes_2d.shape, dtype=np.int64)
+    for b in range(len(ext)):
+        v = 0
+        if label[0] < 0:
+            label[0] = int(votes_2d[b, 0])
+        for t, e in enumerate(ext[b].tolist()):
+            nxt = children[v].get(e)
+            if nxt is None:
+                nxt = children[v][e] = len(label)
+                children.append({})
+                label.append(-1)
+            v = nxt
+            if label[v] < 0:
+                label[v] = int(votes_2d[b, t + 1])
+            node_of[b, t + 1] = v
+    return children, label, node_of
+
+
+def merge_states(children, label, max_red=64):
+    """Blue-fringe state merging (RPNI for Moore machines, with an evidence score as in EDSM):
+    each blue node, in breadth-first order, merges into the compatible red state whose fold
+    compares the most labels, else becomes red. Returns the red state of every trie node, or
+    None past `max_red` red states."""
+    trans = [dict(c) for c in children]
+    lab = list(label)
+    rep = list(range(len(lab)))
+    red = [0]
+
+    def fold(r, b, log):
+        score = 0
+        stack = [(r, b)]
+        while stack:
+            r, b = stack.pop()
+            log.append(("rep", b, rep[b]))
+            rep[b] = r
+            if lab[b] >= 0:
+                if lab[r] >= 0:
+                    if lab[r] != lab[b]:
+                        return -1
+                    score += 1
+                else:
+                    log.append(("lab", r, lab[r]))
+                    lab[r] = lab[b]
+            for s, bc in trans[b].items():
+                rc = trans[r].get(s)
+                if rc is None:
+                    log.append(("add", r, s))
+                    trans[r][s] = bc
+                else:
+                    stack.append((rc, bc))
+        return score
+
+    def undo(log):
+        for kind, x, y in reversed(log):
+            if kind == "rep":
+                rep[x] = y
+            elif kind == "lab":
+                lab[x] = y
+            else:
+                del trans[x][y]
+
+    def blues():
+        return sorted({c for r in red for c in trans[r].values() if c not in red_set})
+
+    red_set = {0}
+    while True:
+        fringe = blues()
+        if not fringe:
+            break
+        b = fringe[0]
+        parent = next((r, s) for r in red for s, c in trans[r].items() if c == b)
+        best = None
+        for r in red:
+            log = []
+            trans[parent[0]][parent[1]] = r
+            score = fold(r, b, log)
+            undo(log)
+            trans[parent[0]][parent[1]] = b
+            if score >= 0 and (best is None or score > best[0]):
+                best = (score, r)
+        if best is None:
+            red.append(b)
+            red_set.add(b)
+            if len(red) > max_red:
+                return None
+        else:
+            trans[parent[0]][parent[1]] = best[1]
+            fold(best[1], b, [])
+    # every trie node's state: follow the representative chain to a red state
+    out = np.empty(len(lab), dtype=np.int64)
+    index = {r: i for i, r in enumerate(red)}
+    for v in range(len(lab)):
+        u = v
+        while u not in index:
+            u = rep[u]
+        out[v] = index[u]
+    return out
+
+
 def _extended_prefixes(tokens: np.ndarray, weights: np.ndarray, k: int):
     """Counter sign codes `[B, T + 1]` of every prefix, the prefix row ids `[B, T + 1]`, and the
     edges (row, extended symbol = symbol * 3^m + signs after it, next row)."""
@@ -188,6 +322,7 @@ def fit_counter_machine(
         for combo in itertools.combinations(order, m):
             w = cands[list(combo)]
             for how, machine in (
+                ("merged", fit_control_merged(tokens, votes, w, alphabet, labels, name)),
                 ("refined", fit_control_refined(tokens, votes, w, alphabet, labels, name)),
                 ("clusters", fit_control(tokens, blocks, votes, w, alphabet, labels, name)),
             ):
@@ -205,6 +340,16 @@ def fit_counter_machine(
         return None
     best[1].tried = tried
     return best[1]
+
+
+def balanced_agreement(pred: np.ndarray, labels: np.ndarray) -> float:
+    """Mean over the labels present in `labels` (-1 = unknown) of the share `pred` gets right:
+    a rare label (a^n b^n's `yes`) counts as much as a common one."""
+    mask = labels >= 0
+    if not mask.any():
+        return float("nan")
+    p, y = pred[mask], labels[mask]
+    return float(np.mean([(p[y == c] == c).mean() for c in np.unique(y)]))
 
 
 def _agreement(machine: CounterMachine, tokens: np.ndarray, labels: np.ndarray) -> float:

@@ -51,7 +51,7 @@ from .collect import (
     word_labels,
     word_tokens,
 )
-from .counters import fit_counter_machine
+from .counters import balanced_agreement, fit_counter_machine
 from .lstar import lstar
 from .search import (
     CLUSTER_SIZES,
@@ -217,7 +217,8 @@ class FSMExtractor(BaseEstimator):
         (`fsm_probe.extraction.counters`) and, when it agrees with the network at
         `COUNTER_TARGET` on held-out words and has at most half the automaton's errors on the
         long ones, the network is reported as not finite-state (`finite_state_ = False`,
-        `counter_machine_`)."""
+        `counter_machine_`). Errors are counted per position and label-balanced (the mean of the
+        per-label agreements): a^n b^n's rare `yes` positions are where an automaton fails."""
         k = len(self.alphabet_)
         n_ctx = context_limit(model)
         long_len = min(2 * self.val_length, n_ctx or 2 * self.val_length)
@@ -232,9 +233,11 @@ class FSMExtractor(BaseEstimator):
         long_tok = np.concatenate(parts)
         long_lab = word_labels(model, long_tok, k)[:, 1:]
         fsm_long = agreement(self.automaton_, long_tok, long_lab)["per_position"]
-        evidence = {"fsm_fidelity": self.fidelity_, "fsm_fidelity_long": fsm_long, "long_length": long_len}
+        fsm_bal = balanced_agreement(self.automaton_.run_outputs(long_tok), long_lab)
+        evidence = {"fsm_fidelity": self.fidelity_, "fsm_fidelity_long": fsm_long,
+                    "fsm_fidelity_long_balanced": fsm_bal, "long_length": long_len}
         self.finite_state_evidence_ = evidence
-        if min(self.fidelity_, fsm_long) >= self.fidelity_target:
+        if min(self.fidelity_, fsm_long, fsm_bal) >= self.fidelity_target:
             return
         words = np.concatenate(fit_parts)
         col = self._collect(model, words)
@@ -246,11 +249,13 @@ class FSMExtractor(BaseEstimator):
         if fit is None or fit.machine.n_counters < 1:
             return
         cm_long = agreement_cm(fit.machine, long_tok, long_lab)
-        evidence.update(counter_fidelity=fit.fidelity, counter_fidelity_long=cm_long)
-        if (
-            fit.fidelity >= COUNTER_TARGET and (1 - cm_long) <= 0.5 * (1 - fsm_long)
-            and fit.machine.n_states < self.automaton_.n_states
-        ):
+        cm_bal = balanced_agreement(fit.machine.run_outputs(long_tok), long_lab)
+        evidence.update(counter_fidelity=fit.fidelity, counter_fidelity_long=cm_long,
+                        counter_fidelity_long_balanced=cm_bal)
+        fewer_errors = (1 - cm_long) <= 0.5 * (1 - fsm_long) or (
+            cm_long >= fsm_long and (1 - cm_bal) <= 0.5 * (1 - fsm_bal)
+        )
+        if fit.fidelity >= COUNTER_TARGET and fewer_errors and fit.machine.n_states < self.automaton_.n_states:
             self.finite_state_, self.counter_fit_, self.counter_machine_ = False, fit, fit.machine
             self.capped_ = None  # the automaton search could not end: the network counts
 
