@@ -76,3 +76,21 @@ def test_shortcut_has_no_state_cells() -> None:
     assert e.state_site is None and e.verdict == "unverified"
     assert any("no intermediate state site" in line for line in e.evidence)
     assert "no intermediate state site" in e.text()
+
+
+@pytest.mark.slow
+def test_das_at_the_best_site_when_the_whole_vector_falls_short() -> None:
+    """A compiled scan passed without its circuit is searched like a trained model: its best
+    site falls short of 0.99, so `das=True` runs DAS there, as `das` itself would."""
+    from fsm_probe.circuits.das import das
+
+    task = get_task("parity")
+    model = compile_transformer(task.automaton, "scan", n_ctx=8).model
+    plain = explain(model, task, circuit=False, iia_n=32)
+    assert plain.state_site["iia"] < 0.99 and "das" not in plain.state_site
+    e = explain(model, task, circuit=False, iia_n=32, das=True)
+    s = e.state_site
+    direct = das(model, task, site=s["site"], length=s["length"], n_test=32, local=True, seed=0)
+    assert s["das"]["score"] == {str(k): v for k, v in direct.score().items()}
+    assert s["das"]["dimension"] == direct.dimension and s["das"]["iia"] == direct.score()[s["das"]["k"]]
+    assert f"DAS at {s['site']}" in e.text()
