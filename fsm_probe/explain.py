@@ -15,6 +15,12 @@ The verdict combines what the toolkit measures, in distribution first:
   state is what the model uses (e.g. no state to intervene on, as in the scratchpad or a
   one-block Transformer, or a Transformer that still combines positions in its last block).
 
+A compiled Transformer (a `CompiledTransformer`, or a checkpoint with its `circuit.json`) is
+tested where its construction says the state is (`CompiledCircuit.state_cells`: a scan's
+`blocks.j.hook_resid_pre` at t < 2^j), at exactly those cells, not at a searched site; a
+shortcut construction has no such cell. With `das=True`, a trained model whose best site falls
+short of 0.99 with the whole vector also gets distributed alignment search there (`circuits.das`).
+
 The state site is judged on IIA over the outputs from the intervened position on for models that
 carry a state (RNN, RMT), and on the output at the intervened position for Transformers, which
 recompute their answer from the whole prefix at every position (only at sites where that is not
@@ -32,7 +38,7 @@ from torch import nn
 
 from .circuits.causal_abstraction import interchange_intervention_accuracy, state_sites
 from .errors import FsmProbeError
-from .models import model_config
+from .models import CompiledCircuit, model_config
 from .models.protocol import is_stateful, state_segment_length
 from .tasks import Task
 from .training.evaluation import evaluate, position_accuracy
@@ -59,6 +65,7 @@ class Explanation:
     extraction: dict[str, Any] | None = None
     components: list[str] | None = None
     trained: bool = True
+    evidence: list[str] = field(default_factory=list)
     sampled: str = ""
     seconds: float = 0.0
 
@@ -78,8 +85,17 @@ class Explanation:
         if s is not None and s["iia"] is not None:
             beyond = (f", {s['iia_beyond']:.3f} at length {s['length_beyond']}"
                       if s.get("iia_beyond") is not None else "")
-            lines.append(f"  state: {s['site']}, IIA {s['iia']:.3f} at length {s['length']}{beyond} "
-                         f"({s['scored']})")
+            where = s["site"] if s["site"] != "construction" else "the construction's cells " + ", ".join(
+                f"{h}@{ts[0]}" + (f"-{ts[-1]}" if len(ts) > 1 else "") for h, ts in s["cells"].items())
+            lines.append(f"  state: {where}, IIA {'min ' if 'cells' in s else ''}{s['iia']:.3f} at length "
+                         f"{s['length']}{beyond} ({s['scored']})")
+            d = s.get("das")
+            if d is not None:
+                iia = "n/a" if d["iia"] is None else f"{d['iia']:.3f}"
+                lines.append(f"  DAS at {s['site']}: IIA {iia} with a {d['k']}-dimensional subspace"
+                             f" (dimension: {d['dimension'] if d['dimension'] is not None else 'none of ' + str(d['ks'])})")
+        for line in self.evidence:
+            lines.append(f"  evidence: {line}")
         for m in self.mechanism:
             lines.append(f"  mechanism: {m['text']}")
         if self.components is not None:
@@ -119,12 +135,14 @@ def explain(
     extraction: bool = True,
     circuit: bool = True,
     lengths: Sequence[int] | None = None,
+    das: bool = False,
     seed: int = 0,
 ) -> Explanation:
     """Verdict and evidence for `model` (a `Run`, or a model with its `task`).
 
     `extraction` (RNNs, RMTs) and `circuit` (Transformers: exact patching of every head and MLP,
-    `circuit_discovery`) add that evidence for a model that learned.
+    `circuit_discovery`) add that evidence for a model that learned; `das` a learned subspace at
+    the best state site when the whole vector's IIA there is below 0.99 (trained models).
 
     `lengths` (default `test_lengths`) must include the longest training length."""
     started = time.perf_counter()
@@ -150,13 +168,30 @@ def explain(
         has_sites = bool(state_sites(model))
     except FsmProbeError:
         has_sites = False
-    if has_sites:
-        final_only = run.record.get("final_only")
-        final_only = task.final_only if final_only is None else bool(final_only)
-        # an RMT needs two whole segments: the memory one writes and the next one reads
-        segment = state_segment_length(model)
-        iia_in_length = max(train_max, 2 * segment) if segment else train_max
-        beyond = [x for x in lengths if x > iia_in_length]
+    final_only = run.record.get("final_only")
+    final_only = task.final_only if final_only is None else bool(final_only)
+    # an RMT needs two whole segments: the memory one writes and the next one reads
+    segment = state_segment_length(model)
+    iia_in_length = max(train_max, 2 * segment) if segment else train_max
+    beyond = [x for x in lengths if x > iia_in_length]
+    compiled = run.circuit if isinstance(run.circuit, CompiledCircuit) else None
+    if compiled is not None and compiled.state_cells:
+        out.state_site = _construction_site(model, task, compiled.state_cells, iia_in_length,
+                                            beyond[0] if beyond else None, n=iia_n,
+                                            final_only=final_only, seed=seed)
+        s = out.state_site
+        out.evidence.append(
+            f"state sites from the construction ({compiled.construction}, circuit.state_cells), not "
+            f"searched: IIA at exactly its {sum(map(len, s['cells'].values()))} state cells, min "
+            + ("n/a" if s["iia"] is None else f"{s['iia']:.3f}")
+            + ("" if s["iia_beyond"] is None else f" ({s['iia_beyond']:.3f} at length {s['length_beyond']})"))
+        out.sampled += f"; IIA on {iia_n} base/source pairs at length {s['length']}" + (
+            f" and {s['length_beyond']}" if s["length_beyond"] else "")
+    elif compiled is not None:
+        out.evidence.append(f"the construction ({compiled.construction}: {compiled.kind}) has no "
+                            "intermediate state site: it computes the label from the whole prefix in "
+                            "its one block, so the state exists only in that block's output")
+    elif has_sites:
         res = interchange_intervention_accuracy(model, task, iia_in_length, n=iia_n,
                                                 final_only=final_only, seed=seed)
         site, value = res.best(local=not carries)
@@ -173,6 +208,10 @@ def explain(
         out.state_site = state
         out.sampled += f"; IIA on {iia_n} base/source pairs at length {res.length}" + (
             f" and {state['length_beyond']}" if state["length_beyond"] else "")
+        if das and value is not None and value < THRESHOLD:
+            state["das"] = _das(model, task, site, res.length, n=iia_n, local=not carries,
+                                final_only=final_only, seed=seed)
+            out.sampled += f"; DAS on {state['das']['n_train']} training pairs"
 
     if circuit and cfg.arch == "transformer":
         from .circuits.discovery import discover_circuit
@@ -236,3 +275,53 @@ def _mechanisms(model: nn.Module, task: Task, train_max: int, breaks: int, n: in
                      f"log-log slope {exponent:.2f} (-1 = 1/T dilution)"),
         })
     return found
+
+
+def _construction_site(model: nn.Module, task: Task, cells: dict[str, list[int]], length: int,
+                       beyond: int | None, *, n: int, final_only: bool, seed: int) -> dict[str, Any]:
+    """IIA on the output at the intervened position (a Transformer's form) at exactly the cells
+    where the construction holds the state, at `length` and `beyond`; `iia` is the min over cells."""
+    state: dict[str, Any] = {
+        "site": "construction", "cells": {}, "iia_cells": {}, "iia": None, "length": length,
+        "unit": "position", "iia_beyond": None, "length_beyond": None,
+        "scored": f"the output at the intervened position, at the construction's state cells, {n} pairs",
+    }
+    for key, at in (("", length), ("_beyond", beyond)):
+        wanted = {h: [t for t in ts if t < at] for h, ts in cells.items()} if at is not None else {}
+        wanted = {h: ts for h, ts in wanted.items() if ts}
+        if not wanted:
+            continue
+        res = interchange_intervention_accuracy(model, task, at, n=n, sites=list(wanted), max_positions=at,
+                                                final_only=final_only, seed=seed)
+        values = {h: [_cell(res, h, t) for t in ts] for h, ts in wanted.items()}
+        scored = [v for vs in values.values() for v in vs if v is not None]
+        state["iia" + key] = min(scored) if scored else None
+        if key:
+            state["length_beyond"] = res.length
+        else:
+            state["cells"], state["iia_cells"], state["length"] = wanted, values, res.length
+    return state
+
+
+def _cell(res: Any, site: str, position: int) -> float | None:
+    """Local IIA of one (site, position) cell; None where it was not scored."""
+    if position not in res.positions:
+        return None
+    value = float(res.iia_local[res.sites.index(site), res.positions.index(position)])
+    return None if value != value else value
+
+
+def _das(model: nn.Module, task: Task, site: str, length: int, *, n: int, local: bool,
+         final_only: bool, seed: int) -> dict[str, Any]:
+    """Distributed alignment search at `site`: the smallest subspace dimension with IIA >= 0.99
+    (None: no tested one) and the best IIA over the tested dimensions."""
+    from .circuits.das import das as run_das
+
+    found = run_das(model, task, site=site, length=length, n_test=n, local=local, final_only=final_only,
+                    seed=seed)
+    scores = found.score()
+    k = found.dimension if found.dimension is not None else max(
+        scores, key=lambda x: -1.0 if scores[x] is None else scores[x])
+    return {"dimension": found.dimension, "k": k, "iia": scores[k], "ks": found.ks,
+            "score": {str(x): v for x, v in scores.items()}, "length": found.length,
+            "n_train": found.n_train, "seconds": found.seconds}

@@ -15,7 +15,7 @@ from fsm_probe.automata import Automaton
 from fsm_probe.circuits.discovery import METHODS, discover_circuit, mixed_corruption_pairs, roc_auc
 from fsm_probe.circuits.patching import activation_patching, logit_diff
 from fsm_probe.cli import main
-from fsm_probe.errors import AutomatonError, ConfigError
+from fsm_probe.errors import AutomatonError, CheckpointError, ConfigError
 from fsm_probe.models import compile_transformer, model_config, predict_logits
 from fsm_probe.models.compiled_transformer import shortcut_kind, transformation_monoid
 from fsm_probe.tasks import get_task
@@ -309,3 +309,31 @@ def test_a_compiled_transformer_brings_its_circuit_to_the_analyses() -> None:
     built = compile_transformer(task.automaton, "scan", n_ctx=32)
     assert discover_circuit(built, task, n=8).length == 32
     assert discover_circuit(built.model, task, n=8).length == 16
+
+
+@pytest.mark.parametrize("construction", ["scan", "shortcut"])
+def test_circuit_json_round_trip(tmp_path, construction: str) -> None:
+    """A Run's circuit is saved as circuit.json and read back by load; a circuit.json from before
+    state_cells loads too (a scan's derived from n_ctx), and one that is not a construction's is
+    left to the commands that read it."""
+    from fsm_probe.models.compiled_transformer import CompiledCircuit, scan_state_cells
+    from fsm_probe.training import as_run
+
+    task = get_task("cyclic:n=3")
+    built = compile_transformer(task.automaton, construction, n_ctx=16)
+    save(as_run(built, task), tmp_path / "run")
+    stored = json.loads((tmp_path / "run" / "circuit.json").read_text())
+    assert stored["state_cells"] == ({"blocks.1.hook_resid_pre": [1], "blocks.2.hook_resid_pre": [2, 3],
+                                      "blocks.3.hook_resid_pre": [4, 5, 6, 7]} if construction == "scan" else {})
+    loaded = load(tmp_path / "run").circuit
+    assert isinstance(loaded, CompiledCircuit) and loaded == built.circuit
+    del stored["state_cells"]
+    (tmp_path / "run" / "circuit.json").write_text(json.dumps(stored))
+    old = load(tmp_path / "run").circuit
+    assert old.state_cells == (scan_state_cells(16) if construction == "scan" else {})
+    assert old.components == built.circuit.components
+    (tmp_path / "run" / "circuit.json").write_text(json.dumps({"components": ["L0H0"]}))
+    assert load(tmp_path / "run").circuit is None
+    (tmp_path / "run" / "circuit.json").write_text(json.dumps({**stored, "bogus": 1}))
+    with pytest.raises(CheckpointError, match="not a compiled circuit"):
+        load(tmp_path / "run")

@@ -87,8 +87,9 @@ def test_compiled_transformer_gets_its_circuit(tmp_path, capsys, construction):
     # exact up to its context, and nothing longer exists to test
     assert e["trained"] is False and e["length"]["status"] == "untested_beyond"
     assert set(e["components"]) == set(truth["components"])
-    if n_layers == 1:  # its only residual sites determine the output position-wise: no IIA site
-        assert e["state_site"] is None and e["verdict"] == "unverified"
-    else:  # the scan's last block still combines t with t - 2^(L-1): the state is not complete before it
-        assert e["state_site"]["site"] == f"blocks.{n_layers - 1}.hook_resid_pre"
-        assert e["state_site"]["iia"] < 0.99 and e["verdict"] == "unverified"
+    if n_layers == 1:  # a shortcut: the state exists only in the one block's output
+        assert truth["state_cells"] == {} and e["state_site"] is None and e["verdict"] == "unverified"
+        assert any("no intermediate state site" in line for line in e["evidence"])
+    else:  # tested where the construction puts the state (circuit.json), not at a searched site
+        assert e["state_site"]["site"] == "construction" and e["state_site"]["cells"] == truth["state_cells"]
+        assert e["state_site"]["iia"] >= 0.99 and e["verdict"] == "implements"

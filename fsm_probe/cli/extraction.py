@@ -98,12 +98,14 @@ def explain_cmd(
     n: Annotated[int, typer.Option("--n", help="Sequences per length for accuracy.")] = 128,
     iia_n: Annotated[int, typer.Option("--iia-n", help="Base/source pairs for interchange interventions.")] = 64,
     extraction: Annotated[bool, typer.Option("--extraction/--no-extraction", help="Extract the automaton (RNNs, RMTs).")] = True,
+    das: Annotated[bool, typer.Option("--das", help="Where the whole vector's IIA at the best site is below 0.99 (trained models): distributed alignment search there (a minute on a small Transformer).")] = False,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the explanation as JSON.")] = False,
 ) -> None:
     """Does the model implement the automaton? The verdict (implements, shortcut, not_learned,
     unverified) with its evidence: accuracy per length, the state's site and IIA, the failure's
-    mechanism, the extracted automaton."""
+    mechanism, the extracted automaton. A compiled model is tested at the cells where its
+    construction (circuit.json) puts the state."""
     from ..explain import explain
     from ..training.checkpoint import load
 
@@ -112,7 +114,7 @@ def explain_cmd(
             raise ConfigError(f"{name} must be at least 2, got {value}")
     if seed < 0:
         raise ConfigError(f"--seed must be non-negative, got {seed}")
-    result = explain(load(run_dir), n=n, iia_n=iia_n, extraction=extraction, seed=seed)
+    result = explain(load(run_dir), n=n, iia_n=iia_n, extraction=extraction, das=das, seed=seed)
     if as_json:
         print(json.dumps(result.to_dict()))
         return

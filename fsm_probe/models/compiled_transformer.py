@@ -47,13 +47,12 @@ OUT_GAIN = 10.0  # logit margin of the correct label
 
 @dataclass
 class CompiledCircuit:
-    """The ground truth of a compiled model: the components that compute the answer.
-
-    `components` are the circuit graph's names (`L{l}H{h}`, `L{l}.mlp`); `all_components` lists
-    every head and MLP of the model (the others are decoys or unused); `roles` says what each one
-    does; `positions[c]` = [first, last]: the positions at which component `c` of the circuit
-    computes (a scan's layer k from t = 2^k on).
-    """
+    """The ground truth of a compiled model: `components` (the circuit graph's names, `L{l}H{h}`,
+    `L{l}.mlp`) compute the answer, the rest of `all_components` are decoys or unused; `roles` says
+    what each does; `positions[c]` = [first, last] where `c` computes (a scan's layer k from t =
+    2^k on); `state_cells[hook]`: where the construction holds the whole prefix's state in `hook`
+    (`scan_state_cells`: not t = 0, the first token's embedding, nor t >= 2^(L-1), complete only in
+    the last block's output, where a swap is a tautology; none in a shortcut: no state before it)."""
 
     construction: str
     kind: str
@@ -65,12 +64,15 @@ class CompiledCircuit:
     monoid_size: int | None = None
     positions: dict[str, list[int]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    state_cells: dict[str, list[int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CompiledCircuit:
+        if "state_cells" not in data and data.get("kind") == "scan":  # a circuit.json from before them
+            data = {**data, "state_cells": scan_state_cells(data["n_ctx"])}
         return cls(**data)
 
 
@@ -83,6 +85,11 @@ class CompiledTransformer:
 
     def to_dict(self) -> dict[str, Any]:
         return {"circuit": self.circuit.to_dict()}
+
+
+def scan_state_cells(n_ctx: int) -> dict[str, list[int]]:
+    """Block j's resid_pre at t holds x[t-2^j+1..t], all of x[0..t] for t < 2^j: t at the first such j."""
+    return {f"blocks.{j}.hook_resid_pre": list(range(2 ** (j - 1), 2**j)) for j in range(1, max(1, math.ceil(math.log2(n_ctx))))}
 
 
 # ----- automaton analysis -----
@@ -482,11 +489,12 @@ def compile_transformer(
         roles.setdefault(name, "unused")
     first = {c: (2 ** int(c[1:].split("H")[0].split(".")[0]) if kind == "scan" else 0) for c in true}
     desc += (". Heads 1..n_heads-1 of every layer are decoys (previous-token heads writing into a "
-             "subspace nothing reads), so that a ranking of all_components has both classes")
+             "subspace nothing reads), so that a ranking of all_components has both classes"
+             + ("" if kind == "scan" else ". No state cells: the state exists only in the one block's output"))
     circuit = CompiledCircuit(
         construction=construction, kind=kind, components=true, all_components=everything,
         roles={c: roles[c] for c in everything}, description=desc, n_ctx=n_ctx, monoid_size=monoid,
-        positions={c: [first[c], n_ctx - 1] for c in true},
+        positions={c: [first[c], n_ctx - 1] for c in true}, state_cells=scan_state_cells(n_ctx) if kind == "scan" else {},
         extra={"residual": {k: list(v) for k, v in lay.spans.items()}, "gain": gain},
     )
     return CompiledTransformer(model.eval(), circuit)

@@ -32,7 +32,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from .. import _validate as _v
 from ..errors import CheckpointError, ConfigError, FsmProbeError
 from ..io import check_out_path, readable_directory, replace_directory
-from ..models import ModelConfig, build_model, tl_config_dict
+from ..models import CompiledCircuit, ModelConfig, build_model, tl_config_dict
 from ..models.config import check_memory
 from ..tasks import Task
 from .run import Run, as_run
@@ -41,7 +41,8 @@ FORMAT_VERSION = 1
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 LOG = "train_log.jsonl"
-FILES = (CONFIG, WEIGHTS, LOG, "circuit.json")  # what a save owns: never carried over from the old version
+CIRCUIT = "circuit.json"  # a compiled model's ground truth (`CompiledCircuit`)
+FILES = (CONFIG, WEIGHTS, LOG, CIRCUIT)  # what a save owns: never carried over from the old version
 
 
 def _sha256(path: Path) -> str:
@@ -139,6 +140,8 @@ def write_checkpoint(
         config["tl_config"] = tl_config_dict(cfg)
     for name, write in (extra_files or {}).items():
         write(stage / name)
+    if isinstance(run.circuit, CompiledCircuit) and CIRCUIT not in (extra_files or {}):
+        (stage / CIRCUIT).write_text(json.dumps(run.circuit.to_dict(), indent=2) + "\n", encoding="utf-8")
     try:
         save_file(tensors, str(stage / WEIGHTS))
     except SafetensorError as e:  # safetensors reports a full disk as its own error type
@@ -361,7 +364,27 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> Ru
     # CLI's --json output.
     quiet = {"print_details": False} if isinstance(model, TransformerBridge) else {}
     model = model.to(device, **quiet).eval()
+    circuit = read_circuit(directory / CIRCUIT, given / CIRCUIT)
     try:
-        return Run.from_record(model, task, config.get("training", {}), directory=given)
+        return Run.from_record(model, task, config.get("training", {}), directory=given, circuit=circuit)
     except FsmProbeError as e:
         raise CheckpointError(f"{given / CONFIG}: training record: {e}") from None
+
+
+def read_circuit(path: Path, shown: Path | None = None) -> CompiledCircuit | None:
+    """A compiled model's `circuit.json` (files from before `state_cells` too); None without one,
+    or for a file that is not a construction's (e.g. a hand-written component list for
+    `fsm-probe circuit` to score against)."""
+    shown = path if shown is None else shown
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as e:
+        raise CheckpointError(f"{shown} is not valid JSON ({_first_line(e)})") from None
+    if not isinstance(data, dict) or "construction" not in data:
+        return None
+    try:
+        return CompiledCircuit.from_dict(data)
+    except (TypeError, KeyError, ValueError) as e:
+        raise CheckpointError(f"{shown} is not a compiled circuit ({_first_line(e)})") from None
