@@ -56,6 +56,7 @@ TASKS = (
     "parity", "cyclic:n=3", "flipflop", "gridworld:n=4", "quaternion",
 )
 LARGE = ("symmetric:n=4", "dihedral:n=15", "alternating:n=5", "dyck1", "majority")
+LARGE_AALPY_TIMEOUT = 60.0  # seconds per network in the large table (L* does not end on counters)
 ROOT = Path("runs/bench_extraction")
 RESULTS = Path("analyses/results/bench_extraction")
 
@@ -110,7 +111,7 @@ def large_row(spec: str, aalpy: bool) -> list[dict]:
            "control_states": None if cm is None else cm["n_control_states"]}
     rows = [row]
     if aalpy:
-        r = aalpy_lstar(model, a)
+        r = aalpy_lstar(model, a, timeout=LARGE_AALPY_TIMEOUT)
         if r is not None:
             rows.append({"network": tag, "task": spec, "method": "aalpy L*", **r})
     return rows
@@ -131,7 +132,8 @@ def large_markdown(rows: list[dict]) -> str:
     ]
     for r in rows:
         if r["method"] != DEFAULT_METHOD:
-            out.append(f"| {r['network']} | | | {r['method']} | {fmt(r.get('states'))} | {fmt(r.get('equivalent'))} | "
+            states = r["note"] if r.get("note") else fmt(r.get("states"))
+            out.append(f"| {r['network']} | | | {r['method']} | {states} | {fmt(r.get('equivalent'))} | "
                        f"{fmt(r.get('fidelity'))} | | | | {r['seconds']:.2f} |")
             continue
         cf = r["counter_fidelity_by_length"]
