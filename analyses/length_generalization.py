@@ -49,6 +49,7 @@ import torch  # noqa: E402
 
 from fsm_probe.errors import FsmProbeError  # noqa: E402
 from fsm_probe.io import atomic_write_json, atomic_write_text  # noqa: E402
+from fsm_probe.models.config import RNN_ARCHS  # noqa: E402
 from fsm_probe.training.sweep import Job, sweep, train_job  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
@@ -134,7 +135,7 @@ def make_job(task: str, model: str, seed: int, lr: float | None, settings: dict)
     fields = dict(fields)
     if settings.get("hidden"):
         fields["d_hidden"] = settings["hidden"]
-    if fields["arch"] not in ("rnn", "gru", "lstm"):
+    if fields["arch"] not in RNN_ARCHS:
         fields["n_ctx"] = max(512, max(settings["lengths"]) + 2)  # the longest input accepted
     transformer = model in TRANSFORMERS
     steps = settings["transformer_steps"] if transformer else settings["steps"]
@@ -384,6 +385,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         unknown = {m.strip() for m in args.models.split(",")} - set(MODELS) - {""}
         if unknown:
             ap.error(f"unknown models {sorted(unknown)}; choose from {', '.join(MODELS)}")
+    for key in ("steps", "transformer_steps", "seeds", "n", "hidden", "jobs"):
+        if getattr(args, key) is not None and getattr(args, key) < 1:
+            ap.error(f"--{key.replace('_', '-')} must be a positive integer, got {getattr(args, key)}")
+    for key, kind in (("lengths", int), ("lrs", float)):
+        text = getattr(args, key)
+        if text and not (key == "lrs" and text == "model"):
+            try:
+                values = [kind(x) for x in text.split(",")]
+            except ValueError:
+                ap.error(f"--{key} must be comma-separated numbers, got {text!r}")
+            if any(v <= 0 for v in values):
+                ap.error(f"--{key} must be positive, got {text!r}")
     return args
 
 

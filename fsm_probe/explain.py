@@ -108,6 +108,17 @@ class Explanation:
         return "\n".join(lines)
 
 
+def iia_settings(run: Run) -> tuple[bool, int]:
+    """Which positions IIA scores (the run's own `final_only`, else the task's) and its
+    in-distribution length: the longest training length, and on a segment memory model at least
+    two whole segments (the memory one writes and the next one reads)."""
+    final_only = run.record.get("final_only")
+    final_only = run.task.final_only if final_only is None else bool(final_only)
+    train_max = train_max_length(run)
+    segment = state_segment_length(run.model)
+    return final_only, max(train_max, 2 * segment) if segment else train_max
+
+
 def train_max_length(run: Run) -> int:
     """The longest training length; without a training record (compiled models), 40 or the context."""
     trained = run.trained_length
@@ -168,11 +179,7 @@ def explain(
         has_sites = bool(state_sites(model))
     except FsmProbeError:
         has_sites = False
-    final_only = run.record.get("final_only")
-    final_only = task.final_only if final_only is None else bool(final_only)
-    # an RMT needs two whole segments: the memory one writes and the next one reads
-    segment = state_segment_length(model)
-    iia_in_length = max(train_max, 2 * segment) if segment else train_max
+    final_only, iia_in_length = iia_settings(run)
     beyond = [x for x in lengths if x > iia_in_length]
     compiled = run.circuit if isinstance(run.circuit, CompiledCircuit) else None
     if compiled is not None and compiled.state_cells:

@@ -81,11 +81,18 @@ def test_compiled_rnn_state_lives_in_its_state_subspace():
         assert np.nanmean(rand.iia) < 0.6
 
 
-def test_full_k_is_the_whole_vector_swap():
-    """k = D swaps everything: DAS's IIA is the whole-vector IIA, value for value (an RMT memory)."""
+@pytest.mark.parametrize("arch, fields, dim", [
+    ("rmt", {}, 8),                                                   # 1 memory vector of 8
+    ("compressive", {"n_memory": 2, "n_compressed": 2, "compression_rate": 2}, 32),   # (2 + 2) x 8
+    ("hmt", {"n_memory": 3}, 24),                                     # a cache of 3 x 8
+])
+def test_full_k_is_the_whole_vector_swap(arch, fields, dim):
+    """k = D swaps everything: DAS's IIA is the whole-vector IIA, value for value (the memory of
+    each segment memory model, whatever its shape)."""
     task = get_task("parity")
-    model = build_model(ModelConfig("rmt", 2, 2, d_hidden=8, n_heads=2, segment_length=2, n_ctx=64, seed=3))
-    res = das(model, task, k=8, length=10, n_test=N, n_train=16)
+    model = build_model(ModelConfig(arch, 2, 2, d_hidden=8, n_heads=2, segment_length=2, n_ctx=64, seed=3, **fields))
+    res = das(model, task, k=dim, length=10, n_test=N, n_train=16)
+    assert res.dim == dim
     whole = interchange_intervention_accuracy(model, task, 10, n=N)
     assert res.site == "hook_memory" and res.unit == "segment"
     np.testing.assert_array_equal(res.iia[0], whole.iia[0])

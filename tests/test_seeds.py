@@ -111,7 +111,8 @@ def test_cli_seeds_writes_one_checkpoint_per_seed(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("args, needle", [(["--seeds", "0"], "--seeds"), (["--lr", "abc"], "--lr"),
-                                          (["--lr", "1e-3,0"], "--lr"), (["--seeds", "2", "--lr", "1e-3,1e-3"], "--lr")])
+                                          (["--lr", "1e-3,0"], "--lr"), (["--seeds", "2", "--lr", "1e-3,1e-3"], "--lr"),
+                                          (["--lr", "1e-3,1.0000001e-3"], "6 significant digits")])
 def test_cli_bad_seeds_or_lr_is_one_line(capsys, tmp_path, args, needle):
     code, _, err = run(capsys, "train", "--task", "parity", "--quiet", "--out", tmp_path / "d", *args)
     assert_one_line_error(code, err, needle)
@@ -140,3 +141,14 @@ def test_transformers_fall_back_to_one_train_each(tmp_path):
     single = train(TASK, replace(model, seed=1), replace(cfg, seed=1), progress=False)
     for k, v in single.model.state_dict().items():
         assert torch.equal(runs[1].model.state_dict()[k], v), k
+
+
+def test_a_curriculum_stage_entered_at_the_first_validation_step():
+    """Every member enters a new curriculum stage on the first validation step (not validated
+    there, as in train()): the batch still trains, and each member equals its single run."""
+    model = recipe("gru", TASK).model_config(TASK, d_hidden=4)
+    cfg = TrainConfig(train_lengths=(1, 16), max_steps=60, eval_every=10, val_size=16, curriculum=4)
+    for r in train_seeds(TASK, model, cfg, seeds=2, progress=True):
+        s = r.train_config.seed
+        single = train(TASK, replace(model, seed=s), replace(cfg, seed=s), progress=False)
+        assert r.log["steps"] == single.log["steps"] and r.log["stop_reason"] == single.log["stop_reason"]

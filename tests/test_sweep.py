@@ -114,6 +114,24 @@ def test_bad_engine_and_jobs_are_config_errors(tmp_path):
         sweep([{"task": "parity"}], tmp_path)
     with pytest.raises(ConfigError, match="arch"):
         Job("parity", {"d_hidden": 8})
+    with pytest.raises(ConfigError, match=r"unknown or reserved ModelConfig field\(s\) \['d_hiden'\]"):
+        Job("parity", {"arch": "gru", "d_hiden": 4})
+    with pytest.raises(ConfigError, match="seed come from the job"):
+        Job("parity", {"arch": "gru", "seed": 3})
+    with pytest.raises(ConfigError, match="TrainConfig fields"):
+        Job("parity", {"arch": "gru"}, train=[1])
+
+
+def test_an_in_process_sweep_keeps_the_callers_thread_count(tmp_path):
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        sweep(tiny_grid()[:1], tmp_path, progress=False)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_ray_engine_runs_the_grid_on_a_local_cluster(local, tmp_path):

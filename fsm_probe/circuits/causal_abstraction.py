@@ -41,7 +41,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..models import as_tokens, model_config
-from ..models.protocol import state_segment_length
+from ..models.protocol import initial_state, is_stateful, state_segment_length
 from ..tasks import Task
 from ..tasks.datasets import eval_set
 from . import sites as S
@@ -208,9 +208,10 @@ def counterfactual_labels(automaton: Any, start_states: np.ndarray, rest: np.nda
 
 def site_dim(model: nn.Module, hooks: Sequence[str]) -> int:
     """D, the size of a site's vector: its hooks' activations at one unit, flattened and concatenated."""
-    cfg = model_config(model)
-    per_unit = cfg.d_hidden * (cfg.n_memory if S.family(cfg) == S.RMT else 1)
-    return per_unit * len(hooks)
+    if is_stateful(model):  # the state's own shapes: an RMT's M vectors, a Compressive Transformer's M + C
+        init = initial_state(model, 1)
+        return sum(int(init[h][0].numel()) for h in hooks)
+    return model_config(model).d_hidden * len(hooks)
 
 
 def check_basis(basis: np.ndarray | torch.Tensor, dim: int) -> torch.Tensor:

@@ -33,6 +33,7 @@ from .. import _validate as _v
 from ..automata.machine import Automaton
 from ..errors import InputError
 from ..models import as_tokens, model_config
+from ..models.protocol import state_segment_length
 from ..tasks import Task, UniformSampler
 from ..tasks.datasets import eval_set
 from ..training.verdict import THRESHOLD
@@ -162,7 +163,7 @@ def das(
                          "position-wise function of the last block's stream")
     fam = S.family(cfg)
     local = fam == S.TRANSFORMER if local is None else bool(local)
-    length = _default_length(cfg) if length is None else int(length)
+    length = _default_length(model, cfg) if length is None else int(length)
     if site is not None and site not in available:
         raise InputError(f"unknown DAS site {site!r}; this model has {list(available)}")
     whole = interchange_intervention_accuracy(model, task, length, n=n_test, sites=None if site is None else [site],
@@ -211,9 +212,10 @@ def _as_task(task: Task | Automaton) -> Task:
     raise InputError(f"das needs a Task or an Automaton, got {type(task).__name__}")
 
 
-def _default_length(cfg: Any) -> int:
-    """12 tokens, at least two whole segments on an RMT, within the model's context."""
-    length = max(12, 2 * cfg.segment_length) if S.family(cfg) == S.RMT else 12
+def _default_length(model: nn.Module, cfg: Any) -> int:
+    """12 tokens, at least two whole segments on a segment memory model, within the model's context."""
+    segment = state_segment_length(model)
+    length = 12 if segment is None else max(12, 2 * segment)
     return min(length, cfg.max_length) if cfg.max_length else length
 
 

@@ -319,7 +319,7 @@ def iia_cmd(
     abstraction); with --das, the smallest subspace of the best site that carries the state."""
     from ..circuits.causal_abstraction import interchange_intervention_accuracy
     from ..circuits.das import das
-    from ..explain import train_max_length
+    from ..explain import iia_settings
     from ..models.protocol import is_stateful
     from ..training.checkpoint import load
 
@@ -333,17 +333,21 @@ def iia_cmd(
             raise ConfigError("--das needs at least one k")
     run = load(run_dir)
     learned = _in_distribution(run)
-    length = train_max_length(run) if length is None else length
+    final_only, default_length = iia_settings(run)  # as explain measures it
+    length = default_length if length is None else length
     local = not is_stateful(run.model)  # a Transformer recomputes its answer at every position
     result = interchange_intervention_accuracy(run.model, run.task, length, n=n, seed=seed,
-                                               sites=None if site is None else [site])
+                                               sites=None if site is None else [site], final_only=final_only)
     best, best_iia = result.best(local=local)
+    if das_k is not None and best_iia is None:
+        raise ConfigError(f"--das: no site scored any position at length {result.length} (try a longer --length)")
     payload: dict[str, Any] = {"run": str(run_dir), "task": run.task.spec, "arch": run.model_config.arch,
                                "scored": "output at the intervened position" if local else "every later output",
                                "best_site": best, "best_iia": best_iia, **result.to_dict()}
     found = None
     if das_k is not None:
-        found = das(run.model, run.task, site=best, k=ks, length=length, n_test=n, seed=seed)
+        found = das(run.model, run.task, site=best, k=ks, length=length, n_test=n, seed=seed, local=local,
+                    final_only=final_only)
         payload["das"] = found.to_dict()
     _write_json(out, payload, as_json)
     if as_json:

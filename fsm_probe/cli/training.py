@@ -77,7 +77,7 @@ def train_cmd(
     max_steps: Annotated[int | None, typer.Option("--max-steps", help=_recipe_help("Step budget (training stops earlier at --target).", "max_steps"), show_default=False)] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help=_recipe_help("Sequences per step.", "batch_size"), show_default=False)] = None,
     lr: Annotated[str | None, typer.Option("--lr", help=_recipe_help("Peak learning rate (warmup, then cosine); a comma list (1e-3,3e-3) trains one model per rate.", "lr"), show_default=False)] = None,
-    seeds: Annotated[int | None, typer.Option("--seeds", help="Train N models at once (seeds --seed..--seed+N-1; batched for rnn, gru, lstm), written to OUT/seed{S} (OUT/seed{S}_lr{lr} with several --lr).", show_default=False)] = None,
+    seeds: Annotated[int | None, typer.Option("--seeds", help="Train N models at once (seeds --seed..--seed+N-1; batched for rnn, gru, lstm, each the same as training it alone; on a CPU measured no faster than one after the other: analyses/results/bench_seeds.md), written to OUT/seed{S} (OUT/seed{S}_lr{lr} with several --lr).", show_default=False)] = None,
     warmup: Annotated[int | None, typer.Option("--warmup", help=_recipe_help("Warmup steps.", "warmup_steps"), show_default=False)] = None,
     full_length: Annotated[bool | None, typer.Option("--full-length/--sampled-lengths", help=_recipe_help("Draw every batch at the longest training length (every prefix is still a training example when every position is supervised).", "full_length"), show_default=False)] = None,
     curriculum: Annotated[int | None, typer.Option("--curriculum", help=_recipe_help("Length curriculum: first maximum training length, grown as validation passes 0.99 (0 = off).", "curriculum"), show_default=False)] = None,
@@ -130,19 +130,19 @@ def train_cmd(
 
 
 def _parse_lrs(text: str | None) -> list[float] | None:
-    """`--lr`: one learning rate or a comma list, each in (0, 10)."""
+    """`--lr`: one learning rate or a comma list (checked by `seeds.lr_list`)."""
+    from ..training.seeds import lr_list
+
     if text is None:
         return None
     try:
         rates = [float(x) for x in text.split(",")]
     except ValueError:
         raise ConfigError(f"--lr must be a number or a comma list of numbers (1e-3,3e-3), got {text!r}") from None
-    for r in rates:
-        if not 0 < r < 10:
-            raise ConfigError(f"--lr values must be in (0, 10), got {text!r}")
-    if len(set(rates)) != len(rates):
-        raise ConfigError(f"--lr values must be distinct, got {text!r}")
-    return rates
+    try:
+        return lr_list(rates)
+    except ConfigError as e:
+        raise ConfigError(f"--lr: {e}") from None
 
 
 def _train_many(task, model_cfg, train_cfg, seeds: int, rates: list[float] | None, out: Path, quiet: bool) -> None:

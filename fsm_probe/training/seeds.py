@@ -38,7 +38,7 @@ from ..tasks.datasets import IGNORE_INDEX
 from .checkpoint import LOG, checkpoint_stage, write_checkpoint
 from .config import TrainConfig
 from .run import Run
-from .trainer import Progress, lr_schedule, train
+from .trainer import Progress, check_training_memory, lr_schedule, train
 
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 BETAS, EPS = (0.9, 0.98), 1e-8  # train()'s AdamW
@@ -93,8 +93,9 @@ def lr_list(lrs: Sequence[float] | None) -> list[float] | None:
         if not 0 < _v.finite_float(lr, "learning rate") < 10:
             raise ConfigError(f"learning rate must be in (0, 10), got {lr}")
         out.append(float(lr))
-    if len(set(out)) != len(out):
-        raise ConfigError(f"learning rates must be distinct, got {out}")
+    names = [member_name(0, lr) for lr in out]
+    if len(set(names)) != len(names):  # checkpoints are named by the rate's 6 significant digits
+        raise ConfigError(f"learning rates must be distinct to 6 significant digits, got {out}")
     return out
 
 
@@ -157,11 +158,9 @@ class _BatchedTraining:
         self.runs: dict[str, Run] = {}
 
     def _member(self, name: str, mc: ModelConfig, tc: TrainConfig) -> _Member:
-        hi = tc.train_lengths[1]
         log = self.stages[name][1] / LOG if name in self.stages else None
         state = Progress(self.task, mc, tc, log, time.perf_counter())
-        check_memory(mc, tc.batch_size, hi, training=True, lower="--batch-size, --train-lengths or --hidden")
-        check_memory(mc, tc.val_size, max(tc.val_lengths or (hi,)), lower="the validation size or lengths, or --hidden")
+        check_training_memory(mc, tc)
         return _Member(name, build_model(mc), state)
 
     def run(self) -> list[Run]:
@@ -204,9 +203,9 @@ class _BatchedTraining:
                 index = torch.tensor(keep)
                 params = {k: p.detach().index_select(0, index).requires_grad_() for k, p in params.items()}
                 moments = {k: (a.index_select(0, index), b.index_select(0, index)) for k, (a, b) in moments.items()}
-            if step % cfg.eval_every == 0 or step == cfg.max_steps:
-                best = max(m.progress.history[-1]["val_accuracy"] for m in self.members if m.progress.history)
-                bar.set_postfix_str(f"{len(active)} training, best val={best:.4f}")
+            validated = [m.progress.history[-1]["val_accuracy"] for m in self.members if m.progress.history]
+            if validated and (step % cfg.eval_every == 0 or step == cfg.max_steps):
+                bar.set_postfix_str(f"{len(active)} training, best val={max(validated):.4f}")
         for i, m in enumerate(active):
             self._finish(m, step, params, i, stopped_early=False)
         n_learned = sum(bool(r.learned) for r in self.runs.values())

@@ -23,7 +23,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,10 @@ class Job:
             raise ConfigError(f"a job's task must be a task spec string, got {self.task!r}")
         if not isinstance(self.model, Mapping) or "arch" not in self.model:
             raise ConfigError(f"a job's model must be a dict of ModelConfig fields with 'arch', got {self.model!r}")
+        if not isinstance(self.train, Mapping):
+            raise ConfigError(f"a job's train must be a dict of TrainConfig fields, got {self.train!r}")
+        _check_fields(self.model, "model", "ModelConfig", ("d_vocab", "d_out", "seed"))
+        _check_fields(self.train, "train", "TrainConfig", ("seed",))
         _v.seed(self.seed, "seed")
         if self.lr is not None and not 0 < _v.finite_float(self.lr, "learning rate") < 10:
             raise ConfigError(f"learning rate must be in (0, 10), got {self.lr}")
@@ -87,6 +91,20 @@ class Job:
     def label(self) -> str:
         lr = "" if self.lr is None else f" lr {self.lr:g}"
         return f"{self.task} {self.name} seed {self.seed}{lr}"
+
+
+def _check_fields(given: Mapping[str, Any], what: str, config: str, reserved: tuple[str, ...]) -> None:
+    """A `ConfigError` naming any key of a job's `model`/`train` that its config does not have
+    (or that the job sets itself: the task's vocabulary, `Job.seed`)."""
+    from .. import models
+    from . import config as training_config
+
+    cls = models.ModelConfig if config == "ModelConfig" else training_config.TrainConfig
+    known = {f.name for f in fields(cls)} - set(reserved)
+    bad = sorted(k for k in given if k not in known)
+    if bad:
+        raise ConfigError(f"a job's {what} has unknown or reserved {config} field(s) {bad}"
+                          + (f" ({', '.join(reserved)} come from the job)" if set(bad) & set(reserved) else ""))
 
 
 def grid(
@@ -137,12 +155,16 @@ def run_job(job: Job) -> dict[str, Any]:
 
 def _timed(fn: Callable[[Job], dict], job: dict, threads: int = 1) -> dict[str, Any]:
     """Run `fn` on one job (a dict, as it travels to a worker) and time it (CPU of this process)."""
-    if threads:
-        import torch
+    import torch
 
+    before = torch.get_num_threads()
+    if threads:
         torch.set_num_threads(threads)
-    cpu, wall = time.process_time(), time.perf_counter()
-    result = fn(Job.from_dict(job))
+    try:
+        cpu, wall = time.process_time(), time.perf_counter()
+        result = fn(Job.from_dict(job))
+    finally:
+        torch.set_num_threads(before)  # in this process: the caller's setting comes back
     return {"result": result, "cpu_seconds": round(time.process_time() - cpu, 3),
             "wall_seconds": round(time.perf_counter() - wall, 3)}
 

@@ -112,6 +112,15 @@ def train(
     return run
 
 
+def check_training_memory(model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
+    """A `ConfigError` before training when a training or a validation batch would not fit in memory."""
+    hi = train_cfg.train_lengths[1]
+    check_memory(model_cfg, train_cfg.batch_size, hi, training=True,
+                 lower="--batch-size, --train-lengths or --hidden" + ("" if model_cfg.max_length is None else " / --n-ctx"))
+    check_memory(model_cfg, train_cfg.val_size, max(train_cfg.val_lengths or (hi,)),
+                 lower="the validation size or lengths, or --hidden")
+
+
 class Progress:
     """One model's training bookkeeping, shared by `train()` and `train_seeds`: the length
     curriculum, the batch stream, validation and its log, early stopping, and the `Run` at the
@@ -223,12 +232,8 @@ def _train(
     train_cfg = (train_cfg or TrainConfig()).resolved(model_cfg.arch, task)
     start = time.perf_counter()
     state = Progress(task, model_cfg, train_cfg, stage / LOG if stage is not None else None, start)
-    hi = train_cfg.train_lengths[1]
     if model is None:
-        check_memory(model_cfg, train_cfg.batch_size, hi, training=True,
-                     lower="--batch-size, --train-lengths or --hidden" + ("" if model_cfg.max_length is None else " / --n-ctx"))
-        check_memory(model_cfg, train_cfg.val_size, max(train_cfg.val_lengths or (hi,)),
-                     lower="the validation size or lengths, or --hidden")
+        check_training_memory(model_cfg, train_cfg)
     model = model if model is not None else build_model(model_cfg)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay, betas=(0.9, 0.98))
