@@ -97,7 +97,7 @@ def train_cmd(
     Options left unset take the architecture's recipe (fsm_probe.training.recipes: the settings measured to learn). The last line says why training stopped and whether the model learned in distribution.
     """
     from ..training.recipes import recipe
-    from ..training.trainer import TrainConfig, train
+    from ..training.trainer import TrainConfig, accuracy_text, train
 
     rates = _parse_lrs(lr)
     if seeds is not None:
@@ -118,7 +118,7 @@ def train_cmd(
         _train_many(the_task, model_cfg, train_cfg, seeds or 1, rates, out, quiet)
         return
     t = train(the_task, model_cfg, train_cfg, out_dir=out, progress=not quiet).log
-    val = "none" if t["final_val_accuracy"] is None else f"{t['final_val_accuracy']:.4f}"
+    val = "none" if t["final_val_accuracy"] is None else accuracy_text(t["final_val_accuracy"])
     console.print(
         f"trained {arch} on {the_task.spec}: {t['steps']} steps, {t['seconds']:.1f}s, "
         f"validation accuracy {val} -> {out}"
@@ -148,11 +148,12 @@ def _parse_lrs(text: str | None) -> list[float] | None:
 def _train_many(task, model_cfg, train_cfg, seeds: int, rates: list[float] | None, out: Path, quiet: bool) -> None:
     """`--seeds N` / several `--lr`: train them together, one summary line per model and the best."""
     from ..training.seeds import train_seeds
+    from ..training.trainer import accuracy_text
 
     runs = train_seeds(task, model_cfg, train_cfg, seeds=seeds, lrs=rates, out_dir=out, progress=not quiet)
     for r in runs:
         t = r.log
-        val = "none" if t["final_val_accuracy"] is None else f"{t['final_val_accuracy']:.4f}"
+        val = "none" if t["final_val_accuracy"] is None else accuracy_text(t["final_val_accuracy"])
         console.print(f"seed {r.train_config.seed}, lr {r.train_config.lr:g}: {t['steps']} steps, "
                       f"validation accuracy {val}, {t['stop_reason']} -> {r.directory}")
     best = max(runs, key=lambda r: (r.log["final_val_accuracy"] or 0.0, bool(r.learned), -r.log["steps"]))

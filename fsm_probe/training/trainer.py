@@ -57,6 +57,12 @@ def _loss(model: nn.Module, task: Task, tokens: torch.Tensor, labels: torch.Tens
     return loss
 
 
+def accuracy_text(value: float) -> str:
+    """An accuracy to 4 decimals, with more where 4 would round a miss up to 1.0000."""
+    text = f"{value:.4f}"
+    return f"{value:.6f}" if value < 1 and text == "1.0000" else text
+
+
 def stop_reason(cfg: TrainConfig, step: int, history: list[dict], stopped_early: bool) -> str:
     """One line on why training stopped: the target was reached, or the budget was spent."""
     hi = cfg.train_lengths[1]
@@ -68,13 +74,13 @@ def stop_reason(cfg: TrainConfig, step: int, history: list[dict], stopped_early:
     at = ",".join(last["val"])
     if last["max_length"] < hi:
         return (f"budget of {step} steps spent in the length curriculum at max length {last['max_length']} of {hi} "
-                f"(validation {last['val_accuracy']:.4f} at length {at}) - did not learn in distribution")
+                f"(validation {accuracy_text(last['val_accuracy'])} at length {at}) - did not learn in distribution")
     if last["val_accuracy"] >= cfg.target_accuracy:
-        return f"budget of {step} steps spent, validation {last['val_accuracy']:.4f} at length {at} (target reached)"
+        return f"budget of {step} steps spent, validation {accuracy_text(last['val_accuracy'])} at length {at} (target reached)"
     if last["val_accuracy"] >= THRESHOLD:
-        return (f"budget of {step} steps spent, validation {last['val_accuracy']:.4f} at length {at}: "
+        return (f"budget of {step} steps spent, validation {accuracy_text(last['val_accuracy'])} at length {at}: "
                 f"learned in distribution (>= {THRESHOLD}), below the target {cfg.target_accuracy:g}")
-    return (f"budget of {step} steps spent, validation {last['val_accuracy']:.4f} at length {at} "
+    return (f"budget of {step} steps spent, validation {accuracy_text(last['val_accuracy'])} at length {at} "
             f"- did not learn in distribution")
 
 
@@ -202,7 +208,7 @@ class Progress:
         """The progress bar's summary of the last validation."""
         last = self.history[-1]
         top = last["max_length"]
-        return (f"loss={self.running:.4f}, val@{','.join(last['val'])}={last['val_accuracy']:.4f}"
+        return (f"loss={self.running:.4f}, val@{','.join(last['val'])}={accuracy_text(last['val_accuracy'])}"
                 + ("" if top == self.hi else f" (curriculum {top}/{self.hi})"))
 
     def finish(self, model: nn.Module, step: int, stopped_early: bool) -> Run:
