@@ -209,3 +209,21 @@ def test_cli_extract_finds_the_counter_of_a_compiled_dyck1_rnn(tmp_path, capsys)
         with pytest.raises(SystemExit) as exc:
             main(["extract", str(tmp_path / "run"), "--out", str(tmp_path / "y"), "--components", bad])
         assert exc.value.code == 2 and "--components" in capsys.readouterr().err
+
+
+def test_counter_candidates_equal_the_brute_force_and_scale_to_many_symbols():
+    """Built from their supports, the candidates are the filtered {-1, 0, 1}^k in the same order;
+    a 19-symbol alphabet gets its C(19,1) + 2 C(19,2) + 4 C(19,3) = 4237 (3^19 is 10^9)."""
+    import itertools
+    from math import comb
+
+    from fsm_probe.extraction.counters import candidate_weights
+
+    for k in range(1, 7):
+        for most in (1, 2, 3):
+            brute = [w for w in itertools.product((-1, 0, 1), repeat=k)
+                     if any(w) and [x for x in w if x][0] == 1 and sum(map(bool, w)) <= most]
+            np.testing.assert_array_equal(candidate_weights(k, most), np.array(brute).reshape(-1, k))
+    big = candidate_weights(19)
+    assert big.shape == (sum(comb(19, m) * 2 ** (m - 1) for m in (1, 2, 3)), 19) == (4237, 19)
+    assert len({tuple(w) for w in big}) == 4237
