@@ -25,8 +25,9 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
+import multiprocessing  # noqa: E402
+import queue  # noqa: E402
 import tempfile  # noqa: E402
-import threading  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -236,29 +237,36 @@ def aalpy_lstar(model, a: Automaton, max_rounds: int = 20, timeout: float = 120.
     alphabet = list(range(a.n_symbols))
     sul = NetworkSUL()
     oracle = StatePrefixEqOracle(alphabet, sul, walks_per_state=100, walk_len=20)
-    result: dict = {}
+    channel = multiprocessing.get_context("fork").Queue()
 
     def work() -> None:
         learned = run_Lstar(
             alphabet, sul, oracle, automaton_type="moore", max_learning_rounds=max_rounds,
             print_level=0,
         )
-        result["model"] = learned
+        ids = {s: i for i, s in enumerate(learned.states)}
+        channel.put(([[ids[s.transitions[x]] for x in alphabet] for s in learned.states],
+                     [int(s.output) for s in learned.states], ids[learned.initial_state]))
 
+    # a process, not a thread: one that runs past the limit is killed, instead of competing for
+    # the interpreter with every later extraction (whose 20 s time limit it would eat into)
     t0 = time.perf_counter()
-    thread = threading.Thread(target=work, daemon=True)
-    thread.start()
-    thread.join(timeout)
+    proc = multiprocessing.get_context("fork").Process(target=work, daemon=True)
+    proc.start()
+    try:
+        table, out_ids, start = channel.get(timeout=timeout)
+    except queue.Empty:
+        table = None
     seconds = time.perf_counter() - t0
-    if "model" not in result:
+    proc.join(1.0)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+    if table is None:
         return {"states": None, "equivalent": None, "fidelity": None, "interchange": None,
                 "seconds": seconds, "note": f"no result within {timeout:.0f}s"}
-    learned = result["model"]
-    ids = {s: i for i, s in enumerate(learned.states)}
-    table = [[ids[s.transitions[x]] for x in alphabet] for s in learned.states]
-    outputs = [a.labels[int(s.output)] for s in learned.states]
-    auto = Automaton(a.alphabet, [f"q{i}" for i in range(len(ids))], ids[learned.initial_state],
-                     table, outputs, a.labels).minimize()
+    outputs = [a.labels[o] for o in out_ids]
+    auto = Automaton(a.alphabet, [f"q{i}" for i in range(len(table))], start, table, outputs, a.labels).minimize()
     rng = np.random.default_rng(12345)
     fid = min(
         agreement(auto, tok, model_labels(model, tok)[:, 1:])["per_position"]
