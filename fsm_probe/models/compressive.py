@@ -42,7 +42,7 @@ from ..errors import ConfigError, InputError
 from .config import ModelConfig
 from .native import run_blocks
 from .protocol import State
-from .rmt import MEMORY_HOOK, InnerBridgeMixin, inner_transformer_config, validate_tokens
+from .rmt import MEMORY_HOOK, SegmentMemoryMixin, inner_transformer_config, validate_tokens
 from .transformer import build_transformer
 
 COMPRESSED_HOOK = "hook_compressed_memory"
@@ -66,10 +66,11 @@ def check_state(state: State, expected: dict[str, tuple[int, int]], batch: int, 
     return out
 
 
-class HookedCompressive(InnerBridgeMixin):
+class HookedCompressive(SegmentMemoryMixin):
     """Compressive Transformer over a TransformerLens native Transformer; see module doc."""
 
     state_sites = (MEMORY_HOOK, COMPRESSED_HOOK)
+    INITIAL = {MEMORY_HOOK: "memory_init", COMPRESSED_HOOK: "compressed_init"}
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -89,19 +90,6 @@ class HookedCompressive(InnerBridgeMixin):
         self.hook_compressed_memory = HookPoint()
         self.register_buffer("position_ids", torch.arange(C + M + S), persistent=False)
         self.setup()
-
-    @property
-    def state_segment_length(self) -> int:
-        """Both memories advance once per segment of `segment_length` tokens."""
-        return self.cfg.segment_length
-
-    def initial_state(self, batch_size: int) -> State:
-        """The memories read by the first segment: `hook_memory` `[batch, M, d]`,
-        `hook_compressed_memory` `[batch, C, d]`."""
-        return {
-            MEMORY_HOOK: self.memory_init.unsqueeze(0).expand(batch_size, -1, -1),
-            COMPRESSED_HOOK: self.compressed_init.unsqueeze(0).expand(batch_size, -1, -1),
-        }
 
     def compress(self, slots: Tensor) -> Tensor:
         """Compressed slots `[batch, n / c, d]` from `n` memory slots `[batch, n, d]`: the strided conv."""

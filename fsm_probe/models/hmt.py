@@ -39,14 +39,12 @@ from .compressive import check_state
 from .config import ModelConfig
 from .native import run_blocks
 from .protocol import State
-from .rmt import MEMORY_HOOK, InnerBridgeMixin, inner_transformer_config, validate_tokens
+from .rmt import MEMORY_HOOK, SegmentMemoryMixin, inner_transformer_config, validate_tokens
 from .transformer import build_transformer
 
 
-class HookedHMT(InnerBridgeMixin):
+class HookedHMT(SegmentMemoryMixin):
     """Hierarchical Memory Transformer over a TransformerLens native Transformer; see module doc."""
-
-    state_sites = (MEMORY_HOOK,)
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -68,15 +66,6 @@ class HookedHMT(InnerBridgeMixin):
         self.hook_memory = HookPoint()
         self.register_buffer("position_ids", torch.arange(S + 2), persistent=False)
         self.setup()
-
-    @property
-    def state_segment_length(self) -> int:
-        """The cache advances once per segment of `segment_length` tokens."""
-        return self.cfg.segment_length
-
-    def initial_state(self, batch_size: int) -> State:
-        """The cache read by the first segment, `{"hook_memory": [batch, N, d]}`."""
-        return {MEMORY_HOOK: self.memory_init.unsqueeze(0).expand(batch_size, -1, -1)}
 
     def recall(self, cache: Tensor) -> Tensor:
         """The recalled memory `[batch, 1, d]`: the newest entry queries the cache."""

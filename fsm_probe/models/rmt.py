@@ -194,7 +194,25 @@ def inner_transformer_config(cfg: ModelConfig, d_vocab: int, n_ctx: int, **chang
     )
 
 
-class HookedRMT(InnerBridgeMixin):
+class SegmentMemoryMixin(InnerBridgeMixin):
+    """A bridge-wrapping model whose state is memory carried from one segment of
+    `segment_length` tokens to the next (`models/protocol.py`): `INITIAL` maps each hook of
+    `state_sites` to the learned parameter the first segment reads."""
+
+    state_sites: tuple[str, ...] = (MEMORY_HOOK,)
+    INITIAL: dict[str, str] = {MEMORY_HOOK: "memory_init"}
+
+    @property
+    def state_segment_length(self) -> int:
+        """The memory advances once per segment of `segment_length` tokens."""
+        return self.cfg.segment_length
+
+    def initial_state(self, batch_size: int) -> State:
+        """The memory read by the first segment, `{hook: [batch, slots, d]}`."""
+        return {h: getattr(self, self.INITIAL[h]).unsqueeze(0).expand(batch_size, -1, -1) for h in self.state_sites}
+
+
+class HookedRMT(SegmentMemoryMixin):
     """Recurrent Memory Transformer over a TransformerLens native Transformer; see module doc."""
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -212,17 +230,6 @@ class HookedRMT(InnerBridgeMixin):
         self.hook_memory = HookPoint()
         self.register_buffer("position_ids", torch.arange(S + 2 * M), persistent=False)
         self.setup()
-
-    state_sites = (MEMORY_HOOK,)
-
-    @property
-    def state_segment_length(self) -> int:
-        """The memory advances once per segment of `segment_length` tokens."""
-        return self.cfg.segment_length
-
-    def initial_state(self, batch_size: int) -> State:
-        """The memory read by the first segment, `{"hook_memory": [batch, M, d]}`."""
-        return {MEMORY_HOOK: self.memory_init.unsqueeze(0).expand(batch_size, -1, -1)}
 
     def n_segments(self, length: int) -> int:
         return self.cfg.n_segments(length)
