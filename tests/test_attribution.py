@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fsm_probe import get_task
 from fsm_probe.circuits.attribution import atp_star, attribution_mlp_exact
@@ -110,3 +112,41 @@ def test_verified_shortlist_recalls_the_exact_top10(spec: str) -> None:
     found = discover_circuit(built, task, method="verified", n=16)
     assert found.settings["estimator"] == "atp_star"
     assert len(found.settings["verified_cells"]) >= 20
+
+
+def _partitions(items: list[int]):
+    if not items:
+        yield []
+        return
+    first, rest = items[0], items[1:]
+    for part in _partitions(rest):
+        for k in range(len(part)):
+            yield part[:k] + [[first, *part[k]]] + part[k + 1 :]
+        yield [[first], *part]
+
+
+@given(st.lists(st.tuples(st.integers(0, 2), st.integers(0, 15)), min_size=1, max_size=7),
+       st.integers(1, 64))
+@settings(max_examples=60, deadline=None)
+def test_scattered_chunks_are_the_cheapest_grouping(cells, batch):
+    """The shortlist's grouping against brute force over every partition of each layer's patches
+    (same cost model: a fixed cost per forward plus batch * (n_pos - earliest position) per patch)."""
+    from fsm_probe.circuits.engine import _MIN_TOKEN_ROWS, Patch, _scattered_chunks
+
+    n_pos = 16
+    patches = [Patch((layer,), pos) for layer, pos in cells]
+    chunks = _scattered_chunks(patches, batch, n_pos, limit=100)
+    assert sorted(i for c in chunks for i in c) == list(range(len(patches)))
+
+    def cost(group):
+        return _MIN_TOKEN_ROWS + len(group) * batch * (n_pos - min(patches[i].pos for i in group))
+
+    for layer in {c[0] for c in cells}:
+        mine = [c for c in chunks if patches[c[0]].layers == (layer,)]
+        assert all(patches[i].layers == (layer,) for c in mine for i in c)
+        idx = [i for i, p in enumerate(patches) if p.layers == (layer,)]
+        brute = min(sum(cost(g) for g in part) for part in _partitions(idx))
+        assert sum(cost(g) for g in mine) == brute
+    limited = _scattered_chunks(patches, batch, n_pos, limit=2)
+    assert max(len(c) for c in limited) <= 2
+    assert sorted(i for c in limited for i in c) == list(range(len(patches)))

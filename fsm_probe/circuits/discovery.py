@@ -17,8 +17,8 @@ label) at the last position. Methods:
 - `atp_star`: AtP* (`attribution.atp_star`): `attribution_mlp` plus every later head's softmax
   recomputed exactly with the queries and keys a cell moves (AtP*'s QK fix).
 - `verified`: `atp_star` (RNNs: attribution), then exact patching of a shortlist
-  (`verify_shortlist`: its top `top_k` cells, then `top_k` more at a time while the next ones
-  still enter the verified top `top_k`); a component's score is its best exact effect among
+  (`verify_shortlist`: its top 2 * `top_k` cells, then `top_k` more at a time while the next
+  ones still enter the verified top `top_k`); a component's score is its best exact effect among
   verified cells, and components without a verified cell follow, in estimate order.
 - `acdc`: ACDC-style greedy pruning at the node level (Conmy et al. 2023): from the output
   backwards, each component's output is replaced by its corrupted-run value at every position on
@@ -258,28 +258,38 @@ def verify_cells(
     model: nn.Module, clean: Any, corrupted: Any, metric: Any, cells: Sequence[tuple[str, tuple[int, ...]]]
 ) -> dict[tuple[str, tuple[int, ...]], float]:
     """Exact denoised metric of each (site, index) cell, patching only those cells."""
-    clean_t, corr_t = as_tokens(model, clean), as_tokens(model, corrupted)
-    cfg = model_config(model)
-    out: dict[tuple[str, tuple[int, ...]], float] = {}
-    by_site: dict[str, list[tuple[int, ...]]] = {}
-    for site, idx in cells:
-        by_site.setdefault(site, []).append(tuple(int(i) for i in idx))
-    with EvalMode(model), torch.no_grad():
-        runner = Runner(model)
-        # The engine was checked against the bridge by the attribution that made the shortlist
-        # (it runs on the same engine); skipping the check saves a bridge forward.
-        runner.checked = runner.engine is not None
-        clean_run, corr_run = runner.run(clean_t), runner.run(corr_t)
-        for site, idxs in by_site.items():
-            S.check_site(cfg, site)
-            patches = [Patch((i[0],), i[1], i[2] if len(i) > 2 else None) for i in idxs]
-            # The sweep's chunking: patches grouped by layer and nearby positions, so that each
-            # stacked forward starts at its own patches' layer and position.
-            sweep = Sweep(site, patches, [(k,) for k in range(len(idxs))], (len(idxs),))
-            values = runner.evaluate(corr_run, clean_run, sweep, metric, None)
-            for k, i in enumerate(idxs):
-                out[(site, i)] = float(values[k])
-    return out
+    return _Verifier(model, clean, corrupted, metric)(cells)
+
+
+class _Verifier:
+    """Exact patching of chosen cells, with the base and source runs cached across calls (one
+    per round of `verify_shortlist`)."""
+
+    def __init__(self, model: nn.Module, clean: Any, corrupted: Any, metric: Any) -> None:
+        self.model, self.metric, self.cfg = model, metric, model_config(model)
+        clean_t, corr_t = as_tokens(model, clean), as_tokens(model, corrupted)
+        with EvalMode(model), torch.no_grad():
+            self.runner = Runner(model)
+            # The engine was checked against the bridge by the attribution that made the
+            # shortlist (it runs on the same engine); skipping the check saves a bridge forward.
+            self.runner.checked = self.runner.engine is not None
+            self.clean_run, self.corr_run = self.runner.run(clean_t), self.runner.run(corr_t)
+        self.baseline = metric_value(metric, self.corr_run["logits"])
+
+    def __call__(self, cells: Sequence[tuple[str, tuple[int, ...]]]) -> dict[tuple[str, tuple[int, ...]], float]:
+        out: dict[tuple[str, tuple[int, ...]], float] = {}
+        by_site: dict[str, list[tuple[int, ...]]] = {}
+        for site, idx in cells:
+            by_site.setdefault(site, []).append(tuple(int(i) for i in idx))
+        with EvalMode(self.model), torch.no_grad():
+            for site, idxs in by_site.items():
+                S.check_site(self.cfg, site)
+                patches = [Patch((i[0],), i[1], i[2] if len(i) > 2 else None) for i in idxs]
+                sweep = Sweep(site, patches, [(k,) for k in range(len(idxs))], (len(idxs),))
+                values = self.runner.evaluate(self.corr_run, self.clean_run, sweep, self.metric, None, scattered=True)
+                for k, i in enumerate(idxs):
+                    out[(site, i)] = float(values[k])
+        return out
 
 
 def verify_shortlist(
@@ -287,30 +297,28 @@ def verify_shortlist(
     top_k: int = 10, max_cells: int | None = None, baseline: float | None = None,
 ) -> dict[tuple[str, tuple[int, ...]], float]:
     """Exact metric of the cells an estimate ranks first (site -> |estimate| or signed estimate
-    arrays): its top `top_k`, then rounds of `top_k` more while a round brings a cell into the
-    verified top `top_k` (|exact effect| above the k-th so far), until `max_cells` (default:
-    1/8 of all cells, at least 2 * top_k); `baseline` is the corrupted run's metric (computed when
-    not given). The estimate orders the search and the exact effects
-    decide when to stop: a first-order estimate is no bound on the effect, so "the next
+    arrays): its top 2 * `top_k` (a first-order ranking seldom holds the exact top `top_k` in its
+    first `top_k`, and one round costs less than two), then rounds of `top_k` more while a round
+    brings a cell into the verified top `top_k` (|exact effect| above the k-th so far), until
+    `max_cells` (default: 1/8 of all cells, at least 2 * top_k); `baseline` is the corrupted
+    run's metric (computed when not given). The estimate orders the search and the exact
+    effects decide when to stop: a first-order estimate is no bound on the effect, so "the next
     estimate is below the k-th exact effect" would stop at the first underestimated cell."""
     order = sorted(((float(abs(v[i])), s, tuple(int(x) for x in i)) for s, v in estimates.items()
                     for i in np.ndindex(*v.shape)), key=lambda c: -c[0])
     cap = min(len(order), max(2 * top_k, len(order) // 8) if max_cells is None else max_cells)
-    base = metric_value(metric, _logits(model, corrupted)) if baseline is None else baseline
+    verify = _Verifier(model, clean, corrupted, metric)
+    base = verify.baseline if baseline is None else baseline
     measured: dict[tuple[str, tuple[int, ...]], float] = {}
     while len(measured) < cap:
         kth = sorted((abs(v - base) for v in measured.values()), reverse=True)[top_k - 1] if len(measured) >= top_k else -1.0
-        batch = [(s, i) for _, s, i in order[len(measured) : min(cap, len(measured) + top_k)]]
-        new = verify_cells(model, clean, corrupted, metric, batch)
+        size = top_k if measured else 2 * top_k
+        batch = [(s, i) for _, s, i in order[len(measured) : min(cap, len(measured) + size)]]
+        new = verify(batch)
         measured.update(new)
         if kth >= 0 and not any(abs(v - base) > kth for v in new.values()):
             break
     return measured
-
-
-def _logits(model: nn.Module, tokens: Any) -> torch.Tensor:
-    with EvalMode(model), torch.no_grad():
-        return model(as_tokens(model, tokens))
 
 
 def _component_hooks(cfg: Any, name: str) -> tuple[str, int | None]:

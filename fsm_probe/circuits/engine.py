@@ -100,6 +100,32 @@ def _chunks(patches: list[Patch], span: int, limit: int, by_layer: bool) -> Iter
         yield chunk
 
 
+def _scattered_chunks(patches: list[Patch], batch: int, n_pos: int, limit: int) -> list[list[int]]:
+    """The cheapest grouping of scattered patches into stacked causal forwards, one layer at a
+    time: a forward costs a fixed `_MIN_TOKEN_ROWS` plus `batch * (n_pos - start)` token rows per
+    patch, `start` being its earliest patch's position (dynamic programming over the patches in
+    position order; at most `limit` per forward)."""
+    by_layer: dict[int, list[int]] = {}
+    for i, p in enumerate(patches):
+        by_layer.setdefault(min(p.layers), []).append(i)
+    out = []
+    for _, idx in sorted(by_layer.items()):
+        idx.sort(key=lambda i: patches[i].pos)
+        n = len(idx)
+        best, cut = [0.0] + [math.inf] * n, [0] * (n + 1)  # best[j]: cheapest cover of idx[:j]
+        for j in range(1, n + 1):
+            for i in range(max(0, j - limit), j):
+                cost = best[i] + _MIN_TOKEN_ROWS + (j - i) * batch * (n_pos - patches[idx[i]].pos)
+                if cost < best[j]:
+                    best[j], cut[j] = cost, i
+        j, groups = n, []
+        while j:
+            groups.append(idx[cut[j]:j])
+            j = cut[j]
+        out.extend(reversed(groups))
+    return out
+
+
 # ----- Transformer engine -----
 
 
@@ -406,10 +432,12 @@ class Runner:
 
     def evaluate(
         self, base: dict[str, Any], src: dict[str, Any], sweep: Sweep, metric: Metric,
-        batch_patches: int | None,
+        batch_patches: int | None, *, scattered: bool = False,
     ) -> Tensor:
         """Metric of every patched run of `sweep`, shaped `sweep.shape`: the base run's input
-        (its tokens, and its replaced embedding if any) with one cell of `src` patched in."""
+        (its tokens, and its replaced embedding if any) with one cell of `src` patched in.
+        `scattered`: a few cells spread over layers and positions (a shortlist), grouped by
+        `_scattered_chunks`'s cost model instead of the sweep's position spans."""
         tokens = base["_tokens"]
         if src["_tokens"].shape != tokens.shape:
             raise InputError(
@@ -422,9 +450,13 @@ class Runner:
         span = n_pos
         if fast and self.engine.causal:
             span = _span(n_pos, batch, max(1, len(sweep.patches) // (n_pos * self.cfg.n_layers)))
+        if scattered and fast and self.engine.causal:
+            chunks = _scattered_chunks(sweep.patches, batch, n_pos, limit)
+        else:
+            chunks = _chunks(sweep.patches, span, limit, by_layer=fast)
         needed = needed_positions(metric, n_pos) if fast else None
         out = torch.full(sweep.shape, float("nan"))
-        for chunk in _chunks(sweep.patches, span, limit, by_layer=fast):
+        for chunk in chunks:
             patches = [sweep.patches[i] for i in chunk]
             if self.stateful:
                 logits = _state_patched_logits(self.model, tokens, base, src, sweep.site, patches)
