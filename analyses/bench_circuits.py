@@ -205,6 +205,7 @@ def main() -> None:
     if not quick:
         run = trained_parity()
         targets.append(("trained parity Transformer (2L, d64, 4 heads)", run.model, run.task, 16))
+        targets.append(("trained parity Transformer, its training length", run.model, run.task, 40))
         parity = get_task("parity")  # a sweep of seconds, not tenths
         targets.append(("compiled parity scan, n_ctx 64", compile_transformer(parity.automaton, "scan", n_ctx=64).model,
                         parity, 64))

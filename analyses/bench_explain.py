@@ -26,7 +26,8 @@ RESULTS = ROOT / "analyses" / "results"
 TRAINED = [
     ("gru", "parity"), ("gru", "tomita3"), ("gru", "cyclic:n=5"), ("gru", "flipflop"),
     ("transformer", "cyclic:n=5"), ("transformer", "flipflop"), ("transformer", "even_pairs"),
-    ("transformer", "tomita4"), ("rmt", "parity"), ("scratchpad", "parity"),
+    ("transformer", "tomita4"), ("rmt", "parity"), ("compressive", "parity"), ("hmt", "parity"),
+    ("scratchpad", "parity"),
 ]
 QUICK = [("gru", "parity"), ("gru", "cyclic:n=5"), ("transformer", "flipflop")]
 
