@@ -86,6 +86,8 @@ ESTIMATORS = {
     "attribution_mlp": attribution_mlp_exact,
     "atp_star": atp_star,
     "atp_star_gd": lambda m, c, x, f, s: atp_star(m, c, x, f, s, grad_drop=True),
+    "atp_star_ig2": lambda m, c, x, f, s: atp_star(m, c, x, f, s, ig_steps=2),
+    "atp_star_ig4": lambda m, c, x, f, s: atp_star(m, c, x, f, s, ig_steps=4),
 }
 
 

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from transformer_lens.utilities.activation_functions import apply_softcap
 
+from .._validate import positive_int
 from ..errors import InputError
 from ..models import as_tokens, model_config
 from . import patching
@@ -228,6 +229,7 @@ def atp_star(
     sites: Sequence[str] = ("head_out", "mlp_out"),
     *,
     grad_drop: bool = False,
+    ig_steps: int = 1,
 ) -> dict[str, patching.PatchingResult]:
     """AtP* estimate of denoising every head_out and mlp_out cell (Kramar et al. 2024).
 
@@ -242,21 +244,37 @@ def atp_star(
 
     `grad_drop`: AtP*'s GradDrop, sum over layers l' of |estimate with the gradient through
     layer l''s output dropped| / (n_layers - 1), signed as the plain estimate.
+
+    `ig_steps` > 1: the gradients averaged over the runs of the inputs at
+    corrupted + (j / ig_steps) (clean - corrupted), j = 0..ig_steps-1, one stacked batch (the
+    integrated-gradients path of EAP-IG, Hanna et al. 2024, arXiv 2403.17806): a cell whose
+    effect passes a lookup that is off in the corrupted run (zero gradient there) gets the
+    gradient of the runs where it has switched on. Not combined with `grad_drop`.
     """
     cfg = model_config(model)
     clean_t, corr_t = as_tokens(model, clean), as_tokens(model, corrupted)
+    positive_int(ig_steps, "ig_steps", error=InputError)
+    if grad_drop and ig_steps > 1:
+        raise InputError("atp_star: grad_drop and ig_steps > 1 do not combine; choose one")
     with EvalMode(model):
         engine, sites = _engine(model, "atp_star", sites)
         n_copies = 1 + (cfg.n_layers if grad_drop and cfg.n_layers > 1 else 0)
         batch = corr_t.shape[0]
         with torch.no_grad():
             src = engine.full(TransformerEngine.resid0(model, clean_t))
+        r_corr = TransformerEngine.resid0(model, corr_t)
+        # the interpolated inputs, j = 0 (the corrupted run itself) first
+        r0 = torch.cat([r_corr + (j / ig_steps) * (src["resid_pre"][0] - r_corr) for j in range(ig_steps)])
         with torch.enable_grad():
-            run, logits = _grad_run(engine, TransformerEngine.resid0(model, corr_t), n_copies)
-            parts = [metric(logits[c * batch : (c + 1) * batch]) for c in range(n_copies)]
+            run, logits = _grad_run(engine, r0, n_copies)
+            parts = [metric(logits[c * batch : (c + 1) * batch]) for c in range(n_copies * ig_steps)]
             grads = torch.autograd.grad(torch.stack(parts).sum(), run["resid_post"] + run["pattern"], allow_unused=True)
         g_post = [torch.zeros_like(t) if g is None else g for t, g in zip(run["resid_post"], grads[: cfg.n_layers], strict=True)]
         g_att = [torch.zeros_like(t) if g is None else g for t, g in zip(run["pattern"], grads[cfg.n_layers :], strict=True)]
+        if ig_steps > 1:
+            g_post = [g.view(ig_steps, batch, *g.shape[1:]).mean(0) for g in g_post]
+            g_att = [g.view(ig_steps, batch, *g.shape[1:]).mean(0) for g in g_att]
+            run = {k: [t[:batch] for t in v] for k, v in run.items()}
         clean_v, base = metric_value(metric, src["logits"]), float(parts[0].detach())
         out: dict[str, list[Tensor]] = {s: [] for s in sites}
         with torch.no_grad():
@@ -279,4 +297,5 @@ def atp_star(
                     out["head_out"].append(est[:, : d.shape[2] - ("mlp_out" in sites)])
                 if "mlp_out" in sites:
                     out["mlp_out"].append(est[:, -1])
-    return {s: _result(v, s, base, clean_v, "atp_star") for s, v in out.items()}
+    name = "atp_star" if ig_steps == 1 else f"atp_star_ig{ig_steps}"
+    return {s: _result(v, s, base, clean_v, name) for s, v in out.items()}

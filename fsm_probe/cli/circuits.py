@@ -255,7 +255,7 @@ def compile_cmd(
 @_user_errors
 def circuit_cmd(
     run_dir: _RunDir,
-    method: Annotated[str, typer.Option("--method", help="exact (activation patching), attribution, attribution_mlp, atp_star (AtP*), verified (AtP* + exact patching of an adaptive shortlist) or acdc (greedy pruning).")] = "exact",
+    method: Annotated[str, typer.Option("--method", help="exact (activation patching), attribution, attribution_mlp, atp_star (AtP*), verified (AtP* with integrated gradients + exact patching of an adaptive shortlist) or acdc (greedy pruning).")] = "exact",
     length: Annotated[int | None, typer.Option("--length", help="Sequence length (default 16; compiled models: n_ctx).")] = None,
     n: Annotated[int, typer.Option("--n", help="Clean/corrupted pairs.")] = 32,
     threshold: Annotated[float, typer.Option("--threshold", help="Normalised score to be in the circuit.")] = 0.1,
