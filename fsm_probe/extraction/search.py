@@ -27,7 +27,7 @@ from .collect import Collection, collect
 if TYPE_CHECKING:
     from .estimator import FSMExtractor
 
-CLUSTER_SIZES = (2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64)
+CLUSTER_SIZES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64)
 GROWTH = 1.25
 UNIQUE_MAX = 2000
 PATIENCE = 4
@@ -106,7 +106,7 @@ class SizeSweep:
             Reducer(est.n_components, seed=est.seed) if metric is None
             else MetricReducer(metric, est.n_components, seed=est.seed)
         ).fit(x)
-        self.z = self.reducer.transform(x)
+        self.x, self.z = x, self.reducer.transform(x)
         self.complete = Completer(model, col, self.reducer, self.z, est.squash)
         self.edges = col.edges()
         self.init_rows = col.initial_rows()
@@ -158,7 +158,7 @@ class SizeSweep:
             # states that repeat exactly (compiled or saturated networks): each distinct state
             # its own block, merged by minimization; one candidate, tried first
             zf = self.z[self.fit_rows]
-            uniq, inverse, _ = _unique_rows(zf, 4)
+            uniq, inverse, _ = _unique_rows(self.x[self.fit_rows], 4)  # in the input's own units
             if len(uniq) <= min(UNIQUE_MAX, len(zf) // 4) and len(uniq) <= limit * max(1, len(est.alphabet_)):
                 blocks = np.full(len(self.z), -1, dtype=np.int64)
                 blocks[self.fit_rows] = inverse
@@ -201,9 +201,10 @@ class SizeSweep:
                         "refined": False, "capped": False}
                 new = [self._candidate(blocks, abstraction, vals, info)]
                 if est.refine and refine:
+                    # undecided rows join the nearest part in the input's own geometry
                     cap = max(256, 4 * size) if est.max_states is None else max(128, 4 * est.max_states)
                     refined, converged = refine_partition(
-                        blocks, self.votes, self.edges, self.z, max_states=cap, return_converged=True,
+                        blocks, self.votes, self.edges, self.x, max_states=cap, return_converged=True,
                     )
                     if converged and refined.max() != blocks.max():
                         new.append(self._candidate(refined, abstraction, vals, {**info, "refined": True}))
