@@ -67,7 +67,7 @@ from .search import (
 
 METHODS = ("kmeans", "grid", "gmm", "agglomerative", "lstar")
 DEFAULT_METHOD = "kmeans"
-GEOMETRIES = ("auto", "euclidean")
+GEOMETRIES = ("euclidean", "sensitivity")
 COUNTER_TARGET = 0.99
 COUNTER_GATE = 0.995
 
@@ -90,7 +90,7 @@ class FSMExtractor(BaseEstimator):
         sizes: tuple[int, ...] | None = None,
         refine: bool = True,
         squash: bool = True,
-        geometry: str = "auto",
+        geometry: str = "euclidean",
         max_states: int | None = None,
         fidelity_target: float = 0.999,
         tolerance: float = 0.002,
