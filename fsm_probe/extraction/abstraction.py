@@ -89,6 +89,59 @@ class Reducer(TransformerMixin, BaseEstimator):
         return x if self.pca_ is None else self.pca_.transform(x)
 
 
+class MetricReducer(Reducer):
+    """A linear map under which Euclidean distance is the distance in `metric` (a PSD matrix
+    `[d, d]`, e.g. `sensitivity_metric` in `fsm_probe.extraction.search`): the rows are centred
+    and rotated onto the metric's eigenvectors, each axis scaled by the square root of its
+    eigenvalue plus `floor` times their mean (so no direction is dropped entirely), the whole
+    rescaled to the input's total variance. `n_components` as in `Reducer` keeps the most
+    heavily weighted axes ("auto" and None keep every one)."""
+
+    def __init__(
+        self, metric: np.ndarray | None = None, n_components: int | float | str | None = "auto",
+        floor: float = 0.01, max_fit: int = 20000, seed: int = 0,
+    ):
+        super().__init__(n_components=n_components, max_fit=max_fit, seed=seed)
+        self.metric = metric
+        self.floor = floor
+
+    def fit(self, x: np.ndarray, y: object = None) -> MetricReducer:
+        x = _check_x(x)
+        m = np.asarray(self.metric, dtype=np.float64)
+        if m.shape != (x.shape[1], x.shape[1]) or not np.isfinite(m).all():
+            raise InputError(f"metric must be a finite [{x.shape[1]}, {x.shape[1]}] matrix, got shape {m.shape}")
+        if len(x) > self.max_fit:
+            x = x[np.random.default_rng(self.seed).choice(len(x), self.max_fit, replace=False)]
+        lam, vec = np.linalg.eigh((m + m.T) / 2)
+        lam, vec = np.clip(lam[::-1], 0, None), vec[:, ::-1]
+        weights = np.sqrt(lam + self.floor * max(lam.mean(), 1e-12))
+        self.n_features_in_ = x.shape[1]
+        self.pca_ = None
+        self.mean_ = x.mean(0)
+        z = (x - self.mean_) @ vec * weights
+        var = z.var(0)
+        nc = self.n_components
+        keep = len(var)
+        if isinstance(nc, float) and not isinstance(nc, bool):
+            if not 0 < nc < 1:
+                raise ConfigError(f"a float n_components is a variance fraction in (0, 1), got {nc}")
+            keep = int(np.searchsorted(np.cumsum(var) / max(var.sum(), 1e-300), nc) + 1)
+        elif isinstance(nc, int | np.integer) and not isinstance(nc, bool):
+            keep = min(positive_int(nc, "n_components", numpy=True), keep)
+        elif nc is not None and nc != "auto":
+            raise ConfigError(f"n_components must be an int, a float, None or 'auto', got {nc!r}")
+        scale = np.sqrt(((x - self.mean_) ** 2).sum(1).mean() / max(var.sum(), 1e-300))
+        self.components_ = vec[:, :keep] * (weights[:keep] * scale)
+        self.n_components_ = keep
+        self.explained_variance_ratio_ = var[:keep] / max(var.sum(), 1e-300)
+        return self
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        _check_fitted(self, "components_")
+        x = _check_x(x, self.n_features_in_)
+        return (x - self.mean_) @ self.components_
+
+
 class Abstraction(ClusterMixin, BaseEstimator):
     """Base class: `fit(X)` sets `n_states_` and `cluster_centers_`; `predict(X)` gives states."""
 

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from ..automata.machine import Automaton, segment_words
-from ..models.protocol import initial_state, state_sites
-from .abstraction import Reducer, _nearest, _unique_rows, make_abstraction
+from ..models.protocol import initial_state, state_sites, steps_per_token
+from .abstraction import MetricReducer, Reducer, _nearest, _unique_rows, make_abstraction
 from .build import build_automaton, refine_partition
 from .checks import agreement
 from .collect import Collection, collect
@@ -27,7 +27,7 @@ from .collect import Collection, collect
 if TYPE_CHECKING:
     from .estimator import FSMExtractor
 
-CLUSTER_SIZES = (2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64)
+CLUSTER_SIZES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64)
 GROWTH = 1.25
 UNIQUE_MAX = 2000
 PATIENCE = 4
@@ -35,6 +35,8 @@ IMPROVEMENT = 0.9
 GRID_SIZES = (2, 3, 4, 5, 6, 8, 10, 12, 16)
 RETRY_SIZES = (28, 36, 44, 56)
 RETRY_FIT_ROWS = 8000
+SENSITIVITY_HORIZON = 3
+SENSITIVITY_ROWS = 2000
 
 
 def state_limit(max_states: int | None, default: int = 10**9) -> int:
@@ -97,8 +99,14 @@ class SizeSweep:
     def __init__(self, est: FSMExtractor, model: nn.Module, name: str, col: Collection, votes: np.ndarray) -> None:
         self.est, self.model, self.name, self.col, self.votes = est, model, name, col, votes
         x = np.tanh(col.flat()) if est.squash else col.flat()
-        self.reducer = Reducer(est.n_components, seed=est.seed).fit(x)
-        self.z = self.reducer.transform(x)
+        metric = None if est.geometry == "euclidean" else sensitivity_metric(
+            model, col, len(est.alphabet_), seed=est.seed
+        )
+        self.reducer = (
+            Reducer(est.n_components, seed=est.seed) if metric is None
+            else MetricReducer(metric, est.n_components, seed=est.seed)
+        ).fit(x)
+        self.x, self.z = x, self.reducer.transform(x)
         self.complete = Completer(model, col, self.reducer, self.z, est.squash)
         self.edges = col.edges()
         self.init_rows = col.initial_rows()
@@ -150,7 +158,7 @@ class SizeSweep:
             # states that repeat exactly (compiled or saturated networks): each distinct state
             # its own block, merged by minimization; one candidate, tried first
             zf = self.z[self.fit_rows]
-            uniq, inverse, _ = _unique_rows(zf, 4)
+            uniq, inverse, _ = _unique_rows(self.x[self.fit_rows], 4)  # in the input's own units
             if len(uniq) <= min(UNIQUE_MAX, len(zf) // 4) and len(uniq) <= limit * max(1, len(est.alphabet_)):
                 blocks = np.full(len(self.z), -1, dtype=np.int64)
                 blocks[self.fit_rows] = inverse
@@ -193,9 +201,10 @@ class SizeSweep:
                         "refined": False, "capped": False}
                 new = [self._candidate(blocks, abstraction, vals, info)]
                 if est.refine and refine:
+                    # undecided rows join the nearest part in the input's own geometry
                     cap = max(256, 4 * size) if est.max_states is None else max(128, 4 * est.max_states)
                     refined, converged = refine_partition(
-                        blocks, self.votes, self.edges, self.z, max_states=cap, return_converged=True,
+                        blocks, self.votes, self.edges, self.x, max_states=cap, return_converged=True,
                     )
                     if converged and refined.max() != blocks.max():
                         new.append(self._candidate(refined, abstraction, vals, {**info, "refined": True}))
@@ -229,6 +238,54 @@ def chain_sizes(sizes: Sequence[int]) -> Iterator[int]:
     yield from growing_sizes(max(sizes))
 
 
+def _split_state(model: nn.Module, site: tuple[str, ...], flat: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Collected rows `[n, d]` (the sites' states side by side) as a state for `model(state=)`."""
+    shapes = {name: value.shape[1:] for name, value in initial_state(model, 1).items()}
+    state, start = {}, 0
+    for name in site:
+        size = int(np.prod(shapes[name]))
+        state[name] = flat[:, start : start + size].reshape(len(flat), *shapes[name])
+        start += size
+    return state
+
+
+def sensitivity_metric(
+    model: nn.Module, col: Collection, n_symbols: int, *, horizon: int = SENSITIVITY_HORIZON,
+    n_rows: int = SENSITIVITY_ROWS, repeats: int = 4, seed: int = 0,
+) -> np.ndarray | None:
+    """`E[g g^T]` over collected states, `g` the gradient with respect to the state of a random
+    (label-centred) projection of the logits over the next `horizon` random symbols.
+
+    Distances under it measure how much the network's next outputs change: directions its
+    behaviour does not read (most of a large GRU's, which carry the history in ways the outputs
+    ignore) get no weight, so states cluster by what they do, not by where the raw geometry puts
+    them. None unless the collection is the full state of a model stepped once per token (a
+    Transformer's residual stream cannot be stepped from; an RMT's memory reads segments)."""
+    if not steps_per_token(model) or col.site != state_sites(model):
+        return None
+    rng = np.random.default_rng(seed)
+    flat = col.flat()
+    metric = np.zeros((col.dim, col.dim))
+    was = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            for _ in range(repeats):
+                rows = rng.choice(len(flat), min(n_rows, len(flat)), replace=False)
+                h = torch.as_tensor(flat[rows], device=model.device).requires_grad_(True)
+                tokens = torch.as_tensor(rng.integers(0, n_symbols, (len(rows), horizon)), device=model.device)
+                logits = model(tokens, state=_split_state(model, col.site, h))
+                r = torch.randn(logits.shape, generator=torch.Generator().manual_seed(int(rng.integers(2**31))))
+                r = (r - r.mean(-1, keepdim=True)).to(logits)
+                (g,) = torch.autograd.grad((logits * r).sum(), h)
+                g = g.detach().cpu().double().numpy()
+                metric += g.T @ g / len(rows)
+    finally:
+        model.train(was)
+    metric /= repeats
+    return metric if np.isfinite(metric).all() and metric.trace() > 0 else None
+
+
 class Completer:
     """Fill an unobserved (abstract state, symbol) pair by asking the network: step a member's
     state (or rerun its prefix) with the symbol and take the abstract state of the nearest
@@ -244,14 +301,8 @@ class Completer:
     def step(self, rows: np.ndarray, symbols: np.ndarray) -> np.ndarray:
         """The full state after reading `symbols` (a token; on an RMT a segment id) from the
         states of collected `rows`, flattened as the collection's rows."""
-        flat = self.col.flat()[rows]
-        shapes = {name: value.shape[1:] for name, value in initial_state(self.model, 1).items()}
-        state, start = {}, 0
-        for name in self.col.site:
-            size = int(np.prod(shapes[name]))
-            part = torch.as_tensor(flat[:, start : start + size], device=self.model.device)
-            state[name] = part.reshape(len(rows), *shapes[name])
-            start += size
+        flat = torch.as_tensor(self.col.flat()[rows], device=self.model.device)
+        state = _split_state(self.model, self.col.site, flat)
         tokens = symbols[:, None]
         if self.col.segment_length is not None:
             tokens = segment_words(tokens, self.col.n_token_symbols, self.col.segment_length)

@@ -1,0 +1,39 @@
+"""Clustering in a metric that ignores what the network's outputs do not read."""
+
+import numpy as np
+
+from fsm_probe.extraction import purity
+from fsm_probe.extraction.abstraction import KMeansAbstraction, MetricReducer, Reducer
+
+
+def _states_hidden_by_noise(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Five states 1 apart along two relevant axes, rotated into 40 dims whose other 38 carry
+    noise ten times larger; the metric weights the two relevant axes."""
+    rng = np.random.default_rng(seed)
+    states = rng.integers(0, 5, 4000)
+    angle = 2 * np.pi * states / 5
+    x = np.zeros((len(states), 40))
+    x[:, 0], x[:, 1] = np.cos(angle), np.sin(angle)
+    x[:, 2:] = 10 * rng.standard_normal((len(states), 38))
+    rot, _ = np.linalg.qr(rng.standard_normal((40, 40)))
+    metric = np.zeros((40, 40))
+    metric[0, 0] = metric[1, 1] = 1.0
+    return x @ rot, rot.T @ metric @ rot, states
+
+
+def test_metric_reducer_recovers_states_the_raw_geometry_mixes() -> None:
+    x, metric, states = _states_hidden_by_noise()
+    raw = KMeansAbstraction(5, seed=0).fit(Reducer("auto").fit_transform(x)).labels_
+    z = MetricReducer(metric).fit(x).transform(x)
+    weighted = KMeansAbstraction(5, seed=0).fit(z).labels_
+    assert purity(raw, states)["purity"] < 0.6
+    assert purity(weighted, states)["purity"] == 1.0
+
+
+def test_metric_reducer_keeps_the_total_variance_and_top_axes() -> None:
+    x, metric, _ = _states_hidden_by_noise(1)
+    red = MetricReducer(metric, n_components=2).fit(x)
+    z = red.transform(x)
+    assert z.shape == (len(x), 2)
+    full = MetricReducer(metric).fit(x).transform(x)
+    np.testing.assert_allclose(full.var(0).sum(), (x - x.mean(0)).var(0).sum() * len(x) / len(x), rtol=1e-6)
