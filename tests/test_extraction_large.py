@@ -1,5 +1,7 @@
 """Clustering in a metric that ignores what the network's outputs do not read."""
 
+import json
+
 import numpy as np
 
 from fsm_probe.extraction import purity
@@ -37,3 +39,22 @@ def test_metric_reducer_keeps_the_total_variance_and_top_axes() -> None:
     assert z.shape == (len(x), 2)
     full = MetricReducer(metric).fit(x).transform(x)
     np.testing.assert_allclose(full.var(0).sum(), (x - x.mean(0)).var(0).sum() * len(x) / len(x), rtol=1e-6)
+
+
+def test_cli_extract_takes_the_geometry(tmp_path) -> None:
+    """`fsm-probe extract --geometry sensitivity` runs the metric's extraction; a wrong value is
+    one readable line and exit code 2."""
+    from typer.testing import CliRunner
+
+    from fsm_probe import get_task, save
+    from fsm_probe.cli import app
+    from fsm_probe.models.compiled import compile_rnn
+
+    task = get_task("parity")
+    run_dir = tmp_path / "run"
+    save(compile_rnn(task.automaton), run_dir, task=task)
+    ok = CliRunner().invoke(app, ["extract", str(run_dir), "--out", str(tmp_path / "x"), "--geometry", "sensitivity", "--json"])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.output)["equivalent_to_task"] is True
+    bad = CliRunner().invoke(app, ["extract", str(run_dir), "--out", str(tmp_path / "y"), "--geometry", "cosine"])
+    assert bad.exit_code == 2 and "geometry must be one of euclidean, sensitivity" in bad.output

@@ -80,6 +80,8 @@ class FSMExtractor(BaseEstimator):
     agreement with the network), `curve_` (one entry per size tried) and `seconds_`.
     `predict(tokens)` gives the automaton's label after every prefix. On an RMT (see the module
     docstring) `segment_length_` is L and the automaton reads segments; else it is None.
+    `geometry="sensitivity"` clusters the states under `search.sensitivity_metric` (directions
+    weighted by how much they move the next outputs) instead of as they are.
     """
 
     def __init__(
