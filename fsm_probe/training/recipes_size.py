@@ -22,7 +22,27 @@ The rule past the measured points (100 states, 30 symbols) is an extrapolation.
 
 from __future__ import annotations
 
+from collections import deque
+from typing import Any
+
 from .. import _validate as _v
+
+# Deep automata: some state needs more than this many symbols from the start (S4 6, A5 5, D15 8,
+# cyclic with 19 generators 1; gridworld:n=30 29, dihedral:n=50 26).
+DEEP = 12
+
+
+def start_depth(automaton: Any) -> int:
+    """The most symbols any reachable state needs from the start (the start's BFS eccentricity)."""
+    depth = {int(automaton.start): 0}
+    queue = deque(depth)
+    while queue:
+        s = queue.popleft()
+        for t in automaton.transitions[s]:
+            if int(t) not in depth:
+                depth[int(t)] = depth[s] + 1
+                queue.append(int(t))
+    return max(depth.values())
 
 
 def gru_recipe(n_states: int, n_symbols: int) -> dict[str, int | float]:
@@ -40,3 +60,9 @@ def gru_recipe(n_states: int, n_symbols: int) -> dict[str, int | float]:
         "max_steps": 12000 if many else 6000,
         "batch_size": 128 if many else 64,
     }
+
+
+def full_length(depth: int) -> bool:
+    """Whether an automaton of `start_depth` `depth` trains on full-length batches: its far states
+    occur only late in uniformly random words, and uniform lengths train the late positions least."""
+    return _v.non_negative_int(depth, "depth") > DEEP
