@@ -56,6 +56,7 @@ def test_deep_automata_train_on_full_length_batches(spec: str) -> None:
     task = get_task(spec)
     assert start_depth(task.automaton.minimize()) > DEEP
     assert recipe("gru", task).train["full_length"] is True
+    assert recipe("gru", task).train["max_steps"] == 12000  # twice gru_recipe's 6000
     assert TrainConfig().resolved("gru", task).full_length is True
     assert TrainConfig(full_length=False).resolved("gru", task).full_length is False  # a flag still wins
 

@@ -103,9 +103,10 @@ def recipe(arch: str, task: Any | None = None) -> Recipe:
             from .recipes_size import full_length, gru_recipe, start_depth
 
             sized = gru_recipe(n_states, n_symbols)
+            deep = full_length(start_depth(a))  # far states: full-length batches and twice the budget
             model["d_hidden"] = sized["d_hidden"]
-            train.update(lr=sized["lr"], max_steps=sized["max_steps"], batch_size=sized["batch_size"],
-                         full_length=full_length(start_depth(a)))
+            train.update(lr=sized["lr"], max_steps=sized["max_steps"] * (2 if deep else 1),
+                         batch_size=sized["batch_size"], full_length=deep)
     return Recipe(arch, model, train)
 
 
