@@ -97,14 +97,16 @@ def recipe(arch: str, task: Any | None = None) -> Recipe:
         model["d_hidden"] = COUNTER_RECIPE["d_hidden"]
         train.update(lr=COUNTER_RECIPE["lr"], max_steps=COUNTER_RECIPE["max_steps"])
     elif arch in RECURRENT and task is not None:
-        a = task.automaton
-        n_states, n_symbols = a.minimize().n_states, a.n_symbols
+        a = task.automaton.minimize()
+        n_states, n_symbols = a.n_states, a.n_symbols
         if n_states > SMALL_STATES or n_symbols > SMALL_SYMBOLS:  # measured in recipes_size
-            from .recipes_size import gru_recipe
+            from .recipes_size import full_length, gru_recipe, start_depth
 
             sized = gru_recipe(n_states, n_symbols)
+            deep = full_length(start_depth(a))  # far states: full-length batches and twice the budget
             model["d_hidden"] = sized["d_hidden"]
-            train.update(lr=sized["lr"], max_steps=sized["max_steps"], batch_size=sized["batch_size"])
+            train.update(lr=sized["lr"], max_steps=sized["max_steps"] * (2 if deep else 1),
+                         batch_size=sized["batch_size"], full_length=deep)
     return Recipe(arch, model, train)
 
 

@@ -1,0 +1,85 @@
+"""The size-aware GRU recipe: the start depth it reads and the full-length batches of deep automata."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fsm_probe.automata.machine import Automaton
+from fsm_probe.errors import ConfigError
+from fsm_probe.tasks import get_task
+from fsm_probe.training import TrainConfig
+from fsm_probe.training.recipes import recipe
+from fsm_probe.training.recipes_size import DEEP, full_length, start_depth
+
+
+def _depth_by_sets(a: Automaton) -> int:
+    """Independent: the first length by which every reachable state has been reached, growing the
+    set of states reached by words of length <= L with the transition table."""
+    reached = np.zeros(a.n_states, dtype=bool)
+    reached[a.start] = True
+    for length in range(a.n_states + 1):
+        grown = reached.copy()
+        grown[np.asarray(a.transitions)[reached].ravel()] = True
+        if (grown == reached).all():
+            return length
+        reached = grown
+    raise AssertionError("no fixed point")
+
+
+@pytest.mark.parametrize("n", [3, 9, 30])
+def test_gridworld_depth_is_its_far_end(n: int) -> None:
+    a = get_task(f"gridworld:n={n}").automaton
+    assert start_depth(a) == n - 1 == _depth_by_sets(a)
+
+
+@pytest.mark.parametrize("n", [4, 7, 15, 50])
+def test_dihedral_depth_is_half_way_round_then_a_toggle(n: int) -> None:
+    a = get_task(f"dihedral:n={n}").automaton
+    assert start_depth(a) == n // 2 + 1 == _depth_by_sets(a)
+
+
+@pytest.mark.parametrize("spec", ["symmetric:n=4", "alternating:n=5", "cyclic:n=19,n_actions=19", "parity"])
+def test_depth_agrees_with_the_set_computation(spec: str) -> None:
+    a = get_task(spec).automaton
+    assert start_depth(a) == _depth_by_sets(a)
+
+
+def test_unreachable_states_do_not_count() -> None:
+    # 0 -a-> 1 -a-> 1; state 2 is only reachable from itself
+    a = Automaton(["a"], ["s0", "s1", "s2"], 0, [[1], [1], [2]])
+    assert start_depth(a) == 1
+
+
+@pytest.mark.parametrize("spec", ["gridworld:n=30", "dihedral:n=50"])
+def test_deep_automata_train_on_full_length_batches(spec: str) -> None:
+    task = get_task(spec)
+    assert start_depth(task.automaton.minimize()) > DEEP
+    assert recipe("gru", task).train["full_length"] is True
+    assert recipe("gru", task).train["max_steps"] == 12000  # twice gru_recipe's 6000
+    assert TrainConfig().resolved("gru", task).full_length is True
+    assert TrainConfig(full_length=False).resolved("gru", task).full_length is False  # a flag still wins
+
+
+@pytest.mark.parametrize(("spec", "d_hidden", "max_steps", "batch_size"), [
+    ("symmetric:n=4", 64, 6000, 64),
+    ("alternating:n=5", 64, 6000, 64),
+    ("dihedral:n=15", 64, 6000, 64),
+    ("cyclic:n=19,n_actions=19", 128, 12000, 128),
+])
+def test_measured_shallow_automata_keep_their_recipe(spec: str, d_hidden: int, max_steps: int, batch_size: int) -> None:
+    r = recipe("gru", get_task(spec))
+    assert r.model["d_hidden"] == d_hidden
+    assert {k: r.train[k] for k in ("lr", "max_steps", "batch_size", "full_length")} == {
+        "lr": 3e-3, "max_steps": max_steps, "batch_size": batch_size, "full_length": False}
+
+
+def test_small_automata_keep_the_architecture_recipe() -> None:
+    r = recipe("gru", get_task("gridworld:n=9"))  # 9 states: the measured small recipe, uniform lengths
+    assert r.train["full_length"] is False and r.train["lr"] == 1e-2
+
+
+def test_full_length_starts_past_the_deep_threshold() -> None:
+    assert full_length(DEEP) is False and full_length(DEEP + 1) is True
+    with pytest.raises(ConfigError, match="depth"):
+        full_length(-1)
