@@ -25,6 +25,7 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
+import json  # noqa: E402
 import multiprocessing  # noqa: E402
 import queue  # noqa: E402
 import tempfile  # noqa: E402
@@ -86,7 +87,9 @@ def trained_default(spec: str, seed: int = 0):
     cfg = recipe("gru", task).model_config(task, seed=seed)
     tag = f"gru{cfg.d_hidden}_{spec.replace(':', '_').replace('=', '').replace(',', '_')}_defaults"
     run = ROOT / tag
-    if not (run / "config.json").is_file():
+    wanted = recipe("gru", task).train
+    cached = json.loads((run / "config.json").read_text())["training"] if (run / "config.json").is_file() else None
+    if cached is None or any(cached.get(k) != v for k, v in wanted.items()):  # absent, or older defaults
         train(task, cfg, TrainConfig(seed=seed), out_dir=run, progress=False)
     return load(run).model, tag, task
 
