@@ -25,7 +25,7 @@ from fsm_probe.training.evaluation import (
 # the old dict's keys, in its order, with a task (purity and interchange on a recurrent state)
 WITH_TASK = [
     "method", "site", "n_states", "n_states_raw", "conflicts_resolved", "validation_fidelity",
-    "segment_length", "capped", "cap", "fidelity", "fidelity_by_length", "accuracy",
+    "segment_length", "capped", "cap", "geometry", "fidelity", "fidelity_by_length", "accuracy",
     "accuracy_by_length", "equivalent_to_task", "counterexample", "state_mapping", "n_states_task",
     "empty_word_agrees", "purity", "nmi", "interchange_accuracy", "interchange", "finite_state",
     "finite_state_evidence", "curve", "seconds",

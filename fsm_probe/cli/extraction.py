@@ -30,7 +30,7 @@ def extract_cmd(
     components: Annotated[str, typer.Option("--components", help="PCA: 'auto' (a rotation keeping up to 256 axes, so rare states of large automata survive), dimensions (>= 1) or a variance fraction (< 1).")] = "auto",
     max_states: Annotated[int | None, typer.Option("--max-states", help="Largest automaton to return (default: no limit; the number of states grows while held-out fidelity improves).")] = None,
     lengths: Annotated[str, typer.Option("--lengths", help="Held-out lengths for the checks.")] = "50,100",
-    geometry: Annotated[str, typer.Option("--geometry", help="euclidean (the states as they are) or sensitivity (weighted by how much each direction moves the next outputs: for wide networks whose states do not cluster by state).")] = "euclidean",
+    geometry: Annotated[str, typer.Option("--geometry", help="auto (as they are; once more in the sensitivity metric when that runs out of time below the fidelity target), euclidean (the states as they are) or sensitivity (each direction weighted by how much it moves the next outputs: for wide networks whose states do not cluster by state).")] = "auto",
     seed: Annotated[int, typer.Option("--seed")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print extraction.json.")] = False,
     site: Annotated[str | None, typer.Option("--site", hidden=True, help="Renamed --hook.")] = None,

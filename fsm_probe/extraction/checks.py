@@ -304,6 +304,7 @@ class ExtractionReport(DictResult):
     segment_length: int | None
     capped: bool
     cap: dict[str, Any] | None
+    geometry: str | None = _absent()
     fidelity: float
     fidelity_by_length: dict[str, dict[str, float]]
     accuracy: float | None
@@ -367,6 +368,7 @@ def check_extraction(
         "segment_length": segment,
         "capped": extractor.capped_ is not None,
         "cap": extractor.capped_,
+        "geometry": getattr(extractor, "geometry_", None),
     }
     fid, acc, tests = {}, {}, {}
     for length in lengths:

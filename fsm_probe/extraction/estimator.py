@@ -60,6 +60,7 @@ from .search import (
     RETRY_SIZES,
     SizeSweep,
     growing_sizes,
+    has_sensitivity,
     min_fidelity,
     select,
     state_limit,
@@ -67,7 +68,10 @@ from .search import (
 
 METHODS = ("kmeans", "grid", "gmm", "agglomerative", "lstar")
 DEFAULT_METHOD = "kmeans"
-GEOMETRIES = ("euclidean", "sensitivity")
+GEOMETRIES = ("auto", "euclidean", "sensitivity")
+# what `_fit_clusters` sets, restored when a second geometry does no better
+_CLUSTER_FIT = ("capped_", "curve_", "collection_", "votes_", "reducer_", "fidelity_", "built_", "row_blocks_",
+                "abstraction_", "automaton_", "raw_automaton_", "n_states_raw_", "n_conflicts_", "geometry_")
 COUNTER_TARGET = 0.99
 COUNTER_GATE = 0.995
 
@@ -81,7 +85,10 @@ class FSMExtractor(BaseEstimator):
     `predict(tokens)` gives the automaton's label after every prefix. On an RMT (see the module
     docstring) `segment_length_` is L and the automaton reads segments; else it is None.
     `geometry="sensitivity"` clusters the states under `search.sensitivity_metric` (directions
-    weighted by how much they move the next outputs) instead of as they are.
+    weighted by how much they move the next outputs) instead of as they are ("euclidean");
+    "auto" (the default) clusters them as they are and, when that search runs out of time below
+    `fidelity_target` (S5's 120 states in a GRU(128)), once more in the sensitivity metric,
+    keeping the better held-out fidelity; `geometry_` says which was kept.
     """
 
     def __init__(
@@ -92,7 +99,7 @@ class FSMExtractor(BaseEstimator):
         sizes: tuple[int, ...] | None = None,
         refine: bool = True,
         squash: bool = True,
-        geometry: str = "euclidean",
+        geometry: str = "auto",
         max_states: int | None = None,
         fidelity_target: float = 0.999,
         tolerance: float = 0.002,
@@ -200,8 +207,9 @@ class FSMExtractor(BaseEstimator):
         name = "extracted" if truth is None else f"extracted:{truth.name}"
         if self.method == "lstar":
             self._fit_lstar(model, name)
+            self.geometry_ = None
         else:
-            self._fit_clusters(model, name)
+            self._fit_geometries(model, name)
         if truth is not None:  # states named as in the user's automaton when it matches
             seen = truth if self.segment_length_ is None else truth.power(self.segment_length_)
             self.automaton_ = self.built_.minimal = name_like_task(self.automaton_, seen)
@@ -281,6 +289,22 @@ class FSMExtractor(BaseEstimator):
     def _collect(self, model: nn.Module, words: np.ndarray) -> Collection:
         tokens = word_tokens(model, words, len(self.alphabet_))
         return collect(model, tokens, self.site_, self.task_automaton_)
+
+    def _fit_geometries(self, model: nn.Module, name: str) -> None:
+        """`_fit_clusters` in `geometry` ("auto": see the class docstring)."""
+        col, votes = self.collection_, self.votes_
+        self.geometry_ = "euclidean" if self.geometry == "auto" else self.geometry
+        self._fit_clusters(model, name)
+        timed_out = self.capped_ is not None and self.capped_["limit"] == "time_limit"
+        if not (self.geometry == "auto" and timed_out and self.fidelity_ < self.fidelity_target
+                and has_sensitivity(model, col)):
+            return
+        first = {k: getattr(self, k) for k in _CLUSTER_FIT}
+        self.collection_, self.votes_, self.geometry_ = col, votes, "sensitivity"
+        self._fit_clusters(model, name)
+        if self.fidelity_ <= first["fidelity_"]:
+            for k, v in first.items():
+                setattr(self, k, v)
 
     def _fit_clusters(self, model: nn.Module, name: str) -> None:
         deadline = time.perf_counter() + self.time_limit

@@ -99,7 +99,7 @@ class SizeSweep:
     def __init__(self, est: FSMExtractor, model: nn.Module, name: str, col: Collection, votes: np.ndarray) -> None:
         self.est, self.model, self.name, self.col, self.votes = est, model, name, col, votes
         x = np.tanh(col.flat()) if est.squash else col.flat()
-        metric = None if est.geometry == "euclidean" else sensitivity_metric(
+        metric = None if est.geometry_ == "euclidean" else sensitivity_metric(
             model, col, len(est.alphabet_), seed=est.seed
         )
         self.reducer = (
@@ -249,6 +249,13 @@ def _split_state(model: nn.Module, site: tuple[str, ...], flat: torch.Tensor) ->
     return state
 
 
+def has_sensitivity(model: nn.Module, col: Collection) -> bool:
+    """Whether `sensitivity_metric` applies: the collection is the full state of a model stepped
+    once per token (a Transformer's residual stream cannot be stepped from; an RMT's memory reads
+    segments)."""
+    return bool(steps_per_token(model)) and col.site == state_sites(model)
+
+
 def sensitivity_metric(
     model: nn.Module, col: Collection, n_symbols: int, *, horizon: int = SENSITIVITY_HORIZON,
     n_rows: int = SENSITIVITY_ROWS, repeats: int = 4, seed: int = 0,
@@ -259,9 +266,8 @@ def sensitivity_metric(
     Distances under it measure how much the network's next outputs change: directions its
     behaviour does not read (most of a large GRU's, which carry the history in ways the outputs
     ignore) get no weight, so states cluster by what they do, not by where the raw geometry puts
-    them. None unless the collection is the full state of a model stepped once per token (a
-    Transformer's residual stream cannot be stepped from; an RMT's memory reads segments)."""
-    if not steps_per_token(model) or col.site != state_sites(model):
+    them. None unless `has_sensitivity`."""
+    if not has_sensitivity(model, col):
         return None
     rng = np.random.default_rng(seed)
     flat = col.flat()
