@@ -283,3 +283,22 @@ def test_cli_extract(tmp_path, capsys) -> None:
         main(["extract", str(tmp_path / "run"), "--out", str(tmp_path / "y"), "--site", "layers.0.hook_h"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and "use --hook layers.0.hook_h" in err and len(err.splitlines()) == 1
+
+
+def test_lstar_time_limit_also_stops_the_table_closing(monkeypatch) -> None:
+    """Closing L*'s table can take many rows (here a compiled C_50, 50 labels): the time limit
+    ends the closing too, not only the rounds (a clock that advances one second per reading)."""
+    import importlib
+    import types
+
+    from fsm_probe.models.compiled import compile_rnn
+
+    lstar_module = importlib.import_module("fsm_probe.extraction.lstar")
+    a = get_task("cyclic:n=50").automaton
+    model = compile_rnn(a)
+    full = lstar(model, a.alphabet, a.labels, max_states=1000, time_limit=10**6)
+    assert full.complete and full.automaton.n_states == 50
+    clock = iter(range(10**6))
+    monkeypatch.setattr(lstar_module, "time", types.SimpleNamespace(perf_counter=lambda: float(next(clock))))
+    res = lstar(model, a.alphabet, a.labels, max_states=1000, time_limit=5)
+    assert not res.complete and res.rounds == 1 and res.automaton.n_states < 10

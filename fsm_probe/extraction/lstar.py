@@ -95,11 +95,12 @@ def lstar(
     n_tests_done = 0
     complete = False
     rounds = 0
-    while rounds < max_rounds and time.perf_counter() - t0 < time_limit:
+    deadline = t0 + time_limit
+    while rounds < max_rounds and time.perf_counter() < deadline:
         rounds += 1
-        rows, prefixes = _close(oracle, prefixes, suffixes, k, max_states)
+        rows, prefixes = _close(oracle, prefixes, suffixes, k, max_states, deadline)
         hyp, access = _hypothesis(rows, prefixes, suffixes, k, alphabet, labels, oracle, name)
-        if hyp.n_states >= max_states:
+        if hyp.n_states >= max_states or time.perf_counter() >= deadline:
             break
         cex, n = _find_counterexample(oracle, hyp, access, k, n_tests, walks_per_state, test_length, rng)
         n_tests_done += n
@@ -112,7 +113,7 @@ def lstar(
             break
         suffixes.extend(new)
     if hyp is None:
-        rows, prefixes = _close(oracle, prefixes, suffixes, k, max_states)
+        rows, prefixes = _close(oracle, prefixes, suffixes, k, max_states, deadline)
         hyp, _ = _hypothesis(rows, prefixes, suffixes, k, alphabet, labels, oracle, name)
     return LStarResult(
         hyp, rounds, complete, oracle.n_queries, n_tests_done, counterexamples,
@@ -128,8 +129,11 @@ def _row_table(oracle: NetworkOracle, words: list[Word], suffixes: list[Word]) -
 
 
 def _close(
-    oracle: NetworkOracle, prefixes: list[Word], suffixes: list[Word], k: int, max_states: int
+    oracle: NetworkOracle, prefixes: list[Word], suffixes: list[Word], k: int, max_states: int,
+    deadline: float = float("inf"),
 ) -> tuple[dict[Word, tuple], list[Word]]:
+    """The table closed (every one-symbol extension's row is a prefix's row), or as far as it
+    got by `deadline` (the hypothesis then sends unmatched rows back to their own state)."""
     prefixes = list(prefixes)
     while True:
         words = prefixes + [p + (a,) for p in prefixes for a in range(k)]
@@ -144,7 +148,7 @@ def _close(
                     break
             if new is not None:
                 break
-        if new is None or len(known) >= max_states:
+        if new is None or len(known) >= max_states or time.perf_counter() >= deadline:
             return rows, prefixes
         prefixes.append(new)
 
