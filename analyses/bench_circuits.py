@@ -197,7 +197,7 @@ def main() -> None:
         "10 best verified cells. Cost: (attribution + verification) / full exact sweep. Adaptive: "
         "`verify_shortlist` (the `verified` method's rule: top 20, then 10 more while a round brings a cell "
         "into the verified top 10; at most 1/8 of the cells, at least 20), cells verified in brackets. atp_star_gd: "
-        "AtP* with GradDrop.",
+        "AtP* with GradDrop; atp_star_igK: AtP* with its gradients integrated over K points (`ig_steps`).",
         "",
         "| model | length | cells | estimator | exact sweep (s) | estimate (s) | "
         + " | ".join(f"K={k}: recall / cost" for k in SHORTLISTS) + " | adaptive (cells): recall / cost |",
