@@ -132,11 +132,11 @@ def _partitions(items: list[int]):
 def test_scattered_chunks_are_the_cheapest_grouping(cells, batch):
     """The shortlist's grouping against brute force over every partition of each layer's patches
     (same cost model: a fixed cost per forward plus batch * (n_pos - earliest position) per patch)."""
-    from fsm_probe.circuits.engine import _MIN_TOKEN_ROWS, Patch, _scattered_chunks
+    from fsm_probe.circuits.grouping import _MIN_TOKEN_ROWS, Patch, scattered_chunks
 
     n_pos = 16
     patches = [Patch((layer,), pos) for layer, pos in cells]
-    chunks = _scattered_chunks(patches, batch, n_pos, limit=100)
+    chunks = scattered_chunks(patches, batch, n_pos, limit=100)
     assert sorted(i for c in chunks for i in c) == list(range(len(patches)))
 
     def cost(group):
@@ -148,7 +148,7 @@ def test_scattered_chunks_are_the_cheapest_grouping(cells, batch):
         idx = [i for i, p in enumerate(patches) if p.layers == (layer,)]
         brute = min(sum(cost(g) for g in part) for part in _partitions(idx))
         assert sum(cost(g) for g in mine) == brute
-    limited = _scattered_chunks(patches, batch, n_pos, limit=2)
+    limited = scattered_chunks(patches, batch, n_pos, limit=2)
     assert max(len(c) for c in limited) <= 2
     assert sorted(i for c in limited for i in c) == list(range(len(patches)))
 

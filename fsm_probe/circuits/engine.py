@@ -13,9 +13,8 @@ patched step, RMT sweeps from the cached memory (`fsm_probe.models.protocol`). I
 
 from __future__ import annotations
 
-import math
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,33 +27,15 @@ from ..errors import InputError
 from ..models import model_config
 from ..models.native import STAGES, NativeTransformer
 from ..models.protocol import (
-    has_attention,
     is_stateful,
     state_segment_length,
     state_sites,
     steps_per_token,
 )
 from . import sites as S
+from .grouping import Patch, auto_patches, scattered_chunks, span_chunks, sweep_span
 
 Metric = Callable[[Tensor], Tensor]
-_ROW_BUDGET = 2**25
-# With fewer token rows (sequences x positions) than this per stacked forward the per-call
-# overhead dominates: patches at nearby positions are then grouped (recomputing a slightly longer
-# suffix) to cut the number of calls.
-_MIN_TOKEN_ROWS = 2048
-
-
-@dataclass(frozen=True)
-class Patch:
-    """One patched cell: the source activation replaces the base one at `pos` in each of
-    `layers` (several for a tracing window), for one head (or RMT memory vector) if `head` is
-    set."""
-
-    layers: tuple[int, ...]
-    pos: int
-    head: int | None = None
-
-
 @dataclass
 class Sweep:
     """Cells to patch; `slots[i]` is where patch i's value goes in the output."""
@@ -78,52 +59,6 @@ def needed_positions(metric: Metric, n_pos: int) -> list[int] | None:
     if declared is None:
         return None
     return sorted({int(p) % n_pos for p in declared})
-
-
-def _chunks(patches: list[Patch], span: int, limit: int, by_layer: bool) -> Iterator[list[int]]:
-    """Indices of at most `limit` patches sharing a first layer (if `by_layer`), sorted by
-    position, each group spanning fewer than `span` positions."""
-    def first_layer(i: int) -> int:
-        return min(patches[i].layers) if by_layer else 0
-
-    order = sorted(range(len(patches)), key=lambda i: (first_layer(i), patches[i].pos))
-    chunk: list[int] = []
-    for i in order:
-        if chunk:
-            first = patches[chunk[0]]
-            same = first_layer(chunk[0]) == first_layer(i)
-            if not same or patches[i].pos - first.pos >= span or len(chunk) >= limit:
-                yield chunk
-                chunk = []
-        chunk.append(i)
-    if chunk:
-        yield chunk
-
-
-def _scattered_chunks(patches: list[Patch], batch: int, n_pos: int, limit: int) -> list[list[int]]:
-    """The cheapest grouping of scattered patches into stacked causal forwards, one layer at a
-    time: a forward costs a fixed `_MIN_TOKEN_ROWS` plus `batch * (n_pos - start)` token rows per
-    patch, `start` being its earliest patch's position (dynamic programming over the patches in
-    position order; at most `limit` per forward)."""
-    by_layer: dict[int, list[int]] = {}
-    for i, p in enumerate(patches):
-        by_layer.setdefault(min(p.layers), []).append(i)
-    out = []
-    for _, idx in sorted(by_layer.items()):
-        idx.sort(key=lambda i: patches[i].pos)
-        n = len(idx)
-        best, cut = [0.0] + [math.inf] * n, [0] * (n + 1)  # best[j]: cheapest cover of idx[:j]
-        for j in range(1, n + 1):
-            for i in range(max(0, j - limit), j):
-                cost = best[i] + _MIN_TOKEN_ROWS + (j - i) * batch * (n_pos - patches[idx[i]].pos)
-                if cost < best[j]:
-                    best[j], cut[j] = cost, i
-        j, groups = n, []
-        while j:
-            groups.append(idx[cut[j]:j])
-            j = cut[j]
-        out.extend(reversed(groups))
-    return out
 
 
 # ----- Transformer engine -----
@@ -360,19 +295,6 @@ def _state_patched_logits(
 # ----- driver -----
 
 
-def _auto_patches(model: nn.Module, cfg: Any, batch: int, n_pos: int) -> int:
-    d, attention = cfg.d_hidden, has_attention(model)
-    mlp = (cfg.d_mlp if cfg.d_mlp is not None else 4 * d) if attention else 0
-    attn = 2 * cfg.n_heads * n_pos if attention else 0
-    return max(1, _ROW_BUDGET // max(1, batch * n_pos * (8 * d + mlp + attn)))
-
-
-def _span(n_pos: int, batch: int, per_pos: int) -> int:
-    """Positions grouped into one stacked forward: at least 1/16 of the sequence, more when the
-    rows of one position's patches are too few to pay for the call."""
-    return max(math.ceil(n_pos / 16), min(n_pos, math.ceil(_MIN_TOKEN_ROWS / (batch * n_pos * per_pos))))
-
-
 class Runner:
     """Base and source runs of one model and the metric of batches of patched runs.
 
@@ -437,7 +359,7 @@ class Runner:
         """Metric of every patched run of `sweep`, shaped `sweep.shape`: the base run's input
         (its tokens, and its replaced embedding if any) with one cell of `src` patched in.
         `scattered`: a few cells spread over layers and positions (a shortlist), grouped by
-        `_scattered_chunks`'s cost model instead of the sweep's position spans."""
+        `grouping.scattered_chunks`'s cost model instead of the sweep's position spans."""
         tokens = base["_tokens"]
         if src["_tokens"].shape != tokens.shape:
             raise InputError(
@@ -445,15 +367,15 @@ class Runner:
                 f"{tuple(src['_tokens'].shape)}"
             )
         batch, n_pos = tokens.shape
-        limit = batch_patches or _auto_patches(self.model, self.cfg, batch, n_pos)
+        limit = batch_patches or auto_patches(self.model, self.cfg, batch, n_pos)
         fast = self.engine is not None
         span = n_pos
         if fast and self.engine.causal:
-            span = _span(n_pos, batch, max(1, len(sweep.patches) // (n_pos * self.cfg.n_layers)))
+            span = sweep_span(n_pos, batch, max(1, len(sweep.patches) // (n_pos * self.cfg.n_layers)))
         if scattered and fast and self.engine.causal:
-            chunks = _scattered_chunks(sweep.patches, batch, n_pos, limit)
+            chunks = scattered_chunks(sweep.patches, batch, n_pos, limit)
         else:
-            chunks = _chunks(sweep.patches, span, limit, by_layer=fast)
+            chunks = span_chunks(sweep.patches, span, limit, by_layer=fast)
         needed = needed_positions(metric, n_pos) if fast else None
         out = torch.full(sweep.shape, float("nan"))
         for chunk in chunks:
