@@ -60,46 +60,47 @@ def test_cli_extract_takes_the_geometry(tmp_path) -> None:
     assert bad.exit_code == 2 and "geometry must be one of auto, euclidean, sensitivity" in bad.output
 
 
-def test_auto_geometry_reruns_only_a_timed_out_search_and_keeps_the_better(monkeypatch) -> None:
+def test_auto_geometry_reruns_only_a_timed_out_finite_search_and_keeps_it_at_the_target(monkeypatch) -> None:
     """"auto": Euclidean first; the sensitivity metric only when that search ran out of time
-    below the target, from the same collection, and kept only if its fidelity is higher."""
+    below the target and the network was not found to count, from the same collection, and kept
+    only if it reaches the target (else everything the first search set is restored)."""
     import fsm_probe.extraction.estimator as E
     from fsm_probe import get_task
     from fsm_probe.models.compiled import compile_rnn
 
     task = get_task("parity")
     net = compile_rnn(task.automaton)
-    calls = []
+    calls: list[tuple[str, int]] = []
 
-    def fake(outcome):
+    def run(outcome, counts=False):
+        calls.clear()
+
         def fit_clusters(self, model, name):
             calls.append((self.geometry_, id(self.collection_)))
-            fid, capped = outcome[self.geometry_]
-            self.collection_ = object()  # a search replaces the collection with the one it chose
-            for k in E._CLUSTER_FIT:
+            for k in E._FITTED:
                 if k not in ("geometry_", "collection_"):
                     setattr(self, k, f"{self.geometry_}:{k}")
-            self.fidelity_ = fid
+            self.collection_ = object()  # a search replaces the collection with the one it chose
+            self.fidelity_, capped = outcome[self.geometry_]
             self.capped_ = {"limit": "time_limit", "value": 1.0} if capped else None
-            self.automaton_ = self.built_ = None
-        return fit_clusters
 
-    def run(outcome):
-        calls.clear()
-        monkeypatch.setattr(E.FSMExtractor, "_fit_clusters", fake(outcome))
-        monkeypatch.setattr(E.FSMExtractor, "_fit", lambda self, m, t: self._fit_geometries(m, "x") or self)
-        ex = E.FSMExtractor()
-        ex.collection_ = E.collect(net, task.sampler.sample(np.random.default_rng(0), 8, 5), ["layers.0.hook_h"])
-        ex.votes_ = None
-        return ex.fit(net, task)
+        def describe(self, model, task, truth):
+            self.finite_state_ = not (counts and self.geometry_ == "euclidean")
+            self.n_states_ = f"{self.geometry_}:described"
 
-    ex = run({"euclidean": (0.8, True), "sensitivity": (0.9, False)})
+        monkeypatch.setattr(E.FSMExtractor, "_fit_clusters", fit_clusters)
+        monkeypatch.setattr(E.FSMExtractor, "_describe", describe)
+        return E.FSMExtractor(n_words=8, length=5, n_val=8, val_length=5).fit(net, task)
+
+    ex = run({"euclidean": (0.8, True), "sensitivity": (0.9995, False)})
     assert [g for g, _ in calls] == ["euclidean", "sensitivity"] and calls[0][1] == calls[1][1]
-    assert ex.geometry_ == "sensitivity" and ex.fidelity_ == 0.9 and ex.reducer_ == "sensitivity:reducer_"
-    ex = run({"euclidean": (0.8, True), "sensitivity": (0.7, False)})
+    assert ex.geometry_ == "sensitivity" and ex.fidelity_ == 0.9995 and ex.reducer_ == "sensitivity:reducer_"
+    assert ex.n_states_ == "sensitivity:described"
+    ex = run({"euclidean": (0.8, True), "sensitivity": (0.9, False)})  # better, still below the target
     assert ex.geometry_ == "euclidean" and ex.fidelity_ == 0.8 and ex.reducer_ == "euclidean:reducer_"
-    assert ex.capped_ == {"limit": "time_limit", "value": 1.0}
-    run({"euclidean": (0.8, False), "sensitivity": (0.9, False)})  # not out of time: one search
-    assert [g for g, _ in calls] == ["euclidean"]
-    run({"euclidean": (0.9995, True), "sensitivity": (1.0, False)})  # at the target: one search
-    assert [g for g, _ in calls] == ["euclidean"]
+    assert ex.capped_ == {"limit": "time_limit", "value": 1.0} and ex.n_states_ == "euclidean:described"
+    for outcome, counts in [({"euclidean": (0.8, False)}, False),  # not out of time
+                            ({"euclidean": (0.9995, True)}, False),  # at the target
+                            ({"euclidean": (0.8, True)}, True)]:  # a counter machine was found
+        ex = run(outcome, counts)
+        assert [g for g, _ in calls] == ["euclidean"] and ex.geometry_ == "euclidean"

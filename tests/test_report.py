@@ -320,3 +320,16 @@ def test_memory_kind():
              for arch in ("rnn", "gru", "lstm", "transformer", "rmt", "scratchpad")}
     assert kinds == {"rnn": "state", "gru": "state", "lstm": "state", "transformer": "none",
                      "rmt": "memory", "scratchpad": "tokens"}
+
+
+def test_automaton_figure_of_a_large_automaton_draws_all_states() -> None:
+    """A 400-state automaton (past the Kamada-Kawai limit) is drawn with every state."""
+    from fsm_probe import get_task
+    from fsm_probe.automata.convert import to_networkx
+    from fsm_probe.figures.extraction import KAMADA_KAWAI_MAX, automaton_figure
+
+    a = get_task("cyclic:n=400").automaton
+    assert a.n_states > KAMADA_KAWAI_MAX
+    fig = automaton_figure(to_networkx(a))
+    xs = [x for tr in fig.data if tr.mode and "markers" in tr.mode for x in tr.x]
+    assert len(xs) == 400

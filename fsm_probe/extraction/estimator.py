@@ -69,9 +69,11 @@ from .search import (
 METHODS = ("kmeans", "grid", "gmm", "agglomerative", "lstar")
 DEFAULT_METHOD = "kmeans"
 GEOMETRIES = ("auto", "euclidean", "sensitivity")
-# what `_fit_clusters` sets, restored when a second geometry does no better
-_CLUSTER_FIT = ("capped_", "curve_", "collection_", "votes_", "reducer_", "fidelity_", "built_", "row_blocks_",
-                "abstraction_", "automaton_", "raw_automaton_", "n_states_raw_", "n_conflicts_", "geometry_")
+# what `_fit_clusters` and `_describe` set, restored when the second geometry misses the target
+_FITTED = ("capped_", "curve_", "collection_", "votes_", "reducer_", "fidelity_", "built_", "row_blocks_",
+           "abstraction_", "automaton_", "raw_automaton_", "n_states_raw_", "n_conflicts_", "geometry_",
+           "n_states_", "graph_", "row_states_", "finite_state_", "counter_fit_", "counter_machine_",
+           "finite_state_evidence_")
 COUNTER_TARGET = 0.99
 COUNTER_GATE = 0.995
 
@@ -87,8 +89,9 @@ class FSMExtractor(BaseEstimator):
     `geometry="sensitivity"` clusters the states under `search.sensitivity_metric` (directions
     weighted by how much they move the next outputs) instead of as they are ("euclidean");
     "auto" (the default) clusters them as they are and, when that search runs out of time below
-    `fidelity_target` (S5's 120 states in a GRU(128)), once more in the sensitivity metric,
-    keeping the better held-out fidelity; `geometry_` says which was kept.
+    `fidelity_target` (S5's 120 states in a GRU(128)), once more in the sensitivity metric, kept
+    if it reaches the target (a better automaton that still misses it, as on majority, would
+    hide the counter the Euclidean one reveals); `geometry_` says which was kept.
     """
 
     def __init__(
@@ -205,11 +208,32 @@ class FSMExtractor(BaseEstimator):
         if self.empty_output == "free":
             self.votes_[self.collection_.initial_rows()] = -1
         name = "extracted" if truth is None else f"extracted:{truth.name}"
+        col, votes = self.collection_, self.votes_
         if self.method == "lstar":
             self._fit_lstar(model, name)
             self.geometry_ = None
         else:
-            self._fit_geometries(model, name)
+            self.geometry_ = "euclidean" if self.geometry == "auto" else self.geometry
+            self._fit_clusters(model, name)
+        self._describe(model, task, truth)
+        timed_out = self.capped_ is not None and self.capped_["limit"] == "time_limit"
+        if (self.geometry == "auto" and self.method != "lstar" and self.finite_state_ and timed_out
+                and self.fidelity_ < self.fidelity_target and has_sensitivity(model, col)):
+            # once more in the sensitivity metric, kept if it reaches the target; after the
+            # counter check, so that a counter network keeps its counter machine
+            first = {k: getattr(self, k) for k in _FITTED}
+            self.collection_, self.votes_, self.geometry_ = col, votes, "sensitivity"
+            self._fit_clusters(model, name)
+            if self.fidelity_ >= self.fidelity_target:
+                self._describe(model, task, truth)
+            else:
+                for k, v in first.items():
+                    setattr(self, k, v)
+        self.seconds_ = time.perf_counter() - t0
+        return self
+
+    def _describe(self, model: nn.Module, task: Any, truth: Automaton | None) -> None:
+        """The fitted automaton's names, graph and row states, and the counter check."""
         if truth is not None:  # states named as in the user's automaton when it matches
             seen = truth if self.segment_length_ is None else truth.power(self.segment_length_)
             self.automaton_ = self.built_.minimal = name_like_task(self.automaton_, seen)
@@ -223,8 +247,6 @@ class FSMExtractor(BaseEstimator):
         self.finite_state_evidence_ = None
         if self.counters == "auto" and self.segment_length_ is None:
             self._check_counters(model, task)
-        self.seconds_ = time.perf_counter() - t0
-        return self
 
     def _check_counters(self, model: nn.Module, task: Any) -> None:
         """Is the network finite-state on the sampled lengths? The automaton is validated on
@@ -289,22 +311,6 @@ class FSMExtractor(BaseEstimator):
     def _collect(self, model: nn.Module, words: np.ndarray) -> Collection:
         tokens = word_tokens(model, words, len(self.alphabet_))
         return collect(model, tokens, self.site_, self.task_automaton_)
-
-    def _fit_geometries(self, model: nn.Module, name: str) -> None:
-        """`_fit_clusters` in `geometry` ("auto": see the class docstring)."""
-        col, votes = self.collection_, self.votes_
-        self.geometry_ = "euclidean" if self.geometry == "auto" else self.geometry
-        self._fit_clusters(model, name)
-        timed_out = self.capped_ is not None and self.capped_["limit"] == "time_limit"
-        if not (self.geometry == "auto" and timed_out and self.fidelity_ < self.fidelity_target
-                and has_sensitivity(model, col)):
-            return
-        first = {k: getattr(self, k) for k in _CLUSTER_FIT}
-        self.collection_, self.votes_, self.geometry_ = col, votes, "sensitivity"
-        self._fit_clusters(model, name)
-        if self.fidelity_ <= first["fidelity_"]:
-            for k, v in first.items():
-                setattr(self, k, v)
 
     def _fit_clusters(self, model: nn.Module, name: str) -> None:
         deadline = time.perf_counter() + self.time_limit

@@ -28,6 +28,9 @@ PALETTE = (
 )
 
 
+KAMADA_KAWAI_MAX = 150  # states drawn with Kamada-Kawai; larger automata with a spring layout
+
+
 def _colour(i: int) -> str:
     return PALETTE[int(i) % len(PALETTE)]
 
@@ -95,7 +98,12 @@ def automaton_figure(graph: nx.MultiDiGraph, seed: int = 0) -> go.Figure:
     if graph.number_of_nodes() == 0:
         raise InputError("the graph has no states to draw")
     simple = nx.Graph(graph.to_undirected())
-    pos = nx.kamada_kawai_layout(simple) if len(simple) > 2 else nx.circular_layout(simple)
+    if len(simple) <= 2:
+        pos = nx.circular_layout(simple)
+    elif len(simple) <= KAMADA_KAWAI_MAX:
+        pos = nx.kamada_kawai_layout(simple)
+    else:  # Kamada-Kawai's all-pairs optimisation took minutes at 751 states
+        pos = nx.spring_layout(simple, seed=seed)
     if len(simple) == 1:
         pos = {n: np.zeros(2) for n in simple}
     support = {n: float(graph.nodes[n].get("support", 1) or 1) for n in graph}
@@ -108,6 +116,13 @@ def automaton_figure(graph: nx.MultiDiGraph, seed: int = 0) -> go.Figure:
         if "confidence" in d and not d.get("completed", False):
             text += f" ({d['confidence']:.2f})"
         grouped.setdefault((u, v), []).append(text)
+    # every edge line in one trace and the annotations set at once: a trace or annotation added
+    # one at a time revalidates the figure, which took minutes at 751 states
+    line_x: list[float | None] = []
+    line_y: list[float | None] = []
+    notes: list[dict[str, Any]] = []
+    arrow = {"xref": "x", "yref": "y", "axref": "x", "ayref": "y", "showarrow": True, "arrowhead": 2,
+             "arrowsize": 1.2, "arrowcolor": "#888"}
     for (u, v), texts in grouped.items():
         label = ", ".join(texts)
         (x0, y0), (x1, y1) = pos[u], pos[v]
@@ -115,25 +130,22 @@ def automaton_figure(graph: nx.MultiDiGraph, seed: int = 0) -> go.Figure:
             r = 0.12
             xs = [x0 + r * math.cos(a) for a in np.linspace(0, 2 * math.pi, 30)]
             ys = [y0 + r + r * math.sin(a) for a in np.linspace(0, 2 * math.pi, 30)]
-            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line={"color": "#888"},
-                                     hoverinfo="skip", showlegend=False))
+            line_x += [*xs, None]
+            line_y += [*ys, None]
             # the loop re-enters the node from its upper right
-            fig.add_annotation(
-                x=x0, y=y0, ax=xs[3], ay=ys[3], xref="x", yref="y", axref="x", ayref="y",
-                showarrow=True, arrowhead=2, arrowsize=1.2, standoff=size[v] / 2 + 2, arrowcolor="#888",
-            )
-            fig.add_annotation(x=x0, y=y0 + 2.2 * r, text=label, showarrow=False, font={"size": 11})
+            notes.append({**arrow, "x": x0, "y": y0, "ax": xs[3], "ay": ys[3], "standoff": size[v] / 2 + 2})
+            notes.append({"x": x0, "y": y0 + 2.2 * r, "text": label, "showarrow": False, "font": {"size": 11}})
             continue
         bend = 0.08 if (v, u) in grouped else 0.0
         mx, my = (x0 + x1) / 2 - bend * (y1 - y0), (y0 + y1) / 2 + bend * (x1 - x0)
-        fig.add_annotation(
-            x=x1, y=y1, ax=mx, ay=my, xref="x", yref="y", axref="x", ayref="y",
-            showarrow=True, arrowhead=2, arrowsize=1.2, standoff=size[v] / 2 + 2, arrowcolor="#888",
-        )
-        fig.add_trace(go.Scatter(x=[x0, mx], y=[y0, my], mode="lines", line={"color": "#888"},
-                                 hoverinfo="skip", showlegend=False))
-        fig.add_annotation(x=mx, y=my, text=label, showarrow=False, font={"size": 11},
-                           bgcolor="rgba(255,255,255,0.7)")
+        notes.append({**arrow, "x": x1, "y": y1, "ax": mx, "ay": my, "standoff": size[v] / 2 + 2})
+        line_x += [x0, mx, None]
+        line_y += [y0, my, None]
+        notes.append({"x": mx, "y": my, "text": label, "showarrow": False, "font": {"size": 11},
+                      "bgcolor": "rgba(255,255,255,0.7)"})
+    fig.add_trace(go.Scatter(x=line_x, y=line_y, mode="lines", line={"color": "#888"},
+                             hoverinfo="skip", showlegend=False))
+    fig.update_layout(annotations=notes)
     outputs = [str(d.get("output", "")) for _, d in graph.nodes(data=True)]
     out_index = {o: i for i, o in enumerate(dict.fromkeys(outputs))}
     start = graph.graph.get("start")
