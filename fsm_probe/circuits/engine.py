@@ -369,12 +369,11 @@ class Runner:
         batch, n_pos = tokens.shape
         limit = batch_patches or auto_patches(self.model, self.cfg, batch, n_pos)
         fast = self.engine is not None
-        span = n_pos
-        if fast and self.engine.causal:
-            span = sweep_span(n_pos, batch, max(1, len(sweep.patches) // (n_pos * self.cfg.n_layers)))
-        if scattered and fast and self.engine.causal:
+        causal = fast and self.engine.causal
+        if scattered and causal:
             chunks = scattered_chunks(sweep.patches, batch, n_pos, limit)
         else:
+            span = sweep_span(n_pos, batch, max(1, len(sweep.patches) // (n_pos * self.cfg.n_layers))) if causal else n_pos
             chunks = span_chunks(sweep.patches, span, limit, by_layer=fast)
         needed = needed_positions(metric, n_pos) if fast else None
         out = torch.full(sweep.shape, float("nan"))
