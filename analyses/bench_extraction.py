@@ -57,7 +57,8 @@ TASKS = (
     "tomita1", "tomita2", "tomita3", "tomita4", "tomita5", "tomita6", "tomita7",
     "parity", "cyclic:n=3", "flipflop", "gridworld:n=4", "quaternion",
 )
-LARGE = ("symmetric:n=4", "dihedral:n=15", "alternating:n=5", "dyck1", "majority")
+LARGE = ("symmetric:n=4", "dihedral:n=15", "alternating:n=5", "symmetric:n=5", "dihedral:n=50", "gridworld:n=30",
+         "cyclic:n=19,n_actions=19", "dyck1", "majority", "anbn")
 LARGE_AALPY_TIMEOUT = 60.0  # seconds per network in the large table (L* does not end on counters)
 ROOT = Path("runs/bench_extraction")
 RESULTS = Path("analyses/results/bench_extraction")

@@ -149,6 +149,7 @@ BAD_RECORDS = [
     ("lengths as text", lambda cfg: cfg["training"].update(train_lengths="ab"), "train_lengths must be [min, max]"),
     ("negative seed", lambda cfg: cfg["training"].update(seed=-3), "seed must be an integer"),
     ("NaN lr", lambda cfg: cfg["training"].update(lr=float("nan")), "lr must be finite"),
+    ("mixed share above 1", lambda cfg: cfg["training"].update(mixed_inputs=1.5), "mixed_inputs must be <= 1"),
 ]
 
 
@@ -185,6 +186,13 @@ def test_train_sizes_are_refused_with_the_estimate(tmp_path, capsys, monkeypatch
     line = one_line(capsys, needle, "train", "--task", "parity", "--max-steps", "2", "--quiet",
                     "--out", tmp_path / "run", *args)
     assert "needs about" in line and "of memory" in line
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.1", "nan"])
+def test_mixed_inputs_outside_a_share_is_one_line(tmp_path, capsys, value):
+    one_line(capsys, "mixed_inputs", "train", "--task", "parity", "--max-steps", "2", "--quiet",
+             "--out", tmp_path / "run", "--mixed-inputs", value)
     assert not (tmp_path / "run").exists()
 
 

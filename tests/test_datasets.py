@@ -79,6 +79,8 @@ def test_eval_set_fixed_per_length():
         (lambda t: iterate_batches(t, 2, (0, 3)), "minimum length"),
         (lambda t: iterate_batches(t, 0, (1, 3)), "batch_size"),
         (lambda t: iterate_batches(t, 2, "ab c"), r"\(min, max\)"),
+        (lambda t: iterate_batches(t, 2, (1, 3), mixed=1.5), r"mixed must be a share in \[0, 1\], got 1.5"),
+        (lambda t: iterate_batches(t, 2, (1, 3), mixed=True), "mixed must be a share"),
         (lambda t: eval_set(t, 0), "length"),
         (lambda t: eval_set(t, 4, n=0), "n must"),
         (lambda t: eval_set(t, 4, seed=-1), "seed"),
@@ -94,3 +96,37 @@ def test_flipflop_write_rate_in_batches():
     b = sample_batch(task, 200, 100, np.random.default_rng(0))
     assert abs((b.tokens != 0).mean() - 0.25) < 0.01
     assert set(np.unique(b.labels)) == {0, 1, 2, 3}
+
+
+def test_mixed_words_dwell_on_symbols_and_reach_far_states():
+    """Half the words with their own Dirichlet(1) symbol probabilities: per-word symbol shares
+    spread far beyond the binomial spread of uniform words, and far gridworld cells (more than 20
+    steps right of the start) are reached several times as often, while labels stay the
+    automaton's."""
+    task = get_task("gridworld:n=30")
+    uniform = list(itertools.islice(iterate_batches(task, 64, 40, seed=0), 20))
+    mixed = list(itertools.islice(iterate_batches(task, 64, 40, seed=0, mixed=0.5), 20))
+    for b in mixed:
+        assert (b.states == task.automaton.run(b.tokens)).all()
+        assert (b.labels == task.automaton.run_outputs(b.tokens)).all()
+    share = np.concatenate([(b.tokens == 0).mean(axis=1) for b in mixed])
+    binomial_sd = np.sqrt(0.25 / 40)
+    assert share.std() > 2.5 * binomial_sd
+    assert abs(np.concatenate([(b.tokens == 0).mean(axis=1) for b in uniform]).std() - binomial_sd) < 0.3 * binomial_sd
+
+    def far(batches):
+        return np.mean([(b.states.max(axis=1) > 20).mean() for b in batches])
+
+    assert far(mixed) > 5 * far(uniform)
+    assert all(set(np.unique(b.tokens)) <= {0, 1} for b in mixed)
+
+
+def test_dirichlet_words_cover_every_symbol_and_vary_per_word():
+    from fsm_probe.tasks.datasets import dirichlet_words
+
+    w = dirichlet_words(np.random.default_rng(0), 5, 400, 200)
+    assert w.shape == (400, 200) and w.dtype == np.int64
+    assert set(np.unique(w)) == set(range(5))
+    counts = np.stack([(w == s).mean(axis=1) for s in range(5)], axis=1)
+    assert abs(counts.mean() - 0.2) < 0.01
+    assert counts.max(axis=1).mean() > 0.4  # a Dirichlet(1) word's most frequent symbol: about 0.46 of it

@@ -59,6 +59,8 @@ def test_deep_automata_train_on_full_length_batches(spec: str) -> None:
     assert recipe("gru", task).train["max_steps"] == 12000  # twice gru_recipe's 6000
     assert TrainConfig().resolved("gru", task).full_length is True
     assert TrainConfig(full_length=False).resolved("gru", task).full_length is False  # a flag still wins
+    assert recipe("gru", task).train["mixed_inputs"] == 0.5
+    assert TrainConfig(mixed_inputs=0.0).resolved("gru", task).mixed_inputs == 0.0
 
 
 @pytest.mark.parametrize(("spec", "d_hidden", "max_steps", "batch_size"), [
@@ -70,8 +72,8 @@ def test_deep_automata_train_on_full_length_batches(spec: str) -> None:
 def test_measured_shallow_automata_keep_their_recipe(spec: str, d_hidden: int, max_steps: int, batch_size: int) -> None:
     r = recipe("gru", get_task(spec))
     assert r.model["d_hidden"] == d_hidden
-    assert {k: r.train[k] for k in ("lr", "max_steps", "batch_size", "full_length")} == {
-        "lr": 3e-3, "max_steps": max_steps, "batch_size": batch_size, "full_length": False}
+    assert {k: r.train[k] for k in ("lr", "max_steps", "batch_size", "full_length", "mixed_inputs")} == {
+        "lr": 3e-3, "max_steps": max_steps, "batch_size": batch_size, "full_length": False, "mixed_inputs": 0.0}
 
 
 def test_small_automata_keep_the_architecture_recipe() -> None:

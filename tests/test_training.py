@@ -230,6 +230,29 @@ def test_full_length_draws_batches_at_the_longest_length(monkeypatch, task_name,
     assert run.train_config.full_length is (expected[0] == expected[1])  # the record says what ran
 
 
+def test_mixed_inputs_reach_the_batch_stream_and_the_record(monkeypatch, tmp_path):
+    import fsm_probe.training.trainer as training
+    from fsm_probe.training.checkpoint import load
+
+    seen = []
+    real = training.iterate_batches
+
+    def spy(task, batch_size, lengths, **kw):
+        seen.append(kw["mixed"])
+        return real(task, batch_size, lengths, **kw)
+
+    monkeypatch.setattr(training, "iterate_batches", spy)
+    task = get_task("parity")
+    training.train(task, ModelConfig("gru", 2, 2, d_hidden=4),
+                   TrainConfig(train_lengths=(1, 12), max_steps=2, eval_every=2, val_size=8, mixed_inputs=0.25),
+                   out_dir=tmp_path / "run", progress=False)
+    assert seen == [0.25]
+    assert load(tmp_path / "run").train_config.mixed_inputs == 0.25
+    training.train(task, ModelConfig("gru", 2, 2, d_hidden=4),
+                   TrainConfig(train_lengths=(1, 12), max_steps=2, eval_every=2, val_size=8), progress=False)
+    assert seen[-1] == 0.0  # the recipe's default: the task's own sampler
+
+
 def test_recurrent_recipe_follows_the_automaton_size():
     """Small automata keep the measured small recipe; S4 (24 states) and many symbols take the
     sized one; counter tasks ignore their truncated automaton's size."""

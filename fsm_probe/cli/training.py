@@ -80,6 +80,7 @@ def train_cmd(
     seeds: Annotated[int | None, typer.Option("--seeds", help="Train N models at once (seeds --seed..--seed+N-1; batched for rnn, gru, lstm, each the same as training it alone; on a CPU measured no faster than one after the other: analyses/results/bench_seeds.md), written to OUT/seed{S} (OUT/seed{S}_lr{lr} with several --lr).", show_default=False)] = None,
     warmup: Annotated[int | None, typer.Option("--warmup", help=_recipe_help("Warmup steps.", "warmup_steps"), show_default=False)] = None,
     full_length: Annotated[bool | None, typer.Option("--full-length/--sampled-lengths", help=_recipe_help("Draw every batch at the longest training length (every prefix is still a training example when every position is supervised).", "full_length"), show_default=False)] = None,
+    mixed_inputs: Annotated[float | None, typer.Option("--mixed-inputs", help=_recipe_help("Share of training words drawn with their own symbol probabilities (Dirichlet(1)) instead of the task's sampler; deep automata (a state more than 12 symbols from the start) take 0.5.", "mixed_inputs"), show_default=False)] = None,
     curriculum: Annotated[int | None, typer.Option("--curriculum", help=_recipe_help("Length curriculum: first maximum training length, grown as validation passes 0.99 (0 = off).", "curriculum"), show_default=False)] = None,
     final_weight: Annotated[float | None, typer.Option("--final-weight", help=_recipe_help("Extra weight of the final-position loss.", "final_weight"), show_default=False)] = None,
     target: Annotated[float, typer.Option("--target", help="Stop at this validation accuracy (per-position and final-position, at the longest training length).")] = 1.0,
@@ -111,7 +112,7 @@ def train_cmd(
     train_cfg = TrainConfig(
         train_lengths=_parse_range(train_lengths, "--train-lengths"), batch_size=batch_size,
         max_steps=max_steps, lr=rates[0] if rates else None, warmup_steps=warmup, curriculum=curriculum, final_weight=final_weight,
-        full_length=full_length,
+        full_length=full_length, mixed_inputs=mixed_inputs,
         target_accuracy=target, final_only=final_only, seed=seed,
     )
     if seeds is not None or (rates and len(rates) > 1):

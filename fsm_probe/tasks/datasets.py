@@ -66,8 +66,14 @@ def iterate_batches(
     lengths: tuple[int, int] | int,
     seed: int = 0,
     final_only: bool | None = None,
+    mixed: float = 0.0,
 ) -> Iterator[Batch]:
-    """Endless batches, each with a length drawn uniformly from `lengths` = (min, max) inclusive."""
+    """Endless batches, each with a length drawn uniformly from `lengths` = (min, max) inclusive.
+
+    A share `mixed` of the words draw their own symbol probabilities (Dirichlet(1)) instead of
+    using the task's sampler: words that dwell on a few symbols reach the states that uniformly
+    random words reach rarely and late (a gridworld's far end, a long run of one rotation).
+    """
     if isinstance(lengths, int | np.integer):
         lengths = (int(lengths), int(lengths))
     try:
@@ -78,15 +84,32 @@ def iterate_batches(
     if lo > hi:
         raise ConfigError(f"minimum length {lo} exceeds maximum length {hi}")
     positive_int(batch_size, "batch_size", numpy=True)
-    return _batches(task, batch_size, lo, hi, np.random.default_rng(seed), final_only)
+    if isinstance(mixed, bool) or not isinstance(mixed, int | float | np.floating) or not 0 <= mixed <= 1:
+        raise ConfigError(f"mixed must be a share in [0, 1], got {mixed!r}")
+    return _batches(task, batch_size, lo, hi, np.random.default_rng(seed), final_only, float(mixed))
 
 
 def _batches(
-    task: Task, batch_size: int, lo: int, hi: int, rng: np.random.Generator, final_only: bool | None
+    task: Task, batch_size: int, lo: int, hi: int, rng: np.random.Generator, final_only: bool | None,
+    mixed: float,
 ) -> Iterator[Batch]:
     while True:
         length = int(rng.integers(lo, hi + 1))
-        yield sample_batch(task, batch_size, length, rng, final_only)
+        if not mixed:
+            yield sample_batch(task, batch_size, length, rng, final_only)
+            continue
+        length = task.effective_length(length)
+        tokens = task.sampler.sample(rng, batch_size, length)
+        own = np.flatnonzero(rng.random(batch_size) < mixed)
+        tokens[own] = dirichlet_words(rng, task.automaton.n_symbols, len(own), length)
+        yield label_batch(task, tokens, final_only)
+
+
+def dirichlet_words(rng: np.random.Generator, n_symbols: int, n: int, length: int) -> np.ndarray:
+    """`[n, length]` words, each i.i.d. from its own symbol probabilities drawn from Dirichlet(1)."""
+    cdf = np.cumsum(rng.dirichlet(np.ones(n_symbols), size=n), axis=1)
+    u = rng.random((n, length))
+    return np.minimum((u[:, :, None] >= cdf[:, None, :]).sum(-1), n_symbols - 1).astype(np.int64)
 
 
 def eval_set(

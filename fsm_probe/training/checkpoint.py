@@ -242,6 +242,7 @@ _TRAINING_FIELDS: dict[str, Callable[[Any, str], Any]] = {
     "final_weight": _opt(lambda v, n: _v.finite_float(v, n, 0.0)),
     "learned": _bool,
     "full_length": _opt(_bool),
+    "mixed_inputs": _opt(lambda v, n: _below(_v.finite_float(v, n, 0.0), n, 1.0, "<= 1", inclusive=True)),
     "seed": _v.seed,
     "lr": _opt(lambda v, n: _below(_v.finite_float(v, n, 0.0, low_open=True), n, 10.0, "< 10")),
     "weight_decay": lambda v, n: _v.finite_float(v, n, 0.0),

@@ -12,12 +12,14 @@ from ..tasks import Task
 from .recipes import recipe
 
 # TrainConfig fields whose default (None) comes from the architecture's recipe.
-RECIPE_FIELDS = ("lr", "max_steps", "batch_size", "warmup_steps", "curriculum", "final_weight", "full_length")
+RECIPE_FIELDS = ("lr", "max_steps", "batch_size", "warmup_steps", "curriculum", "final_weight", "full_length",
+                 "mixed_inputs")
 
 @dataclass
 class TrainConfig:
     """Training hyperparameters. Fields left at `None` (`lr`, `max_steps`, `batch_size`,
-    `warmup_steps`, `curriculum`, `final_weight`) come from the architecture's recipe (`fsm_probe.training.recipes`).
+    `warmup_steps`, `curriculum`, `final_weight`, `full_length`, `mixed_inputs`) come from the
+    architecture's recipe (`fsm_probe.training.recipes`).
 
     `curriculum=K` (K > 0) starts with training lengths up to K and grows the maximum by half
     (at least 8) each time validation at the current maximum reaches 0.99 (or the target if
@@ -26,7 +28,10 @@ class TrainConfig:
     `full_length` draws every batch at the longest training length: with every position
     supervised that trains each prefix length 1..max equally often (uniform lengths train the
     last positions least); it is ignored when only the final position is supervised, and it
-    replaces the curriculum.
+    replaces the curriculum. `mixed_inputs` is the share of training words that draw their own
+    symbol probabilities (Dirichlet(1)) instead of the task's sampler, so that runs of one symbol
+    reach the states uniformly random words reach rarely (`tasks.datasets.iterate_batches`);
+    validation always uses the task's sampler.
     """
 
     train_lengths: tuple[int, int] = (1, 40)
@@ -46,6 +51,7 @@ class TrainConfig:
     curriculum: int | None = None
     final_weight: float | None = None
     full_length: bool | None = None
+    mixed_inputs: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -85,6 +91,8 @@ class TrainConfig:
                 _v.positive_int(v, "each validation length")
         if self.full_length is not None and not isinstance(self.full_length, bool):
             raise ConfigError(f"full_length must be True, False or None, got {self.full_length!r}")
+        if self.mixed_inputs is not None and not 0 <= _v.finite_float(self.mixed_inputs, "mixed_inputs", 0.0) <= 1:
+            raise ConfigError(f"mixed_inputs must be a share in [0, 1], got {self.mixed_inputs}")
         if self.final_only is not None and not isinstance(self.final_only, bool):
             raise ConfigError(f"final_only must be True, False or None, got {self.final_only!r}")
         if not isinstance(self.extra, dict):

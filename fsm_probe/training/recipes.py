@@ -38,16 +38,16 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
 # TrainConfig fields per architecture. `curriculum`: first maximum training length of a length
 # curriculum (0 = none; the maximum grows as validation at the current maximum passes).
 TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
-    "rnn": {"lr": 1e-2, "max_steps": 3000, "batch_size": 64, "warmup_steps": 100, "curriculum": 0, "final_weight": 0.0, "full_length": False},
-    "gru": {"lr": 1e-2, "max_steps": 3000, "batch_size": 64, "warmup_steps": 100, "curriculum": 0, "final_weight": 0.0, "full_length": False},
-    "lstm": {"lr": 1e-2, "max_steps": 3000, "batch_size": 64, "warmup_steps": 100, "curriculum": 0, "final_weight": 0.0, "full_length": False},
+    "rnn": {"lr": 1e-2, "max_steps": 3000, "batch_size": 64, "warmup_steps": 100, "curriculum": 0, "final_weight": 0.0, "full_length": False, "mixed_inputs": 0.0},
+    "gru": {"lr": 1e-2, "max_steps": 3000, "batch_size": 64, "warmup_steps": 100, "curriculum": 0, "final_weight": 0.0, "full_length": False, "mixed_inputs": 0.0},
+    "lstm": {"lr": 1e-2, "max_steps": 3000, "batch_size": 64, "warmup_steps": 100, "curriculum": 0, "final_weight": 0.0, "full_length": False, "mixed_inputs": 0.0},
     "transformer": {"lr": 3e-3, "max_steps": 4000, "batch_size": 64, "warmup_steps": 200, "curriculum": 0, "final_weight": 0.0,
-                    "full_length": True},
-    "rmt": {"lr": 3e-3, "max_steps": 3000, "batch_size": 64, "warmup_steps": 100, "curriculum": 0, "final_weight": 0.0, "full_length": False},
-    "scratchpad": {"lr": 1e-3, "max_steps": 3000, "batch_size": 64, "warmup_steps": 100, "curriculum": 0, "final_weight": 0.0, "full_length": False},
+                    "full_length": True, "mixed_inputs": 0.0},
+    "rmt": {"lr": 3e-3, "max_steps": 3000, "batch_size": 64, "warmup_steps": 100, "curriculum": 0, "final_weight": 0.0, "full_length": False, "mixed_inputs": 0.0},
+    "scratchpad": {"lr": 1e-3, "max_steps": 3000, "batch_size": 64, "warmup_steps": 100, "curriculum": 0, "final_weight": 0.0, "full_length": False, "mixed_inputs": 0.0},
     "compressive": {"lr": 3e-3, "max_steps": 3000, "batch_size": 64, "warmup_steps": 100, "curriculum": 0,
-                    "final_weight": 0.0, "full_length": False},
-    "hmt": {"lr": 3e-3, "max_steps": 3000, "batch_size": 64, "warmup_steps": 100, "curriculum": 0, "final_weight": 0.0, "full_length": False},
+                    "final_weight": 0.0, "full_length": False, "mixed_inputs": 0.0},
+    "hmt": {"lr": 3e-3, "max_steps": 3000, "batch_size": 64, "warmup_steps": 100, "curriculum": 0, "final_weight": 0.0, "full_length": False, "mixed_inputs": 0.0},
 }
 
 
@@ -60,6 +60,9 @@ SMALL_STATES, SMALL_SYMBOLS = 16, 4
 # 1500 steps, and its extraction found the counter (recipes_size.py's table).
 COUNTER_TASKS = ("dyck1", "majority", "anbn")
 COUNTER_RECIPE = {"d_hidden": 32, "lr": 3e-3, "max_steps": 1500}
+
+# Deep automata: this share of training words draws its own symbol probabilities (recipes_size.py).
+DEEP_MIXED = 0.5
 
 # (arch, task name) -> fields that differ from the architecture's recipe, each measured.
 TASK_OVERRIDES: dict[tuple[str, str], dict[str, Any]] = {
@@ -103,10 +106,10 @@ def recipe(arch: str, task: Any | None = None) -> Recipe:
             from .recipes_size import full_length, gru_recipe, start_depth
 
             sized = gru_recipe(n_states, n_symbols)
-            deep = full_length(start_depth(a))  # far states: full-length batches and twice the budget
+            deep = full_length(start_depth(a))  # far states: full-length batches, mixed inputs, twice the budget
             model["d_hidden"] = sized["d_hidden"]
             train.update(lr=sized["lr"], max_steps=sized["max_steps"] * (2 if deep else 1),
-                         batch_size=sized["batch_size"], full_length=deep)
+                         batch_size=sized["batch_size"], full_length=deep, mixed_inputs=DEEP_MIXED if deep else 0.0)
     return Recipe(arch, model, train)
 
 

@@ -162,7 +162,7 @@ class Progress:
         lo = cfg.train_lengths[0]
         self.batches = iterate_batches(
             self.task, cfg.batch_size, (self.hi if self.full else lo, self.stages[self.phase]),
-            seed=cfg.seed + 1000 * self.phase, final_only=cfg.final_only,
+            seed=cfg.seed + 1000 * self.phase, final_only=cfg.final_only, mixed=cfg.mixed_inputs or 0.0,
         )
 
     def after_step(self, step: int, loss: float, model: nn.Module, sync: Callable[[], None] | None = None) -> bool:
