@@ -153,6 +153,33 @@ def test_scattered_chunks_are_the_cheapest_grouping(cells, batch):
     assert sorted(i for c in limited for i in c) == list(range(len(patches)))
 
 
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 15)), min_size=1, max_size=7),
+       st.integers(1, 64), st.integers(1, 7))
+@settings(max_examples=60, deadline=None)
+def test_scattered_chunks_across_layers_beat_one_layer_at_a_time(cells, batch, limit):
+    """Several layers in one forward (it runs from its earliest patch's layer): the grouping
+    covers every patch once, holds at most `limit`, costs no more than grouping each layer alone
+    under the same cost model, and is the brute-force optimum when one layer holds every patch."""
+    from fsm_probe.circuits.grouping import _LAYER_ROWS, Patch, scattered_chunks
+
+    n_pos, n_layers = 16, 4
+    patches = [Patch((layer,), pos) for layer, pos in cells]
+
+    def cost(group):
+        start = min(patches[i].pos for i in group)
+        return (n_layers - min(patches[i].layers[0] for i in group)) * (_LAYER_ROWS + len(group) * batch * (n_pos - start))
+
+    chunks = scattered_chunks(patches, batch, n_pos, limit, n_layers)
+    assert sorted(i for c in chunks for i in c) == list(range(len(patches)))
+    assert max(len(c) for c in chunks) <= limit
+    alone = sum(min(sum(cost(g) for g in part) for part in _partitions([i for i, p in enumerate(patches) if p.layers == (layer,)])
+                    if all(len(g) <= limit for g in part))
+                for layer in {c[0] for c in cells})
+    assert sum(cost(c) for c in chunks) <= alone
+    if len({c[0] for c in cells}) == 1:
+        assert sum(cost(c) for c in chunks) == alone
+
+
 def test_atp_star_ig_is_integrated_gradients_through_transformerlens() -> None:
     """`ig_steps=k`: each MLP cell's change times the gradient at `hook_resid_post` averaged over
     the k runs of corrupted + j/k (clean - corrupted) inputs, recomputed here with the bridge's

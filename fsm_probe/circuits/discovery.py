@@ -282,18 +282,19 @@ class _Verifier:
         self.baseline = metric_value(metric, self.corr_run["logits"])
 
     def __call__(self, cells: Sequence[tuple[str, tuple[int, ...]]]) -> dict[tuple[str, tuple[int, ...]], float]:
+        cells = [(site, tuple(int(i) for i in idx)) for site, idx in cells]
+        for site in {site for site, _ in cells}:
+            S.check_site(self.cfg, site)
+        # the native engine patches several sites in one forward; the other paths one site at a time
+        mixed = self.runner.engine is not None and self.runner.engine.causal and not self.runner.stateful
+        groups = [cells] if mixed else [[c for c in cells if c[0] == site] for site in dict.fromkeys(s for s, _ in cells)]
         out: dict[tuple[str, tuple[int, ...]], float] = {}
-        by_site: dict[str, list[tuple[int, ...]]] = {}
-        for site, idx in cells:
-            by_site.setdefault(site, []).append(tuple(int(i) for i in idx))
         with EvalMode(self.model), torch.no_grad():
-            for site, idxs in by_site.items():
-                S.check_site(self.cfg, site)
-                patches = [Patch((i[0],), i[1], i[2] if len(i) > 2 else None) for i in idxs]
-                sweep = Sweep(site, patches, [(k,) for k in range(len(idxs))], (len(idxs),))
+            for group in groups:
+                patches = [Patch((i[0],), i[1], i[2] if len(i) > 2 else None, site) for site, i in group]
+                sweep = Sweep(group[0][0], patches, [(k,) for k in range(len(group))], (len(group),))
                 values = self.runner.evaluate(self.corr_run, self.clean_run, sweep, self.metric, None, scattered=True)
-                for k, i in enumerate(idxs):
-                    out[(site, i)] = float(values[k])
+                out.update({c: float(values[k]) for k, c in enumerate(group)})
         return out
 
 

@@ -102,11 +102,12 @@ class TransformerEngine(NativeTransformer):
             cols = None
         suffix = torch.arange(s, n_pos, device=dev)
         col_pos = torch.zeros(n, n_pos - s, dtype=torch.bool, device=dev)
-        layer_hit = torch.zeros(n, self.n_layers, dtype=torch.bool, device=dev)
         heads = torch.zeros(n, dtype=torch.long, device=dev)
+        hit: dict[str, Tensor] = {}  # stage -> [patch, layer]: where each patch applies
         for i, p in enumerate(patches):
             col_pos[i, p.pos - s] = True
-            layer_hit[i, list(p.layers)] = True
+            stage = p.site or site
+            hit.setdefault(stage, torch.zeros(n, self.n_layers, dtype=torch.bool, device=dev))[i, list(p.layers)] = True
             heads[i] = 0 if p.head is None else p.head
 
         def expand(t: Tensor, keep: Tensor | None) -> Tensor:
@@ -114,9 +115,9 @@ class TransformerEngine(NativeTransformer):
             return t.repeat(n, *([1] * (t.ndim - 1)))
 
         def patch(li: int, stage: str, val: Tensor, keep: Tensor | None) -> Tensor:
-            if stage != site or not bool(layer_hit[:, li].any()):
+            if stage not in hit or not bool(hit[stage][:, li].any()):
                 return val
-            mask = (col_pos if keep is None else col_pos[:, keep]) & layer_hit[:, li, None]
+            mask = (col_pos if keep is None else col_pos[:, keep]) & hit[stage][:, li, None]
             new = src[stage][li][:, s:] if keep is None else src[stage][li][:, s:][:, keep]
             shaped = val.view(n, batch, *val.shape[1:])
             if stage == "head_out":
@@ -126,7 +127,7 @@ class TransformerEngine(NativeTransformer):
                 m = mask[:, None, :, None]
             return torch.where(m, new[None], shaped).view(val.shape)
 
-        entry = STAGES.index(site)
+        entry = min(STAGES.index(p.site or site) for p in patches if min(p.layers) == first)
         x = z = a = None
         for li in range(first, self.n_layers):
             skip = entry if li == first else 0
@@ -369,9 +370,11 @@ class Runner:
         batch, n_pos = tokens.shape
         limit = batch_patches or auto_patches(self.model, self.cfg, batch, n_pos)
         fast = self.engine is not None
+        if any(p.site not in (None, sweep.site) for p in sweep.patches) and (self.stateful or not fast):
+            raise InputError("patches at several sites in one sweep need the native Transformer engine")
         causal = fast and self.engine.causal
         if scattered and causal:
-            chunks = scattered_chunks(sweep.patches, batch, n_pos, limit)
+            chunks = scattered_chunks(sweep.patches, batch, n_pos, limit, self.cfg.n_layers)
         else:
             span = sweep_span(n_pos, batch, max(1, len(sweep.patches) // (n_pos * self.cfg.n_layers))) if causal else n_pos
             chunks = span_chunks(sweep.patches, span, limit, by_layer=fast)
