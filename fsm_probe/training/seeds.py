@@ -301,8 +301,9 @@ def _losses(params: dict[str, Tensor], arch: str, n_layers: int, batches: list[A
     # layer 0's input projection is a table per symbol: embed @ W_ih^T + b_ih, looked up per token
     table = torch.baddbmm(w[0][2], q["embed.weight"], w[0][0])  # [models, vocab, gates * d]
     vocab = table.shape[1]
-    offsets = torch.arange(n).view(1, n, 1) * vocab
-    gi0 = F.embedding(tokens.permute(2, 0, 1) + offsets, table.flatten(0, 1))  # [pos, models, batch, gates * d]
+    offsets = torch.arange(n) * vocab
+    offsets = offsets.view(n, 1, 1)
+    gi0 = F.embedding(tokens.transpose(1, 2) + offsets, table.flatten(0, 1))  # [models, pos, batch, gates * d]
     rows = [sum(length > t for length in lengths) for t in range(T)]  # members still reading at t
     row_model = torch.cat([torch.arange(k) for k in rows])
     row_time = torch.cat([torch.full((k,), t) for t, k in enumerate(rows)])
@@ -310,11 +311,11 @@ def _losses(params: dict[str, Tensor], arch: str, n_layers: int, batches: list[A
         x = gi0
         for i, (w_ih, w_hh, b_ih, b_hh) in enumerate(w):
             if i:
-                x = torch.matmul(x, w_ih) + b_ih
+                x = torch.matmul(x, w_ih.unsqueeze(1)) + b_ih.unsqueeze(1)
             x = _StackedGRU.apply(x, w_hh, b_hh, tuple(rows))
-        hidden = x[row_time, row_model]
+        hidden = x[row_model, row_time]
     else:
-        hidden = _recurrence(arch, gi0.unbind(0), w, rows)
+        hidden = _recurrence(arch, gi0.transpose(0, 1).unbind(0), w, rows)
     w_out, b_out = q["unembed.weight"][row_model], q["unembed.bias"][row_model]
     logits = torch.baddbmm(b_out.unsqueeze(1), hidden, w_out.transpose(1, 2))
     target = labels[row_model, :, row_time]
@@ -345,26 +346,29 @@ def _recurrence(arch: str, gi0: Sequence[Tensor], w: list[tuple[Tensor, ...]], r
 
 
 class _StackedGRU(torch.autograd.Function):
-    """A GRU layer over stacked members: input projections `[pos, models, batch, 3d]` -> states
-    `[pos, models, batch, d]` (zero where a member's batch has ended; `rows[t]` members, sorted
-    by length, read position t). The backward pass is written out so that the recurrent weights'
-    gradient is one matmul over all steps instead of one per step."""
+    """A GRU layer over stacked members: input projections `[models, pos, batch, 3d]` -> states
+    `[models, pos, batch, d]` (`rows[t]` members, sorted by length, read position t; a member's
+    states past its batch's end are zero). The backward pass is written out
+    so that the recurrent weights' gradient is one matmul over all steps instead of one per step;
+    the member-major layout makes that matmul's operands views, not copies."""
 
     @staticmethod
     def forward(ctx: Any, gi: Tensor, w_hh: Tensor, b_hh: Tensor, rows: tuple[int, ...]) -> Tensor:
-        T, n, B, G = gi.shape
+        n, T, B, G = gi.shape
         d = G // 3
-        H = gi.new_zeros(T, n, B, d)
-        R, Z, N, HN = (gi.new_empty(T, n, B, d) for _ in range(4))  # read only where written
+        H, R, Z, N, HN = (gi.new_empty(n, T, B, d) for _ in range(5))  # read only where written
         h = gi.new_zeros(n, B, d)
         for t, k in enumerate(rows):
             gh = torch.baddbmm(b_hh[:k], h[:k], w_hh[:k])
-            g = gi[t, :k]
+            g = gi[:k, t]
             rz = torch.sigmoid(g[..., : 2 * d] + gh[..., : 2 * d])
             r, z, hn = rz[..., :d], rz[..., d:], gh[..., 2 * d:]
             nn_ = torch.tanh(g[..., 2 * d:] + hn * r)
             h = (h[:k] - nn_) * z + nn_
-            H[t, :k], R[t, :k], Z[t, :k], N[t, :k], HN[t, :k] = h, r, z, nn_, hn
+            H[:k, t], R[:k, t], Z[:k, t], N[:k, t], HN[:k, t] = h, r, z, nn_, hn
+        for t, k in enumerate(rows):  # past a member's end: zeros (the next layer and the weight gradient read them)
+            if k < n:
+                H[k:, t] = 0
         ctx.save_for_backward(w_hh, H, R, Z, N, HN)
         ctx.rows = rows
         return H
@@ -372,26 +376,30 @@ class _StackedGRU(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, dH: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:
         w_hh, H, R, Z, N, HN = ctx.saved_tensors
-        T, n, B, d = H.shape
-        dGI = H.new_zeros(T, n, B, 3 * d)
-        dGH = H.new_zeros(T, n, B, 3 * d)
-        dh = H.new_zeros(n, B, d)
+        n, T, B, d = H.shape
+        rows = ctx.rows
+        dGH = H.new_empty(n, T, B, 3 * d)  # the recurrent projections' gradient
+        dAN = H.new_empty(n, T, B, d)  # the input projection's n-gate part (dGH's is dAN * r)
+        dh = H.new_zeros(n, B, d)  # members past their end keep a zero gradient
         w_t = w_hh.transpose(1, 2)
         for t in range(T - 1, -1, -1):
-            k = ctx.rows[t]
-            cur = dh[:k] + dH[t, :k]
-            r, z, nn_, hn = R[t, :k], Z[t, :k], N[t, :k], HN[t, :k]
-            h_prev = H[t - 1, :k] if t else torch.zeros_like(nn_)
+            k = rows[t]
+            cur = dh[:k] + dH[:k, t]
+            r, z, nn_, hn = R[:k, t], Z[:k, t], N[:k, t], HN[:k, t]
             dan = cur * (1 - z) * (1 - nn_ * nn_)
             dar = dan * hn * r * (1 - r)
-            daz = cur * (h_prev - nn_) * z * (1 - z)
-            dGI[t, :k, :, :d], dGI[t, :k, :, d: 2 * d], dGI[t, :k, :, 2 * d:] = dar, daz, dan
-            dGH[t, :k, :, :d], dGH[t, :k, :, d: 2 * d], dGH[t, :k, :, 2 * d:] = dar, daz, dan * r
-            dh = torch.zeros_like(dh)
-            dh[:k] = torch.baddbmm(cur * z, dGH[t, :k], w_t[:k])
-        h_prev = torch.cat([H.new_zeros(1, n, B, d), H[:-1]])
-        dw = torch.bmm(h_prev.permute(1, 3, 0, 2).reshape(n, d, T * B), dGH.transpose(0, 1).reshape(n, T * B, 3 * d))
-        return dGI, dw, dGH.sum((0, 2)).unsqueeze(1), None
+            daz = (cur * (H[:k, t - 1] - nn_) if t else cur * -nn_) * z * (1 - z)
+            g = torch.cat([dar, daz, dan * r], dim=-1)
+            dGH[:k, t], dAN[:k, t] = g, dan
+            torch.baddbmm(cur * z, g, w_t[:k], out=dh[:k])
+        for t, k in enumerate(rows):  # unwritten ends: no gradient
+            if k < n:
+                dGH[k:, t] = 0
+                dAN[k:, t] = 0
+        dw = torch.bmm(H[:, : T - 1].reshape(n, (T - 1) * B, d).transpose(1, 2), dGH[:, 1:].reshape(n, (T - 1) * B, 3 * d))
+        db = dGH.view(n, T * B, 3 * d).sum(1, keepdim=True)
+        dGH[..., 2 * d:] = dAN  # now the input projections' gradient
+        return dGH, dw, db, None
 
 
 def _mean_ce(logits: Tensor, target: Tensor, owner: Tensor, n: int) -> Tensor:
