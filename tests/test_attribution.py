@@ -261,3 +261,31 @@ def test_atp_star_rejects_bad_ig_steps() -> None:
         atp_star(model, clean, corrupted, metric, ig_steps=0)
     with pytest.raises(InputError, match="grad_drop and ig_steps"):
         atp_star(model, clean, corrupted, metric, grad_drop=True, ig_steps=2)
+
+
+def test_one_forward_over_several_sites_equals_one_site_at_a_time() -> None:
+    """The native engine patches head and MLP cells of several layers in one stacked forward: the
+    metrics equal those of one site at a time; the hook path refuses such a sweep."""
+    from fsm_probe.circuits.engine import EvalMode, Runner, Sweep
+    from fsm_probe.circuits.grouping import Patch
+
+    task = get_task("cyclic:n=3")
+    model = compile_transformer(task.automaton, "scan", n_ctx=16).model.eval()
+    clean, corrupted, _ = mixed_corruption_pairs(task, 16, n=8)
+    a = task.automaton
+    metric = logit_diff(a.run_outputs(clean)[:, -1], a.run_outputs(corrupted)[:, -1])
+    cells = [Patch((0,), 15, 0, "head_out"), Patch((1,), 3, None, "mlp_out"), Patch((2,), 7, 0, "head_out"),
+             Patch((3,), 15, None, "mlp_out"), Patch((0,), 2, None, "mlp_out")]
+    with EvalMode(model), torch.no_grad():
+        runner = Runner(model, engine="fast")
+        clean_run, corr_run = runner.run(torch.as_tensor(clean)), runner.run(torch.as_tensor(corrupted))
+        mixed = runner.evaluate(corr_run, clean_run, Sweep("head_out", cells, [(k,) for k in range(5)], (5,)),
+                                metric, None, scattered=True)
+        for k, p in enumerate(cells):
+            alone = runner.evaluate(corr_run, clean_run, Sweep(p.site, [p], [(0,)], (1,)), metric, None)
+            assert float(mixed[k]) == pytest.approx(float(alone[0]), abs=1e-5)
+        assert len({round(float(v), 4) for v in mixed}) > 1  # the cells differ: a mix-up would show
+        hooks = Runner(model, engine="hooks")
+        with pytest.raises(InputError, match="several sites"):
+            hooks.evaluate(hooks.run(torch.as_tensor(corrupted)), hooks.run(torch.as_tensor(clean)),
+                           Sweep("head_out", cells, [(k,) for k in range(5)], (5,)), metric, None)

@@ -92,6 +92,9 @@ class FSMExtractor(BaseEstimator):
     `fidelity_target` (S5's 120 states in a GRU(128)), once more in the sensitivity metric, kept
     if it reaches the target (a better automaton that still misses it, as on majority, would
     hide the counter the Euclidean one reveals); `geometry_` says which was kept.
+    `time_limit` bounds each clustering search, not the whole fit: `auto` may run two and the
+    counter check runs after the first, so a fit that hits the limit can take two to three times
+    it (the D50 GRU: 58 s at the default 20).
     """
 
     def __init__(
