@@ -285,6 +285,9 @@ def test_one_forward_over_several_sites_equals_one_site_at_a_time() -> None:
             alone = runner.evaluate(corr_run, clean_run, Sweep(p.site, [p], [(0,)], (1,)), metric, None)
             assert float(mixed[k]) == pytest.approx(float(alone[0]), abs=1e-5)
         assert len({round(float(v), 4) for v in mixed}) > 1  # the cells differ: a mix-up would show
+        from fsm_probe.circuits.discovery import verify_cells
+
+        assert verify_cells(model, clean, corrupted, metric, []) == {}
         hooks = Runner(model, engine="hooks")
         with pytest.raises(InputError, match="several sites"):
             hooks.evaluate(hooks.run(torch.as_tensor(corrupted)), hooks.run(torch.as_tensor(clean)),

@@ -130,3 +130,14 @@ def test_dirichlet_words_cover_every_symbol_and_vary_per_word():
     counts = np.stack([(w == s).mean(axis=1) for s in range(5)], axis=1)
     assert abs(counts.mean() - 0.2) < 0.01
     assert counts.max(axis=1).mean() > 0.4  # a Dirichlet(1) word's most frequent symbol: about 0.46 of it
+
+
+def test_mixed_words_keep_to_the_symbols_the_task_can_draw():
+    from fsm_probe.automata.machine import Automaton
+    from fsm_probe.tasks.task import task_from_automaton
+
+    a = Automaton(["a", "b", "c"], ["s0", "s1"], 0, [[1, 0, 0], [0, 1, 1]])
+    task = task_from_automaton(a, input_distribution={"a": 0.5, "b": 0.5, "c": 0.0})
+    for b in itertools.islice(iterate_batches(task, 32, 20, seed=1, mixed=1.0), 10):
+        assert set(np.unique(b.tokens)) <= {0, 1}
+    assert next(iterate_batches(task, 4, 5, mixed=np.int64(1))).tokens.shape == (4, 5)

@@ -85,3 +85,24 @@ def test_full_length_starts_past_the_deep_threshold() -> None:
     assert full_length(DEEP) is False and full_length(DEEP + 1) is True
     with pytest.raises(ConfigError, match="depth"):
         full_length(-1)
+
+
+def test_mixed_inputs_only_for_tasks_of_iid_symbols():
+    from fsm_probe.training.recipes import iid_symbols
+
+    assert iid_symbols(get_task("gridworld:n=30")) and iid_symbols(get_task("dihedral:n=50"))
+    assert not iid_symbols(get_task("flipflop")) and not iid_symbols(get_task("dyck1"))
+
+
+def test_a_record_from_before_mixed_inputs_trained_on_the_tasks_sampler():
+    import torch
+
+    from fsm_probe.models import ModelConfig, build_model
+    from fsm_probe.training.run import Run
+
+    task = get_task("gridworld:n=30")
+    record = {k: v for k, v in TrainConfig(lr=3e-3).to_dict().items() if k != "mixed_inputs"}
+    torch.manual_seed(0)
+    run = Run.from_record(build_model(ModelConfig("gru", 2, 30, d_hidden=4)), task, record)
+    assert run.train_config.mixed_inputs == 0.0
+    assert "mixed_inputs" not in run.settings  # the stored record is given back as stored

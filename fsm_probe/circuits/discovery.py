@@ -283,6 +283,8 @@ class _Verifier:
 
     def __call__(self, cells: Sequence[tuple[str, tuple[int, ...]]]) -> dict[tuple[str, tuple[int, ...]], float]:
         cells = [(site, tuple(int(i) for i in idx)) for site, idx in cells]
+        if not cells:
+            return {}
         for site in {site for site, _ in cells}:
             S.check_site(self.cfg, site)
         # the native engine patches several sites in one forward; the other paths one site at a time

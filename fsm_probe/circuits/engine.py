@@ -1,7 +1,8 @@
 """Patched runs: the forward passes behind `fsm_probe.circuits.patching` and `fsm_probe.circuits.tracing`.
 
 A `Runner` caches a model's base and source runs and evaluates a metric on batches of patched runs,
-each a copy of the base run with one cell (`Patch`: layers, position, head) taken from the source.
+each a copy of the base run with one cell (`Patch`: layers, position, head, and its site when it
+differs from the sweep's) taken from the source.
 Many patches go into one forward, stacked along the batch, and only what a patch can change is
 recomputed: nothing before the patched layer and, under causal attention, nothing before the patched
 position (cached keys/values stand in for the prefix). Transformers built by fsm_probe use
@@ -86,7 +87,8 @@ class TransformerEngine(NativeTransformer):
         patches: list[Patch],
         needed: list[int] | None,
     ) -> Tensor:
-        """Logits `[n_patches * batch, pos, vocab]` of every patched run, patch-major."""
+        """Logits `[n_patches * batch, pos, vocab]` of every patched run, patch-major; `site` is
+        where patches without their own `site` apply."""
         n = len(patches)
         batch, n_pos = base["logits"].shape[:2]
         first = min(min(p.layers) for p in patches)

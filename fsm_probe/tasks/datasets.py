@@ -84,7 +84,7 @@ def iterate_batches(
     if lo > hi:
         raise ConfigError(f"minimum length {lo} exceeds maximum length {hi}")
     positive_int(batch_size, "batch_size", numpy=True)
-    if isinstance(mixed, bool) or not isinstance(mixed, int | float | np.floating) or not 0 <= mixed <= 1:
+    if isinstance(mixed, bool) or not isinstance(mixed, int | float | np.integer | np.floating) or not 0 <= mixed <= 1:
         raise ConfigError(f"mixed must be a share in [0, 1], got {mixed!r}")
     return _batches(task, batch_size, lo, hi, np.random.default_rng(seed), final_only, float(mixed))
 
@@ -101,12 +101,21 @@ def _batches(
         length = task.effective_length(length)
         tokens = task.sampler.sample(rng, batch_size, length)
         own = np.flatnonzero(rng.random(batch_size) < mixed)
-        tokens[own] = dirichlet_words(rng, task.automaton.n_symbols, len(own), length)
+        support = sampler_support(task)
+        tokens[own] = support[dirichlet_words(rng, len(support), len(own), length)]
         yield label_batch(task, tokens, final_only)
 
 
+def sampler_support(task: Task) -> np.ndarray:
+    """The symbols the task's sampler can draw (those of positive probability for a categorical
+    one, else all): mixed words keep to them."""
+    probs = getattr(task.sampler, "probs", None)
+    return np.arange(task.automaton.n_symbols) if probs is None else np.flatnonzero(np.asarray(probs) > 0)
+
+
 def dirichlet_words(rng: np.random.Generator, n_symbols: int, n: int, length: int) -> np.ndarray:
-    """`[n, length]` words, each i.i.d. from its own symbol probabilities drawn from Dirichlet(1)."""
+    """`[n, length]` words over `range(n_symbols)`, each i.i.d. from its own symbol probabilities
+    drawn from Dirichlet(1)."""
     cdf = np.cumsum(rng.dirichlet(np.ones(n_symbols), size=n), axis=1)
     u = rng.random((n, length))
     return np.minimum((u[:, :, None] >= cdf[:, None, :]).sum(-1), n_symbols - 1).astype(np.int64)

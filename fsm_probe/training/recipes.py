@@ -61,8 +61,14 @@ SMALL_STATES, SMALL_SYMBOLS = 16, 4
 COUNTER_TASKS = ("dyck1", "majority", "anbn")
 COUNTER_RECIPE = {"d_hidden": 32, "lr": 3e-3, "max_steps": 1500}
 
-# Deep automata: this share of training words draws its own symbol probabilities (recipes_size.py).
+# Deep automata: this share of training words draws its own symbol probabilities (recipes_size.py),
+# when the task's own words are i.i.d. symbols (a structured sampler, as flip-flop's, is kept).
 DEEP_MIXED = 0.5
+
+
+def iid_symbols(task: Any) -> bool:
+    """Whether the task's sampler draws i.i.d. symbols (uniform or categorical)."""
+    return getattr(getattr(task, "sampler", None), "kind", None) in ("uniform", "categorical")
 
 # (arch, task name) -> fields that differ from the architecture's recipe, each measured.
 TASK_OVERRIDES: dict[tuple[str, str], dict[str, Any]] = {
@@ -109,7 +115,8 @@ def recipe(arch: str, task: Any | None = None) -> Recipe:
             deep = full_length(start_depth(a))  # far states: full-length batches, mixed inputs, twice the budget
             model["d_hidden"] = sized["d_hidden"]
             train.update(lr=sized["lr"], max_steps=sized["max_steps"] * (2 if deep else 1),
-                         batch_size=sized["batch_size"], full_length=deep, mixed_inputs=DEEP_MIXED if deep else 0.0)
+                         batch_size=sized["batch_size"], full_length=deep,
+                         mixed_inputs=DEEP_MIXED if deep and iid_symbols(task) else 0.0)
     return Recipe(arch, model, train)
 
 

@@ -69,7 +69,8 @@ class Run:
         if "train_lengths" not in record:
             return cls(model, task, model_config(model), None, record, **kw)
         settings = {k: record.pop(k) for k in list(record) if k in names}
-        train_config = TrainConfig.from_dict(settings)
+        # a record from before `mixed_inputs` trained on the task's sampler only
+        train_config = TrainConfig.from_dict({"mixed_inputs": 0.0, **settings})
         return cls(model, task, model_config(model), train_config, record, settings=settings, **kw)
 
     def to_dict(self) -> dict[str, Any]:

@@ -356,7 +356,7 @@ class _StackedGRU(torch.autograd.Function):
     def forward(ctx: Any, gi: Tensor, w_hh: Tensor, b_hh: Tensor, rows: tuple[int, ...]) -> Tensor:
         n, T, B, G = gi.shape
         d = G // 3
-        H, R, Z, N, HN = (gi.new_empty(n, T, B, d) for _ in range(5))  # read only where written
+        H, R, Z, N, HN = (gi.new_empty(n, T, B, d) for _ in range(5))  # R, Z, N, HN read only where written
         h = gi.new_zeros(n, B, d)
         for t, k in enumerate(rows):
             gh = torch.baddbmm(b_hh[:k], h[:k], w_hh[:k])
