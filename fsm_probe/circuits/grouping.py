@@ -72,10 +72,11 @@ def span_chunks(patches: list[Patch], span: int, limit: int, by_layer: bool) -> 
 def scattered_chunks(patches: list[Patch], batch: int, n_pos: int, limit: int, n_layers: int = 1) -> list[list[int]]:
     """The cheapest grouping of scattered patches into stacked causal forwards. A forward runs
     from its earliest patch's layer to the last of `n_layers`, and each layer costs a fixed
-    `_LAYER_ROWS` (`_MIN_TOKEN_ROWS` one layer at a time) plus `batch * (n_pos - start)` token rows per patch, `start` being the
+    `_LAYER_ROWS` plus `batch * (n_pos - start)` token rows per patch, `start` being the
     forward's earliest position. Dynamic programming over contiguous groups (at most `limit`
-    each) of two orders, by position and by (layer, position); the cheaper wins. With one layer
-    (or `n_layers=1`, one layer at a time) the position order is optimal."""
+    each) of two orders, by position and by (layer, position); the cheaper wins. `n_layers=1`
+    groups one layer at a time (a fixed `_MIN_TOKEN_ROWS` per forward), where the position
+    order is optimal."""
     def first(i: int) -> int:
         return min(patches[i].layers)
 

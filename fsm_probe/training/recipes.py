@@ -70,6 +70,7 @@ def iid_symbols(task: Any) -> bool:
     """Whether the task's sampler draws i.i.d. symbols (uniform or categorical)."""
     return getattr(getattr(task, "sampler", None), "kind", None) in ("uniform", "categorical")
 
+
 # (arch, task name) -> fields that differ from the architecture's recipe, each measured.
 TASK_OVERRIDES: dict[tuple[str, str], dict[str, Any]] = {
     ("transformer", "flipflop"): {"positional": "rotary"},  # learned: 0.91 final at 40; rotary: 1.00
