@@ -301,8 +301,7 @@ def _losses(params: dict[str, Tensor], arch: str, n_layers: int, batches: list[A
     # layer 0's input projection is a table per symbol: embed @ W_ih^T + b_ih, looked up per token
     table = torch.baddbmm(w[0][2], q["embed.weight"], w[0][0])  # [models, vocab, gates * d]
     vocab = table.shape[1]
-    offsets = torch.arange(n) * vocab
-    offsets = offsets.view(n, 1, 1)
+    offsets = (torch.arange(n) * vocab).view(n, 1, 1)
     gi0 = F.embedding(tokens.transpose(1, 2) + offsets, table.flatten(0, 1))  # [models, pos, batch, gates * d]
     rows = [sum(length > t for length in lengths) for t in range(T)]  # members still reading at t
     row_model = torch.cat([torch.arange(k) for k in rows])
@@ -348,9 +347,9 @@ def _recurrence(arch: str, gi0: Sequence[Tensor], w: list[tuple[Tensor, ...]], r
 class _StackedGRU(torch.autograd.Function):
     """A GRU layer over stacked members: input projections `[models, pos, batch, 3d]` -> states
     `[models, pos, batch, d]` (`rows[t]` members, sorted by length, read position t; a member's
-    states past its batch's end are zero). The backward pass is written out
-    so that the recurrent weights' gradient is one matmul over all steps instead of one per step;
-    the member-major layout makes that matmul's operands views, not copies."""
+    states past its batch's end are zero). The backward pass is written out so that the
+    recurrent weights' gradient is one matmul over all steps instead of one per step; the
+    member-major layout makes that matmul's operands views, not copies."""
 
     @staticmethod
     def forward(ctx: Any, gi: Tensor, w_hh: Tensor, b_hh: Tensor, rows: tuple[int, ...]) -> Tensor:
