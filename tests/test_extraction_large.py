@@ -77,9 +77,8 @@ def test_auto_geometry_reruns_only_a_timed_out_finite_search_and_keeps_it_at_the
 
         def fit_clusters(self, model, name):
             calls.append((self.geometry_, id(self.collection_)))
-            for k in E._FITTED:
-                if k not in ("geometry_", "collection_"):
-                    setattr(self, k, f"{self.geometry_}:{k}")
+            for k in ("capped_", "curve_", "votes_", "reducer_", "built_", "automaton_", "n_states_raw_"):
+                setattr(self, k, f"{self.geometry_}:{k}")
             self.collection_ = object()  # a search replaces the collection with the one it chose
             self.fidelity_, capped = outcome[self.geometry_]
             self.capped_ = {"limit": "time_limit", "value": 1.0} if capped else None

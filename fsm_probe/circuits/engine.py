@@ -109,7 +109,9 @@ class TransformerEngine(NativeTransformer):
         for i, p in enumerate(patches):
             col_pos[i, p.pos - s] = True
             stage = p.site or site
-            hit.setdefault(stage, torch.zeros(n, self.n_layers, dtype=torch.bool, device=dev))[i, list(p.layers)] = True
+            if stage not in hit:
+                hit[stage] = torch.zeros(n, self.n_layers, dtype=torch.bool, device=dev)
+            hit[stage][i, list(p.layers)] = True
             heads[i] = 0 if p.head is None else p.head
 
         def expand(t: Tensor, keep: Tensor | None) -> Tensor:

@@ -69,11 +69,6 @@ from .search import (
 METHODS = ("kmeans", "grid", "gmm", "agglomerative", "lstar")
 DEFAULT_METHOD = "kmeans"
 GEOMETRIES = ("auto", "euclidean", "sensitivity")
-# what `_fit_clusters` and `_describe` set, restored when the second geometry misses the target
-_FITTED = ("capped_", "curve_", "collection_", "votes_", "reducer_", "fidelity_", "built_", "row_blocks_",
-           "abstraction_", "automaton_", "raw_automaton_", "n_states_raw_", "n_conflicts_", "geometry_",
-           "n_states_", "graph_", "row_states_", "finite_state_", "counter_fit_", "counter_machine_",
-           "finite_state_evidence_")
 COUNTER_TARGET = 0.99
 COUNTER_GATE = 0.995
 
@@ -224,14 +219,15 @@ class FSMExtractor(BaseEstimator):
                 and self.fidelity_ < self.fidelity_target and has_sensitivity(model, col)):
             # once more in the sensitivity metric, kept if it reaches the target; after the
             # counter check, so that a counter network keeps its counter machine
-            first = {k: getattr(self, k) for k in _FITTED}
+            first = {k: v for k, v in vars(self).items() if k.endswith("_")}  # every fitted attribute
             self.collection_, self.votes_, self.geometry_ = col, votes, "sensitivity"
             self._fit_clusters(model, name)
             if self.fidelity_ >= self.fidelity_target:
                 self._describe(model, task, truth)
-            else:
-                for k, v in first.items():
-                    setattr(self, k, v)
+            else:  # the first search's fit, as it was
+                for k in [k for k in vars(self) if k.endswith("_") and k not in first]:
+                    delattr(self, k)
+                vars(self).update(first)
         self.seconds_ = time.perf_counter() - t0
         return self
 

@@ -310,7 +310,7 @@ def _losses(params: dict[str, Tensor], arch: str, n_layers: int, batches: list[A
         x = gi0
         for i, (w_ih, w_hh, b_ih, b_hh) in enumerate(w):
             if i:
-                x = torch.matmul(x, w_ih.unsqueeze(1)) + b_ih.unsqueeze(1)
+                x = torch.baddbmm(b_ih, x.flatten(1, 2), w_ih).view(n, T, B, -1)  # [models, pos, batch, 3d]
             x = _StackedGRU.apply(x, w_hh, b_hh, tuple(rows))
         hidden = x[row_model, row_time]
     else:
