@@ -22,7 +22,7 @@ def _model(arch: str, **kw):
 TOKENS = np.random.default_rng(0).integers(0, 2, size=(4, 12))
 
 
-@pytest.mark.parametrize("arch", ["rnn", "gru", "lstm", "transformer"])
+@pytest.mark.parametrize("arch", ["rnn", "gru", "lstm", "second_order", "transformer"])
 def test_round_trip_gives_equal_logits(tmp_path, arch):
     task, model = _model(arch)
     save(model, tmp_path / "run", task=task, training={"note": "x"})

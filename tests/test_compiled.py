@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from fsm_probe.automata import Automaton
 from fsm_probe.errors import AutomatonError
 from fsm_probe.extraction import FSMExtractor, interchange_accuracy
 from fsm_probe.extraction.collect import model_labels
@@ -12,6 +17,15 @@ from fsm_probe.models.compiled import compile_rnn
 from fsm_probe.models.rnn import HookedRNN
 from fsm_probe.tasks import get_task, list_tasks
 from fsm_probe.training.checkpoint import load, save
+
+
+@st.composite
+def automata(draw, max_states: int = 8, max_symbols: int = 4) -> Automaton:
+    n, k = draw(st.integers(1, max_states)), draw(st.integers(1, max_symbols))
+    table = draw(st.lists(st.lists(st.integers(0, n - 1), min_size=k, max_size=k), min_size=n, max_size=n))
+    outputs = draw(st.lists(st.integers(0, 2), min_size=n, max_size=n))
+    return Automaton([f"a{j}" for j in range(k)], [f"s{i}" for i in range(n)], draw(st.integers(0, n - 1)),
+                     table, [str(o) for o in outputs])
 
 # modular_arithmetic (51 states) is left out: uniform random words almost never reach most of
 # its states, so passive extraction cannot see them (L* can; see test_lstar_on_compiled).
@@ -21,11 +35,13 @@ COUNTER = {"dyck1", "majority", "anbn"}
 ZOO = [info.name for info in list_tasks() if info.name != "modular_arithmetic" and info.name not in COUNTER]
 
 
+@pytest.mark.parametrize("arch", ["rnn", "second_order"])
 @pytest.mark.parametrize("name", [info.name for info in list_tasks()])
-def test_outputs_equal_the_automaton(name: str) -> None:
+def test_outputs_equal_the_automaton(name: str, arch: str) -> None:
     a = get_task(name).automaton
-    model = compile_rnn(a)
+    model = compile_rnn(a, arch=arch)
     assert isinstance(model, HookedRNN)
+    assert model.cfg.d_hidden == (a.n_states + 1 if arch == "second_order" else a.n_states * a.n_symbols + 1)
     tokens = np.random.default_rng(0).integers(0, a.n_symbols, (16, 200))
     labels = model_labels(model, tokens)
     assert labels[0, 0] == a.outputs[a.start]
@@ -42,10 +58,11 @@ def test_checkpoint_round_trip(tmp_path) -> None:
     assert loaded.task.spec == "tomita3"
 
 
+@pytest.mark.parametrize("arch", ["rnn", "second_order"])
 @pytest.mark.parametrize("name", ZOO)
-def test_extraction_recovers_zoo_automata(name: str) -> None:
+def test_extraction_recovers_zoo_automata(name: str, arch: str) -> None:
     a = get_task(name).automaton
-    ex = FSMExtractor(empty_output="network").fit(compile_rnn(a), a)
+    ex = FSMExtractor(empty_output="network").fit(compile_rnn(a, arch=arch), a)
     assert ex.automaton_.isomorphism(a.minimize()) is not None
     assert ex.fidelity_ == 1.0
 
@@ -71,8 +88,54 @@ def test_interchange_follows_the_automaton(name: str) -> None:
     assert ic["changed"] > 0.01
 
 
+@settings(max_examples=40, deadline=None)
+@given(automata(), st.integers(0, 10**6))
+def test_second_order_is_exact_on_random_automata(a: Automaton, seed: int) -> None:
+    model = compile_rnn(a, arch="second_order")
+    tokens = np.random.default_rng(seed).integers(0, a.n_symbols, (16, 50))
+    labels = model_labels(model, tokens)
+    assert labels[0, 0] == a.outputs[a.start]
+    np.testing.assert_array_equal(labels[:, 1:], a.run_outputs(tokens))
+    # the state units hold +1 for the automaton's state and -1 elsewhere after every step
+    _, cache = model.run_with_cache(tokens)
+    h = cache["layers.0.hook_h"].numpy()
+    states = a.run(tokens)
+    np.testing.assert_allclose(h[..., :-1], np.where(np.arange(a.n_states) == states[..., None], 1.0, -1.0), atol=1e-6)
+
+
 def test_bad_input() -> None:
+    with pytest.raises(AutomatonError, match="arch"):
+        compile_rnn(get_task("parity").automaton, arch="gru")
     with pytest.raises(AutomatonError):
         compile_rnn("tomita3")
     with pytest.raises(AutomatonError, match="gain"):
         compile_rnn(get_task("parity").automaton, gain=1.0)
+
+
+def _cli(capsys, *args):
+    from fsm_probe.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(list(map(str, args)))
+    out, err = capsys.readouterr()
+    return exc.value.code, out, err
+
+
+@pytest.mark.parametrize("arch", ["rnn", "second_order"])
+def test_cli_compile_rnn_evaluates_and_extracts(capsys, tmp_path, arch: str) -> None:
+    run = tmp_path / "run"
+    code, _, err = _cli(capsys, "compile", "--task", "random:n=12,n_symbols=3,seed=4", "--arch", arch,
+                        "--lengths", "8,200", "--out", run)
+    assert code == 0, err
+    code, text, err = _cli(capsys, "eval", run, "--lengths", "300", "--json")
+    assert code == 0, err
+    assert json.loads(text)["lengths"]["300"]["sequence_accuracy"] == 1.0
+    code, _, err = _cli(capsys, "extract", run, "--out", tmp_path / "x")
+    assert code == 0, err
+    found = json.loads((tmp_path / "x" / "extraction.json").read_text())
+    assert found["equivalent_to_task"] is True
+    assert found["n_states"] == get_task("random:n=12,n_symbols=3,seed=4").automaton.minimize().n_states
+    code, _, err = _cli(capsys, "compile", "--task", "parity", "--arch", arch, "--construction", "scan",
+                        "--out", tmp_path / "bad")
+    assert code == 2 and "--construction" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "bad").exists()

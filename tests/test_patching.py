@@ -116,7 +116,8 @@ def test_denoise_and_noise_sanity(model, tokens):
     assert den.clean_value == noi.clean_value and den.corrupted_value == noi.corrupted_value
 
 
-@pytest.mark.parametrize("arch,site", [("gru", "hidden"), ("lstm", "hidden"), ("lstm", "cell"), ("rnn", "hidden")])
+@pytest.mark.parametrize("arch,site", [("gru", "hidden"), ("lstm", "hidden"), ("lstm", "cell"), ("rnn", "hidden"),
+                                       ("second_order", "hidden")])
 def test_rnn_matches_brute_force(arch, site):
     model = build_model(ModelConfig(arch, d_vocab=3, d_out=2, n_layers=2, d_hidden=12, seed=1)).eval()
     g = torch.Generator().manual_seed(1)

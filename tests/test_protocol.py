@@ -12,6 +12,7 @@ from fsm_probe.models.native import NativeTransformer
 CONFIGS = {
     "gru": ModelConfig("gru", 3, 2, n_layers=2, d_hidden=8),
     "lstm": ModelConfig("lstm", 3, 2, n_layers=1, d_hidden=8),
+    "second_order": ModelConfig("second_order", 3, 2, n_layers=1, d_hidden=8),
     "rmt": ModelConfig("rmt", 3, 2, n_layers=1, d_hidden=16, n_heads=2, segment_length=2, n_memory=2, n_ctx=64),
     "transformer": ModelConfig("transformer", 3, 2, n_layers=1, d_hidden=16, n_heads=2, n_ctx=32),
     "scratchpad": ModelConfig("scratchpad", 3, 2, n_layers=1, d_hidden=16, n_heads=2, n_ctx=32,
@@ -22,14 +23,15 @@ CONFIGS = {
 @pytest.mark.parametrize("arch", list(CONFIGS))
 def test_predicates_describe_each_family(arch):
     model = build_model(CONFIGS[arch]).eval()
-    stateful = arch in ("gru", "lstm", "rmt")
+    recurrent = arch in ("gru", "lstm", "second_order")
+    stateful = recurrent or arch == "rmt"
     assert P.is_stateful(model) is stateful
-    assert P.steps_per_token(model) is (arch in ("gru", "lstm"))
-    assert P.has_initial_readout(model) is (arch in ("gru", "lstm"))
-    assert P.has_attention(model) is (arch not in ("gru", "lstm"))
+    assert P.steps_per_token(model) is recurrent
+    assert P.has_initial_readout(model) is recurrent
+    assert P.has_attention(model) is not recurrent
     assert P.feeds_back_outputs(model) is (arch == "scratchpad")
     assert P.state_segment_length(model) == (2 if arch == "rmt" else None)
-    assert P.context_limit(model) == (None if arch in ("gru", "lstm") else CONFIGS[arch].n_ctx)
+    assert P.context_limit(model) == (None if recurrent else CONFIGS[arch].n_ctx)
     if not stateful:
         assert P.state_sites(model) == ()
         with pytest.raises(InputError):

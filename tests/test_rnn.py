@@ -1,4 +1,5 @@
-"""HookedRNN: same function as torch's RNN modules, per-step hooks, caching, validation."""
+"""HookedRNN: same function as torch's RNN modules (the second-order cell: as its own equations),
+per-step hooks, caching, validation."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from fsm_probe.models.config import ModelConfig
 from fsm_probe.models.rnn import HookedRNN
 
 ARCHS = ("rnn", "gru", "lstm")
+ALL = (*ARCHS, "second_order")
 TORCH_MODULES = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 D_VOCAB, D_OUT, D = 3, 4, 8
 
@@ -80,6 +82,33 @@ def test_cache_shapes_and_hidden_states(arch: str, n_layers: int) -> None:
     )
 
 
+@pytest.mark.parametrize("n_layers", [1, 2])
+def test_second_order_is_one_matrix_per_symbol(n_layers: int) -> None:
+    """Layer 0: h' = tanh(W[x] h + U[:, x] + b), indexing symbol x's matrix; layer 1: the
+    bilinear form over the layer below's state, written as an explicit sum."""
+    model = make("second_order", n_layers)
+    x = tokens()
+    _, cache = model.run_with_cache(x)
+    assert cache["hook_embed"].shape == (5, 9, D_VOCAB)
+    layers = [{k: v.detach() for k, v in layer.named_parameters()} for layer in model.layers]
+    h = [torch.zeros(5, D) for _ in layers]
+    for t in range(x.shape[1]):
+        w0 = layers[0]
+        h[0] = torch.stack([
+            torch.tanh(w0["weight_hh"][x[b, t]] @ h[0][b] + w0["weight_ih"][:, x[b, t]] + w0["bias"])
+            for b in range(5)
+        ])
+        if n_layers == 2:
+            w1 = layers[1]
+            bilinear = sum(h[0][:, j, None] * (h[1] @ w1["weight_hh"][j].T) for j in range(D))
+            h[1] = torch.tanh(bilinear + h[0] @ w1["weight_ih"].T + w1["bias"])
+        for i in range(n_layers):
+            torch.testing.assert_close(cache[f"layers.{i}.hook_h"][:, t], h[i], atol=1e-5, rtol=0)
+    torch.testing.assert_close(model(x, stepwise=True), model(x, stepwise=False), atol=1e-6, rtol=0)
+    torch.testing.assert_close(model(x)[:, -1], model.unembed(h[-1]), atol=1e-5, rtol=0)
+    assert "embed.weight" not in model.state_dict()  # the one-hot input is not a parameter
+
+
 def test_gru_gates_recomputed() -> None:
     model = make("gru")
     x = tokens()
@@ -131,7 +160,7 @@ def test_lstm_cache_matches_lstm_cell() -> None:
                 )
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", ALL)
 def test_hook_edit_changes_only_later_positions(arch: str) -> None:
     model = make(arch, n_layers=2)
     x = tokens()
@@ -152,7 +181,7 @@ def test_hook_edit_changes_only_later_positions(arch: str) -> None:
     torch.testing.assert_close(model(x), clean, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", ALL)
 def test_zero_ablation_of_last_layer_changes_logits(arch: str) -> None:
     model = make(arch, n_layers=2)
     x = tokens()
@@ -178,7 +207,7 @@ def test_hooks_active_detection() -> None:
     assert not model.hooks_active()
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", ALL)
 def test_initial_state_and_forward_from(arch: str) -> None:
     model = make(arch, n_layers=2)
     x = tokens()

@@ -145,6 +145,20 @@ def test_group_tasks_are_permutation_automata():
             assert sorted(a.transitions[:, j].tolist()) == list(range(a.n_states)), spec
 
 
+def test_random_dfa_is_uniform_and_seeded():
+    """Each successor and label is a uniform draw: over many seeds every target state and label
+    turns up about equally often; one seed gives one automaton."""
+    a = get_task("random:n=6,n_symbols=3,n_labels=3,seed=7").automaton
+    assert (a.n_states, a.n_symbols, a.n_labels, a.start) == (6, 3, 3, 0)
+    again = get_task("random:n=6,n_symbols=3,n_labels=3,seed=7").automaton
+    assert np.array_equal(a.transitions, again.transitions) and np.array_equal(a.outputs, again.outputs)
+    assert not np.array_equal(a.transitions, get_task("random:n=6,n_symbols=3,n_labels=3,seed=8").automaton.transitions)
+    many = [get_task(f"random:n=6,n_symbols=3,n_labels=3,seed={s}").automaton for s in range(300)]
+    targets = np.bincount(np.concatenate([m.transitions.ravel() for m in many]), minlength=6) / (300 * 18)
+    labels = np.bincount(np.concatenate([m.outputs for m in many]), minlength=3) / (300 * 6)
+    assert np.abs(targets - 1 / 6).max() < 0.02 and np.abs(labels - 1 / 3).max() < 0.03
+
+
 def test_spec_roundtrip_and_params():
     t = get_task("cyclic:n=7")
     assert t.spec == "cyclic:n=7,n_actions=2" and t.params == {"n": 7, "n_actions": 2}

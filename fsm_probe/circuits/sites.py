@@ -23,6 +23,7 @@ from torch import nn
 from ..errors import InputError
 from ..models import model_config, protocol
 from ..models.compressive import COMPRESSED_HOOK
+from ..models.config import RNN_ARCHS
 from ..models.native import STAGES  # noqa: F401  (re-exported: the order a block computes its sites)
 from ..models.rmt import MEMORY_HOOK
 
@@ -72,7 +73,7 @@ _STATE_SITE = {RNN: "hidden", TRANSFORMER: "resid_pre", RMT: "memory", COMPRESSI
 
 
 def family(cfg: Any) -> str:
-    """The model family of config `cfg`: `rnn` (RNN, GRU, LSTM), `transformer`, `rmt`,
+    """The model family of config `cfg`: `rnn` (RNN, GRU, LSTM, second-order), `transformer`, `rmt`,
     `scratchpad`, `compressive` or `hmt`. (A model-protocol question: it belongs in `fsm_probe.models`.)"""
     return RNN if cfg.is_rnn else cfg.arch
 
@@ -86,7 +87,7 @@ def require(cfg: Any, what: str, families: Iterable[str]) -> str:
     """The family of `cfg`, or an `InputError` saying that `what` supports only `families`."""
     fam, allowed = family(cfg), tuple(families)
     if fam not in allowed:
-        names = [n for f in allowed for n in (("rnn", "gru", "lstm") if f == RNN else (f,))]
+        names = [n for f in allowed for n in (RNN_ARCHS if f == RNN else (f,))]
         listed = ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
         raise InputError(f"{what}: supported on {listed}, not {cfg.arch!r}")
     return fam

@@ -210,24 +210,31 @@ def compile_cmd(
     out: Annotated[Path, typer.Option("--out", help="Checkpoint directory (plus circuit.json).")],
     task: Annotated[str | None, typer.Option("--task", help="NAME[:k=v,...], see `fsm-probe tasks`.")] = None,
     task_file: Annotated[Path | None, typer.Option("--task-file", help="Automaton JSON file.")] = None,
-    arch: Annotated[str, typer.Option("--arch", help="transformer (RNNs: fsm_probe.models.compiled.compile_rnn).")] = "transformer",
-    construction: Annotated[str, typer.Option("--construction", help="scan (any automaton with a small monoid) or shortcut (counters mod n, reset automata).")] = "scan",
+    arch: Annotated[str, typer.Option("--arch", help="transformer, rnn (one unit per state and last symbol) or second_order (one unit per state).")] = "transformer",
+    construction: Annotated[str | None, typer.Option("--construction", help="Transformer: scan (default; any automaton with a small monoid) or shortcut (counters mod n, reset automata).")] = None,
     n_ctx: Annotated[int, typer.Option("--n-ctx", help="Longest input the model is exact on.")] = 32,
     heads: Annotated[int, typer.Option("--heads", help="Heads per layer: head 0 is the circuit's, the others decoys.")] = 2,
     max_monoid: Annotated[int, typer.Option("--max-monoid", help="scan: largest transformation monoid tabulated.")] = 64,
     lengths: Annotated[str, typer.Option("--lengths", help="Lengths to check accuracy at.")] = "8,32",
     as_json: Annotated[bool, typer.Option("--json", help="Print circuit.json and the accuracies.")] = False,
 ) -> None:
-    """Compile an automaton into Transformer weights: a checkpoint that evaluates, patches and
-    loads in plain TransformerLens like a trained one, plus its ground-truth circuit.json."""
+    """Compile an automaton into Transformer weights (a checkpoint that evaluates, patches and
+    loads in plain TransformerLens like a trained one, plus its ground-truth circuit.json) or
+    into RNN weights (`fsm_probe.models.compiled.compile_rnn`; exact at every length)."""
     from ..models import model_config
     from ..models.compiled_transformer import compile_transformer
     from ..training.checkpoint import save
     from ..training.evaluation import evaluate
 
-    if arch != "transformer":
-        raise ConfigError(f"--arch must be transformer (compiled RNNs come from compile_rnn), got {arch!r}")
+    if arch not in ("transformer", "rnn", "second_order"):
+        raise ConfigError(f"--arch must be transformer, rnn or second_order, got {arch!r}")
     the_task = _resolve_task(task, task_file)
+    if arch != "transformer":
+        if construction is not None:
+            raise ConfigError(f"--construction is for --arch transformer; an {arch} has one construction")
+        _compile_rnn(the_task, arch, out, _parse_lengths(lengths), as_json)
+        return
+    construction = construction or "scan"
     built = compile_transformer(the_task.automaton, construction, n_ctx=n_ctx, n_heads=heads, max_monoid=max_monoid)
     model = built.model
     wanted = [x for x in _parse_lengths(lengths) if x <= n_ctx]
@@ -249,6 +256,23 @@ def compile_cmd(
         f"n_ctx {n_ctx}; accuracy {acc} -> {out}"
     )
     console.print(f"circuit: {', '.join(circuit['components'])}  ({circuit['description']})")
+
+
+def _compile_rnn(task: Any, arch: str, out: Path, lengths: list[int], as_json: bool) -> None:
+    from ..models.compiled import compile_rnn
+    from ..training.checkpoint import save
+    from ..training.evaluation import evaluate
+
+    model = compile_rnn(task.automaton, arch=arch)
+    report = evaluate(model, task, lengths, n=256)
+    training = {"compiled": {"construction": f"compile_rnn(arch={arch!r})"},
+                "accuracy": {str(k): v["accuracy"] for k, v in report.items()}}
+    save(model, out, task=task, training=training)
+    if as_json:
+        print(json.dumps({"accuracy": training["accuracy"], "d_hidden": model.cfg.d_hidden}))
+        return
+    acc = ", ".join(f"{k}: {v['accuracy']:.4f}" for k, v in report.items())
+    console.print(f"compiled {task.spec} into a {arch} net of {model.cfg.d_hidden} units; accuracy {acc} -> {out}")
 
 
 @app.command("circuit")

@@ -47,7 +47,7 @@ def tasks_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print JSON."
     console.print(table)
 
 
-ARCHS = ("rnn, gru, lstm, transformer, rmt (recurrent memory Transformer), scratchpad (feeds back its own state "
+ARCHS = ("rnn, gru, lstm, second_order (one recurrent matrix per symbol, for arbitrary transition tables), transformer, rmt (recurrent memory Transformer), scratchpad (feeds back its own state "
          "outputs), compressive (Compressive Transformer: FIFO memory + compressed memory), hmt (Hierarchical Memory "
          "Transformer: recall from a cache of memory embeddings)")
 
@@ -97,7 +97,7 @@ def train_cmd(
 
     Options left unset take the architecture's recipe (fsm_probe.training.recipes: the settings measured to learn). The last line says why training stopped and whether the model learned in distribution.
     """
-    from ..training.recipes import recipe
+    from ..training.recipes import recipe, retry_hint
     from ..training.trainer import TrainConfig, accuracy_text, train
 
     rates = _parse_lrs(lr)
@@ -127,7 +127,7 @@ def train_cmd(
     if t["learned"]:
         console.print(t["stop_reason"])
     else:
-        console.print(f"{t['stop_reason']}; try more --max-steps, another --lr or --seed", style="bold red")
+        console.print(f"{t['stop_reason']}; {retry_hint(arch, the_task)}", style="bold red")
 
 
 def _parse_lrs(text: str | None) -> list[float] | None:

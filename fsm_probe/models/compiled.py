@@ -1,12 +1,18 @@
-"""`compile_rnn`: a vanilla tanh `HookedRNN` whose weights implement a given automaton exactly.
+"""`compile_rnn`: a `HookedRNN` whose weights implement a given automaton exactly.
 
-Construction (one-hot over (state, last symbol) pairs, saturated tanh): hidden unit `(s, a)` is
-+1 when the machine is in state `s` having just read `a`, and -1 otherwise. Its pre-activation is
-`K * ([x = a] + [delta(p, a) = s] - 1.5)` where `p` is the state of the active unit, so exactly
-one unit is on after every step. A last "started" unit is 0 in the initial (all-zero) state and
-+1 afterwards; it carries the bias terms that differ between the first step (from the start
-state, represented by the zero vector) and later ones. The readout gives label `outputs[s]` a
-margin of `K` from any state, including the initial one.
+Vanilla tanh RNN (`arch="rnn"`; one-hot over (state, last symbol) pairs, saturated tanh): hidden
+unit `(s, a)` is +1 when the machine is in state `s` having just read `a`, and -1 otherwise. Its
+pre-activation is `K * ([x = a] + [delta(p, a) = s] - 1.5)` where `p` is the state of the active
+unit, so exactly one unit is on after every step.
+
+Second-order RNN (`arch="second_order"`; Omlin & Giles 1996): one unit per state, +1 for the
+current state and -1 elsewhere; symbol `a`'s matrix is the transition table itself,
+`W_a[s, p] = K [delta(p, a) = s]`, so `W_a h` moves the +1 along `a`'s edges.
+
+Both keep a last "started" unit that is 0 in the initial (all-zero) state and +1 afterwards; it
+carries the bias terms that differ between the first step (from the start state, represented by
+the zero vector) and later ones. The readout gives label `outputs[s]` a margin of `K` from any
+state, including the initial one.
 """
 
 from __future__ import annotations
@@ -20,15 +26,20 @@ from .config import ModelConfig
 from .rnn import HookedRNN
 
 
-def compile_rnn(automaton: Automaton, gain: float = 40.0, seed: int = 0) -> HookedRNN:
-    """A `HookedRNN` (arch "rnn") whose argmax output after every prefix is `automaton`'s label.
+def compile_rnn(automaton: Automaton, gain: float = 40.0, seed: int = 0, arch: str = "rnn") -> HookedRNN:
+    """A `HookedRNN` whose argmax output after every prefix is `automaton`'s label.
 
-    The hidden size is `n_states * n_symbols + 1`; `gain` is the saturation margin `K`.
+    `arch="rnn"`: hidden size `n_states * n_symbols + 1`; `arch="second_order"`: `n_states + 1`.
+    `gain` is the saturation margin `K`.
     """
     if not isinstance(automaton, Automaton):
         raise AutomatonError(f"compile_rnn needs an Automaton, got {type(automaton).__name__}")
     if not gain >= 10:
         raise AutomatonError(f"gain must be >= 10 for the tanh units to saturate, got {gain}")
+    if arch == "second_order":
+        return _second_order(automaton, gain, seed)
+    if arch != "rnn":
+        raise AutomatonError(f"compile_rnn builds arch 'rnn' or 'second_order', got {arch!r}")
     a = automaton
     n, k, n_labels = a.n_states, a.n_symbols, a.n_labels
     d = n * k + 1
@@ -52,26 +63,57 @@ def compile_rnn(automaton: Automaton, gain: float = 40.0, seed: int = 0) -> Hook
     w_ih = np.zeros((d, d))
     w_ih[np.arange(n * k), unit_symbol] = gain
 
-    label_of_unit = a.outputs[unit_state]
-    onehot = (label_of_unit[None, :] == np.arange(n_labels)[:, None]).astype(np.float64)
-    w_out = np.zeros((n_labels, d))
-    w_out[:, : n * k] = gain * onehot / 2
-    start_label = gain * (np.arange(n_labels) == a.outputs[a.start])
-    w_out[:, flag] = gain * onehot.sum(1) / 2 - start_label
+    w_out, start_label = _readout(a, unit_state, gain)
     embed = np.zeros((k, d))
     embed[np.arange(k), np.arange(k)] = 1.0
 
     cell = model.layers[0].cell
-
-    def t(x: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(x, dtype=torch.float32)
-
     with torch.no_grad():
-        model.embed.weight.copy_(t(embed))
-        cell.weight_ih_l0.copy_(t(w_ih))
-        cell.weight_hh_l0.copy_(t(w_hh))
-        cell.bias_ih_l0.copy_(t(b))
+        model.embed.weight.copy_(_t(embed))
+        cell.weight_ih_l0.copy_(_t(w_ih))
+        cell.weight_hh_l0.copy_(_t(w_hh))
+        cell.bias_ih_l0.copy_(_t(b))
         cell.bias_hh_l0.zero_()
-        model.unembed.weight.copy_(t(w_out))
-        model.unembed.bias.copy_(t(start_label))
+        model.unembed.weight.copy_(_t(w_out))
+        model.unembed.bias.copy_(_t(start_label))
+    return model.eval()
+
+
+def _t(x: np.ndarray) -> torch.Tensor:
+    return torch.as_tensor(x, dtype=torch.float32)
+
+
+def _readout(a: Automaton, unit_state: np.ndarray, gain: float) -> tuple[np.ndarray, np.ndarray]:
+    """`unembed` weight and bias: state units are +-1, the last ("started") unit 0 or 1."""
+    onehot = (a.outputs[unit_state][None, :] == np.arange(a.n_labels)[:, None]).astype(np.float64)
+    start_label = gain * (np.arange(a.n_labels) == a.outputs[a.start])
+    w_out = np.zeros((a.n_labels, len(unit_state) + 1))
+    w_out[:, :-1] = gain * onehot / 2
+    w_out[:, -1] = gain * onehot.sum(1) / 2 - start_label
+    return w_out, start_label
+
+
+def _second_order(a: Automaton, gain: float, seed: int) -> HookedRNN:
+    n, k = a.n_states, a.n_symbols
+    cfg = ModelConfig(arch="second_order", d_vocab=k, d_out=a.n_labels, d_hidden=n + 1, seed=seed)
+    model = HookedRNN(cfg)
+    states = np.arange(n)
+    moves = a.transitions.T[:, None, :] == states[None, :, None]  # [a, s, p]: delta(p, a) = s
+    first = a.transitions[a.start][:, None] == states[None, :]  # [a, s]: delta(start, a) = s
+    w = np.zeros((k, n + 1, n + 1))
+    w[:, :n, :n] = gain * moves
+    # with h = 2 e_p - 1, W_a h = 2K [delta(p, a) = s] - K indegree; the started unit adds the
+    # indegree back and cancels the first step's drive
+    w[:, :n, n] = gain * moves.sum(2) - 2 * gain * first
+    drive = np.zeros((n + 1, k))
+    drive[:n] = (2 * gain * first - gain).T
+    drive[n] = gain
+    w_out, start_label = _readout(a, states, gain)
+    layer = model.layers[0]
+    with torch.no_grad():
+        layer.weight_hh.copy_(_t(w))
+        layer.weight_ih.copy_(_t(drive))
+        layer.bias.zero_()
+        model.unembed.weight.copy_(_t(w_out))
+        model.unembed.bias.copy_(_t(start_label))
     return model.eval()

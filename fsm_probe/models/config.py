@@ -9,7 +9,7 @@ from typing import Any
 from .. import _validate as _v
 from ..errors import ConfigError
 
-RNN_ARCHS = ("rnn", "gru", "lstm")
+RNN_ARCHS = ("rnn", "gru", "lstm", "second_order")
 TRANSFORMER_ARCHS = ("transformer",)
 MEMORY_ARCHS = ("rmt", "scratchpad", "compressive", "hmt")  # Transformers with a working memory (models/rmt.py, ...)
 SEGMENT_ARCHS = ("rmt", "compressive", "hmt")  # memory written once per segment of segment_length tokens
@@ -142,7 +142,12 @@ def estimate_bytes(cfg: ModelConfig, batch: int = 1, length: int = 1, training: 
     """Rough upper estimate of the memory to build `cfg` and run `batch` sequences of `length`
     tokens (with gradients and AdamW state when `training`)."""
     d, L, layers = cfg.d_hidden, length, cfg.n_layers
-    if cfg.is_rnn:
+    if cfg.arch == "second_order":  # one d x d matrix per input coordinate; the outer product x h per step
+        v = cfg.d_vocab
+        params = (v + 1) * d * d + (layers - 1) * (d + 1) * d * d + d * cfg.d_out
+        buffers = v * v
+        acts = batch * L * ((v + 3) * d + (layers - 1) * (d + 3) * d + 2 * cfg.d_out)
+    elif cfg.is_rnn:
         gates = {"rnn": 1, "gru": 3, "lstm": 4}[cfg.arch]
         params = layers * gates * (2 * d * d + 2 * d) + cfg.d_vocab * d + d * cfg.d_out
         buffers = 0

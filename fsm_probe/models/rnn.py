@@ -1,4 +1,4 @@
-"""`HookedRNN`: a vanilla RNN, GRU or LSTM with a TransformerLens hook point at every time step.
+"""`HookedRNN`: a vanilla RNN, GRU, LSTM or second-order RNN with a hook point at every time step.
 
 Each layer keeps its weights in a single-layer `torch.nn.RNN`/`GRU`/`LSTM` (`layers.{i}.cell`),
 so parameter names are readable (`layers.0.cell.weight_ih_l0`) and training can use torch's
@@ -11,7 +11,12 @@ and fires once before the recurrence):
 
 - `layers.{i}.hook_h`: the hidden state after step `t`; `layers.{i}.hook_c`: the LSTM cell state;
 - gates: GRU `hook_r`, `hook_z`, `hook_n`; LSTM `hook_i`, `hook_f`, `hook_g`, `hook_o`;
-  vanilla RNN `hook_pre` (the pre-activation, before `tanh`).
+  vanilla and second-order RNN `hook_pre` (the pre-activation, before `tanh`).
+
+The second-order RNN (`second_order`, Giles et al. 1992, the classic net of automaton extraction)
+has no torch kernel: its symbol selects the recurrent matrix, `h' = tanh(W[x] h + b[x])`, so its
+input is the one-hot symbol (`hook_embed` is `[batch, pos, d_vocab]`) and both paths are the same
+Python loop.
 
 Before calling a per-step hook point the model sets `hook.pos = t`, so a hook function reads
 `hook.pos` to know the step (`hook_embed` has `hook.pos = None`). A hook's return value replaces
@@ -145,7 +150,66 @@ class LSTMLayer(RecurrentLayer):
         return {"h": _fire(self.hook_h, o * torch.tanh(c), t), "c": c}
 
 
-LAYERS: dict[str, type[RecurrentLayer]] = {"rnn": VanillaLayer, "gru": GRULayer, "lstm": LSTMLayer}
+class SecondOrderLayer(nn.Module):
+    """h' = tanh(sum_j x_j W_j h + U x + b): input coordinate j owns recurrent matrix W_j.
+
+    On one-hot symbols (layer 0) that is one matrix and bias per symbol, a map from states to
+    states that an arbitrary transition table needs (a first-order cell shares one matrix across
+    symbols, and the input only shifts it). Weights: `weight_hh` `[d_in, d_hidden, d_hidden]`
+    (`W_j @ h`), `weight_ih` `[d_hidden, d_in]`, `bias` `[d_hidden]`.
+    """
+
+    state_names: tuple[str, ...] = ("h",)
+
+    def __init__(self, d_in: int, d_hidden: int) -> None:
+        super().__init__()
+        self.d_hidden = d_hidden
+        # spectral radius about 1 for each W_j: the state neither dies out nor saturates at once;
+        # a small additive drive (a full-size one pulls every word towards its last symbol's fixed
+        # point: the 50 x 10 random table took 3x the steps, recipes_size.py)
+        self.weight_hh = nn.Parameter(torch.randn(d_in, d_hidden, d_hidden) / d_hidden**0.5)
+        self.weight_ih = nn.Parameter(torch.randn(d_hidden, d_in) * 0.01)
+        self.bias = nn.Parameter(torch.zeros(d_hidden))
+        self.hook_pre = HookPoint()
+        self.hook_h = HookPoint()
+
+    def _stacked(self) -> Tensor:
+        """`weight_hh` as `[d_in * d_hidden, d_hidden]`, row (j, k) = column k of W_j."""
+        return self.weight_hh.transpose(1, 2).reshape(-1, self.d_hidden)
+
+    @staticmethod
+    def _pre(x: Tensor, h: Tensor, stacked: Tensor, drive: Tensor) -> Tensor:
+        # (x outer h) @ stacked = sum_j x_j W_j h, without a [batch, d, d] matrix per step
+        return (x.unsqueeze(-1) * h.unsqueeze(-2)).flatten(1) @ stacked + drive
+
+    def fused(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        stacked, drive = self._stacked(), F.linear(x, self.weight_ih, self.bias)
+        h, out = state["h"], []
+        for t in range(x.shape[1]):
+            h = torch.tanh(self._pre(x[:, t], h, stacked, drive[:, t]))
+            out.append(h)
+        return torch.stack(out, dim=1), {"h": h}
+
+    def step(self, x: Tensor, state: State, t: int) -> State:
+        drive = F.linear(x, self.weight_ih, self.bias)
+        pre = _fire(self.hook_pre, self._pre(x, state["h"], self._stacked(), drive), t)
+        return {"h": _fire(self.hook_h, torch.tanh(pre), t)}
+
+
+class OneHot(nn.Module):
+    """The one-hot symbol as embedding (nothing learned): the second-order RNN's input."""
+
+    def __init__(self, d_vocab: int) -> None:
+        super().__init__()
+        self.register_buffer("weight", torch.eye(d_vocab), persistent=False)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return F.embedding(tokens, self.weight)
+
+
+LAYERS: dict[str, type[nn.Module]] = {
+    "rnn": VanillaLayer, "gru": GRULayer, "lstm": LSTMLayer, "second_order": SecondOrderLayer,
+}
 
 
 def names_filter_fn(names_filter: Any) -> Callable[[str], bool]:
@@ -171,15 +235,17 @@ class HookedRNN(HookedRootModule):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         if cfg.arch not in LAYERS:
-            raise ConfigError(f"HookedRNN needs arch rnn, gru or lstm, got {cfg.arch!r}")
+            raise ConfigError(f"HookedRNN needs arch {', '.join(LAYERS)}, got {cfg.arch!r}")
         self.cfg = cfg
         layer_cls = LAYERS[cfg.arch]
+        one_hot = cfg.arch == "second_order"
+        d_embed = cfg.d_vocab if one_hot else cfg.d_hidden
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
-            self.embed = nn.Embedding(cfg.d_vocab, cfg.d_hidden)
+            self.embed = OneHot(cfg.d_vocab) if one_hot else nn.Embedding(cfg.d_vocab, cfg.d_hidden)
             self.hook_embed = HookPoint()
             self.layers = nn.ModuleList(
-                layer_cls(cfg.d_hidden, cfg.d_hidden) for _ in range(cfg.n_layers)
+                layer_cls(d_embed if i == 0 else cfg.d_hidden, cfg.d_hidden) for i in range(cfg.n_layers)
             )
             self.unembed = nn.Linear(cfg.d_hidden, cfg.d_out)
         self.setup()
@@ -191,7 +257,7 @@ class HookedRNN(HookedRootModule):
 
     @property
     def device(self) -> torch.device:
-        return self.embed.weight.device
+        return self.unembed.weight.device
 
     state_segment_length = None  # the state advances with every token
 

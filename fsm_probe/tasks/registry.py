@@ -25,6 +25,7 @@ from .samplers import (
 )
 from .task import Task, task_from_file
 from .zoo import (
+    ABBADINGO,
     COUNTERS,
     DELETANG,
     LIU,
@@ -42,6 +43,7 @@ from .zoo import (
     parity,
     parity_check,
     quaternion,
+    random_dfa,
     symmetric,
     tomita1,
     tomita2,
@@ -165,6 +167,12 @@ _register(
     LIU,
     {"n_addends": Param(2, 2, 8)},
     sampler=lambda a, n_addends: AdderSampler(n_addends),
+)
+_register(
+    "random",
+    random_dfa,
+    ABBADINGO,
+    {"n": Param(20, 1, 1000), "n_symbols": Param(4, 1, 100), "n_labels": Param(2, 1, 100), "seed": Param(0, 0, 2**31 - 1)},
 )
 for _i, _fn in enumerate([tomita1, tomita2, tomita3, tomita4, tomita5, tomita6, tomita7], start=1):
     _register(f"tomita{_i}", _fn, TOMITA)

@@ -24,6 +24,8 @@ from ..automata.machine import Automaton
 LIU = "Liu et al. 2023, Transformers Learn Shortcuts to Automata, arXiv 2210.10749 (synthseq/automata)"
 TOMITA = "Tomita 1982, Dynamic construction of finite automata from examples using hill-climbing"
 DELETANG = "Deletang et al. 2023, Neural Networks and the Chomsky Hierarchy, arXiv 2207.02098"
+ABBADINGO = ("Lang, Pearlmutter and Price 1998, Results of the Abbadingo One DFA learning competition "
+             "(random DFAs as the benchmark of automaton learning)")
 COUNTERS = (
     "Counter languages: Suzgun et al. 2019, LSTM networks can perform dynamic counting, arXiv "
     "1906.03648; Weiss et al. 2018, On the practical computational power of finite precision RNNs, "
@@ -164,6 +166,19 @@ def gridworld(n: int = 9) -> Automaton:
         _table(n, 2, lambda s, a: max(0, s - 1) if a == 0 else min(n - 1, s + 1)),
         name="gridworld",
     )
+
+
+def random_dfa(n: int = 20, n_symbols: int = 4, n_labels: int = 2, seed: int = 0) -> Automaton:
+    """A uniformly random transition table with random labels, start 0: no structure to exploit.
+
+    Every `delta(s, a)` and every state's label is drawn uniformly (numpy's generator from
+    `seed`); unreachable and equivalent states are possible, so the minimal automaton can be smaller.
+    """
+    rng = np.random.default_rng(seed)
+    table = rng.integers(0, n, size=(n, n_symbols))
+    labels = rng.integers(0, n_labels, size=n)
+    return Automaton([f"a{j}" for j in range(n_symbols)], [f"q{i}" for i in range(n)], 0, table,
+                     [str(x) for x in labels], [str(x) for x in range(n_labels)], name="random")
 
 
 def abab() -> Automaton:

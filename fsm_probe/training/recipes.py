@@ -17,6 +17,7 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "rnn": {"n_layers": 1, "d_hidden": 64},
     "gru": {"n_layers": 1, "d_hidden": 64},
     "lstm": {"n_layers": 1, "d_hidden": 64},
+    "second_order": {"n_layers": 1, "d_hidden": 64},
     "transformer": {"n_layers": 2, "d_hidden": 64, "n_heads": 4, "positional": "learned"},
     "rmt": {"n_layers": 2, "d_hidden": 32, "n_heads": 4, "positional": "learned", "segment_length": 2, "n_memory": 1},
     "scratchpad": {"n_layers": 1, "d_hidden": 32, "n_heads": 4, "positional": "none"},
@@ -41,6 +42,8 @@ TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
     "rnn": {"lr": 1e-2, "max_steps": 3000, "batch_size": 64, "warmup_steps": 100, "curriculum": 0, "final_weight": 0.0, "full_length": False, "mixed_inputs": 0.0},
     "gru": {"lr": 1e-2, "max_steps": 3000, "batch_size": 64, "warmup_steps": 100, "curriculum": 0, "final_weight": 0.0, "full_length": False, "mixed_inputs": 0.0},
     "lstm": {"lr": 1e-2, "max_steps": 3000, "batch_size": 64, "warmup_steps": 100, "curriculum": 0, "final_weight": 0.0, "full_length": False, "mixed_inputs": 0.0},
+    "second_order": {"lr": 3e-3, "max_steps": 3000, "batch_size": 64, "warmup_steps": 100, "curriculum": 0, "final_weight": 0.0,
+                     "full_length": False, "mixed_inputs": 0.0},
     "transformer": {"lr": 3e-3, "max_steps": 4000, "batch_size": 64, "warmup_steps": 200, "curriculum": 0, "final_weight": 0.0,
                     "full_length": True, "mixed_inputs": 0.0},
     "rmt": {"lr": 3e-3, "max_steps": 3000, "batch_size": 64, "warmup_steps": 100, "curriculum": 0, "final_weight": 0.0, "full_length": False, "mixed_inputs": 0.0},
@@ -53,7 +56,7 @@ TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
 
 # Recurrent recipes above are measured on automata up to this size; larger ones (S4, A5, D_n,
 # many symbols) take `recipes_size.gru_recipe` (wider, lr 3e-3, longer).
-RECURRENT = ("rnn", "gru", "lstm")
+RECURRENT = ("rnn", "gru", "lstm", "second_order")
 SMALL_STATES, SMALL_SYMBOLS = 16, 4
 
 # Counter tasks (dyck1, majority, anbn): a GRU of 32 units at lr 3e-3 learned dyck1 to 0.994 in
@@ -110,15 +113,26 @@ def recipe(arch: str, task: Any | None = None) -> Recipe:
         a = task.automaton.minimize()
         n_states, n_symbols = a.n_states, a.n_symbols
         if n_states > SMALL_STATES or n_symbols > SMALL_SYMBOLS:  # measured in recipes_size
-            from .recipes_size import full_length, gru_recipe, start_depth
+            from .recipes_size import full_length, gru_recipe, second_order_recipe, start_depth
 
-            sized = gru_recipe(n_states, n_symbols)
+            sized = (second_order_recipe if arch == "second_order" else gru_recipe)(n_states, n_symbols)
             deep = full_length(start_depth(a))  # far states: full-length batches, mixed inputs, twice the budget
             model["d_hidden"] = sized["d_hidden"]
             train.update(lr=sized["lr"], max_steps=sized["max_steps"] * (2 if deep else 1),
                          batch_size=sized["batch_size"], full_length=deep,
                          mixed_inputs=DEEP_MIXED if deep and iid_symbols(task) else 0.0)
     return Recipe(arch, model, train)
+
+
+def retry_hint(arch: str, task: Any) -> str:
+    """What to try when `arch` did not learn `task` with its recipe."""
+    hint = "try more --max-steps, another --lr or --seed"
+    a = task.automaton.minimize()
+    large = a.n_states > SMALL_STATES or a.n_symbols > SMALL_SYMBOLS
+    if arch in ("rnn", "gru", "lstm") and large and task.name not in COUNTER_TASKS:
+        hint += ("; or --arch second_order (one recurrent matrix per symbol, which learns transition tables "
+                 "without structure that a first-order net of this width does not)")
+    return hint
 
 
 def describe(key: str, table: dict[str, dict[str, Any]] | None = None) -> str:

@@ -106,6 +106,13 @@ def gru_recipe(n_states: int, n_symbols: int) -> dict[str, int | float]:
     }
 
 
+def second_order_recipe(n_states: int, n_symbols: int) -> dict[str, int | float]:
+    """`gru_recipe`'s fields for the second-order RNN (`--arch second_order`)."""
+    for name, v in (("n_states", n_states), ("n_symbols", n_symbols)):
+        _v.positive_int(v, name)
+    return {"d_hidden": 128 if n_states > 64 else 64, "lr": 3e-3, "max_steps": 12000, "batch_size": 64}
+
+
 def full_length(depth: int) -> bool:
     """Whether an automaton of `start_depth` `depth` trains on full-length batches: its far states
     occur only late in uniformly random words, and uniform lengths train the late positions least."""

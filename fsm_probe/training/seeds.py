@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from .. import _validate as _v
 from ..errors import ConfigError
 from ..models import ModelConfig, build_model
-from ..models.config import RNN_ARCHS, check_memory
+from ..models.config import check_memory
 from ..tasks import Task
 from ..tasks.datasets import IGNORE_INDEX
 from .checkpoint import LOG, checkpoint_stage, write_checkpoint
@@ -117,7 +117,7 @@ def train_seeds(
     `train()` makes with those configs. With `out_dir`, member `seed{S}` (`seed{S}_lr{lr}` with
     several `lrs`) is written to `out_dir/seed{S}` as an ordinary checkpoint, staged and swapped
     in as `train()` does when that member stops. `run.log["seconds"]` is the wall time of the
-    whole batch until the member stopped. Recurrent nets are batched; other architectures train
+    whole batch until the member stopped. RNN, GRU and LSTM nets are batched; other architectures train
     one after the other.
     """
     train_cfg = train_cfg or TrainConfig()
@@ -127,7 +127,7 @@ def train_seeds(
         for lr in rates or [train_cfg.lr]:
             name = member_name(seed, lr if rates is not None and len(rates) > 1 else None)
             members.append((name, replace(model_cfg, seed=seed), replace(train_cfg, seed=seed, lr=lr)))
-    if model_cfg.arch not in RNN_ARCHS:
+    if model_cfg.arch not in GATES:  # no torch cell to stack (Transformers, the second-order RNN)
         runs = []
         for name, mc, tc in members:
             out = None if out_dir is None else Path(out_dir) / name
