@@ -53,7 +53,7 @@ def test_compiled_rnn_has_iia_one(name):
     assert (res.n_pairs > 0).any()
 
 
-@pytest.mark.parametrize("arch", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("arch", ["rnn", "gru", "lstm", "second_order"])
 def test_rnn_iia_equals_a_restart_from_the_source_state(arch):
     task = get_task("cyclic:n=3")
     model = build_model(ModelConfig(arch, 2, 3, d_hidden=8, n_layers=2, seed=1)).eval()

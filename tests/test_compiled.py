@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fsm_probe.automata import Automaton
-from fsm_probe.errors import AutomatonError
+from fsm_probe.errors import AutomatonError, ResourceError
 from fsm_probe.extraction import FSMExtractor, interchange_accuracy
 from fsm_probe.extraction.collect import model_labels
 from fsm_probe.models.compiled import compile_rnn
@@ -103,7 +103,13 @@ def test_second_order_is_exact_on_random_automata(a: Automaton, seed: int) -> No
     np.testing.assert_allclose(h[..., :-1], np.where(np.arange(a.n_states) == states[..., None], 1.0, -1.0), atol=1e-6)
 
 
-def test_bad_input() -> None:
+def test_bad_input(monkeypatch) -> None:
+    big = get_task("random:n=200,n_symbols=20").automaton  # 4001 units x 4001: 0.5 GB of construction
+    monkeypatch.setenv("FSM_PROBE_MEMORY_LIMIT", str(100 << 20))
+    with pytest.raises(ResourceError, match="4001 units.*second_order"):
+        compile_rnn(big)
+    assert compile_rnn(big, arch="second_order").cfg.d_hidden == 201  # 20 x 201 x 201: fits
+    monkeypatch.delenv("FSM_PROBE_MEMORY_LIMIT")
     with pytest.raises(AutomatonError, match="arch"):
         compile_rnn(get_task("parity").automaton, arch="gru")
     with pytest.raises(AutomatonError):
@@ -135,6 +141,9 @@ def test_cli_compile_rnn_evaluates_and_extracts(capsys, tmp_path, arch: str) -> 
     found = json.loads((tmp_path / "x" / "extraction.json").read_text())
     assert found["equivalent_to_task"] is True
     assert found["n_states"] == get_task("random:n=12,n_symbols=3,seed=4").automaton.minimize().n_states
+    code, text, err = _cli(capsys, "circuit", run, "--json", "--n", "4")
+    assert code == 0, err
+    assert json.loads(text)["length"] == 16  # an RNN's default, not a Transformer's n_ctx
     code, _, err = _cli(capsys, "compile", "--task", "parity", "--arch", arch, "--construction", "scan",
                         "--out", tmp_path / "bad")
     assert code == 2 and "--construction" in err and len(err.strip().splitlines()) == 1

@@ -19,6 +19,7 @@ CONFIGS = {
     "rnn": ModelConfig("rnn", 2, 2, n_layers=2, d_hidden=12),
     "gru": ModelConfig("gru", 2, 2, n_layers=2, d_hidden=12),
     "lstm": ModelConfig("lstm", 2, 2, n_layers=2, d_hidden=12),
+    "second_order": ModelConfig("second_order", 2, 2, n_layers=2, d_hidden=12),
     "transformer": ModelConfig("transformer", 2, 2, n_layers=3, d_hidden=16, n_heads=2, n_ctx=32),
     "attn_only": ModelConfig("transformer", 2, 2, n_layers=2, d_hidden=16, n_heads=2, d_mlp=0, n_ctx=32),
     "rmt": ModelConfig("rmt", 2, 2, n_layers=1, d_hidden=16, n_heads=2, segment_length=2, n_memory=2, n_ctx=64),
@@ -27,6 +28,7 @@ SITES = {
     "rnn": ["hidden"],
     "gru": ["hidden"],
     "lstm": ["hidden", "cell"],
+    "second_order": ["hidden"],
     "transformer": ["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "head_out"],
     "attn_only": ["resid_pre", "resid_post", "attn_out", "head_out"],
     "rmt": ["memory", "memory_slot"],
@@ -273,7 +275,7 @@ def test_attribution_patching_defaults_to_the_models_sites_and_matches_autograd(
     clean, corrupted = _tokens()
     res = attribution_patching(model, clean, corrupted, _last_diff)  # as the README writes it
     expected_sites = {
-        "rnn": ["hidden"], "gru": ["hidden"], "lstm": ["hidden", "cell"],
+        "rnn": ["hidden"], "gru": ["hidden"], "lstm": ["hidden", "cell"], "second_order": ["hidden"],
         "transformer": ["resid_pre", "attn_out", "mlp_out", "head_out"],
         "attn_only": ["resid_pre", "attn_out", "head_out"], "rmt": ["memory", "memory_slot"],
     }[name]
@@ -356,7 +358,7 @@ def test_sublayer_tracing_on_a_recurrent_model_is_a_clear_error(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", ["gru", "lstm", "rmt"])
+@pytest.mark.parametrize("arch", ["gru", "lstm", "second_order", "rmt"])
 def test_symmetric_tracing_on_trained_parity_models(arch):
     """Restoring a clean state before the swapped symbol cannot help (~0); from it on, the clean
     state carries the clean parity (~1), except an RMT's last memory, which no logit reads."""

@@ -106,3 +106,24 @@ def test_a_record_from_before_mixed_inputs_trained_on_the_tasks_sampler():
     run = Run.from_record(build_model(ModelConfig("gru", 2, 30, d_hidden=4)), task, record)
     assert run.train_config.mixed_inputs == 0.0
     assert "mixed_inputs" not in run.settings  # the stored record is given back as stored
+
+
+@pytest.mark.parametrize(("spec", "d_hidden", "max_steps", "lr"), [
+    ("parity", 64, 3000, 3e-3),
+    ("random:n=50,n_symbols=10", 64, 12000, 3e-3),
+    ("random:n=100,n_symbols=10", 128, 20000, 3e-3),
+    ("dyck1", 32, 1500, 3e-3),
+])
+def test_second_order_recipe_by_size(spec: str, d_hidden: int, max_steps: int, lr: float) -> None:
+    r = recipe("second_order", get_task(spec))
+    assert (r.model["d_hidden"], r.train["max_steps"], r.train["lr"]) == (d_hidden, max_steps, lr)
+
+
+def test_retry_hint_names_the_second_order_net_for_large_first_order_failures() -> None:
+    from fsm_probe.training.recipes import retry_hint
+
+    large, small = get_task("random:n=50,n_symbols=10"), get_task("parity")
+    assert "--arch second_order" in retry_hint("gru", large)
+    assert "--arch second_order" not in retry_hint("gru", small)
+    assert "--arch second_order" not in retry_hint("second_order", large)
+    assert "--arch second_order" not in retry_hint("gru", get_task("dyck1"))

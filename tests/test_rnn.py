@@ -84,7 +84,7 @@ def test_cache_shapes_and_hidden_states(arch: str, n_layers: int) -> None:
 
 @pytest.mark.parametrize("n_layers", [1, 2])
 def test_second_order_is_one_matrix_per_symbol(n_layers: int) -> None:
-    """Layer 0: h' = tanh(W[x] h + U[:, x] + b), indexing symbol x's matrix; layer 1: the
+    """Layer 0: h' = tanh(h @ weight_hh[x] + U[:, x] + b), indexing symbol x's matrix; layer 1: the
     bilinear form over the layer below's state, written as an explicit sum."""
     model = make("second_order", n_layers)
     x = tokens()
@@ -95,12 +95,12 @@ def test_second_order_is_one_matrix_per_symbol(n_layers: int) -> None:
     for t in range(x.shape[1]):
         w0 = layers[0]
         h[0] = torch.stack([
-            torch.tanh(w0["weight_hh"][x[b, t]] @ h[0][b] + w0["weight_ih"][:, x[b, t]] + w0["bias"])
+            torch.tanh(h[0][b] @ w0["weight_hh"][x[b, t]] + w0["weight_ih"][:, x[b, t]] + w0["bias"])
             for b in range(5)
         ])
         if n_layers == 2:
             w1 = layers[1]
-            bilinear = sum(h[0][:, j, None] * (h[1] @ w1["weight_hh"][j].T) for j in range(D))
+            bilinear = sum(h[0][:, j, None] * (h[1] @ w1["weight_hh"][j]) for j in range(D))
             h[1] = torch.tanh(bilinear + h[0] @ w1["weight_ih"].T + w1["bias"])
         for i in range(n_layers):
             torch.testing.assert_close(cache[f"layers.{i}.hook_h"][:, t], h[i], atol=1e-5, rtol=0)

@@ -422,7 +422,7 @@ def discover_circuit(
     sites = S.component_sites(cfg)
     limit = S.max_length(cfg)
     if length is None:
-        compiled = bool(run.log.get("compiled")) or run.circuit is not None
+        compiled = (bool(run.log.get("compiled")) or run.circuit is not None) and limit is not None
         length = cfg.n_ctx if compiled else (16 if limit is None else min(16, limit))
     if length < 2 or (limit is not None and length > limit):
         raise InputError(f"length must be in [2, n_ctx={cfg.n_ctx}], got {length}")

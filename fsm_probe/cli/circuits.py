@@ -207,16 +207,16 @@ def trace_cmd(
 @app.command("compile")
 @_user_errors
 def compile_cmd(
-    out: Annotated[Path, typer.Option("--out", help="Checkpoint directory (plus circuit.json).")],
+    out: Annotated[Path, typer.Option("--out", help="Checkpoint directory (plus circuit.json for a Transformer).")],
     task: Annotated[str | None, typer.Option("--task", help="NAME[:k=v,...], see `fsm-probe tasks`.")] = None,
     task_file: Annotated[Path | None, typer.Option("--task-file", help="Automaton JSON file.")] = None,
     arch: Annotated[str, typer.Option("--arch", help="transformer, rnn (one unit per state and last symbol) or second_order (one unit per state).")] = "transformer",
     construction: Annotated[str | None, typer.Option("--construction", help="Transformer: scan (default; any automaton with a small monoid) or shortcut (counters mod n, reset automata).")] = None,
-    n_ctx: Annotated[int, typer.Option("--n-ctx", help="Longest input the model is exact on.")] = 32,
-    heads: Annotated[int, typer.Option("--heads", help="Heads per layer: head 0 is the circuit's, the others decoys.")] = 2,
-    max_monoid: Annotated[int, typer.Option("--max-monoid", help="scan: largest transformation monoid tabulated.")] = 64,
+    n_ctx: Annotated[int, typer.Option("--n-ctx", help="Transformer: longest input the model is exact on (RNNs: any).")] = 32,
+    heads: Annotated[int, typer.Option("--heads", help="Transformer: heads per layer: head 0 is the circuit's, the others decoys.")] = 2,
+    max_monoid: Annotated[int, typer.Option("--max-monoid", help="Transformer scan: largest transformation monoid tabulated.")] = 64,
     lengths: Annotated[str, typer.Option("--lengths", help="Lengths to check accuracy at.")] = "8,32",
-    as_json: Annotated[bool, typer.Option("--json", help="Print circuit.json and the accuracies.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print circuit.json (a Transformer's) and the accuracies.")] = False,
 ) -> None:
     """Compile an automaton into Transformer weights (a checkpoint that evaluates, patches and
     loads in plain TransformerLens like a trained one, plus its ground-truth circuit.json) or
@@ -231,7 +231,7 @@ def compile_cmd(
     the_task = _resolve_task(task, task_file)
     if arch != "transformer":
         if construction is not None:
-            raise ConfigError(f"--construction is for --arch transformer; an {arch} has one construction")
+            raise ConfigError(f"--construction is for --arch transformer; the {arch} net has one construction")
         _compile_rnn(the_task, arch, out, _parse_lengths(lengths), as_json)
         return
     construction = construction or "scan"

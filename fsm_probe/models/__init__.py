@@ -1,6 +1,6 @@
 """Hooked models. Every model maps tokens `[batch, pos]` to logits `[batch, pos, n_labels]`.
 
-- `HookedRNN`: vanilla RNN, GRU, LSTM with per-time-step hook points.
+- `HookedRNN`: vanilla RNN, GRU, LSTM, second-order RNN with per-time-step hook points.
 - Transformers: TransformerLens 4.x `TransformerBridge` built natively; `native.py` is the one
   reader of its internals (the fast engine, the scratchpad's generation, the RMT's inner call).
 - `protocol.py`: the recurrent-state protocol every stateful model follows

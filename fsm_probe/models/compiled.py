@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .._validate import check_bytes
 from ..automata.machine import Automaton
 from ..errors import AutomatonError
 from .config import ModelConfig
@@ -36,10 +37,16 @@ def compile_rnn(automaton: Automaton, gain: float = 40.0, seed: int = 0, arch: s
         raise AutomatonError(f"compile_rnn needs an Automaton, got {type(automaton).__name__}")
     if not gain >= 10:
         raise AutomatonError(f"gain must be >= 10 for the tanh units to saturate, got {gain}")
+    if arch not in ("rnn", "second_order"):
+        raise AutomatonError(f"compile_rnn builds arch 'rnn' or 'second_order', got {arch!r}")
+    n, k = automaton.n_states, automaton.n_symbols
+    # float64 construction arrays and the float32 weights: 3 + 2 d x d matrices (rnn), k of each (second_order)
+    d = n + 1 if arch == "second_order" else n * k + 1
+    check_bytes((13.0 * k if arch == "second_order" else 32.0) * d * d,
+                f"compile_rnn(arch={arch!r}) on {n} states x {k} symbols ({d} units)",
+                "the automaton's size (or use arch='second_order': one unit per state)" if arch == "rnn" else "the automaton's size")
     if arch == "second_order":
         return _second_order(automaton, gain, seed)
-    if arch != "rnn":
-        raise AutomatonError(f"compile_rnn builds arch 'rnn' or 'second_order', got {arch!r}")
     a = automaton
     n, k, n_labels = a.n_states, a.n_symbols, a.n_labels
     d = n * k + 1
@@ -111,7 +118,7 @@ def _second_order(a: Automaton, gain: float, seed: int) -> HookedRNN:
     w_out, start_label = _readout(a, states, gain)
     layer = model.layers[0]
     with torch.no_grad():
-        layer.weight_hh.copy_(_t(w))
+        layer.weight_hh.copy_(_t(w.transpose(0, 2, 1)))  # stored as h @ weight_hh[a]
         layer.weight_ih.copy_(_t(drive))
         layer.bias.zero_()
         model.unembed.weight.copy_(_t(w_out))

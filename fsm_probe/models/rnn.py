@@ -1,13 +1,13 @@
 """`HookedRNN`: a vanilla RNN, GRU, LSTM or second-order RNN with a hook point at every time step.
 
-Each layer keeps its weights in a single-layer `torch.nn.RNN`/`GRU`/`LSTM` (`layers.{i}.cell`),
-so parameter names are readable (`layers.0.cell.weight_ih_l0`) and training can use torch's
-fused kernels. When a hook is attached to any per-step hook point, or when caching, the model
+A vanilla, GRU or LSTM layer keeps its weights in a single-layer `torch.nn.RNN`/`GRU`/`LSTM`
+(`layers.{i}.cell`), so parameter names are readable (`layers.0.cell.weight_ih_l0`) and training
+can use torch's fused kernels. When a hook is attached to any per-step hook point, or when caching, the model
 instead replays the same cell equations step by step in Python and fires the hook points, so a
 hook that edits step `t` changes every later step.
 
-Hook points (all `[batch, d_hidden]` per step, except `hook_embed` which is `[batch, pos, d_hidden]`
-and fires once before the recurrence):
+Hook points (all `[batch, d_hidden]` per step, except `hook_embed` which is `[batch, pos, d_hidden]`,
+the second-order RNN's `[batch, pos, d_vocab]`, and fires once before the recurrence):
 
 - `layers.{i}.hook_h`: the hidden state after step `t`; `layers.{i}.hook_c`: the LSTM cell state;
 - gates: GRU `hook_r`, `hook_z`, `hook_n`; LSTM `hook_i`, `hook_f`, `hook_g`, `hook_o`;
@@ -156,7 +156,9 @@ class SecondOrderLayer(nn.Module):
     On one-hot symbols (layer 0) that is one matrix and bias per symbol, a map from states to
     states that an arbitrary transition table needs (a first-order cell shares one matrix across
     symbols, and the input only shifts it). Weights: `weight_hh` `[d_in, d_hidden, d_hidden]`
-    (`W_j @ h`), `weight_ih` `[d_hidden, d_in]`, `bias` `[d_hidden]`.
+    with `W_j h = h @ weight_hh[j]` (rows read the state, columns write the next one, so the stack
+    over j is one `[d_in * d_hidden, d_hidden]` matrix without a copy), `weight_ih` `[d_hidden, d_in]`,
+    `bias` `[d_hidden]`.
     """
 
     state_names: tuple[str, ...] = ("h",)
@@ -173,26 +175,20 @@ class SecondOrderLayer(nn.Module):
         self.hook_pre = HookPoint()
         self.hook_h = HookPoint()
 
-    def _stacked(self) -> Tensor:
-        """`weight_hh` as `[d_in * d_hidden, d_hidden]`, row (j, k) = column k of W_j."""
-        return self.weight_hh.transpose(1, 2).reshape(-1, self.d_hidden)
-
-    @staticmethod
-    def _pre(x: Tensor, h: Tensor, stacked: Tensor, drive: Tensor) -> Tensor:
-        # (x outer h) @ stacked = sum_j x_j W_j h, without a [batch, d, d] matrix per step
-        return (x.unsqueeze(-1) * h.unsqueeze(-2)).flatten(1) @ stacked + drive
+    def _pre(self, x: Tensor, h: Tensor, drive: Tensor) -> Tensor:
+        # (x outer h) @ stacked weights = sum_j x_j W_j h, without a [batch, d, d] matrix per step
+        return (x.unsqueeze(-1) * h.unsqueeze(-2)).flatten(1) @ self.weight_hh.flatten(0, 1) + drive
 
     def fused(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        stacked, drive = self._stacked(), F.linear(x, self.weight_ih, self.bias)
+        drive = F.linear(x, self.weight_ih, self.bias)
         h, out = state["h"], []
         for t in range(x.shape[1]):
-            h = torch.tanh(self._pre(x[:, t], h, stacked, drive[:, t]))
+            h = torch.tanh(self._pre(x[:, t], h, drive[:, t]))
             out.append(h)
         return torch.stack(out, dim=1), {"h": h}
 
     def step(self, x: Tensor, state: State, t: int) -> State:
-        drive = F.linear(x, self.weight_ih, self.bias)
-        pre = _fire(self.hook_pre, self._pre(x, state["h"], self._stacked(), drive), t)
+        pre = _fire(self.hook_pre, self._pre(x, state["h"], F.linear(x, self.weight_ih, self.bias)), t)
         return {"h": _fire(self.hook_h, torch.tanh(pre), t)}
 
 
