@@ -167,7 +167,7 @@ def check_site(cfg: Any, site: str) -> None:
     fam = family(cfg)
     if fam == SCRATCHPAD:
         raise InputError(
-            f"patching and tracing support rnn, gru, lstm, transformer and rmt, not {cfg.arch!r}: its "
+            f"patching and tracing support the recurrent nets, transformer and rmt, not {cfg.arch!r}: its "
             "working memory is generated tokens, with no hook_memory to patch"
         )
     if fam == RMT:

@@ -103,7 +103,7 @@ def resolve_site(model: nn.Module, site: Site) -> tuple[str, ...]:
     if feeds_back_outputs(model):
         raise InputError(
             "state extraction needs a state carried from step to step; the scratchpad has none "
-            "(it only feeds back its own label outputs): use an rnn, gru, lstm, transformer, or an "
+            "(it only feeds back its own label outputs): use a recurrent net, a transformer, or an "
             f"rmt (site {MEMORY_HOOK!r})"
         )
     sites = state_sites(model)

@@ -8,8 +8,8 @@ grad-norm clipping and learning-rate schedule, and its own early stop, after whi
 out of the stack. A step runs every member up to its own batch length only (members sorted by
 length, so the shorter ones drop out of the recurrence as it passes their end).
 
-Only the recurrent nets (rnn, gru, lstm) are batched; the other architectures train one after
-the other with `train()` (the TransformerBridge's hooked forward does not vmap).
+Only rnn, gru and lstm are batched; the other architectures (the second-order RNN, which has no
+torch cell, and the Transformers) train one after the other with `train()`.
 """
 
 from __future__ import annotations
