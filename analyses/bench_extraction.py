@@ -15,7 +15,8 @@ writes analyses/results/bench_extraction.md (the README table: one row per netwo
 `--large` (default: the zoo's large groups and the counter tasks) adds GRUs trained with the
 defaults of `fsm-probe train --arch gru` (the size-aware recipe) and the default extraction (plus AALpy's L* when installed):
 states, equivalence, fidelity, seconds, whether the network was found finite-state and the
-counter machine's fidelity; written to OUT_large.md / .json.
+counter machine's fidelity; written to OUT_large.md / .json. A spec written `SPEC@ARCH` trains that
+architecture's defaults instead (`--large random:n=100,n_symbols=10@second_order`).
 """
 
 from __future__ import annotations
@@ -80,15 +81,15 @@ def trained(spec: str, arch: str, steps: int | None = None, seed: int = 0):
     return load(run), tag
 
 
-def trained_default(spec: str, seed: int = 0):
-    """A cached GRU trained as `fsm-probe train --task SPEC --arch gru` does with default flags."""
+def trained_default(spec: str, seed: int = 0, arch: str = "gru"):
+    """A cached net trained as `fsm-probe train --task SPEC --arch ARCH` does with default flags."""
     from fsm_probe.training.recipes import recipe
 
     task = get_task(spec)
-    cfg = recipe("gru", task).model_config(task, seed=seed)
-    tag = f"gru{cfg.d_hidden}_{spec.replace(':', '_').replace('=', '').replace(',', '_')}_defaults"
+    cfg = recipe(arch, task).model_config(task, seed=seed)
+    tag = f"{arch}{cfg.d_hidden}_{spec.replace(':', '_').replace('=', '').replace(',', '_')}_defaults"
     run = ROOT / tag
-    wanted = recipe("gru", task).train
+    wanted = recipe(arch, task).train
     cached = json.loads((run / "config.json").read_text())["training"] if (run / "config.json").is_file() else None
     # absent, or older defaults (a net from before `mixed_inputs` trained on the task's sampler only)
     if cached is None or any(cached.get(k, 0.0 if k == "mixed_inputs" else None) != v for k, v in wanted.items()):
@@ -97,9 +98,10 @@ def trained_default(spec: str, seed: int = 0):
 
 
 def large_row(spec: str, aalpy: bool) -> list[dict]:
-    """Default extraction (and AALpy L*) on a recipe-trained GRU; in-distribution accuracy from
-    the task's own sampler at length 40."""
-    model, tag, task = trained_default(spec)
+    """Default extraction (and AALpy L*) on a recipe-trained GRU (or `SPEC@ARCH`); in-distribution
+    accuracy from the task's own sampler at length 40."""
+    spec, _, arch = spec.partition("@")
+    model, tag, task = trained_default(spec, arch=arch or "gru")
     a = task.automaton
     tok = task.sampler.sample(np.random.default_rng(7), 500, 40)
     acc = float((model_labels(model, tok)[:, 1:] == a.run_outputs(tok)).mean())
@@ -127,8 +129,8 @@ def large_markdown(rows: list[dict]) -> str:
     out = [
         "# Extraction of large automata and counter tasks",
         "",
-        "Written by `analyses/bench_extraction.py --large` (1 thread). GRUs trained with the defaults of "
-        "`fsm-probe train --arch gru` (the size-aware recipe); net acc: in distribution (the task's sampler, length 40). "
+        "Written by `analyses/bench_extraction.py --large` (1 thread). Networks trained with the defaults of "
+        "`fsm-probe train --arch A` (GRUs unless the name says; the size-aware recipe); net acc: in distribution (the task's sampler, length 40). "
         "Fidelity: min over held-out lengths 40 and 80. Counter fidelity: the fitted counter machine "
         "against the network at lengths 40 / 80.",
         "",
@@ -176,14 +178,21 @@ def ours(run, method: str, out: Path) -> dict:
 
 
 def numpy_cell(model):
-    """`(step, init)` for a 1-layer GRU/LSTM HookedRNN: the same equations as torch, in numpy."""
+    """`(step, init)` for a 1-layer GRU/LSTM/second-order HookedRNN: the same equations as torch, in numpy."""
     layer = model.layers[0]
+    d = model.cfg.d_hidden
+    if model.cfg.arch == "second_order":
+        w = layer.weight_hh.detach().numpy().astype(np.float64)  # [symbol, from, to]
+        drive = (layer.weight_ih.detach().numpy().T + layer.bias.detach().numpy()).astype(np.float64)
+
+        def step_2nd(state, a):
+            return (np.tanh(state[0] @ w[a] + drive[a]),)
+        return step_2nd, lambda: (np.zeros(d),)
     cell = layer.cell
     emb = model.embed.weight.detach().numpy().astype(np.float64)
     w_ih, w_hh = (getattr(cell, n).detach().numpy().astype(np.float64) for n in ("weight_ih_l0", "weight_hh_l0"))
     b_ih, b_hh = (getattr(cell, n).detach().numpy().astype(np.float64) for n in ("bias_ih_l0", "bias_hh_l0"))
     gi_table = emb @ w_ih.T + b_ih
-    d = model.cfg.d_hidden
 
     def sigmoid(v):
         return 1 / (1 + np.exp(-v))

@@ -63,6 +63,7 @@ the 2 cores):
 | the 50 x 10 table above | 8200 (12000) | 187 | 1.0 / 1.0 | 50 states, equivalent, 1.6 s |
 | random:n=50,n_symbols=10 | 7600 (12000) | 296 | 0.9999 / 0.9994 | 50 states, equivalent, 2.5 s |
 | random:n=100,n_symbols=10 (d 128) | 11100 (12000) | 1112 | 0.9999 / 1.0 | 100 states, equivalent, 4.0 s |
+| the same, with the 20000-step budget (the default) | 15900 (20000) | 730 | 0.9999 at 40 | 100 states, equivalent, 3.3 s |
 | random:n=100,n_symbols=30, `--hidden 64 --max-steps 20000` | 20000 (20000) | 1635 | 0.5879 validation | - |
 
 Its zoo runs (CLI defaults: d 64 and lr 3e-3, symmetric:n=4 with the sized budget, dyck1 with the
