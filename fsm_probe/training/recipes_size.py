@@ -65,6 +65,7 @@ the 2 cores):
 | random:n=100,n_symbols=10 (d 128) | 11100 (12000) | 1112 | 0.9999 / 1.0 | 100 states, equivalent, 4.0 s |
 | the same, with the 20000-step budget (the default) | 15900 (20000) | 730 | 0.9999 at 40 | 100 states, equivalent, 3.3 s |
 | random:n=100,n_symbols=30, `--hidden 64 --max-steps 20000` | 20000 (20000) | 1635 | 0.5879 validation | - |
+| random:n=100,n_symbols=30 (d 128), `--max-steps 40000` | stopped at 23000 | 3640 | 0.57 validation (0.54-0.60 throughout) | - |
 
 Its zoo runs (CLI defaults: d 64 and lr 3e-3, symmetric:n=4 with the sized budget, dyck1 with the
 counter recipe): parity 200 steps, tomita3/5, cyclic:n=5, flipflop and symmetric:n=4 300 steps
