@@ -45,13 +45,14 @@ def compile_rnn(automaton: Automaton, gain: float = 40.0, seed: int = 0, arch: s
     check_bytes((13.0 * k if arch == "second_order" else 32.0) * d * d,
                 f"compile_rnn(arch={arch!r}) on {n} states x {k} symbols ({d} units)",
                 "the automaton's size (or use arch='second_order': one unit per state)" if arch == "rnn" else "the automaton's size")
-    if arch == "second_order":
-        return _second_order(automaton, gain, seed)
-    a = automaton
-    n, k, n_labels = a.n_states, a.n_symbols, a.n_labels
+    return (_second_order if arch == "second_order" else _vanilla)(automaton, gain, seed)
+
+
+def _vanilla(a: Automaton, gain: float, seed: int) -> HookedRNN:
+    n, k = a.n_states, a.n_symbols
     d = n * k + 1
     flag = d - 1
-    cfg = ModelConfig(arch="rnn", d_vocab=k, d_out=n_labels, d_hidden=d, seed=seed)
+    cfg = ModelConfig(arch="rnn", d_vocab=k, d_out=a.n_labels, d_hidden=d, seed=seed)
     model = HookedRNN(cfg)
 
     unit_state = np.repeat(np.arange(n), k)

@@ -10,6 +10,7 @@ from .. import _validate as _v
 from ..errors import ConfigError
 
 RNN_ARCHS = ("rnn", "gru", "lstm", "second_order")
+CELL_ARCHS = ("rnn", "gru", "lstm")  # first-order recurrent nets: a torch nn.RNN / GRU / LSTM cell per layer
 TRANSFORMER_ARCHS = ("transformer",)
 MEMORY_ARCHS = ("rmt", "scratchpad", "compressive", "hmt")  # Transformers with a working memory (models/rmt.py, ...)
 SEGMENT_ARCHS = ("rmt", "compressive", "hmt")  # memory written once per segment of segment_length tokens

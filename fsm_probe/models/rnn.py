@@ -51,6 +51,7 @@ class RecurrentLayer(nn.Module):
     """One recurrent layer: a torch RNN module holds the weights; `step` replays its equations."""
 
     state_names: tuple[str, ...] = ("h",)
+    one_hot_input = False  # layer 0 reads a learned embedding of width d_hidden
 
     def __init__(self, d_in: int, d_hidden: int) -> None:
         super().__init__()
@@ -162,6 +163,7 @@ class SecondOrderLayer(nn.Module):
     """
 
     state_names: tuple[str, ...] = ("h",)
+    one_hot_input = True  # layer 0 reads the symbol itself: W[x] is symbol x's matrix
 
     def __init__(self, d_in: int, d_hidden: int) -> None:
         super().__init__()
@@ -235,7 +237,7 @@ class HookedRNN(HookedRootModule):
             raise ConfigError(f"HookedRNN needs arch {', '.join(LAYERS)}, got {cfg.arch!r}")
         self.cfg = cfg
         layer_cls = LAYERS[cfg.arch]
-        one_hot = cfg.arch == "second_order"
+        one_hot = layer_cls.one_hot_input
         d_embed = cfg.d_vocab if one_hot else cfg.d_hidden
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)

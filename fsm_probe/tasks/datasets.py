@@ -93,6 +93,7 @@ def _batches(
     task: Task, batch_size: int, lo: int, hi: int, rng: np.random.Generator, final_only: bool | None,
     mixed: float,
 ) -> Iterator[Batch]:
+    support = sampler_support(task)
     while True:
         length = int(rng.integers(lo, hi + 1))
         if not mixed:
@@ -101,7 +102,6 @@ def _batches(
         length = task.effective_length(length)
         tokens = task.sampler.sample(rng, batch_size, length)
         own = np.flatnonzero(rng.random(batch_size) < mixed)
-        support = sampler_support(task)
         tokens[own] = support[dirichlet_words(rng, len(support), len(own), length)]
         yield label_batch(task, tokens, final_only)
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
+from ..models.config import CELL_ARCHS, RNN_ARCHS
 
 # ModelConfig fields per architecture (the rest keep the ModelConfig defaults).
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -56,7 +57,6 @@ TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
 
 # Recurrent recipes above are measured on automata up to this size; larger ones (S4, A5, D_n,
 # many symbols) take `recipes_size.gru_recipe` (wider, lr 3e-3, longer).
-RECURRENT = ("rnn", "gru", "lstm", "second_order")
 SMALL_STATES, SMALL_SYMBOLS = 16, 4
 
 # Counter tasks (dyck1, majority, anbn): a GRU of 32 units at lr 3e-3 learned dyck1 to 0.994 in
@@ -105,11 +105,11 @@ def recipe(arch: str, task: Any | None = None) -> Recipe:
     for key, value in TASK_OVERRIDES.get((arch, getattr(task, "name", None)), {}).items():
         (model if key in model else train)[key] = value
     name = getattr(task, "name", None)
-    if arch in RECURRENT and name in COUNTER_TASKS:
+    if arch in RNN_ARCHS and name in COUNTER_TASKS:
         # the zoo's automaton is the counter machine truncated at max_count: its size says nothing
         model["d_hidden"] = COUNTER_RECIPE["d_hidden"]
         train.update(lr=COUNTER_RECIPE["lr"], max_steps=COUNTER_RECIPE["max_steps"])
-    elif arch in RECURRENT and task is not None:
+    elif arch in RNN_ARCHS and task is not None:
         a = task.automaton.minimize()
         n_states, n_symbols = a.n_states, a.n_symbols
         if n_states > SMALL_STATES or n_symbols > SMALL_SYMBOLS:  # measured in recipes_size
@@ -129,7 +129,7 @@ def retry_hint(arch: str, task: Any) -> str:
     hint = "try more --max-steps, another --lr or --seed"
     a = task.automaton.minimize()
     large = a.n_states > SMALL_STATES or a.n_symbols > SMALL_SYMBOLS
-    if arch in ("rnn", "gru", "lstm") and large and task.name not in COUNTER_TASKS:
+    if arch in CELL_ARCHS and large and task.name not in COUNTER_TASKS:
         hint += ("; or --arch second_order (one recurrent matrix per symbol, which learns transition tables "
                  "without structure that a first-order net of this width does not)")
     return hint

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from .. import _validate as _v
 from ..errors import ConfigError
 from ..models import ModelConfig, build_model
-from ..models.config import check_memory
+from ..models.config import CELL_ARCHS, check_memory
 from ..tasks import Task
 from ..tasks.datasets import IGNORE_INDEX
 from .checkpoint import LOG, checkpoint_stage, write_checkpoint
@@ -40,7 +40,6 @@ from .config import TrainConfig
 from .run import Run
 from .trainer import Progress, check_training_memory, lr_schedule, train
 
-GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 BETAS, EPS = (0.9, 0.98), 1e-8  # train()'s AdamW
 
 
@@ -127,7 +126,7 @@ def train_seeds(
         for lr in rates or [train_cfg.lr]:
             name = member_name(seed, lr if rates is not None and len(rates) > 1 else None)
             members.append((name, replace(model_cfg, seed=seed), replace(train_cfg, seed=seed, lr=lr)))
-    if model_cfg.arch not in GATES:  # no torch cell to stack (Transformers, the second-order RNN)
+    if model_cfg.arch not in CELL_ARCHS:  # no torch cell to stack (Transformers, the second-order RNN)
         runs = []
         for name, mc, tc in members:
             out = None if out_dir is None else Path(out_dir) / name
