@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
-from ..models.config import CELL_ARCHS, RNN_ARCHS
 
 # ModelConfig fields per architecture (the rest keep the ModelConfig defaults).
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -99,6 +98,10 @@ class Recipe:
 
 def recipe(arch: str, task: Any | None = None) -> Recipe:
     """The default recipe of `arch`, for `task` when given."""
+    from ..models.config import (
+        RNN_ARCHS,  # here, not at the top: `train --help` must not import torch
+    )
+
     if arch not in MODEL_DEFAULTS:
         raise ConfigError(f"unknown architecture {arch!r}; expected one of {', '.join(MODEL_DEFAULTS)}")
     model, train = dict(MODEL_DEFAULTS[arch]), dict(TRAIN_DEFAULTS[arch])
@@ -126,6 +129,8 @@ def recipe(arch: str, task: Any | None = None) -> Recipe:
 
 def retry_hint(arch: str, task: Any) -> str:
     """What to try when `arch` did not learn `task` with its recipe."""
+    from ..models.config import CELL_ARCHS
+
     hint = "try more --max-steps, another --lr or --seed"
     a = task.automaton.minimize()
     large = a.n_states > SMALL_STATES or a.n_symbols > SMALL_SYMBOLS
